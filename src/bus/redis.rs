@@ -1,0 +1,160 @@
+//! Redis pub/sub bus: RESP3 push messages on a `ConnectionManager` that re-subscribes
+//! by itself after a reconnect; the library's `Disconnection` push becomes
+//! [`BusNotice::Resync`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use super::{Bus, BusError, BusEvent, BusNotice};
+use crate::model::RoomId;
+
+#[derive(Clone)]
+pub struct RedisBus {
+    prefix: String,
+    commands: ConnectionManager,
+    subscriber: ConnectionManager,
+}
+
+/// Adds `protocol=resp3` to a Redis URL unless it names a protocol already.
+pub fn resp3_url(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+fn config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_max_delay(Duration::from_secs(2))
+        .set_number_of_retries(usize::MAX)
+}
+
+fn unavailable(e: redis::RedisError) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+impl RedisBus {
+    /// Connects lazily (it starts while Redis is down) and returns the bus and the
+    /// stream of notices for the channels this process subscribes to.
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+    ) -> Result<(RedisBus, mpsc::UnboundedReceiver<BusNotice>), BusError> {
+        let client = redis::Client::open(resp3_url(url)).map_err(unavailable)?;
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config())
+            .map_err(unavailable)?;
+        let (push_tx, mut push_rx) = mpsc::unbounded_channel::<PushInfo>();
+        let subscriber = ConnectionManager::new_lazy_with_config(
+            client,
+            config()
+                .set_push_sender(push_tx)
+                .set_automatic_resubscription(),
+        )
+        .map_err(unavailable)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let channel_prefix = format!("{prefix}:room:");
+        // Drains the (unbounded) push channel promptly into typed notices.
+        tokio::spawn(async move {
+            while let Some(push) = push_rx.recv().await {
+                let notice = match push.kind {
+                    PushKind::Disconnection => Some(BusNotice::Resync),
+                    PushKind::Message => decode_message(&push.data, &channel_prefix),
+                    _ => None,
+                };
+                if let Some(n) = notice {
+                    if tx.send(n).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok((
+            RedisBus {
+                prefix: prefix.to_owned(),
+                commands,
+                subscriber,
+            },
+            rx,
+        ))
+    }
+
+    fn channel(&self, room: RoomId) -> String {
+        format!("{}:room:{room}", self.prefix)
+    }
+
+    /// A plain command connection, for other Redis users in the process.
+    pub fn commands(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+}
+
+fn decode_message(data: &[Value], prefix: &str) -> Option<BusNotice> {
+    // A message push is [channel, payload].
+    let [channel, payload] = data else {
+        return None;
+    };
+    let channel = as_bytes(channel)?;
+    if !channel.starts_with(prefix.as_bytes()) {
+        return None;
+    }
+    match serde_json::from_slice::<BusEvent>(as_bytes(payload)?) {
+        Ok(e) => Some(BusNotice::Event(e)),
+        Err(err) => {
+            tracing::warn!(%err, "dropping an undecodable bus event");
+            None
+        }
+    }
+}
+
+fn as_bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(&self, events: &[BusEvent]) -> Result<(), BusError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for e in events {
+            let payload =
+                serde_json::to_vec(e).map_err(|e| BusError::Unavailable(e.to_string()))?;
+            pipe.publish(self.channel(e.room()), payload).ignore();
+        }
+        let mut c = self.commands.clone();
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+    }
+
+    async fn subscribe(&self, room: RoomId) -> Result<(), BusError> {
+        let mut c = self.subscriber.clone();
+        c.subscribe(self.channel(room)).await.map_err(unavailable)
+    }
+
+    async fn unsubscribe(&self, room: RoomId) -> Result<(), BusError> {
+        let mut c = self.subscriber.clone();
+        c.unsubscribe(self.channel(room)).await.map_err(unavailable)
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        let mut c = self.commands.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}

@@ -1,0 +1,311 @@
+//! `ServeArgs` → a validated [`Config`], once. Nothing after this reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::{Role, ServeArgs};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+/// The distributed services: PostgreSQL, Redis, Kafka.
+#[derive(Clone)]
+pub struct Services {
+    pub database_url: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub kafka_brokers: Vec<String>,
+    pub kafka_topic: String,
+    pub kafka_partitions: i32,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("database_url", &redact(&self.database_url))
+            .field("redis_url", &redact(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka_topic", &self.kafka_topic)
+            .field("kafka_partitions", &self.kafka_partitions)
+            .finish()
+    }
+}
+
+/// Hides the password of a URL for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Limits a session enforces (protocol.md's defaults).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub sends_per_second: u32,
+    pub send_burst: u32,
+    /// Frames queued for one connection before it is cut off as too slow (close 1008).
+    pub outbox_frames: usize,
+    pub max_subscriptions: usize,
+    pub hello_timeout: Duration,
+    /// A connection with no frame from the client for this long is closed.
+    pub idle_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    /// Messages `subscribe{since}` replays at most before answering `backlog_too_large`.
+    pub max_backlog: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 64 * 1024,
+            sends_per_second: 20,
+            send_burst: 40,
+            outbox_frames: 1024,
+            max_subscriptions: 500,
+            hello_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(20),
+            max_backlog: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub role: Role,
+    pub listen: SocketAddr,
+    pub services: Services,
+    pub jwt_secret: Vec<u8>,
+    pub token_ttl: Duration,
+    pub migrate: bool,
+    pub allowed_origins: Vec<String>,
+    pub static_dir: Option<PathBuf>,
+    pub database_pool_size: usize,
+    pub drain_timeout: Duration,
+    pub kafka_linger: Duration,
+    pub produce_timeout: Duration,
+    pub limits: Limits,
+}
+
+impl Config {
+    pub fn from_args(a: &ServeArgs) -> Result<Config, ConfigError> {
+        let given = [&a.database_url, &a.redis_url, &a.kafka_brokers]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if given == 0 {
+            return Err(bad(
+                "DATABASE_URL, REDIS_URL, KAFKA_BROKERS",
+                "not set; chat serve needs PostgreSQL, Redis and Kafka \
+                 (scripts/services.sh start runs them locally)",
+            ));
+        }
+        let database_url = a
+            .database_url
+            .clone()
+            .ok_or_else(|| bad("--database-url / DATABASE_URL", "missing"))?;
+        check_database_url(&database_url)?;
+        let redis_url = a
+            .redis_url
+            .clone()
+            .ok_or_else(|| bad("--redis-url / REDIS_URL", "missing"))?;
+        check_redis_url(&redis_url)?;
+        let brokers = a
+            .kafka_brokers
+            .as_deref()
+            .ok_or_else(|| bad("--kafka-brokers / KAFKA_BROKERS", "missing"))?;
+        let kafka_brokers = parse_brokers(brokers)?;
+        if a.kafka_topic.is_empty()
+            || a.kafka_topic.len() > 249
+            || !a
+                .kafka_topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(bad(
+                "--kafka-topic / KAFKA_TOPIC",
+                "1 to 249 characters of [a-zA-Z0-9._-]",
+            ));
+        }
+        if !(1..=1024).contains(&a.kafka_partitions) {
+            return Err(bad("--kafka-partitions / KAFKA_PARTITIONS", "1 to 1024"));
+        }
+        if a.redis_prefix.is_empty() || a.redis_prefix.contains(char::is_whitespace) {
+            return Err(bad(
+                "--redis-prefix / REDIS_PREFIX",
+                "non-empty, no whitespace",
+            ));
+        }
+        let secret = a
+            .jwt_secret
+            .clone()
+            .ok_or_else(|| bad("--jwt-secret / JWT_SECRET", "missing"))?;
+        if secret.len() < 32 {
+            return Err(bad(
+                "--jwt-secret / JWT_SECRET",
+                "at least 32 bytes, the same on every gateway",
+            ));
+        }
+        if a.token_ttl_hours == 0 {
+            return Err(bad("--token-ttl-hours / TOKEN_TTL_HOURS", "at least 1"));
+        }
+        if a.database_pool_size == 0 {
+            return Err(bad(
+                "--database-pool-size / DATABASE_POOL_SIZE",
+                "at least 1",
+            ));
+        }
+        if let Some(dir) = &a.static_dir {
+            if !dir.join("index.html").is_file() {
+                return Err(bad(
+                    "--static-dir / STATIC_DIR",
+                    format!("{} has no index.html", dir.display()),
+                ));
+            }
+        }
+        Ok(Config {
+            role: a.role,
+            listen: a.listen,
+            services: Services {
+                database_url,
+                redis_url,
+                redis_prefix: a.redis_prefix.clone(),
+                kafka_brokers,
+                kafka_topic: a.kafka_topic.clone(),
+                kafka_partitions: a.kafka_partitions,
+            },
+            jwt_secret: secret.into_bytes(),
+            token_ttl: Duration::from_secs(a.token_ttl_hours * 3600),
+            migrate: !a.no_migrate,
+            allowed_origins: a
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            static_dir: a.static_dir.clone(),
+            database_pool_size: a.database_pool_size,
+            drain_timeout: Duration::from_secs(a.drain_timeout_secs),
+            kafka_linger: Duration::from_millis(1),
+            produce_timeout: Duration::from_secs(5),
+            limits: Limits::default(),
+        })
+    }
+}
+
+pub fn check_database_url(url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        Err(bad(
+            "--database-url / DATABASE_URL",
+            "expected postgres://user:password@host:port/database",
+        ))
+    }
+}
+
+fn check_redis_url(url: &str) -> Result<(), ConfigError> {
+    redis::Client::open(url)
+        .map(|_| ())
+        .map_err(|e| bad("--redis-url / REDIS_URL", e.to_string()))
+}
+
+fn parse_brokers(s: &str) -> Result<Vec<String>, ConfigError> {
+    let brokers: Vec<String> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if brokers.is_empty() {
+        return Err(bad("--kafka-brokers / KAFKA_BROKERS", "empty"));
+    }
+    for b in &brokers {
+        let ok = b
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !ok {
+            return Err(bad(
+                "--kafka-brokers / KAFKA_BROKERS",
+                format!("{b:?} is not host:port"),
+            ));
+        }
+    }
+    Ok(brokers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> Box<ServeArgs> {
+        let mut v = vec!["chat", "serve"];
+        v.extend_from_slice(extra);
+        match Cli::try_parse_from(v).unwrap().command {
+            Command::Serve(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    const OK: [&str; 8] = [
+        "--database-url",
+        "postgres://u:p@h/db",
+        "--redis-url",
+        "redis://127.0.0.1:6379",
+        "--kafka-brokers",
+        "127.0.0.1:9092",
+        "--jwt-secret",
+        "0123456789abcdef0123456789abcdef",
+    ];
+
+    #[test]
+    fn accepts_a_complete_setup() {
+        let c = Config::from_args(&args(&OK)).unwrap();
+        assert_eq!(c.services.kafka_brokers, vec!["127.0.0.1:9092"]);
+        assert!(!format!("{c:?}").contains(":p@"));
+    }
+
+    #[test]
+    fn names_the_bad_setting() {
+        let mut v = OK.to_vec();
+        v[5] = "nohost";
+        let e = Config::from_args(&args(&v)).unwrap_err();
+        assert!(e.to_string().contains("KAFKA_BROKERS"), "{e}");
+        let mut v = OK.to_vec();
+        v[7] = "short";
+        let e = Config::from_args(&args(&v)).unwrap_err();
+        assert!(e.to_string().contains("JWT_SECRET"), "{e}");
+        let e = Config::from_args(&args(&OK[2..])).unwrap_err();
+        assert!(e.to_string().contains("DATABASE_URL"), "{e}");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+}

@@ -1,0 +1,132 @@
+//! Relay: tails a partition and publishes each message on its room's bus channel, in
+//! offset order, dropping a message id it has relayed already (rskafka can write a
+//! retried produce twice). Its position is kept in Redis so a restart continues where it
+//! stopped; readers drop what they have seen by position.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Backoff, Consumer};
+use crate::bus::BusEvent;
+use crate::log::LogError;
+use crate::model::MessageId;
+use crate::telemetry::names;
+
+/// Ids remembered for duplicate detection.
+const RECENT_IDS: usize = 20_000;
+/// A saved position further behind than this restarts at the end: live delivery is for
+/// now, and clients recover older messages from the log themselves.
+const MAX_REPLAY: i64 = 10_000;
+
+struct Recent {
+    order: VecDeque<MessageId>,
+    set: HashSet<MessageId>,
+}
+
+impl Recent {
+    fn insert(&mut self, id: MessageId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > RECENT_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+pub async fn run(c: &Consumer, partition: i32, stop: CancellationToken) {
+    let Some(reader) = c.reader(partition, &stop).await else {
+        return;
+    };
+    let key = format!("{}:relay:{}:{}", c.prefix, c.topic, partition);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut offset = loop {
+        match reader.latest().await {
+            Ok(end) => {
+                let mut redis = c.redis.clone();
+                let saved: Option<i64> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut redis)
+                    .await
+                    .ok()
+                    .flatten();
+                break match saved {
+                    Some(s) if s <= end && end - s <= MAX_REPLAY => s,
+                    _ => end,
+                };
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "relay: no log end offset; retrying");
+                if !backoff.sleep(&stop).await {
+                    return;
+                }
+            }
+        }
+    };
+    tracing::debug!(partition, offset, "relay started");
+    let mut recent = Recent {
+        order: VecDeque::new(),
+        set: HashSet::new(),
+    };
+    loop {
+        let batch = tokio::select! {
+            _ = stop.cancelled() => return,
+            b = reader.read(offset, Duration::from_millis(500)) => b,
+        };
+        let batch = match batch {
+            Ok(b) => {
+                backoff.reset();
+                b
+            }
+            Err(LogError::OutOfRange { .. }) => {
+                offset = reader.earliest().await.unwrap_or(offset);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "relay: fetch failed; retrying");
+                if !backoff.sleep(&stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let events: Vec<BusEvent> = batch
+            .records
+            .into_iter()
+            .filter_map(|r| r.message)
+            .filter(|m| recent.insert(m.id))
+            .map(|message| BusEvent::Message { message })
+            .collect();
+        // Never skip: retry the same events until the bus takes them.
+        while !events.is_empty() {
+            match c.bus.publish(&events).await {
+                Ok(()) => {
+                    metrics::counter!(names::RELAYED).increment(events.len() as u64);
+                    backoff.reset();
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "relay: publish failed; retrying");
+                    if !backoff.sleep(&stop).await {
+                        return;
+                    }
+                }
+            }
+        }
+        if batch.next_offset != offset {
+            offset = batch.next_offset;
+            let mut redis = c.redis.clone();
+            let _: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(&key)
+                .arg(offset)
+                .query_async(&mut redis)
+                .await;
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Room → local connections, and the bus subscription of each room that has any.
+//!
+//! The hub never awaits a socket or a queue: delivery is `try_send` into each
+//! connection's bounded outbox, and a full outbox kicks the connection (close 1008).
+//! Bus subscribe/unsubscribe commands go to one task, in the order the hub issued them,
+//! so "first in, last out" cannot race into a wrong subscription state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytestring::ByteString;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::outbox::Out;
+use crate::bus::{Bus, BusEvent};
+use crate::model::{Position, RoomId};
+use crate::protocol::ServerFrame;
+use crate::telemetry::names;
+
+pub type ConnId = u64;
+
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub tx: mpsc::Sender<Out>,
+    pub kick: CancellationToken,
+}
+
+impl ConnHandle {
+    fn offer(&self, item: Out) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!(names::SLOW_CLIENTS).increment(1);
+                self.kick.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+struct RoomEntry {
+    conns: HashMap<ConnId, ConnHandle>,
+    /// The newest position delivered here: a record relayed twice is dropped.
+    last_position: Option<Position>,
+    /// True once the bus subscription is active.
+    ready: watch::Receiver<bool>,
+}
+
+enum Ctl {
+    Subscribe(RoomId, watch::Sender<bool>),
+    Unsubscribe(RoomId),
+}
+
+pub struct Hub {
+    rooms: Mutex<HashMap<RoomId, RoomEntry>>,
+    ctl: mpsc::UnboundedSender<Ctl>,
+}
+
+impl Hub {
+    pub fn new(bus: Arc<dyn Bus>) -> Arc<Hub> {
+        let (ctl, rx) = mpsc::unbounded_channel();
+        tokio::spawn(control(bus, rx));
+        Arc::new(Hub {
+            rooms: Mutex::new(HashMap::new()),
+            ctl,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, RoomEntry>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a connection to a room; the receiver turns true once the room's bus
+    /// subscription is active (at once if it already was).
+    pub fn subscribe(&self, room: RoomId, conn: ConnId, h: ConnHandle) -> watch::Receiver<bool> {
+        let mut rooms = self.lock();
+        let entry = rooms.entry(room).or_insert_with(|| {
+            let (tx, rx) = watch::channel(false);
+            let _ = self.ctl.send(Ctl::Subscribe(room, tx));
+            RoomEntry {
+                conns: HashMap::new(),
+                last_position: None,
+                ready: rx,
+            }
+        });
+        // A subscription attempt that gave up: try again.
+        if !*entry.ready.borrow() && entry.ready.has_changed().is_err() {
+            let (tx, rx) = watch::channel(false);
+            let _ = self.ctl.send(Ctl::Subscribe(room, tx));
+            entry.ready = rx;
+        }
+        entry.conns.insert(conn, h);
+        entry.ready.clone()
+    }
+
+    pub fn unsubscribe(&self, room: RoomId, conn: ConnId) {
+        let mut rooms = self.lock();
+        if let Some(entry) = rooms.get_mut(&room) {
+            entry.conns.remove(&conn);
+            if entry.conns.is_empty() {
+                rooms.remove(&room);
+                let _ = self.ctl.send(Ctl::Unsubscribe(room));
+            }
+        }
+    }
+
+    pub fn local_connections(&self, room: RoomId) -> usize {
+        self.lock().get(&room).map_or(0, |e| e.conns.len())
+    }
+
+    /// Delivers one bus event to the room's local connections.
+    pub fn dispatch(&self, event: &BusEvent) {
+        let room = event.room();
+        let mut rooms = self.lock();
+        let Some(entry) = rooms.get_mut(&room) else {
+            return;
+        };
+        let item = |text: &ByteString| -> Out {
+            match event {
+                BusEvent::Message { message } => Out::Message {
+                    room,
+                    position: message.position,
+                    text: text.clone(),
+                },
+                _ => Out::Frame(text.clone()),
+            }
+        };
+        let text: ByteString = match event {
+            BusEvent::Message { message } => {
+                if entry.last_position.is_some_and(|l| message.position <= l) {
+                    return;
+                }
+                entry.last_position = Some(message.position);
+                let lag = chrono::Utc::now() - message.sent_at;
+                metrics::histogram!(names::SEND_TO_DELIVER_SECONDS)
+                    .record(lag.num_microseconds().unwrap_or(0) as f64 / 1e6);
+                ServerFrame::Message { message }.to_text().into()
+            }
+            BusEvent::Typing { room, user } => {
+                ServerFrame::Typing { room: *room, user }.to_text().into()
+            }
+            BusEvent::Member { room, user, event } => ServerFrame::Member {
+                room: *room,
+                user,
+                event: *event,
+            }
+            .to_text()
+            .into(),
+            BusEvent::Presence { room, user, online } => ServerFrame::Presence {
+                room: *room,
+                user,
+                online: *online,
+            }
+            .to_text()
+            .into(),
+        };
+        let mut delivered = 0u64;
+        for h in entry.conns.values() {
+            if h.offer(item(&text)) {
+                delivered += 1;
+            }
+        }
+        if matches!(event, BusEvent::Message { .. }) {
+            metrics::counter!(names::MESSAGES_DELIVERED).increment(delivered);
+        }
+    }
+
+    /// The bus lost events (its connection dropped): every client is told to reconnect
+    /// and resubscribe with `since`, which recovers from the log.
+    pub fn resync_all(&self, frame: &ByteString) {
+        let rooms = self.lock();
+        let mut told = std::collections::HashSet::new();
+        for entry in rooms.values() {
+            for (id, h) in &entry.conns {
+                if told.insert(*id) {
+                    h.offer(Out::Frame(frame.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn control(bus: Arc<dyn Bus>, mut rx: mpsc::UnboundedReceiver<Ctl>) {
+    while let Some(c) = rx.recv().await {
+        match c {
+            Ctl::Subscribe(room, ready) => {
+                let mut delay = Duration::from_millis(50);
+                for attempt in 1..=5 {
+                    match bus.subscribe(room).await {
+                        Ok(()) => {
+                            let _ = ready.send(true);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%room, attempt, error = %e, "bus subscribe failed");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(1));
+                        }
+                    }
+                }
+            }
+            Ctl::Unsubscribe(room) => {
+                if let Err(e) = bus.unsubscribe(room).await {
+                    tracing::warn!(%room, error = %e, "bus unsubscribe failed");
+                }
+            }
+        }
+    }
+}

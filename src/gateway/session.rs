@@ -1,0 +1,463 @@
+//! One WebSocket connection: `hello` deadline, the read loop, limits, the send pipeline
+//! and the drain. Errors become `error` frames or close codes here and nowhere else.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
+use bytestring::ByteString;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::hub::{ConnHandle, ConnId};
+use super::outbox::{writer, Out};
+use super::recovery::RecoveryError;
+use super::send::FLUSH_TIMEOUT;
+use super::Gateway;
+use crate::bus::BusEvent;
+use crate::model::{check_body, check_client_msg_id, Position, RoomId, User};
+use crate::protocol::{close, ClientFrame, ErrorCode, ServerFrame};
+use crate::store::StoreError;
+use crate::telemetry::names;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Minimum time between two `typing` events of one connection in one room.
+const TYPING_EVERY: Duration = Duration::from_millis(1500);
+
+fn error_frame(code: ErrorCode, message: &str, reference: Option<&str>) -> ByteString {
+    ServerFrame::Error {
+        code,
+        message,
+        retryable: code.retryable(),
+        reference,
+    }
+    .to_text()
+    .into()
+}
+
+fn close_reason(code: CloseCode, text: &str) -> CloseReason {
+    CloseReason {
+        code,
+        description: Some(text.to_owned()),
+    }
+}
+
+struct SendJob {
+    room: RoomId,
+    client_msg_id: String,
+    body: String,
+}
+
+struct Conn {
+    gw: Arc<Gateway>,
+    id: ConnId,
+    user: User,
+    out: mpsc::Sender<Out>,
+    handle: ConnHandle,
+    rooms: HashSet<RoomId>,
+    /// Rooms this user was found to be a member of (the store need not answer again).
+    member_of: HashSet<RoomId>,
+    typing_at: HashMap<RoomId, Instant>,
+    limiter: DefaultDirectRateLimiter,
+    sends: mpsc::Sender<SendJob>,
+}
+
+pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageStream) {
+    let limits = gw.limits.clone();
+    let mut stream = stream
+        .max_frame_size(limits.max_frame_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(limits.max_frame_bytes);
+    let (out, out_rx) = mpsc::channel::<Out>(limits.outbox_frames);
+    let kick = CancellationToken::new();
+    let writer_task = actix_web::rt::spawn(writer(session, out_rx, kick.clone()));
+
+    // hello, within the deadline, before anything else.
+    let user = match tokio::time::timeout(limits.hello_timeout, stream.recv()).await {
+        Ok(Some(Ok(AggregatedMessage::Text(t)))) => match ClientFrame::parse(&t) {
+            Ok(ClientFrame::Hello { token }) => gw.auth.verify(&token).ok(),
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some(user) = user else {
+        let _ = out
+            .send(Out::Close(close_reason(
+                CloseCode::Other(close::UNAUTHENTICATED),
+                "expected hello with a valid token first",
+            )))
+            .await;
+        let _ = writer_task.await;
+        return;
+    };
+
+    let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", conn = id, user = %user.name);
+    metrics::gauge!(names::CONNECTIONS).increment(1.0);
+    let welcome = ServerFrame::Welcome {
+        user: &user,
+        session: Uuid::new_v4().to_string(),
+    }
+    .to_text();
+    let _ = out.send(Out::Frame(welcome.into())).await;
+
+    let (sends, send_rx) = mpsc::channel::<SendJob>(64);
+    let send_task = tokio::spawn(
+        send_worker(gw.clone(), user.clone(), send_rx, out.clone()).instrument(span.clone()),
+    );
+    let burst = NonZeroU32::new(limits.send_burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    let rate = NonZeroU32::new(limits.sends_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+    let mut conn = Conn {
+        handle: ConnHandle {
+            tx: out.clone(),
+            kick: kick.clone(),
+        },
+        gw: gw.clone(),
+        id,
+        user,
+        out: out.clone(),
+        rooms: HashSet::new(),
+        member_of: HashSet::new(),
+        typing_at: HashMap::new(),
+        limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+        sends,
+    };
+    let reason = conn
+        .read_loop(&mut stream, &kick)
+        .instrument(span.clone())
+        .await;
+
+    // Tear down: leave the hub, finish the queued sends (their acks go out first), then
+    // say why we close.
+    for room in conn.rooms.drain() {
+        gw.hub.unsubscribe(room, id);
+    }
+    let Conn { sends, .. } = conn;
+    drop(sends);
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, send_task).await;
+    if let Some(reason) = reason {
+        let _ = tokio::time::timeout(Duration::from_secs(2), out.send(Out::Close(reason))).await;
+    }
+    drop(out);
+    let _ = writer_task.await;
+    metrics::gauge!(names::CONNECTIONS).decrement(1.0);
+    tracing::debug!(parent: &span, "connection closed");
+}
+
+impl Conn {
+    /// Reads frames until the client goes, the connection is kicked or the gateway
+    /// drains. Returns how to close (None: the socket is gone already).
+    async fn read_loop(
+        &mut self,
+        stream: &mut actix_ws::AggregatedMessageStream,
+        kick: &CancellationToken,
+    ) -> Option<CloseReason> {
+        let limits = self.gw.limits.clone();
+        let mut heartbeat = tokio::time::interval(limits.heartbeat_interval);
+        heartbeat.tick().await;
+        let mut last_seen = Instant::now();
+        let drain = self.gw.drain.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = drain.cancelled() => {
+                    let frame = ServerFrame::Reconnect { reason: "draining" }.to_text();
+                    let _ = self.out.send(Out::Frame(frame.into())).await;
+                    return Some(close_reason(CloseCode::Restart, "server draining; reconnect"));
+                }
+                _ = kick.cancelled() => return None,
+                _ = heartbeat.tick() => {
+                    if last_seen.elapsed() > limits.idle_timeout {
+                        return Some(close_reason(CloseCode::Away, "idle timeout"));
+                    }
+                    let _ = self.out.try_send(Out::Ping);
+                }
+                msg = stream.recv() => {
+                    last_seen = Instant::now();
+                    match msg {
+                        None => return None,
+                        Some(Ok(AggregatedMessage::Text(text))) => {
+                            metrics::counter!(names::FRAMES_IN).increment(1);
+                            self.on_text(&text).await;
+                        }
+                        Some(Ok(AggregatedMessage::Binary(_))) => {
+                            return Some(close_reason(CloseCode::Unsupported, "text frames only"));
+                        }
+                        Some(Ok(AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_))) => {}
+                        Some(Ok(AggregatedMessage::Close(_))) => return Some(CloseCode::Normal.into()),
+                        Some(Err(e)) => return protocol_close(e),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reply(&self, frame: ByteString) {
+        // Our own queue: waiting here only slows this client's reads.
+        let _ = self.out.send(Out::Frame(frame)).await;
+    }
+
+    async fn refuse(&self, code: ErrorCode, message: &str, reference: Option<&str>) {
+        self.reply(error_frame(code, message, reference)).await;
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let frame = match ClientFrame::parse(text) {
+            Ok(f) => f,
+            Err(bad) => {
+                return self
+                    .refuse(bad.code, &bad.message, bad.reference.as_deref())
+                    .await
+            }
+        };
+        match frame {
+            ClientFrame::Hello { .. } => {
+                self.refuse(
+                    ErrorCode::AlreadyAuthenticated,
+                    "this connection is authenticated already",
+                    Some("hello"),
+                )
+                .await
+            }
+            ClientFrame::Ping => self.reply(ServerFrame::Pong.to_text().into()).await,
+            ClientFrame::Subscribe { room, since } => self.subscribe(room, since).await,
+            ClientFrame::Unsubscribe { room } => {
+                if self.rooms.remove(&room) {
+                    self.gw.hub.unsubscribe(room, self.id);
+                    let _ = self.out.send(Out::EndRoom { room }).await;
+                }
+            }
+            ClientFrame::Send {
+                room,
+                client_msg_id,
+                body,
+            } => self.send(room, client_msg_id, body).await,
+            ClientFrame::Typing { room } => self.typing(room).await,
+            ClientFrame::Read { room, position } => {
+                if let Err(e) = self.check_member(room).await {
+                    return self.refuse(e.0, &e.1, Some("read")).await;
+                }
+                if let Err(e) = self.gw.store.mark_read(room, self.user.id, position).await {
+                    self.refuse(store_code(&e), &e.to_string(), Some("read"))
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn check_member(&mut self, room: RoomId) -> Result<(), (ErrorCode, String)> {
+        if self.member_of.contains(&room) {
+            return Ok(());
+        }
+        match self.gw.store.is_member(room, self.user.id).await {
+            Ok(true) => {
+                self.member_of.insert(room);
+                Ok(())
+            }
+            Ok(false) => match self.gw.store.room(room).await {
+                Ok(Some(_)) => Err((ErrorCode::NotMember, "join the room first".into())),
+                Ok(None) => Err((ErrorCode::RoomNotFound, "no such room".into())),
+                Err(e) => Err((store_code(&e), e.to_string())),
+            },
+            Err(e) => Err((store_code(&e), e.to_string())),
+        }
+    }
+
+    async fn subscribe(&mut self, room: RoomId, since: Option<Position>) {
+        if let Err((code, msg)) = self.check_member(room).await {
+            return self.refuse(code, &msg, Some("subscribe")).await;
+        }
+        if !self.rooms.contains(&room) && self.rooms.len() >= self.gw.limits.max_subscriptions {
+            return self
+                .refuse(
+                    ErrorCode::TooManySubscriptions,
+                    "too many subscriptions on one connection",
+                    Some("subscribe"),
+                )
+                .await;
+        }
+        let _ = self.out.send(Out::BeginRecovery { room }).await;
+        let mut ready = self.gw.hub.subscribe(room, self.id, self.handle.clone());
+        self.rooms.insert(room);
+        let active = tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r)).await;
+        if !matches!(active, Ok(Ok(_))) {
+            self.rooms.remove(&room);
+            self.gw.hub.unsubscribe(room, self.id);
+            let _ = self.out.send(Out::EndRoom { room }).await;
+            return self
+                .refuse(
+                    ErrorCode::Unavailable,
+                    "the fan-out bus is unavailable",
+                    Some("subscribe"),
+                )
+                .await;
+        }
+        // Live delivery is active (and held back by the writer) before the backlog is
+        // read: nothing can fall between the two.
+        let (messages, latest) = match since {
+            None => (Vec::new(), None),
+            Some(after) => match self.gw.recovery.backlog(room, after).await {
+                Ok(ms) => {
+                    let latest = ms.last().map(|m| m.position).or(Some(after));
+                    (ms, latest)
+                }
+                Err(e) => {
+                    self.rooms.remove(&room);
+                    self.gw.hub.unsubscribe(room, self.id);
+                    let _ = self.out.send(Out::EndRoom { room }).await;
+                    let code = match e {
+                        RecoveryError::TooFar(_) => ErrorCode::BacklogTooLarge,
+                        RecoveryError::Unavailable(_) => ErrorCode::Unavailable,
+                    };
+                    return self.refuse(code, &e.to_string(), Some("subscribe")).await;
+                }
+            },
+        };
+        let messages = messages
+            .iter()
+            .map(|m| {
+                (
+                    m.position,
+                    ByteString::from(ServerFrame::Message { message: m }.to_text()),
+                )
+            })
+            .collect();
+        let subscribed = ServerFrame::Subscribed {
+            room,
+            position: latest,
+        }
+        .to_text()
+        .into();
+        let _ = self
+            .out
+            .send(Out::Backlog {
+                room,
+                after: since,
+                messages,
+                subscribed,
+            })
+            .await;
+    }
+
+    async fn send(&mut self, room: RoomId, client_msg_id: String, body: String) {
+        if let Err(e) = check_client_msg_id(&client_msg_id) {
+            return self
+                .refuse(ErrorCode::InvalidClientMsgId, &e.to_string(), None)
+                .await;
+        }
+        let reference = Some(client_msg_id.as_str());
+        if let Err(e) = check_body(&body) {
+            let code = match e {
+                crate::model::InputError::EmptyBody => ErrorCode::EmptyBody,
+                _ => ErrorCode::BodyTooLong,
+            };
+            return self.refuse(code, &e.to_string(), reference).await;
+        }
+        if self.limiter.check().is_err() {
+            return self
+                .refuse(
+                    ErrorCode::RateLimited,
+                    "too many messages; slow down",
+                    reference,
+                )
+                .await;
+        }
+        if let Err((code, msg)) = self.check_member(room).await {
+            return self.refuse(code, &msg, reference).await;
+        }
+        let job = SendJob {
+            room,
+            client_msg_id,
+            body,
+        };
+        if let Err(mpsc::error::TrySendError::Full(job)) = self.sends.try_send(job) {
+            self.refuse(
+                ErrorCode::RateLimited,
+                "too many sends in flight",
+                Some(&job.client_msg_id),
+            )
+            .await;
+        }
+    }
+
+    async fn typing(&mut self, room: RoomId) {
+        if !self.rooms.contains(&room) {
+            return self
+                .refuse(
+                    ErrorCode::NotSubscribed,
+                    "subscribe to the room first",
+                    Some("typing"),
+                )
+                .await;
+        }
+        let now = Instant::now();
+        if self
+            .typing_at
+            .get(&room)
+            .is_some_and(|t| now.duration_since(*t) < TYPING_EVERY)
+        {
+            return; // throttled: the others still see the last one
+        }
+        self.typing_at.insert(room, now);
+        let event = BusEvent::Typing {
+            room,
+            user: self.user.clone(),
+        };
+        if let Err(e) = self.gw.bus.publish(std::slice::from_ref(&event)).await {
+            tracing::debug!(error = %e, "typing not published");
+        }
+    }
+}
+
+/// Sends of one connection, one at a time and in the order the client sent them.
+async fn send_worker(
+    gw: Arc<Gateway>,
+    user: User,
+    mut rx: mpsc::Receiver<SendJob>,
+    out: mpsc::Sender<Out>,
+) {
+    while let Some(job) = rx.recv().await {
+        let frame: ByteString = match gw
+            .sender
+            .send(&user, job.room, &job.client_msg_id, &job.body)
+            .await
+        {
+            Ok(message) => ServerFrame::Ack {
+                client_msg_id: &job.client_msg_id,
+                message: &message,
+            }
+            .to_text()
+            .into(),
+            Err(e) => error_frame(e.code(), &e.to_string(), Some(&job.client_msg_id)),
+        };
+        if out.send(Out::Frame(frame)).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn store_code(e: &StoreError) -> ErrorCode {
+    if e.retryable() {
+        ErrorCode::Unavailable
+    } else {
+        ErrorCode::Internal
+    }
+}
+
+fn protocol_close(e: ProtocolError) -> Option<CloseReason> {
+    match e {
+        ProtocolError::Overflow => Some(close_reason(CloseCode::Size, "frame too large")),
+        ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Some(
+            close_reason(CloseCode::Invalid, "text frame is not valid UTF-8"),
+        ),
+        ProtocolError::Io(_) => None,
+        other => Some(close_reason(CloseCode::Protocol, &other.to_string())),
+    }
+}

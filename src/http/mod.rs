@@ -1,0 +1,60 @@
+//! The HTTP API of protocol.md (accounts, rooms, history, DMs) and the operational
+//! endpoints (healthz, readyz, metrics).
+
+mod accounts;
+pub mod error;
+pub mod ops;
+mod rooms;
+
+use std::sync::Arc;
+
+use actix_web::{web, FromRequest, HttpRequest};
+
+use crate::gateway::Gateway;
+use crate::model::User;
+use error::ApiError;
+
+pub fn api(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(error::json_config())
+        .app_data(error::query_config())
+        .app_data(error::path_config())
+        .service(
+            web::scope("/api")
+                .route("/register", web::post().to(accounts::register))
+                .route("/login", web::post().to(accounts::login))
+                .route("/rooms", web::get().to(rooms::list))
+                .route("/rooms", web::post().to(rooms::create))
+                .route("/rooms/{id}/join", web::post().to(rooms::join))
+                .route("/rooms/{id}/leave", web::post().to(rooms::leave))
+                .route("/rooms/{id}/members", web::get().to(rooms::members))
+                .route("/rooms/{id}/messages", web::get().to(rooms::messages))
+                .route("/dms", web::post().to(rooms::dm))
+                .default_service(web::to(|| async {
+                    Err::<actix_web::HttpResponse, _>(ApiError::new(
+                        actix_web::http::StatusCode::NOT_FOUND,
+                        "not_found",
+                        "no such endpoint",
+                    ))
+                })),
+        );
+}
+
+/// The caller, from `Authorization: Bearer <token>`.
+pub struct Authed(pub User);
+
+impl FromRequest for Authed {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let user = (|| {
+            let gw = req.app_data::<web::Data<Arc<Gateway>>>()?;
+            let header = req.headers().get("authorization")?.to_str().ok()?;
+            let token = header
+                .strip_prefix("Bearer ")
+                .or_else(|| header.strip_prefix("bearer "))?;
+            gw.auth.verify(token.trim()).ok()
+        })();
+        std::future::ready(user.map(Authed).ok_or_else(ApiError::unauthorized))
+    }
+}

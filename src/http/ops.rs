@@ -1,0 +1,72 @@
+//! `/healthz` (alive), `/readyz` (dependencies answer, not draining), `/metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::log::Log;
+use crate::store::Store;
+
+/// What `/readyz` checks.
+#[derive(Clone)]
+pub struct Readiness {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub log: Arc<dyn Log>,
+    pub draining: CancellationToken,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn check<E: std::fmt::Display>(
+    f: impl std::future::Future<Output = Result<(), E>>,
+) -> Option<String> {
+    match tokio::time::timeout(Duration::from_secs(2), f).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("no answer within 2 s".into()),
+    }
+}
+
+async fn readyz(r: web::Data<Readiness>) -> HttpResponse {
+    if r.draining.is_cancelled() {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "draining", "failed": {}}));
+    }
+    let (db, bus, log) = tokio::join!(
+        check(r.store.ping()),
+        check(r.bus.ping()),
+        check(r.log.ping())
+    );
+    let mut failed = serde_json::Map::new();
+    for (name, e) in [("postgres", db), ("redis", bus), ("kafka", log)] {
+        if let Some(e) = e {
+            failed.insert(name.into(), e.into());
+        }
+    }
+    if failed.is_empty() {
+        HttpResponse::Ok().json(json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({"status": "unavailable", "failed": failed}))
+    }
+}
+
+async fn metrics(r: web::Data<Readiness>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(r.metrics.render())
+}

@@ -1,0 +1,178 @@
+//! Rooms, members, history and DMs. Joining and leaving announce a `member` event on the
+//! room's bus channel.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::Authed;
+use crate::bus::BusEvent;
+use crate::gateway::Gateway;
+use crate::model::{parse_room_name, Position, RoomKind, RoomView, User};
+use crate::protocol::MemberEvent;
+use crate::store::Room;
+
+fn view(room: &Room, member: bool) -> RoomView {
+    RoomView {
+        id: room.id,
+        name: room.name.clone(),
+        kind: room.kind,
+        member,
+        unread: 0,
+        last_position: None,
+    }
+}
+
+pub async fn list(gw: web::Data<Arc<Gateway>>, me: Authed) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(gw.store.rooms_for(me.0.id).await?))
+}
+
+#[derive(Deserialize)]
+pub struct NewRoom {
+    name: String,
+}
+
+pub async fn create(
+    gw: web::Data<Arc<Gateway>>,
+    me: Authed,
+    body: web::Json<NewRoom>,
+) -> Result<HttpResponse, ApiError> {
+    let room = Room {
+        id: Uuid::now_v7(),
+        name: parse_room_name(&body.name)?,
+        kind: RoomKind::Room,
+    };
+    gw.store.create_room(&room, me.0.id).await?;
+    Ok(HttpResponse::Created().json(view(&room, true)))
+}
+
+async fn announce(gw: &Gateway, room: Uuid, user: &User, event: MemberEvent) {
+    let e = BusEvent::Member {
+        room,
+        user: user.clone(),
+        event,
+    };
+    if let Err(err) = gw.bus.publish(std::slice::from_ref(&e)).await {
+        tracing::warn!(error = %err, "member event not published");
+    }
+}
+
+pub async fn join(
+    gw: web::Data<Arc<Gateway>>,
+    me: Authed,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let room = gw
+        .store
+        .room(*id)
+        .await?
+        .ok_or_else(ApiError::room_not_found)?;
+    if room.kind == RoomKind::Dm && !gw.store.is_member(room.id, me.0.id).await? {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "direct message rooms cannot be joined",
+        ));
+    }
+    if gw.store.join(room.id, me.0.id).await? {
+        announce(&gw, room.id, &me.0, MemberEvent::Joined).await;
+    }
+    Ok(HttpResponse::Ok().json(view(&room, true)))
+}
+
+pub async fn leave(
+    gw: web::Data<Arc<Gateway>>,
+    me: Authed,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let room = gw
+        .store
+        .room(*id)
+        .await?
+        .ok_or_else(ApiError::room_not_found)?;
+    if gw.store.leave(room.id, me.0.id).await? {
+        announce(&gw, room.id, &me.0, MemberEvent::Left).await;
+    }
+    Ok(HttpResponse::Ok().json(view(&room, false)))
+}
+
+async fn require_member(gw: &Gateway, room: Uuid, user: Uuid) -> Result<(), ApiError> {
+    if gw.store.is_member(room, user).await? {
+        return Ok(());
+    }
+    match gw.store.room(room).await? {
+        Some(_) => Err(ApiError::not_member()),
+        None => Err(ApiError::room_not_found()),
+    }
+}
+
+pub async fn members(
+    gw: web::Data<Arc<Gateway>>,
+    me: Authed,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    require_member(&gw, *id, me.0.id).await?;
+    Ok(HttpResponse::Ok().json(gw.store.members(*id).await?))
+}
+
+#[derive(Deserialize)]
+pub struct Page {
+    before: Option<Position>,
+    limit: Option<i64>,
+}
+
+pub async fn messages(
+    gw: web::Data<Arc<Gateway>>,
+    me: Authed,
+    id: web::Path<Uuid>,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    require_member(&gw, *id, me.0.id).await?;
+    let limit = page.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            "limit is 1 to 200",
+        ));
+    }
+    let page = gw.store.history(*id, page.before, limit).await?;
+    Ok(HttpResponse::Ok().json(json!({"messages": page.messages, "has_more": page.has_more})))
+}
+
+#[derive(Deserialize)]
+pub struct NewDm {
+    user: Uuid,
+}
+
+pub async fn dm(
+    gw: web::Data<Arc<Gateway>>,
+    me: Authed,
+    body: web::Json<NewDm>,
+) -> Result<HttpResponse, ApiError> {
+    if body.user == me.0.id {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_user",
+            "a direct message needs another user",
+        ));
+    }
+    let other =
+        gw.store.user(body.user).await?.ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no such user")
+        })?;
+    let (room, created) = gw.store.dm_room(me.0.id, other.id).await?;
+    let mut v = view(&room, true);
+    v.name = other.name;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(v))
+}

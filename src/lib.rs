@@ -1,0 +1,22 @@
+//! `chat`: a horizontally scalable real-time chat server. ARCHITECTURE.md has the map.
+//!
+//! - `protocol`, `model`: the wire frames and the domain types both roles share.
+//! - `store` (PostgreSQL), `bus` (Redis pub/sub), `log` (Kafka): the three seams,
+//!   each a small trait with one real implementation.
+//! - `gateway`: WebSocket sessions, hub, send path, recovery; `http`: the REST API.
+//! - `consumer`: relay (log → bus) and persist (log → store) per partition.
+//! - `app`: wiring and drain; `cli`/`config`: settings; `auth`; `telemetry`.
+
+pub mod app;
+pub mod auth;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod consumer;
+pub mod gateway;
+pub mod http;
+pub mod log;
+pub mod model;
+pub mod protocol;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,312 @@
+//! Kafka as the message log, through rskafka.
+//!
+//! rskafka has no request timeout and retries connection errors until its backoff
+//! deadline; every call here is also wrapped in `tokio::time::timeout`. Its produce is not
+//! idempotent: after an I/O error a record can be written twice, which is why readers
+//! drop a message id they have seen (relay) and the store has unique keys (persist).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rskafka::client::error::{Error as KafkaError, ProtocolError};
+use rskafka::client::partition::Compression;
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::producer::aggregator::RecordAggregator;
+use rskafka::client::producer::{BatchProducer, BatchProducerBuilder, Error as ProducerError};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::Record;
+use rskafka::BackoffConfig;
+
+use super::{decode, encode, partition_of, Log, LogBatch, LogError, LogReader, LogRecord};
+use crate::model::{NewMessage, Position};
+
+/// Keep produce requests under ~8 KiB: rskafka does not set TCP_NODELAY, and a larger
+/// request written in two pieces stalls ~45 ms on Nagle + delayed ACK (facts.md).
+const MAX_BATCH_BYTES: usize = 7_000;
+/// Upper bound of one fetch response.
+const MAX_FETCH_BYTES: i32 = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: Vec<String>,
+    pub topic: String,
+    pub partitions: i32,
+    pub linger: Duration,
+    /// How long a sender waits for the broker's ack before giving up (retryably).
+    pub produce_timeout: Duration,
+}
+
+pub struct KafkaLog {
+    settings: KafkaSettings,
+    partitions: i32,
+    client: Client,
+    producers: Vec<BatchProducer<RecordAggregator>>,
+    /// For records too large for a batch (a 4,000-character body can be 16 KB).
+    partition_clients: Vec<Arc<PartitionClient>>,
+}
+
+fn backoff() -> BackoffConfig {
+    BackoffConfig {
+        init_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(1),
+        base: 2.0,
+        deadline: Some(Duration::from_secs(5)),
+    }
+}
+
+fn map_err(e: KafkaError) -> LogError {
+    match e {
+        KafkaError::ServerError {
+            protocol_error: ProtocolError::OffsetOutOfRange,
+            ..
+        } => LogError::OutOfRange { offset: -1 },
+        KafkaError::Connection(_) | KafkaError::RetryFailed(_) | KafkaError::Timeout => {
+            LogError::Unavailable(e.to_string())
+        }
+        KafkaError::Request(_) => LogError::Unavailable(e.to_string()),
+        other => LogError::Other(other.to_string()),
+    }
+}
+
+fn map_producer_err(e: ProducerError) -> LogError {
+    match e {
+        ProducerError::Client(c) => match Arc::try_unwrap(c) {
+            Ok(inner) => map_err(inner),
+            Err(shared) => LogError::Unavailable(shared.to_string()),
+        },
+        other => LogError::Other(other.to_string()),
+    }
+}
+
+impl From<KafkaError> for LogError {
+    fn from(e: KafkaError) -> Self {
+        map_err(e)
+    }
+}
+
+impl From<ProducerError> for LogError {
+    fn from(e: ProducerError) -> Self {
+        map_producer_err(e)
+    }
+}
+
+async fn with_timeout<T, E: Into<LogError>>(
+    d: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, LogError> {
+    match tokio::time::timeout(d, f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(LogError::Unavailable(format!(
+            "{what}: no answer from Kafka within {d:?}"
+        ))),
+    }
+}
+
+async fn build_client(brokers: &[String]) -> Result<Client, LogError> {
+    with_timeout(
+        Duration::from_secs(10),
+        "connecting",
+        ClientBuilder::new(brokers.to_vec())
+            .client_id("chat")
+            .backoff_config(backoff())
+            .build(),
+    )
+    .await
+}
+
+impl KafkaLog {
+    /// Connects, creates the topic if it is missing, and prepares one batching producer
+    /// per partition. The topic's real partition count wins over the configured one.
+    pub async fn connect(settings: KafkaSettings) -> Result<Self, LogError> {
+        let client = build_client(&settings.brokers).await?;
+        let controller = client.controller_client().map_err(map_err)?;
+        let created = tokio::time::timeout(
+            Duration::from_secs(20),
+            controller.create_topic(settings.topic.clone(), settings.partitions, 1, 10_000),
+        )
+        .await
+        .map_err(|_| LogError::Unavailable("creating the topic: no answer".into()))?;
+        match created {
+            Ok(()) => {
+                tracing::info!(topic = %settings.topic, partitions = settings.partitions, "created the Kafka topic")
+            }
+            Err(KafkaError::ServerError {
+                protocol_error: ProtocolError::TopicAlreadyExists,
+                ..
+            }) => {}
+            Err(e) => return Err(map_err(e)),
+        }
+        let partitions = Self::partition_count(&client, &settings.topic).await?;
+        if partitions != settings.partitions {
+            tracing::warn!(
+                topic = %settings.topic,
+                configured = settings.partitions,
+                actual = partitions,
+                "the topic has another partition count than configured; using the topic's"
+            );
+        }
+        let mut producers = Vec::with_capacity(partitions as usize);
+        let mut partition_clients = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let pc = with_timeout(
+                Duration::from_secs(20),
+                "opening a partition",
+                client.partition_client(settings.topic.clone(), p, UnknownTopicHandling::Retry),
+            )
+            .await?;
+            let pc = Arc::new(pc);
+            partition_clients.push(pc.clone());
+            producers.push(
+                BatchProducerBuilder::new(pc)
+                    .with_linger(settings.linger)
+                    .build(RecordAggregator::new(MAX_BATCH_BYTES)),
+            );
+        }
+        Ok(KafkaLog {
+            settings,
+            partitions,
+            client,
+            producers,
+            partition_clients,
+        })
+    }
+
+    async fn partition_count(client: &Client, topic: &str) -> Result<i32, LogError> {
+        // Metadata can lag a fresh topic for a moment.
+        for _ in 0..50 {
+            let topics = with_timeout(
+                Duration::from_secs(10),
+                "listing topics",
+                client.list_topics(),
+            )
+            .await?;
+            if let Some(t) = topics.iter().find(|t| t.name == topic) {
+                if !t.partitions.is_empty() {
+                    return Ok(t.partitions.len() as i32);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(LogError::Other(format!("topic {topic} has no partitions")))
+    }
+}
+
+#[async_trait]
+impl Log for KafkaLog {
+    fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    async fn append(&self, msg: &NewMessage) -> Result<Position, LogError> {
+        let p = partition_of(msg.room, self.partitions);
+        let record = Record {
+            key: Some(msg.room.as_bytes().to_vec()),
+            value: Some(encode(msg)),
+            headers: Default::default(),
+            timestamp: msg.sent_at,
+        };
+        let t = self.settings.produce_timeout;
+        if record.approximate_size() > MAX_BATCH_BYTES / 2 {
+            let pc = &self.partition_clients[p as usize];
+            let offsets = with_timeout(
+                t,
+                "producing",
+                pc.produce(vec![record], Compression::NoCompression),
+            )
+            .await?;
+            return offsets
+                .first()
+                .copied()
+                .ok_or_else(|| LogError::Other("the broker returned no offset".into()));
+        }
+        with_timeout(t, "producing", self.producers[p as usize].produce(record)).await
+    }
+
+    async fn reader(&self, partition: i32) -> Result<Box<dyn LogReader>, LogError> {
+        let client = build_client(&self.settings.brokers).await?;
+        let pc = with_timeout(
+            Duration::from_secs(20),
+            "opening a partition",
+            client.partition_client(
+                self.settings.topic.clone(),
+                partition,
+                UnknownTopicHandling::Retry,
+            ),
+        )
+        .await?;
+        Ok(Box::new(KafkaReader {
+            _client: client,
+            pc,
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), LogError> {
+        with_timeout(
+            Duration::from_secs(2),
+            "metadata",
+            self.client.list_topics(),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+struct KafkaReader {
+    _client: Client,
+    pc: PartitionClient,
+}
+
+#[async_trait]
+impl LogReader for KafkaReader {
+    async fn read(&self, offset: i64, max_wait: Duration) -> Result<LogBatch, LogError> {
+        let wait_ms = max_wait.as_millis().min(30_000) as i32;
+        let r = with_timeout(
+            max_wait + Duration::from_secs(10),
+            "fetching",
+            self.pc.fetch_records(offset, 1..MAX_FETCH_BYTES, wait_ms),
+        )
+        .await;
+        let (records, high_watermark) = match r {
+            Ok(v) => v,
+            Err(LogError::OutOfRange { .. }) => return Err(LogError::OutOfRange { offset }),
+            Err(e) => return Err(e),
+        };
+        let mut next_offset = offset;
+        let records = records
+            .into_iter()
+            .filter(|r| r.offset >= offset)
+            .map(|r| {
+                next_offset = next_offset.max(r.offset + 1);
+                LogRecord {
+                    offset: r.offset,
+                    message: r.record.value.as_deref().and_then(|v| decode(v, r.offset)),
+                }
+            })
+            .collect();
+        Ok(LogBatch {
+            records,
+            next_offset,
+            high_watermark,
+        })
+    }
+
+    async fn earliest(&self) -> Result<i64, LogError> {
+        with_timeout(
+            Duration::from_secs(10),
+            "offsets",
+            self.pc.get_offset(OffsetAt::Earliest),
+        )
+        .await
+    }
+
+    async fn latest(&self) -> Result<i64, LogError> {
+        with_timeout(
+            Duration::from_secs(10),
+            "offsets",
+            self.pc.get_offset(OffsetAt::Latest),
+        )
+        .await
+    }
+}

@@ -1,0 +1,149 @@
+//! The `Log` seam: the durable, ordered record of every message. An append that returns
+//! a position is the proof of durability the sender's ack stands on.
+//!
+//! Kafka (`kafka.rs`, rskafka) is the distributed backend: a room maps to one partition
+//! ([`partition_of`]), and a message's position is its offset there.
+//!
+//! Readers (relay, persist, recovery) each get their own [`LogReader`] with its own broker
+//! connection: Kafka answers the requests of one connection in order, so a long-polling
+//! fetch would otherwise hold up every produce and fetch queued behind it.
+
+pub mod kafka;
+
+pub use kafka::KafkaLog;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Message, NewMessage, Position, RoomId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Broker unreachable or too slow: the append may or may not have happened.
+    #[error("message log unavailable: {0}")]
+    Unavailable(String),
+    /// The offset was deleted by retention (or is beyond the end).
+    #[error("offset {offset} is out of range")]
+    OutOfRange { offset: i64 },
+    #[error("message log error: {0}")]
+    Other(String),
+}
+
+impl LogError {
+    pub fn retryable(&self) -> bool {
+        matches!(self, LogError::Unavailable(_))
+    }
+}
+
+/// One record read back from the log. `message` is None for a record that is not a
+/// `chat` message (written by something else, or by a newer incompatible version).
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    pub offset: i64,
+    pub message: Option<Message>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LogBatch {
+    pub records: Vec<LogRecord>,
+    /// The offset to read next.
+    pub next_offset: i64,
+    /// The partition's end: the offset the next appended record will get.
+    pub high_watermark: i64,
+}
+
+#[async_trait]
+pub trait Log: Send + Sync + 'static {
+    fn partitions(&self) -> i32;
+    /// Durable once this returns: the position is the proof.
+    async fn append(&self, msg: &NewMessage) -> Result<Position, LogError>;
+    /// A reader of one partition with its own connection.
+    async fn reader(&self, partition: i32) -> Result<Box<dyn LogReader>, LogError>;
+    async fn ping(&self) -> Result<(), LogError>;
+}
+
+#[async_trait]
+pub trait LogReader: Send + Sync {
+    /// Records from `offset` on, waiting up to `max_wait` for the first one.
+    async fn read(&self, offset: i64, max_wait: Duration) -> Result<LogBatch, LogError>;
+    /// The oldest offset still held.
+    async fn earliest(&self) -> Result<i64, LogError>;
+    /// The offset the next appended record will get.
+    async fn latest(&self) -> Result<i64, LogError>;
+}
+
+/// The partition a room's messages go to: a stable hash (FNV-1a over the room id's
+/// bytes), so every gateway and consumer agrees without coordination. Changing the
+/// partition count moves rooms: it is fixed when the topic is created.
+pub fn partition_of(room: RoomId, partitions: i32) -> i32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in room.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % partitions.max(1) as u64) as i32
+}
+
+/// What a record's value holds: the message without its position (the offset is that).
+#[derive(Debug, Serialize, Deserialize)]
+struct Payload {
+    /// Format version of this payload.
+    v: u32,
+    #[serde(flatten)]
+    message: NewMessage,
+}
+
+pub(crate) fn encode(msg: &NewMessage) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct PayloadRef<'a> {
+        v: u32,
+        #[serde(flatten)]
+        message: &'a NewMessage,
+    }
+    serde_json::to_vec(&PayloadRef { v: 1, message: msg }).unwrap_or_default()
+}
+
+pub(crate) fn decode(bytes: &[u8], offset: i64) -> Option<Message> {
+    let p: Payload = serde_json::from_slice(bytes).ok()?;
+    (p.v == 1).then(|| p.message.at(offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::User;
+    use uuid::Uuid;
+
+    #[test]
+    fn partition_is_stable_and_in_range() {
+        let room = Uuid::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0);
+        let p = partition_of(room, 8);
+        assert_eq!(p, partition_of(room, 8));
+        assert!((0..8).contains(&p));
+        let mut seen = [0; 8];
+        for _ in 0..800 {
+            seen[partition_of(Uuid::new_v4(), 8) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 40), "{seen:?}");
+    }
+
+    #[test]
+    fn payload_roundtrip() {
+        let m = NewMessage {
+            id: Uuid::new_v4(),
+            room: Uuid::new_v4(),
+            sender: User {
+                id: Uuid::new_v4(),
+                name: "ann".into(),
+            },
+            body: "hé <b>".into(),
+            client_msg_id: "c-1".into(),
+            sent_at: chrono::Utc::now(),
+        };
+        let got = decode(&encode(&m), 42).unwrap();
+        assert_eq!(got, m.clone().at(42));
+        assert!(decode(b"garbage", 1).is_none());
+    }
+}

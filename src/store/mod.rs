@@ -1,0 +1,119 @@
+//! The `Store` seam: accounts, rooms, memberships, persisted messages and the persist
+//! worker's offsets. PostgreSQL (`postgres.rs`, diesel-async) is the distributed backend.
+//!
+//! The store is not on the real-time path: a message reaches readers through the log and
+//! the bus whether or not it has been written here yet.
+
+mod postgres;
+pub mod schema;
+
+pub use postgres::PgStore;
+
+use async_trait::async_trait;
+
+use crate::model::{Member, Message, Position, RoomId, RoomKind, RoomView, User, UserId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Connection refused, pool timeout, server gone: back off and retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The partition's offset moved under us: another worker owns it now.
+    #[error("offset of partition {partition} is no longer {expected}: another consumer owns it")]
+    Fenced { partition: i32, expected: i64 },
+    #[error("database error: {0}")]
+    Other(#[source] anyhow::Error),
+}
+
+impl StoreError {
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// A user with the password hash, for login only.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Room {
+    pub id: RoomId,
+    pub name: String,
+    pub kind: RoomKind,
+}
+
+/// One page of a room's history, ascending by position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// `Conflict("username")` if the name is taken (case-insensitively).
+    async fn create_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError>;
+    async fn credentials(&self, name: &str) -> Result<Option<Credentials>, StoreError>;
+    async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
+
+    /// Every room the user belongs to, then the other public rooms.
+    async fn rooms_for(&self, user: UserId) -> Result<Vec<RoomView>, StoreError>;
+    async fn room(&self, id: RoomId) -> Result<Option<Room>, StoreError>;
+    /// Creates a room with the creator as its first member. `Conflict("room name")`.
+    async fn create_room(&self, room: &Room, creator: UserId) -> Result<(), StoreError>;
+    /// Returns whether the user was not a member before.
+    async fn join(&self, room: RoomId, user: UserId) -> Result<bool, StoreError>;
+    /// Returns whether the user was a member before.
+    async fn leave(&self, room: RoomId, user: UserId) -> Result<bool, StoreError>;
+    async fn is_member(&self, room: RoomId, user: UserId) -> Result<bool, StoreError>;
+    /// Members with `online: false`; presence is filled in by the caller.
+    async fn members(&self, room: RoomId) -> Result<Vec<Member>, StoreError>;
+    /// The one DM room of the two users, created on first use. Returns (room, created).
+    async fn dm_room(&self, a: UserId, b: UserId) -> Result<(Room, bool), StoreError>;
+    async fn mark_read(
+        &self,
+        room: RoomId,
+        user: UserId,
+        position: Position,
+    ) -> Result<(), StoreError>;
+
+    /// Messages with position < `before` (all if None), the newest `limit` of them,
+    /// returned ascending.
+    async fn history(
+        &self,
+        room: RoomId,
+        before: Option<Position>,
+        limit: i64,
+    ) -> Result<HistoryPage, StoreError>;
+    /// Messages with position > `after`, ascending, at most `limit`.
+    async fn messages_after(
+        &self,
+        room: RoomId,
+        after: Position,
+        limit: i64,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// The persist worker's next offset for a partition (None: never committed).
+    async fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError>;
+    /// Writes the batch and moves the partition's next offset from `from` (None: never
+    /// committed) to `to`, in one transaction. Rows that exist already (same id, same
+    /// (sender, client_msg_id) or same log record) are skipped. Returns rows inserted.
+    /// `Fenced` if the stored offset is not `from`: nothing is written then.
+    async fn commit_batch(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: Option<i64>,
+        to: i64,
+        messages: &[Message],
+    ) -> Result<usize, StoreError>;
+}

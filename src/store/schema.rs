@@ -1,0 +1,66 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    consumer_offsets (topic, log_partition) {
+        topic -> Text,
+        log_partition -> Int4,
+        next_offset -> Int8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    memberships (room_id, user_id) {
+        room_id -> Uuid,
+        user_id -> Uuid,
+        joined_at -> Timestamptz,
+        last_read -> Nullable<Int8>,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> Uuid,
+        room_id -> Uuid,
+        sender_id -> Uuid,
+        sender_name -> Text,
+        client_msg_id -> Text,
+        body -> Text,
+        position -> Int8,
+        log_partition -> Int4,
+        sent_at -> Timestamptz,
+        stored_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    rooms (id) {
+        id -> Uuid,
+        name -> Text,
+        kind -> Text,
+        dm_key -> Nullable<Text>,
+        created_by -> Uuid,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Uuid,
+        name -> Text,
+        password_hash -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(memberships -> rooms (room_id));
+diesel::joinable!(memberships -> users (user_id));
+diesel::joinable!(rooms -> users (created_by));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    consumer_offsets,
+    memberships,
+    messages,
+    rooms,
+    users,
+);

@@ -1,0 +1,54 @@
+//! Logging (tracing-subscriber: text or JSON, filtered by RUST_LOG) and metrics
+//! (a Prometheus recorder rendered at /metrics).
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::LogFormat;
+
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Installs the process-wide metrics recorder once and returns its handle.
+pub fn metrics() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Metric names, in one place.
+pub mod names {
+    pub const CONNECTIONS: &str = "chat_connections";
+    pub const FRAMES_IN: &str = "chat_frames_in_total";
+    pub const MESSAGES_SENT: &str = "chat_messages_sent_total";
+    pub const MESSAGES_DELIVERED: &str = "chat_messages_delivered_total";
+    pub const SEND_ERRORS: &str = "chat_send_errors_total";
+    pub const SLOW_CLIENTS: &str = "chat_slow_clients_disconnected_total";
+    pub const PRODUCE_SECONDS: &str = "chat_kafka_produce_seconds";
+    pub const SEND_TO_DELIVER_SECONDS: &str = "chat_send_to_deliver_seconds";
+    pub const RELAYED: &str = "chat_relay_messages_total";
+    pub const PERSISTED: &str = "chat_persisted_messages_total";
+    pub const PERSIST_BATCH: &str = "chat_persist_batch_size";
+    pub const CONSUMER_LAG: &str = "chat_consumer_lag";
+    pub const PERSIST_ERRORS: &str = "chat_persist_errors_total";
+}
