@@ -85,6 +85,24 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let stop = CancellationToken::new();
     let drain = CancellationToken::new();
     let metrics = telemetry::metrics();
+    {
+        let (bus, metrics, stop) = (bus.clone(), metrics.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(2), bus.ping()).await;
+                n += 1;
+                if n % 5 == 0 {
+                    metrics.run_upkeep();
+                }
+            }
+        });
+    }
     let readiness = web::Data::new(Readiness {
         store: store.clone(),
         bus: bus.clone(),
@@ -146,6 +164,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             };
         }
         app
+    })
+    // Frames are small and latency-bound: no Nagle on client sockets.
+    .on_connect(|conn, _| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            let _ = tcp.set_nodelay(true);
+        }
     })
     .disable_signals()
     .shutdown_timeout(5)

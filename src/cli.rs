@@ -85,6 +85,12 @@ pub struct ServeArgs {
     /// Serve the browser client from this directory instead of the copy built in.
     #[arg(long, env = "STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
+    /// Sends per second allowed on one connection (then `rate_limited`).
+    #[arg(long, env = "SEND_RATE_PER_SEC", default_value_t = 20)]
+    pub send_rate_per_sec: u32,
+    /// Burst of sends allowed above the rate.
+    #[arg(long, env = "SEND_RATE_BURST", default_value_t = 40)]
+    pub send_rate_burst: u32,
     /// Maximum PostgreSQL connections of this process.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: usize,

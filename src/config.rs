@@ -207,7 +207,11 @@ impl Config {
             drain_timeout: Duration::from_secs(a.drain_timeout_secs),
             kafka_linger: Duration::from_millis(1),
             produce_timeout: Duration::from_secs(5),
-            limits: Limits::default(),
+            limits: Limits {
+                sends_per_second: a.send_rate_per_sec.max(1),
+                send_burst: a.send_rate_burst.max(1),
+                ..Limits::default()
+            },
         })
     }
 }

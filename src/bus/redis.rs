@@ -149,12 +149,16 @@ impl Bus for RedisBus {
         c.unsubscribe(self.channel(room)).await.map_err(unavailable)
     }
 
+    /// Pings both connections; a periodic ping is also what makes a connection manager
+    /// reconnect (and re-subscribe) after an outage without waiting for traffic.
     async fn ping(&self) -> Result<(), BusError> {
-        let mut c = self.commands.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut c)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        for conn in [&self.commands, &self.subscriber] {
+            let mut c = conn.clone();
+            redis::cmd("PING")
+                .query_async::<redis::Value>(&mut c)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
     }
 }

@@ -133,7 +133,10 @@ impl Sender {
         body: &str,
     ) -> Result<Message, SendError> {
         let key = self.key(sender, client_msg_id);
-        let id = match self.claim(&key).await? {
+        let t0 = Instant::now();
+        let claimed = self.claim(&key).await?;
+        tracing::debug!(claim_us = t0.elapsed().as_micros() as u64, "claimed");
+        let id = match claimed {
             Claim::Done(m) => return Ok(m),
             Claim::InFlight => return Err(SendError::InFlight),
             Claim::Mine(id) => id,

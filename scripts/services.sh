@@ -1,0 +1,613 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2012 # (ls on directories this script fills or Debian owns)
+# Local backing services for `chat` development and tests: PostgreSQL, Redis and
+# Apache Kafka (KRaft, single combined node), as plain local processes.
+# No Docker, no systemd.
+#
+#   scripts/services.sh start          start what is not already answering, wait, print URLs
+#   scripts/services.sh stop           stop all three
+#   scripts/services.sh status         up/down per service (exit 1 if any is down)
+#   scripts/services.sh env            `export VAR=...` lines, for eval "$(scripts/services.sh env)"
+#   scripts/services.sh start-one NAME start one service (postgres|redis|kafka)
+#   scripts/services.sh stop-one NAME  stop one service cleanly
+#   scripts/services.sh kill-one NAME  crash one service (SIGKILL; postgres: immediate stop)
+#   scripts/services.sh kafka-class org.apache.kafka.tools.TopicCommand --bootstrap-server \
+#       127.0.0.1:9092 --list          run a Kafka tool (TopicCommand, ConsoleConsumer, ...)
+#
+# State lives in ${CHAT_CACHE:-$HOME/.cache/chat}: run/ (pid files, logs, Kafka data),
+# kafka-<version>/libs (broker jars from Maven Central, fetched once), m2/ (Maven's repo).
+# PostgreSQL is Debian's cluster (data in /var/lib/postgresql, log in /var/log/postgresql).
+# Progress goes to stderr; stdout carries only the URL lines, so it can be parsed.
+set -euo pipefail
+
+CACHE="${CHAT_CACHE:-$HOME/.cache/chat}"
+RUN="$CACHE/run"
+KAFKA_VERSION="4.1.1"
+LOG4J_VERSION="2.24.3"   # the log4j2 that Kafka 4.1.1 itself ships with
+KAFKA_HOME="$CACHE/kafka-$KAFKA_VERSION"
+KAFKA_LIBS="$KAFKA_HOME/libs"
+KAFKA_DIR="$RUN/kafka"             # config + data
+KAFKA_DATA="$KAFKA_DIR/data"
+KAFKA_PID="$RUN/kafka.pid"
+KAFKA_LOG="$RUN/kafka.log"         # log4j2 output
+KAFKA_OUT="$RUN/kafka.out"         # JVM stdout/stderr (crashes, GC trouble)
+REDIS_PID="$RUN/redis.pid"
+REDIS_LOG="$RUN/redis.log"
+
+HOST=127.0.0.1
+PG_PORT=5432
+REDIS_PORT=6379
+KAFKA_PORT=9092
+KAFKA_CONTROLLER_PORT=9093
+
+DATABASE_URL="postgres://postgres:postgres@$HOST:$PG_PORT/postgres"
+REDIS_URL="redis://$HOST:$REDIS_PORT"
+KAFKA_BROKERS="$HOST:$KAFKA_PORT"
+
+START_TIMEOUT="${CHAT_SERVICES_TIMEOUT:-120}" # seconds, per service
+
+log() { printf '[services] %s\n' "$*" >&2; }
+die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+as_postgres() { # from /, which the postgres user can always enter
+  if [ "$(id -u)" -eq 0 ]; then
+    (cd / && runuser -u postgres -- "$@")
+  else
+    (cd / && sudo -u postgres "$@")
+  fi
+}
+
+# Install Debian packages that are missing. `apt-get update` only when the package lists are
+# empty or an install fails; waits for another apt/dpkg instead of failing on its lock.
+apt_install() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 -y -q)
+  if ! compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null; then
+    as_root "${apt[@]}" update >&2
+  fi
+  if ! as_root "${apt[@]}" install --no-install-recommends "${missing[@]}" >&2; then
+    as_root "${apt[@]}" update >&2
+    as_root "${apt[@]}" install --no-install-recommends "${missing[@]}" >&2
+  fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# A process that exited but was not reaped yet (a zombie; PID 1 here reaps lazily) counts as dead.
+proc_alive() { # pid
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  state="$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null || true)"
+  [ "$state" != Z ] && [ "$state" != X ]
+}
+
+pid_alive() { # pidfile
+  local pid
+  [ -f "$1" ] || return 1
+  pid="$(cat "$1" 2>/dev/null)" || return 1
+  [ -n "$pid" ] && proc_alive "$pid"
+}
+
+# Error lines of log4j (Kafka), PostgreSQL, Redis and Java stack traces.
+ERR_RE=' (ERROR|FATAL|PANIC):? |^Caused by|^[A-Za-z0-9_.$]+(Exception|Error)(:|$)| # (Warning: |Fatal|FATAL|Failed)'
+tail_log() { # file...: its error lines first (a failing JVM logs pages of shutdown after them)
+  local f
+  for f in "$@"; do
+    if [ -s "$f" ]; then
+      if grep -qE "$ERR_RE" "$f"; then
+        printf -- '----- errors in %s -----\n' "$f" >&2
+        grep -E "$ERR_RE" "$f" | tail -n 12 | cut -c1-400 >&2 || true
+      fi
+      printf -- '----- last lines of %s -----\n' "$f" >&2
+      tail -n 25 "$f" | cut -c1-400 >&2 || true
+    fi
+  done
+}
+
+# wait_for NAME CHECK_FN PIDCHECK_FN LOGFILE...: poll CHECK_FN until it succeeds or the timeout;
+# PIDCHECK_FN (or "") fails fast when the process already died.
+wait_for() {
+  local name="$1" check="$2" alive="$3" start=$SECONDS
+  shift 3
+  while ! "$check"; do
+    if [ -n "$alive" ] && ! "$alive"; then
+      tail_log "$@"
+      die "$name exited during startup (logs above)"
+    fi
+    if (( SECONDS - start >= START_TIMEOUT )); then
+      tail_log "$@"
+      die "$name did not answer within ${START_TIMEOUT}s (logs above)"
+    fi
+    sleep 0.2
+  done
+}
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL (Debian cluster, started with pg_ctlcluster)
+
+PG_VER=""
+pg_version() {
+  if [ -z "$PG_VER" ]; then
+    PG_VER="$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1 || true)"
+  fi
+  [ -n "$PG_VER" ]
+}
+pg_log() { echo "/var/log/postgresql/postgresql-$PG_VER-main.log"; }
+
+pg_query_ok() { # connects with the password over TCP, as the tests will
+  PGPASSWORD=postgres PGCONNECT_TIMEOUT=3 timeout 5 psql -h "$HOST" -p "$PG_PORT" -U postgres -d postgres \
+    -XtAqc 'select 1' >/dev/null 2>&1
+}
+pg_ready() { pg_isready -q -h "$HOST" -p "$PG_PORT" -t 2 >/dev/null 2>&1; }
+pg_running() { # the cluster's postmaster is alive (whatever it listens on)
+  local pidfile="/var/lib/postgresql/$PG_VER/main/postmaster.pid" pid
+  [ -f "$pidfile" ] || return 1
+  pid="$(head -n 1 "$pidfile" 2>/dev/null)" || return 1
+  [ -n "$pid" ] && proc_alive "$pid"
+}
+pg_up() { pg_version && pg_query_ok; }
+
+pg_install() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! pg_version; then
+    apt_install postgresql postgresql-client
+  fi
+  pg_version || {
+    local v
+    v="$(ls /usr/lib/postgresql | sort -V | tail -n 1)"
+    [ -n "$v" ] || die "postgresql is installed but /usr/lib/postgresql has no version"
+    log "creating PostgreSQL cluster $v/main"
+    as_root pg_createcluster "$v" main >&2
+    pg_version || die "no PostgreSQL cluster under /etc/postgresql"
+  }
+}
+
+# Writes our settings (cheap when nothing changed); sets PG_CHANGED=1 when a restart is needed.
+PG_CHANGED=0
+pg_configure() {
+  local confdir="/etc/postgresql/$PG_VER/main" conf want
+  conf="$confdir/conf.d/zz-chat.conf"
+  # fsync and synchronous_commit keep their (durable) defaults: tests check durability.
+  want="# written by scripts/services.sh (chat tests)
+listen_addresses = '$HOST'
+port = $PG_PORT
+max_connections = 300
+shared_buffers = 256MB
+password_encryption = scram-sha-256
+"
+  as_root mkdir -p "$confdir/conf.d"
+  if [ "$(cat "$conf" 2>/dev/null || true)" != "${want%$'\n'}" ]; then
+    printf '%s' "$want" | as_root tee "$conf" >/dev/null
+    as_root chown postgres:postgres "$conf"
+    PG_CHANGED=1
+  fi
+  local hba="$confdir/pg_hba.conf"
+  if ! grep -Eq "^[[:space:]]*host[[:space:]]+all[[:space:]]+all[[:space:]]+127\.0\.0\.1/32[[:space:]]+(scram-sha-256|md5)" "$hba"; then
+    log "allowing password logins from 127.0.0.1 in $hba"
+    # Before the first rule, so no earlier rule shadows it.
+    as_root sed -i '0,/^[[:space:]]*\(local\|host\)/s//host    all             all             127.0.0.1\/32            scram-sha-256\n&/' "$hba"
+    PG_CHANGED=1
+  fi
+}
+
+pg_set_password() {
+  if ! pg_query_ok; then
+    log "setting the postgres role's password"
+    as_postgres psql -XqAt -c "ALTER USER postgres WITH PASSWORD 'postgres'" >/dev/null
+  fi
+}
+
+pg_start() {
+  pg_install
+  pg_configure
+  if [ "$PG_CHANGED" -eq 0 ] && pg_query_ok; then
+    log "postgres: already up"
+    return 0
+  fi
+  as_root install -d -o postgres -g postgres -m 2775 /var/run/postgresql
+  if pg_running; then
+    if [ "$PG_CHANGED" -eq 1 ]; then
+      log "postgres: restarting cluster $PG_VER/main to apply settings"
+      as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VER" main restart >&2 9>&- \
+        || { tail_log "$(pg_log)"; die "postgres restart failed"; }
+    fi
+  else
+    log "postgres: starting cluster $PG_VER/main"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VER" main start >&2 9>&- \
+      || { tail_log "$(pg_log)"; die "postgres failed to start"; }
+  fi
+  wait_for postgres pg_ready pg_running "$(pg_log)"
+  pg_set_password
+  wait_for postgres pg_query_ok pg_running "$(pg_log)"
+  log "postgres: up on $HOST:$PG_PORT"
+}
+
+pg_stop() { # mode: fast (clean) or immediate (crash-like)
+  local mode="${1:-fast}"
+  pg_version || { log "postgres: not installed"; return 0; }
+  if pg_running; then
+    log "postgres: stopping ($mode)"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VER" main stop -m "$mode" >&2 || true
+  else
+    log "postgres: not running"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Redis
+
+redis_up() { [ "$(timeout 2 redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
+redis_alive() { pid_alive "$REDIS_PID"; }
+
+redis_start() {
+  if command -v redis-cli >/dev/null 2>&1 && redis_up; then
+    log "redis: already up"
+    return 0
+  fi
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  mkdir -p "$RUN/redis"
+  log "redis: starting"
+  rm -f "$REDIS_PID"
+  [ -f "$REDIS_LOG" ] && mv -f "$REDIS_LOG" "$REDIS_LOG.1"  # one run per log file
+  redis-server --daemonize yes --bind "$HOST" --port "$REDIS_PORT" --save "" --appendonly no \
+    --dir "$RUN/redis" --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" >&2 9>&- \
+    || { tail_log "$REDIS_LOG"; die "redis-server failed to start"; }
+  # The pid file appears right after daemonizing; until then don't judge liveness by it.
+  local t=$SECONDS
+  while [ ! -f "$REDIS_PID" ] && (( SECONDS - t < 5 )); do sleep 0.05; done
+  wait_for redis redis_up redis_alive "$REDIS_LOG"
+  log "redis: up on $HOST:$REDIS_PORT"
+}
+
+redis_stop() { # mode: clean or kill
+  local mode="${1:-clean}" pid=""
+  [ -f "$REDIS_PID" ] && pid="$(cat "$REDIS_PID" 2>/dev/null || true)"
+  if [ "$mode" = kill ]; then
+    if [ -n "$pid" ] && proc_alive "$pid"; then
+      log "redis: SIGKILL $pid"
+      kill -9 "$pid" 2>/dev/null || true
+    else
+      log "redis: no pid to kill"
+    fi
+  elif redis_up; then
+    log "redis: stopping"
+    redis-cli -h "$HOST" -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  else
+    log "redis: not running"
+  fi
+  local t=$SECONDS
+  while { redis_up || { [ -n "$pid" ] && proc_alive "$pid"; }; } && (( SECONDS - t < 20 )); do
+    sleep 0.1
+  done
+  if [ -n "$pid" ] && proc_alive "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
+  rm -f "$REDIS_PID"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Apache Kafka (KRaft, combined broker+controller)
+
+kafka_java() { java -Xmx256m -XX:TieredStopAtLevel=1 -cp "$KAFKA_LIBS/*" "$@"; }
+
+kafka_pom() {
+  cat <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Generated by scripts/services.sh: only used to fetch the Kafka broker's classpath. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.chat</groupId>
+  <artifactId>kafka-broker-classpath</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>$KAFKA_VERSION</version>
+    </dependency>
+    <dependency>
+      <!-- The published poms carry slf4j-api 1.7 but no binding (the release tarball ships
+           one): without it the broker logs nothing at all (slf4j NOP logger). -->
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j-impl</artifactId>
+      <version>$LOG4J_VERSION</version>
+    </dependency>
+    <dependency>
+      <!-- kafka-topics & co. (org.apache.kafka.tools.*), handy for tests and debugging -->
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka-tools</artifactId>
+      <version>$KAFKA_VERSION</version>
+      <exclusions>
+        <!-- Kafka Connect (Jetty, Jersey, ...) only serves the connect-plugin-path tool -->
+        <exclusion>
+          <groupId>org.apache.kafka</groupId>
+          <artifactId>connect-runtime</artifactId>
+        </exclusion>
+      </exclusions>
+    </dependency>
+  </dependencies>
+</project>
+EOF
+}
+
+kafka_fetch_libs() {
+  # The marker holds the pom's checksum: changing the pom (or a version) refetches.
+  local pom_sum
+  pom_sum="$(kafka_pom | sha256sum | cut -c1-16)"
+  [ "$(cat "$KAFKA_LIBS/.complete" 2>/dev/null || true)" = "$pom_sum" ] && return 0
+  if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+    apt_install default-jre-headless maven
+  fi
+  local jv
+  jv="$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')"
+  [ "${jv%%.*}" -ge 17 ] 2>/dev/null || die "Kafka $KAFKA_VERSION needs Java 17+, found '$jv'"
+  log "kafka: fetching Kafka $KAFKA_VERSION jars from Maven Central (once) into $KAFKA_LIBS"
+  mkdir -p "$KAFKA_HOME"
+  kafka_pom >"$KAFKA_HOME/pom.xml"
+  rm -rf "$KAFKA_LIBS.tmp"
+  mvn -B -Dstyle.color=never -f "$KAFKA_HOME/pom.xml" -Dmaven.repo.local="$CACHE/m2" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.tmp" \
+    >"$KAFKA_HOME/mvn.log" 2>&1 \
+    || { tail_log "$KAFKA_HOME/mvn.log"; die "mvn could not fetch the Kafka jars (is Maven Central reachable?)"; }
+  ls "$KAFKA_LIBS.tmp/kafka_2.13-$KAFKA_VERSION.jar" >/dev/null 2>&1 \
+    || die "mvn ran but kafka_2.13-$KAFKA_VERSION.jar is missing from $KAFKA_LIBS.tmp"
+  echo "$pom_sum" >"$KAFKA_LIBS.tmp/.complete"
+  rm -rf "$KAFKA_LIBS"
+  mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
+  log "kafka: $(ls "$KAFKA_LIBS" | wc -l) jars, $(du -sh "$KAFKA_LIBS" | cut -f1)"
+}
+
+kafka_write_config() {
+  mkdir -p "$KAFKA_DATA"
+  cat >"$KAFKA_DIR/server.properties" <<EOF
+# Generated by scripts/services.sh: single-node KRaft (broker+controller) for tests.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$KAFKA_DATA
+num.partitions=8
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=8
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+delete.topic.enable=true
+num.network.threads=2
+num.io.threads=4
+log.retention.hours=24
+log.segment.bytes=104857600
+# After a crash (kill-one kafka) the new incarnation can only register once the old one's
+# session expired: 9 s by default. Heartbeats stay frequent so a busy box does not fence it.
+broker.session.timeout.ms=4000
+broker.heartbeat.interval.ms=500
+EOF
+  cat >"$KAFKA_DIR/log4j2.properties" <<EOF
+# Generated by scripts/services.sh
+status = warn
+name = chat-kafka
+# Kafka logs its own shutdown from a JVM shutdown hook: keep the appender open for it.
+shutdownHook = disable
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = $KAFKA_LOG
+appender.file.append = true
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.statechange.name = state.change.logger
+logger.statechange.level = WARN
+logger.cleaner.name = kafka.log.LogCleaner
+logger.cleaner.level = WARN
+logger.authorizer.name = kafka.authorizer.logger
+logger.authorizer.level = WARN
+EOF
+}
+
+# A Kafka cluster id is 16 random bytes, base64url without padding (org.apache.kafka.common.Uuid);
+# made here to spare a JVM start.
+kafka_random_uuid() {
+  local id
+  while :; do
+    id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    [ "${id:0:1}" != "-" ] && [ "$id" != "AAAAAAAAAAAAAAAAAAAAAA" ] && [ "$id" != "AAAAAAAAAAAAAAAAAAAAAQ" ] && break
+  done
+  printf '%s' "$id"
+}
+
+# Sends a Metadata v4 request (no topics) over bash's /dev/tcp and checks that the answer lists
+# at least one broker: the port is open AND the broker serves requests, without a JVM.
+kafka_serving() {
+  local out
+  # shellcheck disable=SC2016 # $0/$1 expand in the inner shell
+  out="$(timeout 3 bash -c '
+    exec 3<>"/dev/tcp/$0/$1" || exit 1
+    # size=18 | api_key=3 (Metadata) | version=4 | correlation_id=7 | client_id="svc"
+    # | topics=[] (empty, not null: no topic data) | allow_auto_topic_creation=false
+    printf "\x00\x00\x00\x12\x00\x03\x00\x04\x00\x00\x00\x07\x00\x03svc\x00\x00\x00\x00\x00" >&3
+    od -An -tx1 -N16 <&3' "$HOST" "$KAFKA_PORT" 2>/dev/null)" || return 1
+  # response: size(4) correlation_id(4) throttle_time_ms(4) broker_count(4)
+  # shellcheck disable=SC2086 # split the hex bytes into $1..$16
+  set -- $out
+  [ "$#" -eq 16 ] || return 1
+  [ "$5$6$7$8" = 00000007 ] || return 1
+  [ "${13}${14}${15}${16}" != 00000000 ]
+}
+kafka_up() { port_open "$KAFKA_PORT" && kafka_serving; }
+kafka_alive() { pid_alive "$KAFKA_PID"; }
+
+kafka_start() {
+  if kafka_up; then
+    log "kafka: already up"
+    return 0
+  fi
+  if kafka_alive; then
+    log "kafka: process $(cat "$KAFKA_PID") is alive but not serving yet; waiting"
+  else
+    kafka_fetch_libs
+    kafka_write_config
+    if [ ! -f "$KAFKA_DATA/meta.properties" ]; then
+      local id
+      id="$(kafka_random_uuid)"
+      log "kafka: formatting storage (cluster id $id)"
+      kafka_java kafka.tools.StorageTool format -t "$id" -c "$KAFKA_DIR/server.properties" \
+        --ignore-formatted >"$RUN/kafka-format.log" 2>&1 \
+        || { tail_log "$RUN/kafka-format.log"; die "kafka storage format failed"; }
+    fi
+    log "kafka: starting broker $KAFKA_VERSION"
+    rm -f "$KAFKA_PID"
+    # One run per log file; the previous run's stays in *.1.
+    [ -f "$KAFKA_LOG" ] && mv -f "$KAFKA_LOG" "$KAFKA_LOG.1"
+    [ -f "$KAFKA_OUT" ] && mv -f "$KAFKA_OUT" "$KAFKA_OUT.1"
+    : >"$KAFKA_OUT"
+    # setsid: own session, so the broker outlives the shell/job that started it.
+    # shellcheck disable=SC2016 # expanded by the inner shell, from the environment
+    KAFKA_LIBS="$KAFKA_LIBS" KAFKA_DIR="$KAFKA_DIR" KAFKA_PID="$KAFKA_PID" RUN="$RUN" \
+      setsid nohup bash -c 'echo $$ >"$KAFKA_PID"; exec java -Xms256m -Xmx512m -XX:+UseG1GC \
+        -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties" -Dkafka.logs.dir="$RUN" \
+        -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties"' \
+      >>"$KAFKA_OUT" 2>&1 </dev/null 9>&- &
+    local t=$SECONDS
+    while [ ! -s "$KAFKA_PID" ] && (( SECONDS - t < 5 )); do sleep 0.05; done
+  fi
+  wait_for kafka kafka_up kafka_alive "$KAFKA_OUT" "$KAFKA_LOG"
+  log "kafka: up on $KAFKA_BROKERS"
+}
+
+kafka_stop() { # mode: clean or kill
+  local mode="${1:-clean}" pid
+  if ! kafka_alive; then
+    if port_open "$KAFKA_PORT"; then
+      log "kafka: something answers on $KAFKA_PORT but $KAFKA_PID has no live pid; not touching it"
+    else
+      log "kafka: not running"
+    fi
+    rm -f "$KAFKA_PID"
+    return 0
+  fi
+  pid="$(cat "$KAFKA_PID")"
+  if [ "$mode" = kill ]; then
+    log "kafka: SIGKILL $pid"
+    kill -9 "$pid" 2>/dev/null || true
+  else
+    log "kafka: stopping (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+  fi
+  local t=$SECONDS
+  while proc_alive "$pid"; do
+    if (( SECONDS - t >= 60 )); then
+      log "kafka: still alive after 60s, SIGKILL"
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+    sleep 0.2
+  done
+  rm -f "$KAFKA_PID"
+}
+
+# ---------------------------------------------------------------------------------------------
+
+print_urls() {
+  echo "DATABASE_URL=$DATABASE_URL"
+  echo "REDIS_URL=$REDIS_URL"
+  echo "KAFKA_BROKERS=$KAFKA_BROKERS"
+}
+
+check_name() {
+  case "${1:-}" in
+    postgres | redis | kafka) ;;
+    *) die "unknown service '${1:-}' (postgres|redis|kafka)" ;;
+  esac
+}
+
+cmd_status() {
+  local rc=0
+  if pg_up; then echo "postgres: up ($HOST:$PG_PORT)"; else echo "postgres: down"; rc=1; fi
+  if command -v redis-cli >/dev/null 2>&1 && redis_up; then
+    echo "redis: up ($HOST:$REDIS_PORT)"
+  else
+    echo "redis: down"; rc=1
+  fi
+  if kafka_up; then
+    echo "kafka: up ($KAFKA_BROKERS)"
+  elif kafka_alive; then
+    echo "kafka: down (process $(cat "$KAFKA_PID") alive, not serving)"; rc=1
+  else
+    echo "kafka: down"; rc=1
+  fi
+  return $rc
+}
+
+main() {
+  local cmd="${1:-}"
+  mkdir -p "$RUN"
+  case "$cmd" in
+    start | stop | start-one | stop-one | kill-one)
+      # One of these at a time (parallel test runs would otherwise race to start a second broker).
+      # Daemons are started with 9>&- so they do not inherit (and hold) this lock.
+      exec 9>"$RUN/.lock"
+      flock -w 300 9 || die "another scripts/services.sh holds $RUN/.lock"
+      ;;
+  esac
+  case "$cmd" in
+    start)
+      pg_start
+      redis_start
+      kafka_start
+      print_urls
+      ;;
+    stop)
+      kafka_stop
+      redis_stop
+      pg_stop fast
+      ;;
+    status) cmd_status ;;
+    env) print_urls | sed 's/^/export /' ;;
+    start-one)
+      check_name "${2:-}"
+      case "$2" in postgres) pg_start ;; redis) redis_start ;; kafka) kafka_start ;; esac
+      ;;
+    stop-one)
+      check_name "${2:-}"
+      case "$2" in postgres) pg_stop fast ;; redis) redis_stop clean ;; kafka) kafka_stop clean ;; esac
+      ;;
+    kill-one)
+      check_name "${2:-}"
+      case "$2" in postgres) pg_stop immediate ;; redis) redis_stop kill ;; kafka) kafka_stop kill ;; esac
+      ;;
+    kafka-class)
+      # e.g. kafka-class org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:9092 --list
+      [ -n "${2:-}" ] || die "usage: $0 kafka-class CLASS [ARGS...]"
+      kafka_fetch_libs
+      shift
+      exec java -cp "$KAFKA_LIBS/*" "$@"
+      ;;
+    *)
+      echo "usage: $0 start|stop|status|env|start-one NAME|stop-one NAME|kill-one NAME" >&2
+      echo "       $0 kafka-class CLASS [ARGS...]   (a Kafka tool on the broker's classpath)" >&2
+      echo "       NAME: postgres|redis|kafka" >&2
+      exit 2
+      ;;
+  esac
+}
+
+main "$@"

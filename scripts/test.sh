@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# The project's test command (what the README and CI run), from any directory:
+#
+#   scripts/test.sh               services, fmt, clippy, build, cargo tests, browser tests
+#   scripts/test.sh --no-browser  the same without the browser tests
+#
+# Starts PostgreSQL, Redis and Kafka through scripts/services.sh (they stay up afterwards; stop
+# them with `scripts/services.sh stop`). Build output goes to $CARGO_TARGET_DIR, by default
+# ${CHAT_CACHE:-$HOME/.cache/chat}/target, outside the clone. Never downloads a browser: the
+# browser tests use Debian's chromium.
+set -euo pipefail
+
+usage() { sed -n '2,10s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+
+BROWSER=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-browser) BROWSER=0 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "scripts/test.sh: unknown option '$arg'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+T0=$SECONDS
+STEP="setup"
+STEP_T0=$SECONDS
+TIMINGS=()
+
+step_done() {
+  [ "$STEP" = setup ] || TIMINGS+=("$(printf '%5ds  %s' "$((SECONDS - STEP_T0))" "$STEP")")
+}
+banner() {
+  step_done
+  STEP="$*"
+  STEP_T0=$SECONDS
+  printf '\n==== [%s +%ds] %s ====\n' "$(date +%H:%M:%S)" "$((SECONDS - T0))" "$STEP"
+}
+on_exit() {
+  local rc=$?
+  if [ "$rc" -ne 0 ]; then
+    printf '\n==== FAILED: %s (exit %d) after %ds ====\n' "$STEP" "$rc" "$((SECONDS - T0))" >&2
+  fi
+}
+trap on_exit EXIT
+
+BROWSER_DIR="tests/browser"
+RUN_BROWSER=0
+if [ "$BROWSER" -eq 1 ] && [ -f "$BROWSER_DIR/package.json" ]; then RUN_BROWSER=1; fi
+
+# ---------------------------------------------------------------------------------------------
+banner "services: PostgreSQL, Redis, Kafka (scripts/services.sh start)"
+bash scripts/services.sh start
+eval "$(bash scripts/services.sh env)"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${CHAT_CACHE:-$HOME/.cache/chat}/target}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+
+# ---------------------------------------------------------------------------------------------
+banner "OS packages"
+pkgs=(build-essential pkg-config)
+if [ "$RUN_BROWSER" -eq 1 ]; then
+  pkgs+=(chromium)
+  command -v node >/dev/null 2>&1 || pkgs+=(nodejs npm)
+fi
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "all present: ${pkgs[*]}"
+else
+  echo "installing: ${missing[*]}"
+  sudo_=()
+  [ "$(id -u)" -eq 0 ] || sudo_=(sudo)
+  apt=("${sudo_[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 -y -q)
+  # `apt-get update` only when the lists are missing or the install fails without it.
+  compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null || "${apt[@]}" update
+  "${apt[@]}" install --no-install-recommends "${missing[@]}" \
+    || { "${apt[@]}" update && "${apt[@]}" install --no-install-recommends "${missing[@]}"; }
+fi
+
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found (install Rust with rustup)" >&2; exit 1; }
+cargo --version
+LOCKED=()
+[ -f Cargo.lock ] && LOCKED=(--locked)
+
+# ---------------------------------------------------------------------------------------------
+banner "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+banner "cargo clippy --all-targets ${LOCKED[*]} -- -D warnings"
+cargo clippy --all-targets "${LOCKED[@]}" -- -D warnings
+
+banner "cargo build --bins ${LOCKED[*]}"
+cargo build --bins "${LOCKED[@]}"
+
+banner "cargo test --all-targets ${LOCKED[*]}"
+cargo test --all-targets "${LOCKED[@]}"
+
+# ---------------------------------------------------------------------------------------------
+if [ "$RUN_BROWSER" -eq 1 ]; then
+  banner "browser tests: npm install ($BROWSER_DIR)"
+  export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 PUPPETEER_SKIP_DOWNLOAD=1
+  (
+    cd "$BROWSER_DIR"
+    # npm ci wipes node_modules: skip it when the lockfile did not change since the last one.
+    if [ -f package-lock.json ]; then
+      if cmp -s package-lock.json node_modules/.chat-installed-lock 2>/dev/null; then
+        echo "node_modules up to date with package-lock.json"
+      else
+        npm ci --no-audit --no-fund
+        mkdir -p node_modules && cp package-lock.json node_modules/.chat-installed-lock
+      fi
+    else
+      npm install --no-audit --no-fund
+    fi
+  )
+
+  banner "browser tests: node --test ($BROWSER_DIR)"
+  export CHAT_BIN="$CARGO_TARGET_DIR/debug/chat"
+  [ -x "$CHAT_BIN" ] || { echo "missing $CHAT_BIN (cargo build --bins should have made it)" >&2; exit 1; }
+  CHROMIUM_BIN="${CHROMIUM_BIN:-$(command -v chromium || true)}"
+  [ -n "$CHROMIUM_BIN" ] || { echo "chromium not found" >&2; exit 1; }
+  export CHROMIUM_BIN
+  # Node 20 takes files, not a directory, so list them (node's default test-file names).
+  mapfile -t test_files < <(find "$BROWSER_DIR" -path "$BROWSER_DIR/node_modules" -prune -o \
+    -type f \( -name '*.test.mjs' -o -name '*.test.js' -o -name '*.test.cjs' \) -print | sort)
+  if [ "${#test_files[@]}" -eq 0 ]; then
+    echo "$BROWSER_DIR/package.json exists but there is no *.test.mjs|js|cjs under $BROWSER_DIR" >&2
+    exit 1
+  fi
+  echo "CHAT_BIN=$CHAT_BIN CHROMIUM_BIN=$CHROMIUM_BIN"
+  node --test "${test_files[@]}"
+elif [ "$BROWSER" -eq 0 ]; then
+  banner "browser tests: skipped (--no-browser)"
+else
+  banner "browser tests: skipped (no $BROWSER_DIR/package.json)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+step_done
+STEP="summary"
+printf '\n==== all steps passed in %ds ====\n' "$((SECONDS - T0))"
+printf '%s\n' "${TIMINGS[@]}"

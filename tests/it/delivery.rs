@@ -1,0 +1,213 @@
+//! The message path end to end: two gateways, one consumer.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{percentile, Env, Http, Ws};
+
+const ROWS: &str = "SELECT count(*) AS n FROM messages";
+
+/// A message sent on gateway A reaches a subscriber on gateway B, in order, with the
+/// position the sender's ack carried; PostgreSQL ends up with each message once; history
+/// pages back through them. Prints the latencies it saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_gateway_delivery_is_ordered_acked_and_persisted_once() {
+    let env = Env::new("delivery").await;
+    let a = env.spawn("gateway", "gw-a-m").await;
+    let b = env.spawn("gateway", "gw-b").await;
+    let _consumer = env.spawn("consumer", "consumer").await;
+    let (ha, hb) = (Http::new(&a), Http::new(&b));
+    let alice = ha.register("alice").await;
+    let bob = hb.register("bob").await;
+    let room = ha.create_room(&alice, "general").await;
+    hb.join(&bob, &room).await;
+
+    let mut wa = Ws::login(&a, &alice).await;
+    let mut wb = Ws::login(&b, &bob).await;
+    wa.subscribe(&room, None).await;
+    wb.subscribe(&room, None).await;
+
+    const N: usize = 300;
+    // Bob reads on his own task, so delivery times are taken when frames arrive.
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < N {
+            let v = wb.expect("message").await;
+            got.push((v["message"].clone(), Instant::now()));
+        }
+        let extra = wb.next_within(Duration::from_millis(300)).await;
+        (got, extra)
+    });
+    let mut sent_at = HashMap::new();
+    let mut acks = HashMap::new();
+    let mut ack_ms = Vec::new();
+    // One at a time, each after the previous ack: latency without queueing.
+    for i in 0..N {
+        let cmid = format!("m{i}");
+        sent_at.insert(cmid.clone(), Instant::now());
+        wa.send(json!({"type": "send", "room": room, "client_msg_id": cmid, "body": format!("hello {i}")}))
+            .await;
+        loop {
+            let v = wa.next().await;
+            match v["type"].as_str() {
+                Some("ack") => {
+                    let c = v["client_msg_id"].as_str().unwrap().to_owned();
+                    ack_ms.push(sent_at[&c].elapsed().as_secs_f64() * 1e3);
+                    assert!(
+                        v["message"]["position"].is_i64(),
+                        "ack without position: {v}"
+                    );
+                    acks.insert(c, v["message"].clone());
+                    break;
+                }
+                Some("message") => {}
+                _ => panic!("unexpected frame {v}"),
+            }
+        }
+    }
+    // Bob saw every message, in order, as acked, once.
+    let (got, extra) = reader.await.expect("reader task");
+    let mut deliver_ms = Vec::new();
+    for (i, (m, at)) in got.iter().enumerate() {
+        let c = format!("m{i}");
+        assert_eq!(m["client_msg_id"], c.as_str(), "order broken at {i}");
+        assert_eq!(m["id"], acks[&c]["id"]);
+        assert_eq!(m["position"], acks[&c]["position"]);
+        assert_eq!(m["sender"]["name"], alice.name.as_str());
+        deliver_ms.push(at.duration_since(sent_at[&c]).as_secs_f64() * 1e3);
+    }
+    assert!(
+        extra.is_none_or(|v| v["type"] != "message"),
+        "a message was delivered twice"
+    );
+    // Persisted exactly once.
+    let n = env
+        .wait_count(ROWS, N as i64, Duration::from_secs(20))
+        .await;
+    assert_eq!(n, N as i64);
+    assert_eq!(
+        env.count("SELECT count(DISTINCT id) AS n FROM messages")
+            .await,
+        N as i64
+    );
+    // History pages back through all of them, ascending within each page.
+    let mut before: Option<i64> = None;
+    let mut pages: Vec<Vec<serde_json::Value>> = Vec::new();
+    loop {
+        let q = match before {
+            Some(p) => format!("/api/rooms/{room}/messages?limit=70&before={p}"),
+            None => format!("/api/rooms/{room}/messages?limit=70"),
+        };
+        let (s, v) = hb
+            .call(reqwest::Method::GET, &q, Some(&bob.token), None)
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let page = v["messages"].as_array().unwrap().clone();
+        before = page.first().and_then(|m| m["position"].as_i64());
+        let more = v["has_more"].as_bool().unwrap();
+        pages.push(page);
+        if !more {
+            break;
+        }
+    }
+    let all: Vec<_> = pages.into_iter().rev().flatten().collect();
+    assert_eq!(all.len(), N);
+    for (i, m) in all.iter().enumerate() {
+        assert_eq!(m["client_msg_id"], format!("m{i}").as_str());
+    }
+
+    ack_ms.sort_by(f64::total_cmp);
+    deliver_ms.sort_by(f64::total_cmp);
+    println!(
+        "latency over {N} sequential sends: send->ack p50 {:.2} ms p99 {:.2} ms max {:.2} ms; \
+         send->deliver (other gateway) p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+        percentile(&ack_ms, 50.0),
+        percentile(&ack_ms, 99.0),
+        percentile(&ack_ms, 100.0),
+        percentile(&deliver_ms, 50.0),
+        percentile(&deliver_ms, 99.0),
+        percentile(&deliver_ms, 100.0),
+    );
+}
+
+/// Resending a client_msg_id, on the same or another gateway, returns the first message
+/// and never creates a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resend_is_idempotent_across_gateways() {
+    let env = Env::new("idempotent").await;
+    let a = env.spawn("gateway", "gw-a-m").await;
+    let b = env.spawn("gateway", "gw-b").await;
+    let _consumer = env.spawn("consumer", "consumer").await;
+    let ha = Http::new(&a);
+    let alice = ha.register("alice").await;
+    let room = ha.create_room(&alice, "idem").await;
+    let mut wa = Ws::login(&a, &alice).await;
+    let mut wb = Ws::login(&b, &alice).await;
+    let mut reader = Ws::login(&b, &alice).await;
+    reader.subscribe(&room, None).await;
+
+    let send = json!({"type": "send", "room": room, "client_msg_id": "same-1", "body": "once"});
+    wa.send(send.clone()).await;
+    let first = wa.expect("ack").await;
+    wa.send(send.clone()).await;
+    let again = wa.expect("ack").await;
+    wb.send(send).await;
+    let other = wb.expect("ack").await;
+    assert_eq!(first["message"], again["message"]);
+    assert_eq!(first["message"], other["message"]);
+
+    let m = reader.expect("message").await;
+    assert_eq!(m["message"]["id"], first["message"]["id"]);
+    assert!(
+        reader
+            .next_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "delivered more than once"
+    );
+    assert_eq!(env.wait_count(ROWS, 1, Duration::from_secs(10)).await, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.count(ROWS).await, 1);
+}
+
+/// `subscribe{since}` returns exactly the missed messages in order, then `subscribed`,
+/// then live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_since_recovers_the_missed_messages() {
+    let env = Env::new("recovery").await;
+    let a = env.spawn("all", "all-m").await;
+    let h = Http::new(&a);
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let room = h.create_room(&alice, "catchup").await;
+    h.join(&bob, &room).await;
+    let mut wa = Ws::login(&a, &alice).await;
+    let mut positions = Vec::new();
+    for i in 0..20 {
+        wa.send(json!({"type": "send", "room": room, "client_msg_id": format!("r{i}"), "body": format!("b{i}")}))
+            .await;
+        positions.push(
+            wa.expect("ack").await["message"]["position"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    let mut wb = Ws::login(&a, &bob).await;
+    let backlog = wb.subscribe(&room, Some(positions[4])).await;
+    let got: Vec<i64> = backlog
+        .iter()
+        .map(|m| m["position"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, positions[5..].to_vec());
+    // And from the very start (the store and the log tail together).
+    let mut wc = Ws::login(&a, &bob).await;
+    let all = wc.subscribe(&room, Some(-1)).await;
+    assert_eq!(all.len(), 20);
+    // Live afterwards.
+    wa.send(json!({"type": "send", "room": room, "client_msg_id": "live", "body": "now"}))
+        .await;
+    let live = wb.expect("message").await;
+    assert_eq!(live["message"]["client_msg_id"], "live");
+}

@@ -1,0 +1,442 @@
+//! Test harness: real PostgreSQL, Redis and Kafka (from scripts/services.sh), `chat`
+//! processes spawned from the built binary on port 0, and a small protocol client.
+//! Each `Env` has its own database, Kafka topic and Redis prefix, so tests run in
+//! parallel against one set of services.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use diesel::sql_types::BigInt;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+fn service(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests with scripts/test.sh (it starts PostgreSQL, Redis and Kafka)")
+    })
+}
+
+pub struct Env {
+    pub admin_url: String,
+    pub db_name: String,
+    pub db_url: String,
+    pub redis_url: String,
+    pub brokers: String,
+    pub topic: String,
+    pub prefix: String,
+    pub partitions: i32,
+    pub log_dir: std::path::PathBuf,
+}
+
+impl Env {
+    pub async fn new(name: &str) -> Env {
+        let admin_url = service("DATABASE_URL");
+        let id = Uuid::new_v4().simple().to_string();
+        let db_name = format!("chat_t_{}", &id[..12]);
+        let mut admin = AsyncPgConnection::establish(&admin_url)
+            .await
+            .expect("connect to PostgreSQL");
+        diesel::sql_query(format!("CREATE DATABASE {db_name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(b, _)| b);
+        let db_url = format!("{base}/{db_name}");
+        let log_dir =
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", &id[..8]));
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        Env {
+            admin_url,
+            db_name,
+            db_url,
+            redis_url: service("REDIS_URL"),
+            brokers: service("KAFKA_BROKERS"),
+            topic: format!("chat_t_{}", &id[..12]),
+            prefix: format!("t{}", &id[..12]),
+            partitions: 4,
+            log_dir,
+        }
+    }
+
+    fn args(&self, role: &str, migrate: bool) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "serve",
+            "--role",
+            role,
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &self.db_url,
+            "--redis-url",
+            &self.redis_url,
+            "--redis-prefix",
+            &self.prefix,
+            "--kafka-brokers",
+            &self.brokers,
+            "--kafka-topic",
+            &self.topic,
+            "--kafka-partitions",
+            &self.partitions.to_string(),
+            "--jwt-secret",
+            SECRET,
+            "--database-pool-size",
+            "8",
+            "--send-rate-per-sec",
+            "1000",
+            "--send-rate-burst",
+            "1000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if !migrate {
+            a.push("--no-migrate".into());
+        }
+        a
+    }
+
+    /// Starts `chat serve --role <role>` and waits until it listens.
+    pub async fn spawn(&self, role: &str, label: &str) -> Proc {
+        self.spawn_with(role, label, &[]).await
+    }
+
+    pub async fn spawn_with(&self, role: &str, label: &str, extra: &[&str]) -> Proc {
+        // Only the first process of an Env migrates; the others could race it harmlessly
+        // (migrations take an advisory lock), but this keeps start-up quick.
+        let migrate = label.ends_with("-m");
+        // `extra` flags replace the defaults of the same name.
+        let defaults = self.args(role, migrate);
+        let mut args = vec![defaults[0].clone()];
+        let mut i = 1;
+        while i < defaults.len() {
+            let flag = &defaults[i];
+            let takes_value = i + 1 < defaults.len() && !defaults[i + 1].starts_with("--");
+            if !extra.contains(&flag.as_str()) {
+                args.push(flag.clone());
+                if takes_value {
+                    args.push(defaults[i + 1].clone());
+                }
+            }
+            i += if takes_value { 2 } else { 1 };
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log =
+            std::fs::File::create(self.log_dir.join(format!("{label}.log"))).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
+            .args(&args)
+            .env("RUST_LOG", "info,chat=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn chat");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(a) = line.strip_prefix("chat listening on http://") {
+                    return a.to_owned();
+                }
+            }
+            panic!(
+                "{label} exited before listening; see {}",
+                self.log_dir.join(format!("{label}.log")).display()
+            )
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{label} did not start within 60 s"));
+        Proc { child, addr }
+    }
+
+    pub async fn db(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.db_url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let mut c = self.db().await;
+        let rows: Vec<N> = diesel::sql_query(sql).load(&mut c).await.expect(sql);
+        rows.into_iter().next().map_or(0, |r| r.n)
+    }
+
+    /// Polls until `sql` counts `want` (or the deadline passes) and returns the last count.
+    pub async fn wait_count(&self, sql: &str, want: i64, within: Duration) -> i64 {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let n = self.count(sql).await;
+            if n >= want || tokio::time::Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Best effort: leave no databases behind when the test passed.
+        if std::thread::panicking() {
+            eprintln!("logs of the failed test: {}", self.log_dir.display());
+            return;
+        }
+        let (admin, db) = (self.admin_url.clone(), self.db_name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    if let Ok(mut c) = AsyncPgConnection::establish(&admin).await {
+                        let _ =
+                            diesel::sql_query(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                                .execute(&mut c)
+                                .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+pub struct Proc {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Proc {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM and wait for the drain to finish.
+    #[allow(dead_code)]
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("drained within 30 s")
+            .expect("exit status")
+    }
+}
+
+/// A registered user with a token.
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub id: String,
+    pub name: String,
+    pub token: String,
+}
+
+pub struct Http {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Http {
+    pub fn new(p: &Proc) -> Http {
+        Http {
+            base: p.url(""),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("http request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn register(&self, prefix: &str) -> Account {
+        let name = format!("{prefix}{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/register",
+                None,
+                Some(json!({"username": name, "password": "correct horse battery"})),
+            )
+            .await;
+        assert_eq!(s, 201, "register: {v}");
+        Account {
+            id: v["user"]["id"].as_str().expect("user id").to_owned(),
+            name: v["user"]["name"].as_str().expect("user name").to_owned(),
+            token: v["token"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    pub async fn create_room(&self, who: &Account, name: &str) -> String {
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/rooms",
+                Some(&who.token),
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(s, 201, "create room: {v}");
+        v["id"].as_str().expect("room id").to_owned()
+    }
+
+    pub async fn join(&self, who: &Account, room: &str) {
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/rooms/{room}/join"),
+                Some(&who.token),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "join: {v}");
+    }
+}
+
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub async fn connect(p: &Proc) -> Ws {
+        let (stream, _) =
+            tokio_tungstenite::connect_async_with_config(format!("ws://{}/ws", p.addr), None, true)
+                .await
+                .expect("websocket connect");
+        Ws { stream }
+    }
+
+    /// Connects and authenticates.
+    pub async fn login(p: &Proc, who: &Account) -> Ws {
+        let mut ws = Ws::connect(p).await;
+        ws.send(json!({"type": "hello", "token": who.token})).await;
+        let w = ws.expect("welcome").await;
+        assert_eq!(w["user"]["id"], who.id.as_str());
+        ws
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.stream
+            .send(WsMessage::Text(v.to_string().into()))
+            .await
+            .expect("ws send");
+    }
+
+    pub async fn send_raw(&mut self, m: WsMessage) {
+        self.stream.send(m).await.expect("ws send");
+    }
+
+    /// The next JSON frame (skipping control frames), or None if the socket closed or
+    /// nothing came within `within`.
+    pub async fn next_within(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()??;
+            match m {
+                Ok(WsMessage::Text(t)) => return serde_json::from_str(&t).ok(),
+                Ok(WsMessage::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> Value {
+        self.next_within(Duration::from_secs(15))
+            .await
+            .expect("a frame within 15 s")
+    }
+
+    /// Skips frames until one of type `ty` arrives.
+    pub async fn expect(&mut self, ty: &str) -> Value {
+        loop {
+            let v = self.next().await;
+            if v["type"] == ty {
+                return v;
+            }
+            assert_ne!(v["type"], "error", "expected {ty}, got an error: {v}");
+        }
+    }
+
+    /// The close code the server sent, waiting up to `within`.
+    pub async fn close_code(&mut self, within: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()??;
+            match m {
+                Ok(WsMessage::Close(Some(f))) => return Some(f.code.into()),
+                Ok(WsMessage::Close(None)) => return Some(1005),
+                Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, room: &str, since: Option<i64>) -> Vec<Value> {
+        self.send(json!({"type": "subscribe", "room": room, "since": since}))
+            .await;
+        let mut backlog = Vec::new();
+        loop {
+            let v = self.next().await;
+            match v["type"].as_str() {
+                Some("subscribed") => return backlog,
+                Some("message") => backlog.push(v["message"].clone()),
+                Some("error") => panic!("subscribe refused: {v}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}

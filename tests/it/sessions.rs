@@ -1,0 +1,143 @@
+//! Session rules: hello first, errors as frames, membership, limits.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::harness::{Env, Http, Ws};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_rules_and_errors() {
+    let env = Env::new("sessions").await;
+    let gw = env.spawn("gateway", "gw-m").await;
+    let h = Http::new(&gw);
+
+    // Anything before hello closes with 4401; so does a bad token.
+    let mut ws = Ws::connect(&gw).await;
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.close_code(Duration::from_secs(5)).await, Some(4401));
+    let mut ws = Ws::connect(&gw).await;
+    ws.send(json!({"type": "hello", "token": "forged"})).await;
+    assert_eq!(ws.close_code(Duration::from_secs(5)).await, Some(4401));
+
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let room = h.create_room(&alice, "private-ish").await;
+    let mut ws = Ws::login(&gw, &bob).await;
+    // Malformed frames are answered, and the session goes on.
+    ws.send_raw(WsMessage::Text("{not json".into())).await;
+    assert_eq!(ws.expect("error").await["code"], "bad_frame");
+    ws.send(json!({"type": "dance"})).await;
+    let e = ws.next().await;
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("unknown_type"), Some("dance"))
+    );
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.next().await["type"], "pong");
+    // Not a member: refused.
+    ws.send(json!({"type": "subscribe", "room": room})).await;
+    assert_eq!(ws.next().await["code"], "not_member");
+    ws.send(json!({"type": "send", "room": room, "client_msg_id": "x1", "body": "hi"}))
+        .await;
+    let e = ws.next().await;
+    assert_eq!(
+        (
+            e["code"].as_str(),
+            e["ref"].as_str(),
+            e["retryable"].as_bool()
+        ),
+        (Some("not_member"), Some("x1"), Some(false))
+    );
+    // Bad input.
+    h.join(&bob, &room).await;
+    ws.send(json!({"type": "send", "room": room, "client_msg_id": "x2", "body": "   "}))
+        .await;
+    assert_eq!(ws.next().await["code"], "empty_body");
+    ws.send(json!({"type": "send", "room": room, "client_msg_id": "x3", "body": "y".repeat(4001)}))
+        .await;
+    assert_eq!(ws.next().await["code"], "body_too_long");
+    // Oversize frame: 1009.
+    ws.send_raw(WsMessage::Text("z".repeat(70 * 1024).into()))
+        .await;
+    assert_eq!(ws.close_code(Duration::from_secs(5)).await, Some(1009));
+
+    // HTTP errors have the protocol's shape.
+    let (s, v) = h.call(reqwest::Method::GET, "/api/rooms", None, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (s, v) = h
+        .call(
+            reqwest::Method::POST,
+            "/api/register",
+            None,
+            Some(json!({"username": alice.name, "password": "another password"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("username_taken"))
+    );
+    let (s, v) = h
+        .call(
+            reqwest::Method::POST,
+            "/api/login",
+            None,
+            Some(json!({"username": alice.name, "password": "wrong password"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("invalid_credentials"))
+    );
+    let (s, _) = h
+        .call(
+            reqwest::Method::POST,
+            "/api/login",
+            None,
+            Some(json!({"username": alice.name, "password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = h.call(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_retryable_errors() {
+    let env = Env::new("ratelimit").await;
+    let gw = env
+        .spawn_with(
+            "all",
+            "all-m",
+            &["--send-rate-per-sec", "20", "--send-rate-burst", "40"],
+        )
+        .await;
+    let h = Http::new(&gw);
+    let alice = h.register("alice").await;
+    let room = h.create_room(&alice, "flood").await;
+    let mut ws = Ws::login(&gw, &alice).await;
+    for i in 0..60 {
+        ws.send(
+            json!({"type": "send", "room": room, "client_msg_id": format!("f{i}"), "body": "spam"}),
+        )
+        .await;
+    }
+    let (mut acks, mut limited) = (0, 0);
+    while acks + limited < 60 {
+        let v = ws.next().await;
+        match v["type"].as_str() {
+            Some("ack") => acks += 1,
+            Some("error") => {
+                assert_eq!(v["code"], "rate_limited");
+                assert_eq!(v["retryable"], true);
+                limited += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(acks >= 40 && limited >= 1, "acks {acks}, limited {limited}");
+}
