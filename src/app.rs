@@ -119,7 +119,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 bus: bus.clone(),
                 sender: Sender::new(log.clone(), redis.clone(), &s.redis_prefix),
                 topic: s.kafka_topic.clone(),
-                auth: Auth::new(&cfg.jwt_secret, cfg.token_ttl),
+                auth: Auth::new(&cfg.jwt_secret.0, cfg.token_ttl),
                 limits: cfg.limits.clone(),
                 drain: drain.clone(),
                 allowed_origins: cfg.allowed_origins.clone(),

@@ -56,6 +56,16 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Bytes that never appear in logs.
+#[derive(Clone)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// Limits a session enforces (protocol.md's defaults).
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -94,7 +104,7 @@ pub struct Config {
     pub role: Role,
     pub listen: SocketAddr,
     pub services: Services,
-    pub jwt_secret: Vec<u8>,
+    pub jwt_secret: Secret,
     pub token_ttl: Duration,
     pub migrate: bool,
     pub allowed_origins: Vec<String>,
@@ -193,7 +203,7 @@ impl Config {
                 kafka_topic: a.kafka_topic.clone(),
                 kafka_partitions: a.kafka_partitions,
             },
-            jwt_secret: secret.into_bytes(),
+            jwt_secret: Secret(secret.into_bytes()),
             token_ttl: Duration::from_secs(a.token_ttl_hours * 3600),
             migrate: !a.no_migrate,
             allowed_origins: a
@@ -287,7 +297,9 @@ mod tests {
     fn accepts_a_complete_setup() {
         let c = Config::from_args(&args(&OK)).unwrap();
         assert_eq!(c.services.kafka_brokers, vec!["127.0.0.1:9092"]);
-        assert!(!format!("{c:?}").contains(":p@"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(":p@"), "{shown}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
     }
 
     #[test]
@@ -300,7 +312,10 @@ mod tests {
         v[7] = "short";
         let e = Config::from_args(&args(&v)).unwrap_err();
         assert!(e.to_string().contains("JWT_SECRET"), "{e}");
-        let e = Config::from_args(&args(&OK[2..])).unwrap_err();
+        // (Not by omission: the test environment may set DATABASE_URL.)
+        let mut v = OK.to_vec();
+        v[1] = "mysql://u:p@h/db";
+        let e = Config::from_args(&args(&v)).unwrap_err();
         assert!(e.to_string().contains("DATABASE_URL"), "{e}");
     }
 
