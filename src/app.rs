@@ -2,23 +2,26 @@
 //! Roles are wiring only: `gateway` and `consumer` never import each other.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context as _;
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
-use crate::bus::{Bus, RedisBus};
+use crate::bus::{Bus, BusNotice, LocalBus, RedisBus};
 use crate::cli::Role;
-use crate::config::{redact, Config};
+use crate::config::{redact, Backend, Config, Services, SECRET_FILE};
 use crate::consumer::Consumer;
 use crate::gateway::{self, Gateway, GatewayParts, Sender};
 use crate::http::{self, ops::Readiness};
 use crate::log::kafka::KafkaSettings;
 use crate::log::{KafkaLog, Log};
-use crate::store::{PgStore, Store};
+use crate::store::{PgStore, SqliteLog, SqliteStore, Store};
 use crate::telemetry;
 
 /// A running process: its bound address and the handle that stops it.
@@ -40,11 +43,24 @@ impl Running {
     }
 }
 
-/// Connects to the services (retrying Kafka for a while: it is often the slowest to come
-/// up), binds, and starts the roles. `stop` begins the drain.
-pub async fn start(cfg: Config) -> anyhow::Result<Running> {
-    let s = &cfg.services;
-    tracing::info!(role = ?cfg.role, listen = %cfg.listen, services = ?s, "starting");
+/// The three seams and what goes with them, for one mode.
+struct Seams {
+    store: Arc<dyn Store>,
+    log: Arc<dyn Log>,
+    bus: Arc<dyn Bus>,
+    notices: mpsc::UnboundedReceiver<BusNotice>,
+    sender: Sender,
+    /// Where relays keep their positions (distributed mode).
+    redis: Option<ConnectionManager>,
+    topic: String,
+    prefix: String,
+    /// Whether persist workers copy the log into the store (not when the store is the log).
+    persist: bool,
+}
+
+/// Distributed: PostgreSQL, Redis and Kafka (retrying Kafka for a while: it is often the
+/// slowest to come up).
+async fn distributed(cfg: &Config, s: &Services) -> anyhow::Result<Seams> {
     if cfg.migrate {
         let applied = PgStore::migrate(&s.database_url)
             .await
@@ -80,6 +96,104 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 }
             }
         }
+    };
+    Ok(Seams {
+        sender: Sender::new(log.clone(), redis.clone(), &s.redis_prefix),
+        store,
+        log,
+        bus,
+        notices,
+        redis: Some(redis),
+        topic: s.kafka_topic.clone(),
+        prefix: s.redis_prefix.clone(),
+        persist: true,
+    })
+}
+
+/// Embedded: one SQLite file is the store and the log; the bus is in-process.
+async fn embedded(cfg: &Config, database: &Path) -> anyhow::Result<Seams> {
+    if cfg.migrate {
+        let applied = SqliteStore::migrate(database)
+            .await
+            .with_context(|| format!("migrating {}", database.display()))?;
+        tracing::info!(?applied, "migrations done");
+    }
+    let sqlite = SqliteStore::open(database, cfg.database_pool_size.min(8))?;
+    let log = SqliteLog::open(sqlite.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
+        .with_context(|| format!("opening {}", database.display()))?;
+    let log: Arc<dyn Log> = Arc::new(log);
+    let (bus, notices) = LocalBus::new();
+    Ok(Seams {
+        store: Arc::new(sqlite),
+        sender: Sender::direct(log.clone()),
+        log,
+        bus: Arc::new(bus),
+        notices,
+        redis: None,
+        topic: "embedded".into(),
+        prefix: String::new(),
+        persist: false,
+    })
+}
+
+/// The token secret: given, or (embedded mode) generated once beside the database.
+fn jwt_secret(cfg: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Some(s) = &cfg.jwt_secret {
+        return Ok(s.0.clone());
+    }
+    let dir = match &cfg.backend {
+        Backend::Embedded { database } => database
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        Backend::Distributed(_) => anyhow::bail!("JWT_SECRET is required"),
+    };
+    let path = dir.join(SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() >= 32 => return Ok(s.trim().as_bytes().to_vec()),
+        Ok(_) => anyhow::bail!("{} holds fewer than 32 characters", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut f, secret.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated the token secret");
+    Ok(secret.into_bytes())
+}
+
+/// Builds the seams for the configured mode, binds, and starts the roles. `stop` begins
+/// the drain.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    tracing::info!(role = ?cfg.role, listen = %cfg.listen, backend = ?cfg.backend, "starting");
+    let secret = jwt_secret(&cfg)?;
+    let Seams {
+        store,
+        log,
+        bus,
+        notices,
+        sender,
+        redis,
+        topic,
+        prefix,
+        persist,
+    } = match &cfg.backend {
+        Backend::Distributed(s) => distributed(&cfg, s).await?,
+        Backend::Embedded { database } => embedded(&cfg, database).await?,
     };
 
     let stop = CancellationToken::new();
@@ -117,9 +231,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 store: store.clone(),
                 log: log.clone(),
                 bus: bus.clone(),
-                sender: Sender::new(log.clone(), redis.clone(), &s.redis_prefix),
-                topic: s.kafka_topic.clone(),
-                auth: Auth::new(&cfg.jwt_secret.0, cfg.token_ttl),
+                sender,
+                topic: topic.clone(),
+                auth: Auth::new(&secret, cfg.token_ttl),
                 limits: cfg.limits.clone(),
                 drain: drain.clone(),
                 allowed_origins: cfg.allowed_origins.clone(),
@@ -133,9 +247,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             store: store.clone(),
             log: log.clone(),
             bus: bus.clone(),
-            redis: redis.clone(),
-            topic: s.kafka_topic.clone(),
-            prefix: s.redis_prefix.clone(),
+            redis,
+            topic,
+            prefix,
+            persist,
         });
         tokio::spawn(c.run(consumer_stop.clone()))
     });

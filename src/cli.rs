@@ -52,9 +52,15 @@ pub struct ServeArgs {
     /// Address to listen on (HTTP, WebSocket, probes, metrics).
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// PostgreSQL URL (postgres://user:password@host:port/db).
+    /// PostgreSQL URL (postgres://user:password@host:port/db), or sqlite://FILE for the
+    /// embedded mode. Without DATABASE_URL, REDIS_URL and KAFKA_BROKERS, `chat serve` runs
+    /// embedded: SQLite in --data-dir, in-process fan-out, role `all`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Embedded mode: the directory of the SQLite database (chat.db) and the generated
+    /// token secret (jwt-secret). Default: the current directory.
+    #[arg(long, env = "DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Redis URL (redis://host:port).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
@@ -70,7 +76,8 @@ pub struct ServeArgs {
     /// Partitions of the topic when it is created (an existing topic keeps its own).
     #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 8)]
     pub kafka_partitions: i32,
-    /// Secret that signs session tokens (HS256); at least 32 bytes, the same on every gateway.
+    /// Secret that signs session tokens (HS256); at least 32 bytes, the same on every
+    /// gateway. Embedded mode: generated and kept in the data directory if not given.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// How long a session token is valid, in hours.
@@ -91,7 +98,7 @@ pub struct ServeArgs {
     /// Burst of sends allowed above the rate.
     #[arg(long, env = "SEND_RATE_BURST", default_value_t = 40)]
     pub send_rate_burst: u32,
-    /// Maximum PostgreSQL connections of this process.
+    /// Maximum database connections of this process.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: usize,
     /// Seconds a graceful drain may take before the rest is cut off.
@@ -101,7 +108,7 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// PostgreSQL URL.
+    /// PostgreSQL URL, or sqlite://FILE.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 }

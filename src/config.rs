@@ -99,12 +99,28 @@ impl Default for Limits {
     }
 }
 
+/// Which implementations the three seams get.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// One process, no services: SQLite file (store and log), in-process bus.
+    Embedded { database: PathBuf },
+    /// PostgreSQL, Redis and Kafka.
+    Distributed(Services),
+}
+
+/// The embedded mode's database file when none is given: `<data dir>/chat.db`.
+pub const DEFAULT_DB_FILE: &str = "chat.db";
+/// The embedded mode keeps a generated token secret beside its database.
+pub const SECRET_FILE: &str = "jwt-secret";
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub role: Role,
     pub listen: SocketAddr,
-    pub services: Services,
-    pub jwt_secret: Secret,
+    pub backend: Backend,
+    /// None in the embedded mode without `--jwt-secret`: generated once and kept in the
+    /// data directory, so tokens survive a restart.
+    pub jwt_secret: Option<Secret>,
     pub token_ttl: Duration,
     pub migrate: bool,
     pub allowed_origins: Vec<String>,
@@ -118,63 +134,23 @@ pub struct Config {
 
 impl Config {
     pub fn from_args(a: &ServeArgs) -> Result<Config, ConfigError> {
-        let given = [&a.database_url, &a.redis_url, &a.kafka_brokers]
-            .iter()
-            .filter(|v| v.is_some())
-            .count();
-        if given == 0 {
-            return Err(bad(
-                "DATABASE_URL, REDIS_URL, KAFKA_BROKERS",
-                "not set; chat serve needs PostgreSQL, Redis and Kafka \
-                 (scripts/services.sh start runs them locally)",
-            ));
-        }
-        let database_url = a
-            .database_url
-            .clone()
-            .ok_or_else(|| bad("--database-url / DATABASE_URL", "missing"))?;
-        check_database_url(&database_url)?;
-        let redis_url = a
-            .redis_url
-            .clone()
-            .ok_or_else(|| bad("--redis-url / REDIS_URL", "missing"))?;
-        check_redis_url(&redis_url)?;
-        let brokers = a
-            .kafka_brokers
-            .as_deref()
-            .ok_or_else(|| bad("--kafka-brokers / KAFKA_BROKERS", "missing"))?;
-        let kafka_brokers = parse_brokers(brokers)?;
-        if a.kafka_topic.is_empty()
-            || a.kafka_topic.len() > 249
-            || !a
-                .kafka_topic
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
-            return Err(bad(
-                "--kafka-topic / KAFKA_TOPIC",
-                "1 to 249 characters of [a-zA-Z0-9._-]",
-            ));
-        }
-        if !(1..=1024).contains(&a.kafka_partitions) {
-            return Err(bad("--kafka-partitions / KAFKA_PARTITIONS", "1 to 1024"));
-        }
-        if a.redis_prefix.is_empty() || a.redis_prefix.contains(char::is_whitespace) {
-            return Err(bad(
-                "--redis-prefix / REDIS_PREFIX",
-                "non-empty, no whitespace",
-            ));
-        }
-        let secret = a
-            .jwt_secret
-            .clone()
-            .ok_or_else(|| bad("--jwt-secret / JWT_SECRET", "missing"))?;
-        if secret.len() < 32 {
-            return Err(bad(
-                "--jwt-secret / JWT_SECRET",
-                "at least 32 bytes, the same on every gateway",
-            ));
-        }
+        let backend = backend(a)?;
+        let jwt_secret = match (&a.jwt_secret, &backend) {
+            (Some(s), _) if s.len() < 32 => {
+                return Err(bad(
+                    "--jwt-secret / JWT_SECRET",
+                    "at least 32 bytes, the same on every gateway",
+                ))
+            }
+            (Some(s), _) => Some(Secret(s.clone().into_bytes())),
+            (None, Backend::Embedded { .. }) => None,
+            (None, Backend::Distributed(_)) => {
+                return Err(bad(
+                    "--jwt-secret / JWT_SECRET",
+                    "missing (at least 32 bytes, the same on every gateway)",
+                ))
+            }
+        };
         if a.token_ttl_hours == 0 {
             return Err(bad("--token-ttl-hours / TOKEN_TTL_HOURS", "at least 1"));
         }
@@ -195,15 +171,8 @@ impl Config {
         Ok(Config {
             role: a.role,
             listen: a.listen,
-            services: Services {
-                database_url,
-                redis_url,
-                redis_prefix: a.redis_prefix.clone(),
-                kafka_brokers,
-                kafka_topic: a.kafka_topic.clone(),
-                kafka_partitions: a.kafka_partitions,
-            },
-            jwt_secret: Secret(secret.into_bytes()),
+            backend,
+            jwt_secret,
             token_ttl: Duration::from_secs(a.token_ttl_hours * 3600),
             migrate: !a.no_migrate,
             allowed_origins: a
@@ -226,13 +195,132 @@ impl Config {
     }
 }
 
+/// Picks the mode from the URLs given. Nothing (or only a `sqlite://` database): the
+/// embedded mode, role `all` only. PostgreSQL, Redis and Kafka: the distributed mode.
+/// Anything in between is refused, naming what is missing.
+fn backend(a: &ServeArgs) -> Result<Backend, ConfigError> {
+    let sqlite = a.database_url.as_deref().and_then(sqlite_path);
+    if a.redis_url.is_none() && a.kafka_brokers.is_none() {
+        if a.database_url.is_some() && sqlite.is_none() {
+            check_database_url(a.database_url.as_deref().unwrap_or_default())?;
+            return Err(bad(
+                "REDIS_URL, KAFKA_BROKERS",
+                "missing: PostgreSQL is the distributed mode's store and needs Redis and \
+                 Kafka beside it; unset DATABASE_URL (or give sqlite://FILE) for the \
+                 embedded mode",
+            ));
+        }
+        if a.role != Role::All {
+            return Err(bad(
+                "--role",
+                format!(
+                    "{} needs the distributed services (DATABASE_URL, REDIS_URL, \
+                     KAFKA_BROKERS); without them only `--role all` runs (embedded mode)",
+                    match a.role {
+                        Role::Gateway => "gateway",
+                        _ => "consumer",
+                    }
+                ),
+            ));
+        }
+        if sqlite.is_some() && a.data_dir.is_some() {
+            return Err(bad(
+                "--data-dir / DATA_DIR",
+                "give either a data directory or a sqlite:// database URL, not both",
+            ));
+        }
+        let database = match sqlite {
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(bad(
+                    "--database-url / DATABASE_URL",
+                    "sqlite:// needs a file path",
+                ))
+            }
+            Some(p) => p,
+            None => a
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join(DEFAULT_DB_FILE),
+        };
+        return Ok(Backend::Embedded { database });
+    }
+    if sqlite.is_some() {
+        return Err(bad(
+            "--database-url / DATABASE_URL",
+            "a SQLite database runs only in the embedded mode, without REDIS_URL and \
+             KAFKA_BROKERS; the distributed mode needs postgres://",
+        ));
+    }
+    let missing: Vec<&str> = [
+        (a.database_url.is_none(), "DATABASE_URL"),
+        (a.redis_url.is_none(), "REDIS_URL"),
+        (a.kafka_brokers.is_none(), "KAFKA_BROKERS"),
+    ]
+    .iter()
+    .filter(|(m, _)| *m)
+    .map(|(_, n)| *n)
+    .collect();
+    if !missing.is_empty() {
+        return Err(bad(
+            "DATABASE_URL, REDIS_URL, KAFKA_BROKERS",
+            format!(
+                "{} missing: the distributed mode needs all three (or none of them for the \
+                 embedded mode)",
+                missing.join(", ")
+            ),
+        ));
+    }
+    let database_url = a.database_url.clone().unwrap_or_default();
+    check_database_url(&database_url)?;
+    let redis_url = a.redis_url.clone().unwrap_or_default();
+    check_redis_url(&redis_url)?;
+    let kafka_brokers = parse_brokers(a.kafka_brokers.as_deref().unwrap_or_default())?;
+    if a.kafka_topic.is_empty()
+        || a.kafka_topic.len() > 249
+        || !a
+            .kafka_topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(bad(
+            "--kafka-topic / KAFKA_TOPIC",
+            "1 to 249 characters of [a-zA-Z0-9._-]",
+        ));
+    }
+    if !(1..=1024).contains(&a.kafka_partitions) {
+        return Err(bad("--kafka-partitions / KAFKA_PARTITIONS", "1 to 1024"));
+    }
+    if a.redis_prefix.is_empty() || a.redis_prefix.contains(char::is_whitespace) {
+        return Err(bad(
+            "--redis-prefix / REDIS_PREFIX",
+            "non-empty, no whitespace",
+        ));
+    }
+    Ok(Backend::Distributed(Services {
+        database_url,
+        redis_url,
+        redis_prefix: a.redis_prefix.clone(),
+        kafka_brokers,
+        kafka_topic: a.kafka_topic.clone(),
+        kafka_partitions: a.kafka_partitions,
+    }))
+}
+
+/// The file of a `sqlite://FILE` (or `sqlite:FILE`) URL.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(PathBuf::from)
+}
+
 pub fn check_database_url(url: &str) -> Result<(), ConfigError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(())
     } else {
         Err(bad(
             "--database-url / DATABASE_URL",
-            "expected postgres://user:password@host:port/database",
+            "expected postgres://user:password@host:port/database (or sqlite://FILE)",
         ))
     }
 }
@@ -296,7 +384,10 @@ mod tests {
     #[test]
     fn accepts_a_complete_setup() {
         let c = Config::from_args(&args(&OK)).unwrap();
-        assert_eq!(c.services.kafka_brokers, vec!["127.0.0.1:9092"]);
+        let Backend::Distributed(s) = &c.backend else {
+            panic!("not distributed: {c:?}")
+        };
+        assert_eq!(s.kafka_brokers, vec!["127.0.0.1:9092"]);
         let shown = format!("{c:?}");
         assert!(!shown.contains(":p@"), "{shown}");
         assert!(!shown.contains("0123456789abcdef"), "{shown}");
@@ -317,6 +408,73 @@ mod tests {
         v[1] = "mysql://u:p@h/db";
         let e = Config::from_args(&args(&v)).unwrap_err();
         assert!(e.to_string().contains("DATABASE_URL"), "{e}");
+    }
+
+    /// Parses with the service variables of the test environment cleared.
+    fn parse(extra: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["chat", "serve"];
+        v.extend_from_slice(extra);
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        // Flags given here win; unset env vars are not read at all for these ids.
+        for id in [
+            "database_url",
+            "redis_url",
+            "kafka_brokers",
+            "jwt_secret",
+            "data_dir",
+        ] {
+            cmd = cmd.mut_subcommand("serve", |s| s.mut_arg(id, |a| a.env(None::<&str>)));
+        }
+        let m = cmd.try_get_matches_from(v).unwrap();
+        let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&m).unwrap();
+        match cli.command {
+            Command::Serve(a) => Config::from_args(&a),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn no_services_is_the_embedded_mode() {
+        let c = parse(&[]).unwrap();
+        assert!(
+            matches!(&c.backend, Backend::Embedded { database } if database == &PathBuf::from("./chat.db")),
+            "{c:?}"
+        );
+        assert!(c.jwt_secret.is_none());
+        let c = parse(&["--data-dir", "/var/lib/chat"]).unwrap();
+        assert!(
+            matches!(&c.backend, Backend::Embedded { database } if database == &PathBuf::from("/var/lib/chat/chat.db"))
+        );
+        let c = parse(&["--database-url", "sqlite:///tmp/x.db"]).unwrap();
+        assert!(
+            matches!(&c.backend, Backend::Embedded { database } if database == &PathBuf::from("/tmp/x.db"))
+        );
+    }
+
+    #[test]
+    fn refuses_mixed_setups_and_split_roles_without_services() {
+        let e = parse(&["--role", "gateway"]).unwrap_err();
+        assert!(e.to_string().contains("--role"), "{e}");
+        let e = parse(&["--database-url", "postgres://u:p@h/db"]).unwrap_err();
+        assert!(e.to_string().contains("REDIS_URL"), "{e}");
+        let e = parse(&["--redis-url", "redis://h:6379"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("DATABASE_URL, KAFKA_BROKERS missing"),
+            "{e}"
+        );
+        let e = parse(&[
+            "--database-url",
+            "sqlite://x.db",
+            "--redis-url",
+            "redis://h",
+            "--kafka-brokers",
+            "h:9092",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("SQLite"), "{e}");
+        let e = parse(&["--database-url", "sqlite://x.db", "--data-dir", "d"]).unwrap_err();
+        assert!(e.to_string().contains("DATA_DIR"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use chat::cli::{Cli, Command};
-use chat::config::{check_database_url, Config};
+use chat::config::{check_database_url, sqlite_path, Config};
 use chat::{app, store, telemetry};
 
 #[tokio::main]
@@ -18,14 +18,19 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Command::Migrate(args) => match check_database_url(&args.database_url) {
-            Ok(()) => store::PgStore::migrate(&args.database_url)
+        Command::Migrate(args) => match sqlite_path(&args.database_url) {
+            Some(path) => store::SqliteStore::migrate(&path)
                 .await
                 .map(|applied| println!("applied {} migration(s)", applied.len())),
-            Err(e) => {
-                eprintln!("chat: invalid setting {e}");
-                return ExitCode::from(2);
-            }
+            None => match check_database_url(&args.database_url) {
+                Ok(()) => store::PgStore::migrate(&args.database_url)
+                    .await
+                    .map(|applied| println!("applied {} migration(s)", applied.len())),
+                Err(e) => {
+                    eprintln!("chat: invalid setting {e}");
+                    return ExitCode::from(2);
+                }
+            },
         },
     };
     match result {

@@ -1,12 +1,14 @@
 //! The `Bus` seam: live fan-out between processes, one channel per room. Redis pub/sub
-//! (`redis.rs`) in distributed mode.
+//! (`redis.rs`) in distributed mode, an in-process channel (`local.rs`) in the embedded one.
 //!
 //! The bus is at-most-once: a subscriber that was disconnected may have missed events.
 //! It then receives [`BusNotice::Resync`], and the gateway sends its clients to recovery,
 //! which reads the log. Messages reach the bus only through the relay, in log order.
 
+mod local;
 mod redis;
 
+pub use self::local::LocalBus;
 pub use self::redis::RedisBus;
 
 use async_trait::async_trait;

@@ -22,9 +22,13 @@ pub struct Consumer {
     pub store: Arc<dyn Store>,
     pub log: Arc<dyn Log>,
     pub bus: Arc<dyn Bus>,
-    pub redis: ConnectionManager,
+    /// Where relays keep their position (none in the embedded mode: a relay starts at the
+    /// log's end, since nobody can have subscribed before the process started).
+    pub redis: Option<ConnectionManager>,
     pub topic: String,
     pub prefix: String,
+    /// Run persist workers (not when the log is the store itself).
+    pub persist: bool,
 }
 
 impl Consumer {
@@ -36,9 +40,11 @@ impl Consumer {
             let me = self.clone();
             let s = stop.clone();
             tracker.spawn(async move { relay::run(&me, p, s).await });
-            let me = self.clone();
-            let s = stop.clone();
-            tracker.spawn(async move { persist::run(&me, p, s).await });
+            if self.persist {
+                let me = self.clone();
+                let s = stop.clone();
+                tracker.spawn(async move { persist::run(&me, p, s).await });
+            }
         }
         tracker.close();
         tracing::info!(partitions = self.log.partitions(), "consumer running");

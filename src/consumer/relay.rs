@@ -49,13 +49,15 @@ pub async fn run(c: &Consumer, partition: i32, stop: CancellationToken) {
     let mut offset = loop {
         match reader.latest().await {
             Ok(end) => {
-                let mut redis = c.redis.clone();
-                let saved: Option<i64> = redis::cmd("GET")
-                    .arg(&key)
-                    .query_async(&mut redis)
-                    .await
-                    .ok()
-                    .flatten();
+                let saved: Option<i64> = match c.redis.clone() {
+                    Some(mut redis) => redis::cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut redis)
+                        .await
+                        .ok()
+                        .flatten(),
+                    None => None,
+                };
                 break match saved {
                     Some(s) if s <= end && end - s <= MAX_REPLAY => s,
                     _ => end,
@@ -121,12 +123,13 @@ pub async fn run(c: &Consumer, partition: i32, stop: CancellationToken) {
         }
         if batch.next_offset != offset {
             offset = batch.next_offset;
-            let mut redis = c.redis.clone();
-            let _: redis::RedisResult<()> = redis::cmd("SET")
-                .arg(&key)
-                .arg(offset)
-                .query_async(&mut redis)
-                .await;
+            if let Some(mut redis) = c.redis.clone() {
+                let _: redis::RedisResult<()> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(offset)
+                    .query_async(&mut redis)
+                    .await;
+            }
         }
     }
 }

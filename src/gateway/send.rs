@@ -7,6 +7,10 @@
 //! - `retry:<id>`: a produce failed or timed out and may still have landed → the next
 //!   attempt reuses the same message id, so readers drop the copy by id;
 //! - `done:<message json>` (24 h): the ack is answered again from here.
+//!
+//! A log whose append is itself idempotent (the embedded SQLite log: a unique key on
+//! (sender, client_msg_id) inside the same write that makes the message durable) needs
+//! no claim: [`Sender::direct`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,9 +64,15 @@ impl SendError {
 #[derive(Clone)]
 pub struct Sender {
     log: Arc<dyn Log>,
+    claims: Option<Claims>,
+}
+
+/// The Redis dedup records in front of a log that does not deduplicate (Kafka).
+#[derive(Clone)]
+struct Claims {
     redis: ConnectionManager,
     prefix: String,
-    claim: Arc<redis::Script>,
+    script: Arc<redis::Script>,
 }
 
 enum Claim {
@@ -72,15 +82,72 @@ enum Claim {
 }
 
 impl Sender {
+    /// A sender that keeps its dedup records in Redis (for Kafka).
     pub fn new(log: Arc<dyn Log>, redis: ConnectionManager, prefix: &str) -> Self {
         Sender {
             log,
-            redis,
-            prefix: prefix.to_owned(),
-            claim: Arc::new(redis::Script::new(CLAIM)),
+            claims: Some(Claims {
+                redis,
+                prefix: prefix.to_owned(),
+                script: Arc::new(redis::Script::new(CLAIM)),
+            }),
         }
     }
 
+    /// A sender for a log that deduplicates by itself ([`Log::deduplicates`]).
+    pub fn direct(log: Arc<dyn Log>) -> Self {
+        debug_assert!(log.deduplicates());
+        Sender { log, claims: None }
+    }
+
+    /// Sends once; a resend returns the first message.
+    pub async fn send(
+        &self,
+        sender: &User,
+        room: RoomId,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Result<Message, SendError> {
+        match &self.claims {
+            Some(claims) => {
+                claims
+                    .send(&self.log, sender, room, client_msg_id, body)
+                    .await
+            }
+            None => {
+                let new = NewMessage {
+                    id: Uuid::now_v7(),
+                    room,
+                    sender: sender.clone(),
+                    body: body.to_owned(),
+                    client_msg_id: client_msg_id.to_owned(),
+                    sent_at: chrono::Utc::now(),
+                };
+                append(&self.log, &new).await
+            }
+        }
+    }
+}
+
+async fn append(log: &Arc<dyn Log>, new: &NewMessage) -> Result<Message, SendError> {
+    let started = Instant::now();
+    match log.append(new).await {
+        Ok(msg) => {
+            metrics::histogram!(names::PRODUCE_SECONDS).record(started.elapsed().as_secs_f64());
+            metrics::counter!(names::MESSAGES_SENT).increment(1);
+            Ok(msg)
+        }
+        Err(e) => {
+            metrics::counter!(names::SEND_ERRORS).increment(1);
+            Err(match e {
+                LogError::Unavailable(m) => SendError::Unavailable(m),
+                other => SendError::Internal(other.to_string()),
+            })
+        }
+    }
+}
+
+impl Claims {
     fn key(&self, sender: &User, client_msg_id: &str) -> String {
         format!("{}:sent:{}:{}", self.prefix, sender.id, client_msg_id)
     }
@@ -88,7 +155,7 @@ impl Sender {
     async fn claim(&self, key: &str) -> Result<Claim, SendError> {
         let mut c = self.redis.clone();
         let v: String = self
-            .claim
+            .script
             .key(key)
             .arg(Uuid::now_v7().to_string())
             .arg(PENDING_TTL_SECS)
@@ -124,19 +191,16 @@ impl Sender {
         }
     }
 
-    /// Sends once; a resend returns the first message.
-    pub async fn send(
+    async fn send(
         &self,
+        log: &Arc<dyn Log>,
         sender: &User,
         room: RoomId,
         client_msg_id: &str,
         body: &str,
     ) -> Result<Message, SendError> {
         let key = self.key(sender, client_msg_id);
-        let t0 = Instant::now();
-        let claimed = self.claim(&key).await?;
-        tracing::debug!(claim_us = t0.elapsed().as_micros() as u64, "claimed");
-        let id = match claimed {
+        let id = match self.claim(&key).await? {
             Claim::Done(m) => return Ok(m),
             Claim::InFlight => return Err(SendError::InFlight),
             Claim::Mine(id) => id,
@@ -149,25 +213,17 @@ impl Sender {
             client_msg_id: client_msg_id.to_owned(),
             sent_at: chrono::Utc::now(),
         };
-        let started = Instant::now();
-        match self.log.append(&new).await {
-            Ok(position) => {
-                metrics::histogram!(names::PRODUCE_SECONDS).record(started.elapsed().as_secs_f64());
-                metrics::counter!(names::MESSAGES_SENT).increment(1);
-                let msg = new.at(position);
+        match append(log, &new).await {
+            Ok(msg) => {
                 let json = serde_json::to_string(&msg).unwrap_or_default();
                 self.settle(&key, format!("done:{json}"), DONE_TTL_SECS)
                     .await;
                 Ok(msg)
             }
             Err(e) => {
-                metrics::counter!(names::SEND_ERRORS).increment(1);
                 self.settle(&key, format!("retry:{id}"), RETRY_TTL_SECS)
                     .await;
-                Err(match e {
-                    LogError::Unavailable(m) => SendError::Unavailable(m),
-                    other => SendError::Internal(other.to_string()),
-                })
+                Err(e)
             }
         }
     }

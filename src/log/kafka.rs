@@ -19,7 +19,7 @@ use rskafka::record::Record;
 use rskafka::BackoffConfig;
 
 use super::{decode, encode, partition_of, Log, LogBatch, LogError, LogReader, LogRecord};
-use crate::model::{NewMessage, Position};
+use crate::model::{Message, NewMessage, Position};
 
 /// Keep produce requests under ~8 KiB: rskafka does not set TCP_NODELAY, and a larger
 /// request written in two pieces stalls ~45 ms on Nagle + delayed ACK (facts.md).
@@ -117,6 +117,32 @@ async fn build_client(brokers: &[String]) -> Result<Client, LogError> {
 }
 
 impl KafkaLog {
+    /// Produces one record and waits for the broker's ack (acks=all): its offset.
+    async fn produce(&self, msg: &NewMessage) -> Result<Position, LogError> {
+        let p = partition_of(msg.room, self.partitions);
+        let record = Record {
+            key: Some(msg.room.as_bytes().to_vec()),
+            value: Some(encode(msg)),
+            headers: Default::default(),
+            timestamp: msg.sent_at,
+        };
+        let t = self.settings.produce_timeout;
+        if record.approximate_size() > MAX_BATCH_BYTES / 2 {
+            let pc = &self.partition_clients[p as usize];
+            let offsets = with_timeout(
+                t,
+                "producing",
+                pc.produce(vec![record], Compression::NoCompression),
+            )
+            .await?;
+            return offsets
+                .first()
+                .copied()
+                .ok_or_else(|| LogError::Other("the broker returned no offset".into()));
+        }
+        with_timeout(t, "producing", self.producers[p as usize].produce(record)).await
+    }
+
     /// Connects, creates the topic if it is missing, and prepares one batching producer
     /// per partition. The topic's real partition count wins over the configured one.
     pub async fn connect(settings: KafkaSettings) -> Result<Self, LogError> {
@@ -199,29 +225,9 @@ impl Log for KafkaLog {
         self.partitions
     }
 
-    async fn append(&self, msg: &NewMessage) -> Result<Position, LogError> {
-        let p = partition_of(msg.room, self.partitions);
-        let record = Record {
-            key: Some(msg.room.as_bytes().to_vec()),
-            value: Some(encode(msg)),
-            headers: Default::default(),
-            timestamp: msg.sent_at,
-        };
-        let t = self.settings.produce_timeout;
-        if record.approximate_size() > MAX_BATCH_BYTES / 2 {
-            let pc = &self.partition_clients[p as usize];
-            let offsets = with_timeout(
-                t,
-                "producing",
-                pc.produce(vec![record], Compression::NoCompression),
-            )
-            .await?;
-            return offsets
-                .first()
-                .copied()
-                .ok_or_else(|| LogError::Other("the broker returned no offset".into()));
-        }
-        with_timeout(t, "producing", self.producers[p as usize].produce(record)).await
+    async fn append(&self, msg: &NewMessage) -> Result<Message, LogError> {
+        let position = self.produce(msg).await?;
+        Ok(msg.clone().at(position))
     }
 
     async fn reader(&self, partition: i32) -> Result<Box<dyn LogReader>, LogError> {

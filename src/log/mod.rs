@@ -2,7 +2,9 @@
 //! a position is the proof of durability the sender's ack stands on.
 //!
 //! Kafka (`kafka.rs`, rskafka) is the distributed backend: a room maps to one partition
-//! ([`partition_of`]), and a message's position is its offset there.
+//! ([`partition_of`]), and a message's position is its offset there. The embedded mode
+//! uses the SQLite store's messages table (`store::SqliteLog`): one partition, position =
+//! the row's order.
 //!
 //! Readers (relay, persist, recovery) each get their own [`LogReader`] with its own broker
 //! connection: Kafka answers the requests of one connection in order, so a long-polling
@@ -17,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Message, NewMessage, Position, RoomId};
+use crate::model::{Message, NewMessage, RoomId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -57,8 +59,13 @@ pub struct LogBatch {
 #[async_trait]
 pub trait Log: Send + Sync + 'static {
     fn partitions(&self) -> i32;
-    /// Durable once this returns: the position is the proof.
-    async fn append(&self, msg: &NewMessage) -> Result<Position, LogError>;
+    /// Durable once this returns: the message's position is the proof.
+    async fn append(&self, msg: &NewMessage) -> Result<Message, LogError>;
+    /// Whether `append` itself is idempotent by (sender, client_msg_id), returning the
+    /// first message for a resend. If not, the sender keeps its own dedup record.
+    fn deduplicates(&self) -> bool {
+        false
+    }
     /// A reader of one partition with its own connection.
     async fn reader(&self, partition: i32) -> Result<Box<dyn LogReader>, LogError>;
     async fn ping(&self) -> Result<(), LogError>;

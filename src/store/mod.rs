@@ -1,13 +1,19 @@
 //! The `Store` seam: accounts, rooms, memberships, persisted messages and the persist
-//! worker's offsets. PostgreSQL (`postgres.rs`, diesel-async) is the distributed backend.
+//! worker's offsets. PostgreSQL (`postgres.rs`, diesel-async) is the distributed backend,
+//! SQLite (`sqlite.rs`, diesel-async's sync connection wrapper) the embedded one; both
+//! run the same queries (`queries.rs`, compiled once per backend).
 //!
 //! The store is not on the real-time path: a message reaches readers through the log and
 //! the bus whether or not it has been written here yet.
 
 mod postgres;
 pub mod schema;
+mod schema_sqlite;
+pub mod sql_types;
+pub mod sqlite;
 
 pub use postgres::PgStore;
+pub use sqlite::{SqliteLog, SqliteStore};
 
 use async_trait::async_trait;
 
@@ -102,7 +108,9 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<Message>, StoreError>;
 
-    /// The persist worker's next offset for a partition (None: never committed).
+    /// Where the store's copy of a log partition ends: every record below this offset is
+    /// in the store (None: nothing committed yet). For PostgreSQL, the persist worker's
+    /// next offset; for SQLite, where the store is the log, the end of the table.
     async fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError>;
     /// Writes the batch and moves the partition's next offset from `from` (None: never
     /// committed) to `to`, in one transaction. Rows that exist already (same id, same

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{percentile, Env, Http, Ws};
+use crate::both_modes;
+use crate::harness::{percentile, Env, Http, Mode, Ws};
 
 const ROWS: &str = "SELECT count(*) AS n FROM messages";
 
@@ -132,20 +133,19 @@ async fn cross_gateway_delivery_is_ordered_acked_and_persisted_once() {
     );
 }
 
+both_modes!(resend_is_idempotent_across_gateways);
 /// Resending a client_msg_id, on the same or another gateway, returns the first message
 /// and never creates a second one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resend_is_idempotent_across_gateways() {
-    let env = Env::new("idempotent").await;
-    let a = env.spawn("gateway", "gw-a-m").await;
-    let b = env.spawn("gateway", "gw-b").await;
-    let _consumer = env.spawn("consumer", "consumer").await;
-    let ha = Http::new(&a);
+async fn resend_is_idempotent_across_gateways(mode: Mode) {
+    let env = Env::with_mode("idempotent", mode).await;
+    let chat = env.start(2).await;
+    let (a, b) = (chat.gw(0), chat.gw(1));
+    let ha = Http::new(a);
     let alice = ha.register("alice").await;
     let room = ha.create_room(&alice, "idem").await;
-    let mut wa = Ws::login(&a, &alice).await;
-    let mut wb = Ws::login(&b, &alice).await;
-    let mut reader = Ws::login(&b, &alice).await;
+    let mut wa = Ws::login(a, &alice).await;
+    let mut wb = Ws::login(b, &alice).await;
+    let mut reader = Ws::login(b, &alice).await;
     reader.subscribe(&room, None).await;
 
     let send = json!({"type": "send", "room": room, "client_msg_id": "same-1", "body": "once"});
@@ -172,18 +172,19 @@ async fn resend_is_idempotent_across_gateways() {
     assert_eq!(env.count(ROWS).await, 1);
 }
 
+both_modes!(subscribe_since_recovers_the_missed_messages);
 /// `subscribe{since}` returns exactly the missed messages in order, then `subscribed`,
 /// then live ones.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribe_since_recovers_the_missed_messages() {
-    let env = Env::new("recovery").await;
-    let a = env.spawn("all", "all-m").await;
-    let h = Http::new(&a);
+async fn subscribe_since_recovers_the_missed_messages(mode: Mode) {
+    let env = Env::with_mode("recovery", mode).await;
+    let chat = env.start(1).await;
+    let a = chat.gw(0);
+    let h = Http::new(a);
     let alice = h.register("alice").await;
     let bob = h.register("bob").await;
     let room = h.create_room(&alice, "catchup").await;
     h.join(&bob, &room).await;
-    let mut wa = Ws::login(&a, &alice).await;
+    let mut wa = Ws::login(a, &alice).await;
     let mut positions = Vec::new();
     for i in 0..20 {
         wa.send(json!({"type": "send", "room": room, "client_msg_id": format!("r{i}"), "body": format!("b{i}")}))
@@ -194,7 +195,7 @@ async fn subscribe_since_recovers_the_missed_messages() {
                 .unwrap(),
         );
     }
-    let mut wb = Ws::login(&a, &bob).await;
+    let mut wb = Ws::login(a, &bob).await;
     let backlog = wb.subscribe(&room, Some(positions[4])).await;
     let got: Vec<i64> = backlog
         .iter()
@@ -202,7 +203,7 @@ async fn subscribe_since_recovers_the_missed_messages() {
         .collect();
     assert_eq!(got, positions[5..].to_vec());
     // And from the very start (the store and the log tail together).
-    let mut wc = Ws::login(&a, &bob).await;
+    let mut wc = Ws::login(a, &bob).await;
     let all = wc.subscribe(&room, Some(-1)).await;
     assert_eq!(all.len(), 20);
     // Live afterwards.
@@ -210,4 +211,75 @@ async fn subscribe_since_recovers_the_missed_messages() {
         .await;
     let live = wb.expect("message").await;
     assert_eq!(live["message"]["client_msg_id"], "live");
+}
+
+both_modes!(concurrent_senders_reach_every_reader_in_position_order);
+/// Several senders at once, on different gateways: every reader gets every message once,
+/// in strictly increasing position order, and the store holds each once. (In the
+/// embedded mode this is the "commit 10 and 11, publish 11 then 10" race of design.md.)
+async fn concurrent_senders_reach_every_reader_in_position_order(mode: Mode) {
+    const SENDERS: usize = 4;
+    const EACH: usize = 50;
+    let env = Env::with_mode("concurrent", mode).await;
+    let chat = env.start(2).await;
+    let h = Http::new(chat.gw(0));
+    let owner = h.register("owner").await;
+    let room = h.create_room(&owner, "busy").await;
+    let mut readers = Vec::new();
+    for i in 0..2 {
+        let reader = h.register("reader").await;
+        h.join(&reader, &room).await;
+        let mut ws = Ws::login(chat.gw(i), &reader).await;
+        ws.subscribe(&room, None).await;
+        readers.push(ws);
+    }
+    let mut tasks = Vec::new();
+    for s in 0..SENDERS {
+        let who = h.register("sender").await;
+        h.join(&who, &room).await;
+        let mut ws = Ws::login(chat.gw(s), &who).await;
+        let room = room.clone();
+        tasks.push(tokio::spawn(async move {
+            // Pipelined: all sends go out before the first ack is read.
+            for i in 0..EACH {
+                ws.send(json!({"type": "send", "room": room, "client_msg_id": format!("c{i}"), "body": format!("{s}/{i}")}))
+                    .await;
+            }
+            let mut acked = 0;
+            while acked < EACH {
+                let v = ws.next().await;
+                assert_ne!(v["type"], "error", "{v}");
+                if v["type"] == "ack" {
+                    acked += 1;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("sender");
+    }
+    let total = SENDERS * EACH;
+    for (r, ws) in readers.iter_mut().enumerate() {
+        let mut last = -1;
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < total {
+            let v = ws.expect("message").await;
+            let p = v["message"]["position"].as_i64().expect("position");
+            assert!(p > last, "reader {r}: position {p} after {last}");
+            last = p;
+            assert!(
+                seen.insert(v["message"]["id"].to_string()),
+                "reader {r}: duplicate"
+            );
+        }
+        assert!(
+            ws.next_within(Duration::from_millis(300)).await.is_none(),
+            "reader {r}: more than {total} messages"
+        );
+    }
+    assert_eq!(
+        env.wait_count(ROWS, total as i64, Duration::from_secs(15))
+            .await,
+        total as i64
+    );
 }

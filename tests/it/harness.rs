@@ -1,7 +1,9 @@
-//! Test harness: real PostgreSQL, Redis and Kafka (from scripts/services.sh), `chat`
-//! processes spawned from the built binary on port 0, and a small protocol client.
-//! Each `Env` has its own database, Kafka topic and Redis prefix, so tests run in
-//! parallel against one set of services.
+//! Test harness: `chat` processes spawned from the built binary on port 0, and a small
+//! protocol client. Two modes ([`Mode`]): distributed, against the real PostgreSQL,
+//! Redis and Kafka from scripts/services.sh (each `Env` has its own database, Kafka
+//! topic and Redis prefix, so tests run in parallel against one set of services); and
+//! embedded, one `chat serve` process on its own SQLite file with no services at all.
+//! Protocol-level tests run in both ([`both_modes!`]), so the two cannot drift.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,6 +21,55 @@ use uuid::Uuid;
 
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// PostgreSQL, Redis, Kafka; gateways and consumers as separate processes.
+    Distributed,
+    /// `chat serve` with no services: SQLite, in-process bus, one process.
+    Embedded,
+}
+
+/// Runs `async fn $name(mode: Mode)` as two tests, `$name::distributed` and
+/// `$name::embedded`.
+#[macro_export]
+macro_rules! both_modes {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn distributed() {
+                super::$name($crate::harness::Mode::Distributed).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name($crate::harness::Mode::Embedded).await
+            }
+        }
+    };
+}
+
+/// The processes of one test's chat: `gateways` addresses to connect to (in the embedded
+/// mode all of them are the one process) and, distributed, a consumer.
+pub struct Cluster {
+    procs: Vec<Proc>,
+    gateways: usize,
+}
+
+impl Cluster {
+    /// The i-th gateway (wrapping around the ones that exist).
+    pub fn gw(&self, i: usize) -> &Proc {
+        &self.procs[i % self.gateways]
+    }
+
+    /// SIGTERM to every process; waits for each drain.
+    #[allow(dead_code)]
+    pub async fn stop(mut self) {
+        for p in &mut self.procs {
+            let status = p.terminate().await;
+            assert!(status.success(), "exit after SIGTERM: {status}");
+        }
+    }
+}
+
 fn service(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!("{var} is not set: run the tests with scripts/test.sh (it starts PostgreSQL, Redis and Kafka)")
@@ -26,6 +77,7 @@ fn service(var: &str) -> String {
 }
 
 pub struct Env {
+    pub mode: Mode,
     pub admin_url: String,
     pub db_name: String,
     pub db_url: String,
@@ -38,7 +90,30 @@ pub struct Env {
 }
 
 impl Env {
+    /// A distributed-mode environment.
     pub async fn new(name: &str) -> Env {
+        Env::with_mode(name, Mode::Distributed).await
+    }
+
+    pub async fn with_mode(name: &str, mode: Mode) -> Env {
+        if mode == Mode::Embedded {
+            let id = Uuid::new_v4().simple().to_string();
+            let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("{name}-emb-{}", &id[..8]));
+            std::fs::create_dir_all(&log_dir).expect("log dir");
+            return Env {
+                mode,
+                admin_url: String::new(),
+                db_name: String::new(),
+                db_url: format!("sqlite://{}", log_dir.join("data/chat.db").display()),
+                redis_url: String::new(),
+                brokers: String::new(),
+                topic: String::new(),
+                prefix: String::new(),
+                partitions: 1,
+                log_dir,
+            };
+        }
         let admin_url = service("DATABASE_URL");
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("chat_t_{}", &id[..12]);
@@ -57,6 +132,7 @@ impl Env {
             std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", &id[..8]));
         std::fs::create_dir_all(&log_dir).expect("log dir");
         Env {
+            mode,
             admin_url,
             db_name,
             db_url,
@@ -70,6 +146,26 @@ impl Env {
     }
 
     fn args(&self, role: &str, migrate: bool) -> Vec<String> {
+        if self.mode == Mode::Embedded {
+            assert_eq!(role, "all", "the embedded mode runs only --role all");
+            let data = self.log_dir.join("data");
+            return [
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().expect("utf-8 path"),
+                "--jwt-secret",
+                SECRET,
+                "--send-rate-per-sec",
+                "1000",
+                "--send-rate-burst",
+                "1000",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        }
         let mut a: Vec<String> = [
             "serve",
             "--role",
@@ -133,7 +229,20 @@ impl Env {
         args.extend(extra.iter().map(|s| s.to_string()));
         let log =
             std::fs::File::create(self.log_dir.join(format!("{label}.log"))).expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat"));
+        if self.mode == Mode::Embedded {
+            // The test environment points at the services; the embedded mode has none.
+            for var in [
+                "DATABASE_URL",
+                "REDIS_URL",
+                "KAFKA_BROKERS",
+                "JWT_SECRET",
+                "DATA_DIR",
+            ] {
+                cmd.env_remove(var);
+            }
+        }
+        let mut child = cmd
             .args(&args)
             .env("RUST_LOG", "info,chat=debug")
             .stdout(Stdio::piped())
@@ -159,17 +268,62 @@ impl Env {
         Proc { child, addr }
     }
 
+    /// The chat of a test: `gateways` gateways and a consumer (distributed), or the one
+    /// process (embedded). The first process migrates.
+    pub async fn start(&self, gateways: usize) -> Cluster {
+        self.start_with(gateways, &[]).await
+    }
+
+    pub async fn start_with(&self, gateways: usize, extra: &[&str]) -> Cluster {
+        if self.mode == Mode::Embedded {
+            let p = self.spawn_with("all", "all-m", extra).await;
+            return Cluster {
+                procs: vec![p],
+                gateways: 1,
+            };
+        }
+        let mut procs = Vec::new();
+        for i in 0..gateways.max(1) {
+            let label = if i == 0 {
+                "gw-0-m".to_owned()
+            } else {
+                format!("gw-{i}")
+            };
+            procs.push(self.spawn_with("gateway", &label, extra).await);
+        }
+        procs.push(self.spawn_with("consumer", "consumer", extra).await);
+        Cluster {
+            gateways: gateways.max(1),
+            procs,
+        }
+    }
+
     pub async fn db(&self) -> AsyncPgConnection {
         AsyncPgConnection::establish(&self.db_url)
             .await
             .expect("connect to the test database")
     }
 
+    /// Runs a `SELECT … AS n` against the test's database (either backend).
     pub async fn count(&self, sql: &str) -> i64 {
         #[derive(diesel::QueryableByName)]
         struct N {
             #[diesel(sql_type = BigInt)]
             n: i64,
+        }
+        if self.mode == Mode::Embedded {
+            let path = self.log_dir.join("data/chat.db");
+            let sql = sql.to_owned();
+            return tokio::task::spawn_blocking(move || {
+                use diesel::Connection as _;
+                let mut c = diesel::SqliteConnection::establish(path.to_str().expect("utf-8"))
+                    .expect("open the test's SQLite file");
+                let rows: Vec<N> = diesel::RunQueryDsl::load(diesel::sql_query(&sql), &mut c)
+                    .expect("count query");
+                rows.into_iter().next().map_or(0, |r| r.n)
+            })
+            .await
+            .expect("count task");
         }
         let mut c = self.db().await;
         let rows: Vec<N> = diesel::sql_query(sql).load(&mut c).await.expect(sql);
@@ -194,6 +348,10 @@ impl Drop for Env {
         // Best effort: leave no databases behind when the test passed.
         if std::thread::panicking() {
             eprintln!("logs of the failed test: {}", self.log_dir.display());
+            return;
+        }
+        if self.mode == Mode::Embedded {
+            let _ = std::fs::remove_dir_all(self.log_dir.join("data"));
             return;
         }
         let (admin, db) = (self.admin_url.clone(), self.db_name.clone());

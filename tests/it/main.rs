@@ -1,8 +1,10 @@
-//! Integration tests against real PostgreSQL, Redis and Kafka. Run them with
+//! Integration tests: the protocol against real processes, in the distributed mode (real
+//! PostgreSQL, Redis and Kafka) and the embedded one (SQLite, no services). Run them with
 //! `scripts/test.sh`, which starts the services.
 
 mod harness;
 
 mod consumer;
 mod delivery;
+mod embedded;
 mod sessions;

@@ -5,26 +5,28 @@ use std::time::Duration;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::harness::{Env, Http, Ws};
+use crate::both_modes;
+use crate::harness::{Env, Http, Mode, Ws};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_rules_and_errors() {
-    let env = Env::new("sessions").await;
-    let gw = env.spawn("gateway", "gw-m").await;
-    let h = Http::new(&gw);
+both_modes!(session_rules_and_errors);
+async fn session_rules_and_errors(mode: Mode) {
+    let env = Env::with_mode("sessions", mode).await;
+    let chat = env.start(1).await;
+    let gw = chat.gw(0);
+    let h = Http::new(gw);
 
     // Anything before hello closes with 4401; so does a bad token.
-    let mut ws = Ws::connect(&gw).await;
+    let mut ws = Ws::connect(gw).await;
     ws.send(json!({"type": "ping"})).await;
     assert_eq!(ws.close_code(Duration::from_secs(5)).await, Some(4401));
-    let mut ws = Ws::connect(&gw).await;
+    let mut ws = Ws::connect(gw).await;
     ws.send(json!({"type": "hello", "token": "forged"})).await;
     assert_eq!(ws.close_code(Duration::from_secs(5)).await, Some(4401));
 
     let alice = h.register("alice").await;
     let bob = h.register("bob").await;
     let room = h.create_room(&alice, "private-ish").await;
-    let mut ws = Ws::login(&gw, &bob).await;
+    let mut ws = Ws::login(gw, &bob).await;
     // Malformed frames are answered, and the session goes on.
     ws.send_raw(WsMessage::Text("{not json".into())).await;
     assert_eq!(ws.expect("error").await["code"], "bad_frame");
@@ -106,20 +108,17 @@ async fn session_rules_and_errors() {
     assert_eq!(s, 200, "{v}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limit_answers_retryable_errors() {
-    let env = Env::new("ratelimit").await;
-    let gw = env
-        .spawn_with(
-            "all",
-            "all-m",
-            &["--send-rate-per-sec", "20", "--send-rate-burst", "40"],
-        )
+both_modes!(rate_limit_answers_retryable_errors);
+async fn rate_limit_answers_retryable_errors(mode: Mode) {
+    let env = Env::with_mode("ratelimit", mode).await;
+    let chat = env
+        .start_with(1, &["--send-rate-per-sec", "20", "--send-rate-burst", "40"])
         .await;
-    let h = Http::new(&gw);
+    let gw = chat.gw(0);
+    let h = Http::new(gw);
     let alice = h.register("alice").await;
     let room = h.create_room(&alice, "flood").await;
-    let mut ws = Ws::login(&gw, &alice).await;
+    let mut ws = Ws::login(gw, &alice).await;
     for i in 0..60 {
         ws.send(
             json!({"type": "send", "room": room, "client_msg_id": format!("f{i}"), "body": "spam"}),

@@ -1,0 +1,93 @@
+//! In-process bus for the embedded mode: one process is the only subscriber, so publish
+//! hands each event of a subscribed room straight to the gateway's notice stream, in the
+//! order published. Nothing is lost in between, so it never sends `Resync`.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::{Bus, BusError, BusEvent, BusNotice};
+use crate::model::RoomId;
+
+pub struct LocalBus {
+    rooms: Mutex<HashSet<RoomId>>,
+    tx: mpsc::UnboundedSender<BusNotice>,
+}
+
+impl LocalBus {
+    /// The bus and the stream of events for the rooms subscribed.
+    pub fn new() -> (LocalBus, mpsc::UnboundedReceiver<BusNotice>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            LocalBus {
+                rooms: Mutex::new(HashSet::new()),
+                tx,
+            },
+            rx,
+        )
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashSet<RoomId>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    async fn publish(&self, events: &[BusEvent]) -> Result<(), BusError> {
+        let rooms = self.rooms();
+        for e in events.iter().filter(|e| rooms.contains(&e.room())) {
+            self.tx
+                .send(BusNotice::Event(e.clone()))
+                .map_err(|_| BusError::Unavailable("the gateway has stopped".into()))?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, room: RoomId) -> Result<(), BusError> {
+        self.rooms().insert(room);
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, room: RoomId) -> Result<(), BusError> {
+        self.rooms().remove(&room);
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::User;
+    use uuid::Uuid;
+
+    fn typing(room: RoomId) -> BusEvent {
+        BusEvent::Typing {
+            room,
+            user: User {
+                id: Uuid::new_v4(),
+                name: "ann".into(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn delivers_subscribed_rooms_in_order() {
+        let (bus, mut rx) = LocalBus::new();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        bus.subscribe(a).await.unwrap();
+        let events = [typing(a), typing(b), typing(a)];
+        bus.publish(&events).await.unwrap();
+        assert_eq!(rx.recv().await, Some(BusNotice::Event(events[0].clone())));
+        assert_eq!(rx.recv().await, Some(BusNotice::Event(events[2].clone())));
+        bus.unsubscribe(a).await.unwrap();
+        bus.publish(&[typing(a)]).await.unwrap();
+        assert!(rx.try_recv().is_err());
+    }
+}

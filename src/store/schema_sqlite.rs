@@ -1,0 +1,84 @@
+// The SQLite twin of schema.rs (migrations/sqlite). Same tables and column names, so the
+// queries in queries.rs compile against either; ids are `UuidText` (UUIDs stored as text)
+// and times `TimestamptzSqlite` (RFC 3339 text). In SQLite the messages table is the log:
+// `position` is its INTEGER PRIMARY KEY.
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::UuidText;
+
+    consumer_offsets (topic, log_partition) {
+        topic -> Text,
+        log_partition -> Integer,
+        next_offset -> BigInt,
+        updated_at -> TimestamptzSqlite,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::UuidText;
+
+    memberships (room_id, user_id) {
+        room_id -> UuidText,
+        user_id -> UuidText,
+        joined_at -> TimestamptzSqlite,
+        last_read -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::UuidText;
+
+    messages (position) {
+        position -> BigInt,
+        id -> UuidText,
+        room_id -> UuidText,
+        sender_id -> UuidText,
+        sender_name -> Text,
+        client_msg_id -> Text,
+        body -> Text,
+        log_partition -> Integer,
+        sent_at -> TimestamptzSqlite,
+        stored_at -> TimestamptzSqlite,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::UuidText;
+
+    rooms (id) {
+        id -> UuidText,
+        name -> Text,
+        kind -> Text,
+        dm_key -> Nullable<Text>,
+        created_by -> UuidText,
+        created_at -> TimestamptzSqlite,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::UuidText;
+
+    users (id) {
+        id -> UuidText,
+        name -> Text,
+        password_hash -> Text,
+        created_at -> TimestamptzSqlite,
+    }
+}
+
+diesel::joinable!(memberships -> rooms (room_id));
+diesel::joinable!(memberships -> users (user_id));
+diesel::joinable!(rooms -> users (created_by));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    consumer_offsets,
+    memberships,
+    messages,
+    rooms,
+    users,
+);

@@ -1,0 +1,381 @@
+//! SQLite store for the embedded mode, through diesel-async's `SyncConnectionWrapper`
+//! (each query runs on tokio's blocking pool) and a deadpool pool. The queries are the
+//! shared ones in queries.rs; this file holds what is SQLite's own: the connection
+//! settings, the UUID-as-text column type, error classification, and the messages table
+//! as the durable log ([`SqliteLog`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sqlite::SqliteConnection;
+use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use tokio::sync::watch;
+
+use super::sql_types::{Id, UuidText};
+use super::StoreError;
+use crate::log::{Log, LogBatch, LogError, LogReader, LogRecord};
+use crate::model::{Message, NewMessage, User};
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+// The shared queries (queries.rs) compile against these.
+#[path = "queries.rs"]
+#[allow(clippy::duplicate_mod)] // on purpose: one query file, compiled once per backend
+mod queries;
+use super::schema_sqlite as schema;
+type Backend = SqliteStore;
+type SqlUuid = UuidText;
+type Conn = SyncConnectionWrapper<SqliteConnection>;
+
+/// Per connection: wait for the write lock instead of failing at once, enforce the
+/// foreign keys, and fsync every commit (an ack promises the message survives a crash
+/// of the machine, not only of the process).
+const CONNECTION_SETUP: &str = "
+PRAGMA busy_timeout = 10000;
+PRAGMA foreign_keys = ON;
+PRAGMA synchronous = FULL;
+";
+
+/// The SQLite file behind the embedded mode.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: Pool<Conn>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and its directory.
+    pub fn open(path: &Path, max_size: usize) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the data directory {}", dir.display()))?;
+        }
+        let url = path
+            .to_str()
+            .with_context(|| format!("{} is not valid UTF-8", path.display()))?;
+        let mut config = ManagerConfig::<Conn>::default();
+        config.custom_setup = Box::new(|url| {
+            Box::pin(async move {
+                let mut c = Conn::establish(url).await?;
+                c.batch_execute(CONNECTION_SETUP)
+                    .await
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(c)
+            })
+        });
+        let mgr = AsyncDieselConnectionManager::<Conn>::new_with_config(url, config);
+        let pool = Pool::builder(mgr)
+            .max_size(max_size)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .recycle_timeout(Some(Duration::from_secs(10)))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .context("building the SQLite pool")?;
+        Ok(SqliteStore {
+            pool,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs the embedded SQLite migrations and switches the file to WAL mode (readers
+    /// then never block the writer; the setting stays with the file).
+    pub async fn migrate(path: &Path) -> anyhow::Result<Vec<String>> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the data directory {}", dir.display()))?;
+        }
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+            let url = path
+                .to_str()
+                .with_context(|| format!("{} is not valid UTF-8", path.display()))?;
+            let mut conn = <SqliteConnection as diesel::Connection>::establish(url)
+                .with_context(|| format!("opening {}", path.display()))?;
+            diesel::connection::SimpleConnection::batch_execute(
+                &mut conn,
+                "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL;",
+            )
+            .context("switching to WAL mode")?;
+            let applied = conn
+                .run_pending_migrations(MIGRATIONS)
+                .map_err(|e| anyhow::anyhow!("running migrations: {e}"))?
+                .into_iter()
+                .map(|v| v.to_string())
+                .collect();
+            Ok(applied)
+        })
+        .await
+        .context("migration task")?
+    }
+
+    async fn conn(&self) -> Result<Object<Conn>, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    StoreError::Unavailable(anyhow::anyhow!("SQLite connection pool: {e}"))
+}
+
+/// In SQLite the messages table is the log: everything in it is committed.
+async fn committed_offset(c: &mut Conn, _topic: &str, _partition: i32) -> QueryResult<Option<i64>> {
+    let last: Option<i64> = schema::messages::table
+        .select(diesel::dsl::max(schema::messages::position))
+        .first(c)
+        .await?;
+    Ok(Some(last.unwrap_or(0) + 1))
+}
+
+/// Inserts log records, skipping those already stored. One row at a time: diesel has no
+/// multi-row INSERT … ON CONFLICT for SQLite, and a local file does not need one.
+async fn insert_messages(c: &mut Conn, rows: &[queries::NewMessageRow<'_>]) -> QueryResult<usize> {
+    let mut n = 0;
+    for r in rows {
+        n += diesel::insert_into(schema::messages::table)
+            .values(r)
+            .on_conflict_do_nothing()
+            .execute(c)
+            .await?;
+    }
+    Ok(n)
+}
+
+fn db_error(e: DieselError) -> StoreError {
+    match e {
+        // SQLITE_BUSY after the busy timeout: the file is locked by a long writer.
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
+            if info.message().contains("locked") || info.message().contains("busy") =>
+        {
+            StoreError::Unavailable(anyhow::anyhow!("{}", info.message()))
+        }
+        other => StoreError::Other(other.into()),
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = schema::messages)]
+struct AppendRow<'a> {
+    id: Id,
+    room_id: Id,
+    sender_id: Id,
+    sender_name: &'a str,
+    client_msg_id: &'a str,
+    body: &'a str,
+    sent_at: DateTime<Utc>,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = schema::messages)]
+struct LogRow {
+    id: Id,
+    room_id: Id,
+    sender_id: Id,
+    sender_name: String,
+    client_msg_id: String,
+    body: String,
+    position: i64,
+    sent_at: DateTime<Utc>,
+}
+
+impl From<LogRow> for Message {
+    fn from(r: LogRow) -> Self {
+        Message {
+            id: r.id.0,
+            room: r.room_id.0,
+            sender: User {
+                id: r.sender_id.0,
+                name: r.sender_name,
+            },
+            body: r.body,
+            client_msg_id: r.client_msg_id,
+            position: r.position,
+            sent_at: r.sent_at,
+        }
+    }
+}
+
+/// Records one read returns at most.
+const READ_BATCH: i64 = 500;
+
+/// The store as the durable log of the embedded mode: one partition, position = the
+/// row's `position`. An append is one committed row (durable before the ack) and is
+/// idempotent by (sender, client_msg_id): a resend gets the first message back. SQLite
+/// runs one write transaction at a time and positions grow in commit order, so a reader
+/// of the table (the relay) sees them gap-free and in order.
+#[derive(Clone)]
+pub struct SqliteLog {
+    store: SqliteStore,
+    /// The next position to be assigned, for long-polling readers.
+    head: Arc<watch::Sender<i64>>,
+}
+
+impl SqliteLog {
+    pub async fn open(store: SqliteStore) -> Result<Self, LogError> {
+        let mut c = store.conn().await.map_err(unavailable)?;
+        let head = committed_offset(&mut c, "", 0)
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?
+            .unwrap_or(1);
+        Ok(SqliteLog {
+            store,
+            head: Arc::new(watch::Sender::new(head)),
+        })
+    }
+
+    fn advance(&self, next: i64) {
+        self.head.send_if_modified(|h| {
+            let moved = next > *h;
+            if moved {
+                *h = next;
+            }
+            moved
+        });
+    }
+}
+
+fn unavailable(e: StoreError) -> LogError {
+    LogError::Unavailable(e.to_string())
+}
+
+fn log_error(e: DieselError) -> LogError {
+    match db_error(e) {
+        StoreError::Unavailable(e) => LogError::Unavailable(e.to_string()),
+        other => LogError::Other(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl Log for SqliteLog {
+    fn partitions(&self) -> i32 {
+        1
+    }
+
+    fn deduplicates(&self) -> bool {
+        true
+    }
+
+    async fn append(&self, msg: &NewMessage) -> Result<Message, LogError> {
+        use schema::messages;
+        let mut c = self.store.conn().await.map_err(unavailable)?;
+        let inserted: Option<i64> = diesel::insert_into(messages::table)
+            .values(AppendRow {
+                id: Id(msg.id),
+                room_id: Id(msg.room),
+                sender_id: Id(msg.sender.id),
+                sender_name: &msg.sender.name,
+                client_msg_id: &msg.client_msg_id,
+                body: &msg.body,
+                sent_at: msg.sent_at,
+            })
+            .on_conflict_do_nothing()
+            .returning(messages::position)
+            .get_result(&mut c)
+            .await
+            .optional()
+            .map_err(log_error)?;
+        match inserted {
+            Some(position) => {
+                self.advance(position + 1);
+                Ok(msg.clone().at(position))
+            }
+            // A resend: the first message stands.
+            None => {
+                let first: LogRow = messages::table
+                    .filter(messages::sender_id.eq(Id(msg.sender.id)))
+                    .filter(messages::client_msg_id.eq(&msg.client_msg_id))
+                    .select(LogRow::as_select())
+                    .first(&mut c)
+                    .await
+                    .map_err(log_error)?;
+                Ok(first.into())
+            }
+        }
+    }
+
+    async fn reader(&self, _partition: i32) -> Result<Box<dyn LogReader>, LogError> {
+        Ok(Box::new(self.clone()))
+    }
+
+    async fn ping(&self) -> Result<(), LogError> {
+        use super::Store as _;
+        self.store.ping().await.map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl LogReader for SqliteLog {
+    async fn read(&self, offset: i64, max_wait: Duration) -> Result<LogBatch, LogError> {
+        use schema::messages;
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut head = self.head.subscribe();
+        loop {
+            let end = *head.borrow_and_update();
+            let rows: Vec<LogRow> = if offset < end {
+                let mut c = self.store.conn().await.map_err(unavailable)?;
+                messages::table
+                    .filter(messages::position.ge(offset))
+                    .order(messages::position.asc())
+                    .limit(READ_BATCH)
+                    .select(LogRow::as_select())
+                    .load(&mut c)
+                    .await
+                    .map_err(log_error)?
+            } else {
+                Vec::new()
+            };
+            if !rows.is_empty() {
+                let next_offset = rows.last().map_or(offset, |r| r.position + 1);
+                return Ok(LogBatch {
+                    records: rows
+                        .into_iter()
+                        .map(|r| LogRecord {
+                            offset: r.position,
+                            message: Some(r.into()),
+                        })
+                        .collect(),
+                    next_offset,
+                    high_watermark: end.max(next_offset),
+                });
+            }
+            let woke = tokio::time::timeout_at(deadline, head.changed()).await;
+            if !matches!(woke, Ok(Ok(()))) {
+                return Ok(LogBatch {
+                    records: Vec::new(),
+                    next_offset: offset,
+                    high_watermark: end,
+                });
+            }
+        }
+    }
+
+    async fn earliest(&self) -> Result<i64, LogError> {
+        Ok(1)
+    }
+
+    async fn latest(&self) -> Result<i64, LogError> {
+        Ok(*self.head.borrow())
+    }
+}
