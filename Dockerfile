@@ -59,15 +59,21 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 chat \
  && useradd --system --uid 10001 --gid chat --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin chat
+        --shell /usr/sbin/nologin chat \
+ && install -d -o 10001 -g 10001 -m 0750 /var/lib/chat
 
 COPY --from=builder /out/chat /usr/local/bin/chat
 
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
 
+# Without DATABASE_URL/REDIS_URL/KAFKA_BROKERS the container runs the embedded mode
+# (`docker run -p 8080:8080 -v chat-data:/var/lib/chat IMAGE`): SQLite and the generated
+# token secret in DATA_DIR. With them (compose.yaml, deploy/k8s) DATA_DIR is unused.
 ENV LISTEN_ADDR=0.0.0.0:8080 \
-    LOG_FORMAT=json
+    LOG_FORMAT=json \
+    DATA_DIR=/var/lib/chat
+VOLUME ["/var/lib/chat"]
 EXPOSE 8080
 
 # SIGTERM starts the graceful drain (gateways tell clients to reconnect and finish in-flight
