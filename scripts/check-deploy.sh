@@ -39,7 +39,7 @@ import yaml
 # What chat understands (its CLI, see src/cli.rs). RUST_LOG is read by the log filter.
 EXPECTED_ENV = {
     "CHAT_ROLE", "LISTEN_ADDR", "DATABASE_URL", "REDIS_URL", "KAFKA_BROKERS", "KAFKA_TOPIC",
-    "KAFKA_PARTITIONS", "JWT_SECRET", "LOG_FORMAT", "NO_MIGRATE", "RUST_LOG",
+    "KAFKA_PARTITIONS", "JWT_SECRET", "LOG_FORMAT", "NO_MIGRATE", "RUST_LOG", "DATA_DIR",
 }
 FLAGS_WITH_VALUE = {
     "--role", "--listen", "--database-url", "--redis-url", "--kafka-brokers", "--kafka-topic",
