@@ -92,6 +92,9 @@ LOCKED=()
 banner "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
+banner "deploy files (scripts/check-deploy.sh)"
+bash scripts/check-deploy.sh | tail -n 3
+
 banner "cargo clippy --all-targets ${LOCKED[*]} -- -D warnings"
 cargo clippy --all-targets "${LOCKED[@]}" -- -D warnings
 
