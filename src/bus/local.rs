@@ -2,18 +2,20 @@
 //! hands each event of a subscribed room straight to the gateway's notice stream, in the
 //! order published. Nothing is lost in between, so it never sends `Resync`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use super::{Bus, BusError, BusEvent, BusNotice};
-use crate::model::RoomId;
+use crate::model::{RoomId, UserId};
 
 pub struct LocalBus {
     rooms: Mutex<HashSet<RoomId>>,
     tx: mpsc::UnboundedSender<BusNotice>,
+    /// Each online user's open connections (one process: nothing can go stale).
+    presence: Mutex<HashMap<UserId, HashSet<String>>>,
 }
 
 impl LocalBus {
@@ -24,6 +26,7 @@ impl LocalBus {
             LocalBus {
                 rooms: Mutex::new(HashSet::new()),
                 tx,
+                presence: Mutex::new(HashMap::new()),
             },
             rx,
         )
@@ -31,6 +34,10 @@ impl LocalBus {
 
     fn rooms(&self) -> std::sync::MutexGuard<'_, HashSet<RoomId>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn presence(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, HashSet<String>>> {
+        self.presence.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -58,6 +65,38 @@ impl Bus for LocalBus {
 
     async fn ping(&self) -> Result<(), BusError> {
         Ok(())
+    }
+
+    async fn presence_join(&self, user: UserId, conn: &str) -> Result<bool, BusError> {
+        let mut p = self.presence();
+        let conns = p.entry(user).or_default();
+        Ok(conns.insert(conn.to_owned()) && conns.len() == 1)
+    }
+
+    async fn presence_leave(&self, user: UserId, conn: &str) -> Result<bool, BusError> {
+        let mut p = self.presence();
+        let Some(conns) = p.get_mut(&user) else {
+            return Ok(false);
+        };
+        let removed = conns.remove(conn);
+        let last = conns.is_empty();
+        if last {
+            p.remove(&user);
+        }
+        Ok(removed && last)
+    }
+
+    async fn presence_refresh(&self, _conns: &[(UserId, String)]) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    async fn online(&self, users: &[UserId]) -> Result<HashSet<UserId>, BusError> {
+        let p = self.presence();
+        Ok(users
+            .iter()
+            .filter(|u| p.contains_key(u))
+            .copied()
+            .collect())
     }
 }
 
@@ -89,5 +128,18 @@ mod tests {
         bus.unsubscribe(a).await.unwrap();
         bus.publish(&[typing(a)]).await.unwrap();
         assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn presence_counts_connections() {
+        let (bus, _rx) = LocalBus::new();
+        let u = Uuid::new_v4();
+        assert!(bus.presence_join(u, "c1").await.unwrap());
+        assert!(!bus.presence_join(u, "c2").await.unwrap());
+        assert_eq!(bus.online(&[u]).await.unwrap().len(), 1);
+        assert!(!bus.presence_leave(u, "c1").await.unwrap());
+        assert!(bus.presence_leave(u, "c2").await.unwrap());
+        assert!(!bus.presence_leave(u, "c2").await.unwrap());
+        assert!(bus.online(&[u]).await.unwrap().is_empty());
     }
 }

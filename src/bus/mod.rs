@@ -14,7 +14,10 @@ pub use self::redis::RedisBus;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Message, RoomId, User};
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::model::{Message, RoomId, User, UserId};
 use crate::protocol::MemberEvent;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,11 @@ pub enum BusNotice {
     Resync,
 }
 
+/// A presence entry not refreshed for this long counts as gone: a crashed gateway's
+/// users go offline within it. Gateways refresh theirs every [`PRESENCE_REFRESH`].
+pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
+pub const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Publishes the events in order (one round trip for the batch).
@@ -73,4 +81,15 @@ pub trait Bus: Send + Sync + 'static {
     async fn subscribe(&self, room: RoomId) -> Result<(), BusError>;
     async fn unsubscribe(&self, room: RoomId) -> Result<(), BusError>;
     async fn ping(&self) -> Result<(), BusError>;
+
+    /// Presence: a user is online while any of their connections, on any process, is.
+    /// Records connection `conn` (globally unique) of `user`; true if it is the user's
+    /// only live one (they just came online).
+    async fn presence_join(&self, user: UserId, conn: &str) -> Result<bool, BusError>;
+    /// Forgets the connection; true if the user has no live one left (went offline).
+    async fn presence_leave(&self, user: UserId, conn: &str) -> Result<bool, BusError>;
+    /// Keeps this process's connections alive (called every [`PRESENCE_REFRESH`]).
+    async fn presence_refresh(&self, conns: &[(UserId, String)]) -> Result<(), BusError>;
+    /// Which of `users` are online.
+    async fn online(&self, users: &[UserId]) -> Result<HashSet<UserId>, BusError>;
 }

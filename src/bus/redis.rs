@@ -2,6 +2,7 @@
 //! by itself after a reconnect; the library's `Disconnection` push becomes
 //! [`BusNotice::Resync`].
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,14 +10,38 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::{Bus, BusError, BusEvent, BusNotice};
-use crate::model::RoomId;
+use super::{Bus, BusError, BusEvent, BusNotice, PRESENCE_TTL};
+use crate::model::{RoomId, UserId};
+
+/// Presence lives in one sorted set per user: member = connection id, score = the time
+/// (ms) it expires unless refreshed. Expired entries (a crashed gateway's) are ignored
+/// and swept on the next write; the key itself expires when nobody refreshes it.
+/// KEYS[1] set; ARGV: conn, now, expires, key ttl. Returns the live count before.
+const PRESENCE_JOIN: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+local before = redis.call('ZCARD', KEYS[1])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return before
+";
+/// KEYS[1] set; ARGV: conn, now. Returns {removed, live count after}.
+const PRESENCE_LEAVE: &str = r"
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+return {removed, redis.call('ZCARD', KEYS[1])}
+";
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
 
 #[derive(Clone)]
 pub struct RedisBus {
     prefix: String,
     commands: ConnectionManager,
     subscriber: ConnectionManager,
+    join: std::sync::Arc<redis::Script>,
+    leave: std::sync::Arc<redis::Script>,
 }
 
 /// Adds `protocol=resp3` to a Redis URL unless it names a protocol already.
@@ -82,6 +107,8 @@ impl RedisBus {
                 prefix: prefix.to_owned(),
                 commands,
                 subscriber,
+                join: std::sync::Arc::new(redis::Script::new(PRESENCE_JOIN)),
+                leave: std::sync::Arc::new(redis::Script::new(PRESENCE_LEAVE)),
             },
             rx,
         ))
@@ -89,6 +116,10 @@ impl RedisBus {
 
     fn channel(&self, room: RoomId) -> String {
         format!("{}:room:{room}", self.prefix)
+    }
+
+    fn presence_key(&self, user: UserId) -> String {
+        format!("{}:presence:{user}", self.prefix)
     }
 
     /// A plain command connection, for other Redis users in the process.
@@ -147,6 +178,81 @@ impl Bus for RedisBus {
     async fn unsubscribe(&self, room: RoomId) -> Result<(), BusError> {
         let mut c = self.subscriber.clone();
         c.unsubscribe(self.channel(room)).await.map_err(unavailable)
+    }
+
+    async fn presence_join(&self, user: UserId, conn: &str) -> Result<bool, BusError> {
+        let now = now_ms();
+        let ttl = PRESENCE_TTL.as_millis() as i64;
+        let mut c = self.commands.clone();
+        let before: i64 = self
+            .join
+            .key(self.presence_key(user))
+            .arg(conn)
+            .arg(now)
+            .arg(now + ttl)
+            .arg(2 * ttl)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(before == 0)
+    }
+
+    async fn presence_leave(&self, user: UserId, conn: &str) -> Result<bool, BusError> {
+        let mut c = self.commands.clone();
+        let (removed, after): (i64, i64) = self
+            .leave
+            .key(self.presence_key(user))
+            .arg(conn)
+            .arg(now_ms())
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(removed == 1 && after == 0)
+    }
+
+    async fn presence_refresh(&self, conns: &[(UserId, String)]) -> Result<(), BusError> {
+        let ttl = PRESENCE_TTL.as_millis() as i64;
+        let expires = now_ms() + ttl;
+        for chunk in conns.chunks(1_000) {
+            let mut pipe = redis::pipe();
+            for (user, conn) in chunk {
+                let key = self.presence_key(*user);
+                pipe.cmd("ZADD")
+                    .arg(&key)
+                    .arg(expires)
+                    .arg(conn)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(2 * ttl)
+                    .ignore();
+            }
+            let mut c = self.commands.clone();
+            pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn online(&self, users: &[UserId]) -> Result<HashSet<UserId>, BusError> {
+        if users.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.cmd("ZCOUNT")
+                .arg(self.presence_key(*u))
+                .arg(now)
+                .arg("+inf");
+        }
+        let mut c = self.commands.clone();
+        let counts: Vec<i64> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+        Ok(users
+            .iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(u, _)| *u)
+            .collect())
     }
 
     /// Pings both connections; a periodic ping is also what makes a connection manager

@@ -6,6 +6,7 @@
 
 mod hub;
 mod outbox;
+mod presence;
 mod recovery;
 mod send;
 mod session;
@@ -26,6 +27,7 @@ use crate::log::Log;
 use crate::protocol::ServerFrame;
 use crate::store::Store;
 pub use hub::Hub;
+use presence::Presence;
 use recovery::Recovery;
 pub use send::Sender;
 
@@ -36,6 +38,7 @@ pub struct Gateway {
     pub hub: Arc<Hub>,
     pub sender: Sender,
     recovery: Recovery,
+    pub presence: Arc<Presence>,
     pub auth: Auth,
     pub limits: Limits,
     /// Cancelled when the gateway drains: sessions send `reconnect` and close.
@@ -59,7 +62,14 @@ impl Gateway {
     /// Builds the gateway and starts feeding the hub from the bus notices.
     pub fn start(p: GatewayParts, notices: mpsc::UnboundedReceiver<BusNotice>) -> Arc<Gateway> {
         let hub = Hub::new(p.bus.clone());
+        let presence = Arc::new(Presence::default());
+        tokio::spawn(
+            presence
+                .clone()
+                .refresh_loop(p.bus.clone(), p.drain.clone()),
+        );
         let gw = Arc::new(Gateway {
+            presence,
             recovery: Recovery::new(
                 p.store.clone(),
                 p.log.clone(),

@@ -30,6 +30,8 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Minimum time between two `typing` events of one connection in one room.
 const TYPING_EVERY: Duration = Duration::from_millis(1500);
+/// How long a membership check is trusted before the store is asked again.
+const MEMBERSHIP_TTL: Duration = Duration::from_secs(10);
 
 fn error_frame(code: ErrorCode, message: &str, reference: Option<&str>) -> ByteString {
     ServerFrame::Error {
@@ -62,8 +64,10 @@ struct Conn {
     out: mpsc::Sender<Out>,
     handle: ConnHandle,
     rooms: HashSet<RoomId>,
-    /// Rooms this user was found to be a member of (the store need not answer again).
-    member_of: HashSet<RoomId>,
+    /// Rooms this user was found to be a member of, and when: trusted for
+    /// `MEMBERSHIP_TTL` (a member who left can go on sending at most that long), and
+    /// beyond it while the store is unavailable (chat goes on while PostgreSQL is down).
+    member_of: HashMap<RoomId, Instant>,
     typing_at: HashMap<RoomId, Instant>,
     limiter: DefaultDirectRateLimiter,
     sends: mpsc::Sender<SendJob>,
@@ -101,9 +105,15 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", conn = id, user = %user.name);
     metrics::gauge!(names::CONNECTIONS).increment(1.0);
+    let session_id = Uuid::new_v4().to_string();
+    // Online before the welcome: a client that asks for the member list next sees itself.
+    gw.presence
+        .opened(gw.bus.as_ref(), gw.store.as_ref(), &user, &session_id)
+        .instrument(span.clone())
+        .await;
     let welcome = ServerFrame::Welcome {
         user: &user,
-        session: Uuid::new_v4().to_string(),
+        session: session_id.clone(),
     }
     .to_text();
     let _ = out.send(Out::Frame(welcome.into())).await;
@@ -124,7 +134,7 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
         user,
         out: out.clone(),
         rooms: HashSet::new(),
-        member_of: HashSet::new(),
+        member_of: HashMap::new(),
         typing_at: HashMap::new(),
         limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
         sends,
@@ -139,7 +149,11 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
     for room in conn.rooms.drain() {
         gw.hub.unsubscribe(room, id);
     }
-    let Conn { sends, .. } = conn;
+    let Conn { sends, user, .. } = conn;
+    gw.presence
+        .closed(gw.bus.as_ref(), gw.store.as_ref(), &user, &session_id)
+        .instrument(span.clone())
+        .await;
     drop(sends);
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, send_task).await;
     if let Some(reason) = reason {
@@ -253,19 +267,27 @@ impl Conn {
     }
 
     async fn check_member(&mut self, room: RoomId) -> Result<(), (ErrorCode, String)> {
-        if self.member_of.contains(&room) {
+        let known = self.member_of.get(&room).copied();
+        if known.is_some_and(|at| at.elapsed() < MEMBERSHIP_TTL) {
             return Ok(());
         }
         match self.gw.store.is_member(room, self.user.id).await {
             Ok(true) => {
-                self.member_of.insert(room);
+                self.member_of.insert(room, Instant::now());
                 Ok(())
             }
-            Ok(false) => match self.gw.store.room(room).await {
-                Ok(Some(_)) => Err((ErrorCode::NotMember, "join the room first".into())),
-                Ok(None) => Err((ErrorCode::RoomNotFound, "no such room".into())),
-                Err(e) => Err((store_code(&e), e.to_string())),
-            },
+            Err(e) if e.retryable() && known.is_some() => {
+                tracing::debug!(error = %e, "store unavailable; membership from the cache");
+                Ok(())
+            }
+            Ok(false) => {
+                self.member_of.remove(&room);
+                match self.gw.store.room(room).await {
+                    Ok(Some(_)) => Err((ErrorCode::NotMember, "join the room first".into())),
+                    Ok(None) => Err((ErrorCode::RoomNotFound, "no such room".into())),
+                    Err(e) => Err((store_code(&e), e.to_string())),
+                }
+            }
             Err(e) => Err((store_code(&e), e.to_string())),
         }
     }

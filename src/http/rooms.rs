@@ -117,7 +117,15 @@ pub async fn members(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     require_member(&gw, *id, me.0.id).await?;
-    Ok(HttpResponse::Ok().json(gw.store.members(*id).await?))
+    let mut members = gw.store.members(*id).await?;
+    let ids: Vec<_> = members.iter().map(|m| m.id).collect();
+    match gw.bus.online(&ids).await {
+        Ok(online) => members
+            .iter_mut()
+            .for_each(|m| m.online = online.contains(&m.id)),
+        Err(e) => tracing::warn!(error = %e, "presence unknown; members shown offline"),
+    }
+    Ok(HttpResponse::Ok().json(members))
 }
 
 #[derive(Deserialize)]

@@ -38,7 +38,7 @@ async fn cross_gateway_delivery_is_ordered_acked_and_persisted_once() {
             let v = wb.expect("message").await;
             got.push((v["message"].clone(), Instant::now()));
         }
-        let extra = wb.next_within(Duration::from_millis(300)).await;
+        let extra = wb.message_within(Duration::from_millis(300)).await;
         (got, extra)
     });
     let mut sent_at = HashMap::new();
@@ -162,7 +162,7 @@ async fn resend_is_idempotent_across_gateways(mode: Mode) {
     assert_eq!(m["message"]["id"], first["message"]["id"]);
     assert!(
         reader
-            .next_within(Duration::from_millis(500))
+            .message_within(Duration::from_millis(500))
             .await
             .is_none(),
         "delivered more than once"
@@ -272,10 +272,8 @@ async fn concurrent_senders_reach_every_reader_in_position_order(mode: Mode) {
                 "reader {r}: duplicate"
             );
         }
-        assert!(
-            ws.next_within(Duration::from_millis(300)).await.is_none(),
-            "reader {r}: more than {total} messages"
-        );
+        let extra = ws.message_within(Duration::from_millis(300)).await;
+        assert!(extra.is_none(), "reader {r}: more than {total}: {extra:?}");
     }
     assert_eq!(
         env.wait_count(ROWS, total as i64, Duration::from_secs(15))

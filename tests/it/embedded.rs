@@ -76,7 +76,10 @@ async fn a_restart_keeps_users_rooms_and_history() {
     assert!(new["position"].as_i64() > acked[2]["position"].as_i64());
     let live = ws.expect("message").await;
     assert_eq!(live["message"]["id"], new["id"]);
-    assert!(ws.next_within(Duration::from_millis(300)).await.is_none());
+    assert!(ws
+        .message_within(Duration::from_millis(300))
+        .await
+        .is_none());
 }
 
 /// `--role gateway|consumer` and mixed setups without all the services are refused at

@@ -542,6 +542,18 @@ impl Ws {
         }
     }
 
+    /// The first `message` frame within `within` (other frames, like presence, skipped).
+    pub async fn message_within(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.next_within(left).await?;
+            if v["type"] == "message" {
+                return Some(v);
+            }
+        }
+    }
+
     pub async fn next(&mut self) -> Value {
         self.next_within(Duration::from_secs(15))
             .await

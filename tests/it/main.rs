@@ -7,4 +7,5 @@ mod harness;
 mod consumer;
 mod delivery;
 mod embedded;
+mod features;
 mod sessions;
