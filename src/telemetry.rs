@@ -51,4 +51,5 @@ pub mod names {
     pub const PERSIST_BATCH: &str = "chat_persist_batch_size";
     pub const CONSUMER_LAG: &str = "chat_consumer_lag";
     pub const PERSIST_ERRORS: &str = "chat_persist_errors_total";
+    pub const PARTITIONS_OWNED: &str = "chat_consumer_partitions_owned";
 }

@@ -3,10 +3,13 @@
 //! separate log connections, so chat stays live while PostgreSQL is down.
 //!
 //! Invariant: a persist worker never moves its offset past a batch that failed.
+//! Partitions are leased (lease.rs): one consumer works a partition at a time.
 
+pub mod lease;
 mod persist;
 mod relay;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +20,24 @@ use tokio_util::task::TaskTracker;
 use crate::bus::Bus;
 use crate::log::{Log, LogReader};
 use crate::store::Store;
+use crate::telemetry::names;
+use lease::{Lease, Leases};
+
+/// The workers of one partition.
+struct Workers {
+    lease: Option<Lease>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Workers {
+    /// Stops them after their current batch; returns the lease they worked under.
+    async fn stop(self) -> Option<Lease> {
+        self.stop.cancel();
+        self.tasks.wait().await;
+        self.lease
+    }
+}
 
 pub struct Consumer {
     pub store: Arc<dyn Store>,
@@ -32,24 +53,136 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Runs every partition's relay and persist worker until `stop` is cancelled, then
-    /// lets each finish its current batch.
+    /// Runs until `stop` is cancelled, then lets each worker finish its current batch.
+    /// With Redis, the partitions are leased (shared fairly among live consumers, taken
+    /// over when one dies); without it (embedded mode) this process works all of them.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let tracker = TaskTracker::new();
-        for p in 0..self.log.partitions() {
-            let me = self.clone();
-            let s = stop.clone();
-            tracker.spawn(async move { relay::run(&me, p, s).await });
-            if self.persist {
-                let me = self.clone();
-                let s = stop.clone();
-                tracker.spawn(async move { persist::run(&me, p, s).await });
+        match self.redis.clone() {
+            Some(redis) => {
+                let leases = Leases::new(redis, &self.prefix, &self.topic);
+                self.run_leased(leases, stop).await
+            }
+            None => {
+                let all: Vec<Workers> = (0..self.log.partitions())
+                    .map(|p| self.start(p, None))
+                    .collect();
+                tracing::info!(partitions = all.len(), "consumer running");
+                stop.cancelled().await;
+                for w in all {
+                    w.stop().await;
+                }
+                tracing::info!("consumer stopped");
             }
         }
-        tracker.close();
-        tracing::info!(partitions = self.log.partitions(), "consumer running");
-        tracker.wait().await;
-        tracing::info!("consumer stopped");
+    }
+
+    /// Starts the relay and (unless the log is the store) the persist worker of one
+    /// partition.
+    fn start(self: &Arc<Self>, partition: i32, fence: Option<(Leases, Lease)>) -> Workers {
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let lease = fence.as_ref().map(|(_, l)| l.clone());
+        {
+            let (me, s) = (self.clone(), stop.clone());
+            tasks.spawn(async move { relay::run(&me, partition, s, fence).await });
+        }
+        if self.persist {
+            let (me, s) = (self.clone(), stop.clone());
+            tasks.spawn(async move { persist::run(&me, partition, s).await });
+        }
+        tasks.close();
+        Workers { lease, stop, tasks }
+    }
+
+    async fn run_leased(self: Arc<Self>, leases: Leases, stop: CancellationToken) {
+        let partitions = self.log.partitions();
+        let mut owned: BTreeMap<i32, Workers> = BTreeMap::new();
+        let mut tick = tokio::time::interval(lease::TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(consumer = %leases.me, partitions, "consumer running (leased partitions)");
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            // Renew; a lease someone else holds now means our workers must stop. While
+            // Redis is unreachable nobody can take a lease over, so work goes on.
+            let mut lost = Vec::new();
+            for (p, w) in &owned {
+                if let Some(l) = &w.lease {
+                    match leases.renew(l).await {
+                        Ok(true) => {}
+                        Ok(false) => lost.push(*p),
+                        Err(e) => tracing::warn!(partition = p, error = %e, "lease not renewed"),
+                    }
+                }
+            }
+            for p in lost {
+                if let Some(w) = owned.remove(&p) {
+                    tracing::warn!(partition = p, "lease lost; stopping its workers");
+                    w.stop().await;
+                }
+            }
+            let live = match leases.heartbeat().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer heartbeat failed");
+                    continue;
+                }
+            };
+            let index = live.iter().position(|m| *m == leases.me).unwrap_or(0);
+            let share = lease::fair_share(partitions, live.len(), index);
+            // Above the share (another consumer joined): hand the extras over.
+            while owned.len() > share {
+                let Some((p, w)) = owned.pop_last() else {
+                    break;
+                };
+                let l = w.stop().await;
+                if let Some(l) = l {
+                    let _ = leases.release(&l).await;
+                }
+                tracing::info!(
+                    partition = p,
+                    share,
+                    live = live.len(),
+                    "partition handed over"
+                );
+            }
+            // Below it: take free partitions, starting at a different one per consumer.
+            if owned.len() < share {
+                let start = (index * partitions as usize / live.len().max(1)) as i32;
+                for k in 0..partitions {
+                    if owned.len() >= share {
+                        break;
+                    }
+                    let p = (start + k) % partitions;
+                    if owned.contains_key(&p) {
+                        continue;
+                    }
+                    match leases.acquire(p).await {
+                        Ok(Some(l)) => {
+                            tracing::info!(partition = p, epoch = l.epoch, "partition leased");
+                            owned.insert(p, self.start(p, Some((leases.clone(), l))));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot lease partitions now");
+                            break;
+                        }
+                    }
+                }
+            }
+            metrics::gauge!(names::PARTITIONS_OWNED).set(owned.len() as f64);
+        }
+        // Drain: finish the current batches, then give the leases back at once.
+        for (_, w) in std::mem::take(&mut owned) {
+            if let Some(l) = w.stop().await {
+                let _ = leases.release(&l).await;
+            }
+        }
+        let _ = leases.leave().await;
+        metrics::gauge!(names::PARTITIONS_OWNED).set(0.0);
+        tracing::info!("consumer stopped; leases released");
     }
 
     /// A log reader for one partition, retried until it connects or `stop`.

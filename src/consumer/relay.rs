@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::lease::{Lease, Leases};
 use super::{Backoff, Consumer};
 use crate::bus::BusEvent;
 use crate::log::LogError;
@@ -40,7 +41,14 @@ impl Recent {
     }
 }
 
-pub async fn run(c: &Consumer, partition: i32, stop: CancellationToken) {
+/// `fence`: the lease this relay works under; its position is saved only while the
+/// lease is current, and the relay stops when it is not.
+pub async fn run(
+    c: &Consumer,
+    partition: i32,
+    stop: CancellationToken,
+    fence: Option<(Leases, Lease)>,
+) {
     let Some(reader) = c.reader(partition, &stop).await else {
         return;
     };
@@ -123,12 +131,24 @@ pub async fn run(c: &Consumer, partition: i32, stop: CancellationToken) {
         }
         if batch.next_offset != offset {
             offset = batch.next_offset;
-            if let Some(mut redis) = c.redis.clone() {
-                let _: redis::RedisResult<()> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(offset)
-                    .query_async(&mut redis)
-                    .await;
+            match &fence {
+                Some((leases, lease)) => match leases.save_offset(lease, &key, offset).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(partition, "relay: lease moved on; stopping");
+                        return;
+                    }
+                    Err(e) => tracing::debug!(partition, error = %e, "relay: position not saved"),
+                },
+                None => {
+                    if let Some(mut redis) = c.redis.clone() {
+                        let _: redis::RedisResult<()> = redis::cmd("SET")
+                            .arg(&key)
+                            .arg(offset)
+                            .query_async(&mut redis)
+                            .await;
+                    }
+                }
             }
         }
     }
