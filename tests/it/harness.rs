@@ -276,7 +276,10 @@ impl Env {
 
     pub async fn start_with(&self, gateways: usize, extra: &[&str]) -> Cluster {
         if self.mode == Mode::Embedded {
-            let p = self.spawn_with("all", "all-m", extra).await;
+            // A new log file per start (a restart test starts twice).
+            static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = self.spawn_with("all", &format!("all-{n}"), extra).await;
             return Cluster {
                 procs: vec![p],
                 gateways: 1,
