@@ -2,8 +2,9 @@
 //! (`redis.rs`) in distributed mode, an in-process channel (`local.rs`) in the embedded one.
 //!
 //! The bus is at-most-once: a subscriber that was disconnected may have missed events.
-//! It then receives [`BusNotice::Resync`], and the gateway sends its clients to recovery,
-//! which reads the log. Messages reach the bus only through the relay, in log order.
+//! It receives [`BusNotice::Lost`] when its connection breaks (the gateway holds off live
+//! messages) and [`BusNotice::Resync`] once it is subscribed again (the gateway sends its
+//! clients to recovery, which reads the gap from the log, and resumes live delivery). Messages reach the bus only through the relay, in log order.
 
 mod local;
 mod redis;
@@ -65,7 +66,10 @@ impl BusEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusNotice {
     Event(BusEvent),
-    /// The subscription connection was lost and re-established: events may be missing.
+    /// The subscription connection was lost: events from now on may be missing.
+    Lost,
+    /// The subscription connection is back (subscribed again) after [`BusNotice::Lost`]:
+    /// events in between are missing; anything after this notice arrives.
     Resync,
 }
 

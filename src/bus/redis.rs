@@ -1,6 +1,7 @@
 //! Redis pub/sub bus: RESP3 push messages on a `ConnectionManager` that re-subscribes
-//! by itself after a reconnect; the library's `Disconnection` push becomes
-//! [`BusNotice::Resync`].
+//! by itself after a reconnect. The library's `Disconnection` push becomes
+//! [`BusNotice::Lost`]; once the new connection answers (so it is subscribed again), the
+//! bus sends [`BusNotice::Resync`].
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -87,11 +88,28 @@ impl RedisBus {
         .map_err(unavailable)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let channel_prefix = format!("{prefix}:room:");
+        let probe_conn = subscriber.clone();
         // Drains the (unbounded) push channel promptly into typed notices.
         tokio::spawn(async move {
+            let mut probing: Option<tokio::task::JoinHandle<()>> = None;
             while let Some(push) = push_rx.recv().await {
                 let notice = match push.kind {
-                    PushKind::Disconnection => Some(BusNotice::Resync),
+                    PushKind::Disconnection => {
+                        // Events published while the subscription is down are lost to it.
+                        // The library reconnects and re-subscribes by itself; once that is
+                        // done (a command on the new connection succeeds), `Resync` sends the
+                        // gateway's clients to recovery, which fills the gap from the log.
+                        // Telling them earlier would only recover up to the moment Redis
+                        // came back. This push stream is ordered: `Lost` precedes every event
+                        // of the new connection.
+                        if probing.as_ref().is_none_or(|p| p.is_finished()) {
+                            probing = Some(tokio::spawn(announce_restored(
+                                probe_conn.clone(),
+                                tx.clone(),
+                            )));
+                        }
+                        Some(BusNotice::Lost)
+                    }
                     PushKind::Message => decode_message(&push.data, &channel_prefix),
                     _ => None,
                 };
@@ -126,6 +144,26 @@ impl RedisBus {
     pub fn commands(&self) -> ConnectionManager {
         self.commands.clone()
     }
+}
+
+/// Waits until the subscription connection works again (the library re-subscribes every
+/// channel before it hands out the new connection), then sends [`BusNotice::Resync`].
+async fn announce_restored(mut conn: ConnectionManager, tx: mpsc::UnboundedSender<BusNotice>) {
+    let down = std::time::Instant::now();
+    loop {
+        match redis::cmd("PING").query_async::<Value>(&mut conn).await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "bus subscription still down");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    tracing::warn!(
+        down_ms = down.elapsed().as_millis() as u64,
+        "bus subscription restored; clients resubscribe to recover what it missed"
+    );
+    let _ = tx.send(BusNotice::Resync);
 }
 
 fn decode_message(data: &[Value], prefix: &str) -> Option<BusNotice> {

@@ -6,6 +6,7 @@
 //! so "first in, last out" cannot race into a wrong subscription state.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +58,10 @@ enum Ctl {
 pub struct Hub {
     rooms: Mutex<HashMap<RoomId, RoomEntry>>,
     ctl: mpsc::UnboundedSender<Ctl>,
+    /// Set while the bus subscription is broken (from the loss until every client has
+    /// been told to resync): live messages are held off then, so no client sees one that
+    /// follows a gap before it is told to recover, which would move its `since` past it.
+    suspended: AtomicBool,
 }
 
 impl Hub {
@@ -66,6 +71,7 @@ impl Hub {
         Arc::new(Hub {
             rooms: Mutex::new(HashMap::new()),
             ctl,
+            suspended: AtomicBool::new(false),
         })
     }
 
@@ -114,6 +120,10 @@ impl Hub {
     /// Delivers one bus event to the room's local connections.
     pub fn dispatch(&self, event: &BusEvent) {
         let room = event.room();
+        if matches!(event, BusEvent::Message { .. }) && self.suspended.load(Ordering::Acquire) {
+            // After a gap: the client recovers it (and this message) from the log.
+            return;
+        }
         let mut rooms = self.lock();
         let Some(entry) = rooms.get_mut(&room) else {
             return;
@@ -168,10 +178,18 @@ impl Hub {
         }
     }
 
-    /// The bus lost events (its connection dropped): every client is told to reconnect
-    /// and resubscribe with `since`, which recovers from the log.
+    /// The bus subscription broke: events from now on may be missing. Live messages are
+    /// held off until [`Hub::resync_all`].
+    pub fn suspend(&self) {
+        self.suspended.store(true, Ordering::Release);
+    }
+
+    /// The bus is subscribed again after losing events: every client is told to reconnect
+    /// and resubscribe with `since`, which recovers the gap from the log; live delivery
+    /// resumes behind that frame.
     pub fn resync_all(&self, frame: &ByteString) {
         let rooms = self.lock();
+        self.suspended.store(false, Ordering::Release);
         let mut told = std::collections::HashSet::new();
         for entry in rooms.values() {
             for (id, h) in &entry.conns {
@@ -208,5 +226,66 @@ async fn control(bus: Arc<dyn Bus>, mut rx: mpsc::UnboundedReceiver<Ctl>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::LocalBus;
+    use crate::model::{Message, User};
+    use uuid::Uuid;
+
+    fn message(room: RoomId, position: Position) -> BusEvent {
+        BusEvent::Message {
+            message: Message {
+                id: Uuid::now_v7(),
+                room,
+                sender: User {
+                    id: Uuid::new_v4(),
+                    name: "ann".into(),
+                },
+                body: format!("#{position}"),
+                client_msg_id: format!("c{position}"),
+                position,
+                sent_at: chrono::Utc::now(),
+            },
+        }
+    }
+
+    fn received(rx: &mut mpsc::Receiver<Out>) -> Vec<String> {
+        let mut got = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            got.push(match o {
+                Out::Message { position, .. } => format!("message {position}"),
+                Out::Frame(f) => f.to_string(),
+                _ => "other".into(),
+            });
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn after_a_bus_loss_no_live_message_overtakes_the_resync() {
+        let (bus, _notices) = LocalBus::new();
+        let hub = Hub::new(Arc::new(bus));
+        let room = Uuid::now_v7();
+        let (tx, mut rx) = mpsc::channel(16);
+        let handle = ConnHandle {
+            tx,
+            kick: CancellationToken::new(),
+        };
+        let mut ready = hub.subscribe(room, 1, handle);
+        ready.wait_for(|r| *r).await.unwrap();
+
+        hub.dispatch(&message(room, 1));
+        hub.suspend();
+        // Published after the gap, before every client was told: held off.
+        hub.dispatch(&message(room, 5));
+        hub.resync_all(&ByteString::from_static("resync"));
+        hub.dispatch(&message(room, 6));
+        // A record relayed twice is dropped.
+        hub.dispatch(&message(room, 6));
+        assert_eq!(received(&mut rx), ["message 1", "resync", "message 6"]);
     }
 }

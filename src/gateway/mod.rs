@@ -116,8 +116,12 @@ async fn pump(hub: Arc<Hub>, mut notices: mpsc::UnboundedReceiver<BusNotice>) {
     while let Some(n) = notices.recv().await {
         match n {
             BusNotice::Event(e) => hub.dispatch(&e),
+            BusNotice::Lost => {
+                tracing::warn!("bus connection lost; live messages held until it is back");
+                hub.suspend();
+            }
             BusNotice::Resync => {
-                tracing::warn!("bus connection was lost; clients resubscribe to recover");
+                tracing::warn!("bus events were lost; clients resubscribe to recover");
                 hub.resync_all(&resync);
             }
         }

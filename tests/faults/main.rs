@@ -85,6 +85,55 @@ impl Scenario {
         }
     }
 
+    /// `/readyz` of gateway `i`: the status and the names of the failed dependencies.
+    async fn readyz(&self, i: usize) -> (u16, Vec<String>) {
+        let (status, v) = Http::new(&self.gws[i])
+            .call(reqwest::Method::GET, "/readyz", None, None)
+            .await;
+        let failed = v["failed"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        (status, failed)
+    }
+
+    /// Every gateway's `/readyz` names `dependency` as failed within 10 s.
+    async fn expect_unready(&self, dependency: &str) {
+        for i in 0..self.gws.len() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (status, failed) = self.readyz(i).await;
+                if status == 503 && failed.iter().any(|f| f == dependency) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "gateway {i}: /readyz does not report {dependency}: {status} {failed:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+
+    /// Waits until every gateway's `/readyz` answers 200; returns how long that took.
+    async fn wait_ready(&self) -> Duration {
+        let t0 = Instant::now();
+        for i in 0..self.gws.len() {
+            loop {
+                let (status, failed) = self.readyz(i).await;
+                if status == 200 {
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "gateway {i}: not ready 60 s after the fault ended: {failed:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        t0.elapsed()
+    }
+
     /// Waits until `at` after the start.
     async fn at(&self, at: Duration) {
         tokio::time::sleep_until((self.started + at).into()).await;
@@ -134,15 +183,31 @@ impl Scenario {
             if Instant::now() >= deadline {
                 for c in &self.clients {
                     c.with(|r| {
-                        let got: HashSet<&str> = r.delivered.values().flatten().map(|(_, id)| id.as_str()).collect();
-                        let miss: Vec<_> = acked.iter().filter(|(id, _, _)| !got.contains(id.as_str())).map(|(_, room, p)| (room[..8].to_owned(), *p)).collect();
+                        let got: HashSet<&str> = r
+                            .delivered
+                            .values()
+                            .flatten()
+                            .map(|(_, id)| id.as_str())
+                            .collect();
+                        let miss: Vec<_> = acked
+                            .iter()
+                            .filter(|(id, _, _)| !got.contains(id.as_str()))
+                            .map(|(_, room, p)| (room[..8].to_owned(), *p))
+                            .collect();
                         eprintln!("{}: reconnects {} missing {:?}", c.name, r.reconnects, miss);
                         for (room, d) in &r.delivered {
-                            eprintln!("   {}: {:?}", &room[..8], d.iter().map(|(p, _)| *p).collect::<Vec<_>>());
+                            eprintln!(
+                                "   {}: {:?}",
+                                &room[..8],
+                                d.iter().map(|(p, _)| *p).collect::<Vec<_>>()
+                            );
                         }
                     });
                 }
-                panic!("{fault}: {missing} deliveries missing after 60 s: {}", self.progress());
+                panic!(
+                    "{fault}: {missing} deliveries missing 20 s after the last ack: {}",
+                    self.progress()
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -284,9 +349,16 @@ async fn redis_down_10s() {
     let s = Scenario::start("f-redis", 120, Duration::from_millis(100)).await;
     s.at(Duration::from_secs(1)).await;
     let down = Down::stop("redis");
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    s.expect_unready("redis").await;
+    tokio::time::sleep_until((s.started + Duration::from_secs(11)).into()).await;
     drop(down);
-    s.finish("Redis down 10 s", Instant::now()).await;
+    let restored = Instant::now();
+    let ready = s.wait_ready().await;
+    eprintln!(
+        "FAULT Redis down 10 s: gateways ready {:.1} s after Redis returned",
+        ready.as_secs_f64()
+    );
+    s.finish("Redis down 10 s", restored).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,9 +367,16 @@ async fn postgres_down_15s() {
     let s = Scenario::start("f-postgres", 150, Duration::from_millis(100)).await;
     s.at(Duration::from_secs(1)).await;
     let down = Down::stop("postgres");
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    s.expect_unready("postgres").await;
+    tokio::time::sleep_until((s.started + Duration::from_secs(16)).into()).await;
     drop(down);
-    s.finish("PostgreSQL down 15 s", Instant::now()).await;
+    let restored = Instant::now();
+    let ready = s.wait_ready().await;
+    eprintln!(
+        "FAULT PostgreSQL down 15 s: gateways ready {:.1} s after PostgreSQL returned",
+        ready.as_secs_f64()
+    );
+    s.finish("PostgreSQL down 15 s", restored).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,8 +385,15 @@ async fn kafka_restarted() {
     let s = Scenario::start("f-kafka", 80, Duration::from_millis(100)).await;
     s.at(Duration::from_secs(1)).await;
     let down = Down::stop("kafka");
+    s.expect_unready("kafka").await;
     drop(down);
-    s.finish("Kafka broker restarted", Instant::now()).await;
+    let restored = Instant::now();
+    let ready = s.wait_ready().await;
+    eprintln!(
+        "FAULT Kafka broker restarted: gateways ready {:.1} s after it was started again",
+        ready.as_secs_f64()
+    );
+    s.finish("Kafka broker restarted", restored).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
