@@ -41,6 +41,47 @@ impl Recent {
     }
 }
 
+/// Where a relay starts: its saved position; without one (Redis lost its data, or a new
+/// deployment) the persist worker's committed offset, so the messages between are relayed
+/// rather than skipped (readers drop what they have by position); the log's end when
+/// neither is known or the gap is too long to replay (clients recover older messages
+/// from the log themselves), and always in the embedded mode, where nobody can have
+/// subscribed before the process started.
+async fn start_offset(c: &Consumer, key: &str, partition: i32, end: i64) -> i64 {
+    let Some(mut redis) = c.redis.clone() else {
+        return end;
+    };
+    let saved: Option<i64> = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut redis)
+        .await
+        .ok()
+        .flatten();
+    let saved = match saved {
+        Some(s) => Some(s),
+        None => match c.store.next_offset(&c.topic, partition).await {
+            Ok(committed) => {
+                let committed = committed.unwrap_or(0);
+                tracing::info!(
+                    partition,
+                    committed,
+                    end,
+                    "relay: no saved position; starting at the persisted offset"
+                );
+                Some(committed)
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "relay: no saved or persisted position; starting at the end");
+                None
+            }
+        },
+    };
+    match saved {
+        Some(s) if s <= end && end - s <= MAX_REPLAY => s,
+        _ => end,
+    }
+}
+
 /// `fence`: the lease this relay works under; its position is saved only while the
 /// lease is current, and the relay stops when it is not.
 pub async fn run(
@@ -56,21 +97,7 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut offset = loop {
         match reader.latest().await {
-            Ok(end) => {
-                let saved: Option<i64> = match c.redis.clone() {
-                    Some(mut redis) => redis::cmd("GET")
-                        .arg(&key)
-                        .query_async(&mut redis)
-                        .await
-                        .ok()
-                        .flatten(),
-                    None => None,
-                };
-                break match saved {
-                    Some(s) if s <= end && end - s <= MAX_REPLAY => s,
-                    _ => end,
-                };
-            }
+            Ok(end) => break start_offset(c, &key, partition, end).await,
             Err(e) => {
                 tracing::warn!(partition, error = %e, "relay: no log end offset; retrying");
                 if !backoff.sleep(&stop).await {
