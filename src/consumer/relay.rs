@@ -1,7 +1,8 @@
 //! Relay: tails a partition and publishes each message on its room's bus channel, in
 //! offset order, dropping a message id it has relayed already (rskafka can write a
 //! retried produce twice). Its position is kept in Redis so a restart continues where it
-//! stopped; readers drop what they have seen by position.
+//! stopped (without one it replays the recent tail); readers drop what they have seen by
+//! position.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::lease::{Lease, Leases};
 use super::{Backoff, Consumer};
 use crate::bus::BusEvent;
-use crate::log::LogError;
+use crate::log::{LogError, LogReader};
 use crate::model::MessageId;
 use crate::telemetry::names;
 
@@ -41,15 +42,24 @@ impl Recent {
     }
 }
 
-/// Where a relay starts: its saved position; without one (Redis lost its data, or a new
-/// deployment) the persist worker's committed offset, so the messages between are relayed
-/// rather than skipped (readers drop what they have by position); the log's end when
-/// neither is known or the gap is too long to replay (clients recover older messages
-/// from the log themselves), and always in the embedded mode, where nobody can have
+/// How far back a relay without a saved position replays (see [`start`]).
+const UNKNOWN_REPLAY_AGE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// Where a relay starts, and the oldest message it publishes. With a saved position (the
+/// last relay of the partition stopped there): that position. Without one (a new
+/// deployment, or Redis lost its data) nobody knows what was relayed, and a message
+/// skipped here is one a subscribed reader never gets live; so it replays the recent
+/// tail, up to `MAX_REPLAY` records and no older than `UNKNOWN_REPLAY_AGE`. Readers drop
+/// what they have by position. In the embedded mode the log's end: nobody can have
 /// subscribed before the process started.
-async fn start_offset(c: &Consumer, key: &str, partition: i32, end: i64) -> i64 {
+async fn start(
+    c: &Consumer,
+    reader: &dyn LogReader,
+    key: &str,
+    end: i64,
+) -> Result<(i64, Option<chrono::DateTime<chrono::Utc>>), LogError> {
     let Some(mut redis) = c.redis.clone() else {
-        return end;
+        return Ok((end, None));
     };
     let saved: Option<i64> = redis::cmd("GET")
         .arg(key)
@@ -57,28 +67,12 @@ async fn start_offset(c: &Consumer, key: &str, partition: i32, end: i64) -> i64 
         .await
         .ok()
         .flatten();
-    let saved = match saved {
-        Some(s) => Some(s),
-        None => match c.store.next_offset(&c.topic, partition).await {
-            Ok(committed) => {
-                let committed = committed.unwrap_or(0);
-                tracing::info!(
-                    partition,
-                    committed,
-                    end,
-                    "relay: no saved position; starting at the persisted offset"
-                );
-                Some(committed)
-            }
-            Err(e) => {
-                tracing::warn!(partition, error = %e, "relay: no saved or persisted position; starting at the end");
-                None
-            }
-        },
-    };
     match saved {
-        Some(s) if s <= end && end - s <= MAX_REPLAY => s,
-        _ => end,
+        Some(s) if s <= end && end - s <= MAX_REPLAY => Ok((s, None)),
+        _ => {
+            let from = reader.earliest().await?.max(end - MAX_REPLAY);
+            Ok((from, Some(chrono::Utc::now() - UNKNOWN_REPLAY_AGE)))
+        }
     }
 }
 
@@ -95,18 +89,28 @@ pub async fn run(
     };
     let key = format!("{}:relay:{}:{}", c.prefix, c.topic, partition);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    let mut offset = loop {
-        match reader.latest().await {
-            Ok(end) => break start_offset(c, &key, partition, end).await,
+    let (mut offset, not_before) = loop {
+        let end = match reader.latest().await {
+            Ok(end) => end,
             Err(e) => {
                 tracing::warn!(partition, error = %e, "relay: no log end offset; retrying");
+                if !backoff.sleep(&stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        match start(c, reader.as_ref(), &key, end).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "relay: no log start offset; retrying");
                 if !backoff.sleep(&stop).await {
                     return;
                 }
             }
         }
     };
-    tracing::debug!(partition, offset, "relay started");
+    tracing::debug!(partition, offset, ?not_before, "relay started");
     let mut recent = Recent {
         order: VecDeque::new(),
         set: HashSet::new(),
@@ -137,6 +141,7 @@ pub async fn run(
             .records
             .into_iter()
             .filter_map(|r| r.message)
+            .filter(|m| not_before.is_none_or(|t| m.sent_at >= t))
             .filter(|m| recent.insert(m.id))
             .map(|message| BusEvent::Message { message })
             .collect();
