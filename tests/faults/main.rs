@@ -183,22 +183,17 @@ impl Scenario {
             if Instant::now() >= deadline {
                 for c in &self.clients {
                     c.with(|r| {
-                        let got: HashSet<&str> = r
-                            .delivered
-                            .values()
-                            .flatten()
-                            .map(|(_, id)| id.as_str())
-                            .collect();
+                        let got = received_ids(r);
                         let miss: Vec<_> = acked
                             .iter()
                             .filter(|(id, _, _)| !got.contains(id.as_str()))
-                            .map(|(_, room, p)| (room[..8].to_owned(), *p))
+                            .map(|(_, room, p)| (room[room.len() - 8..].to_owned(), *p))
                             .collect();
                         eprintln!("{}: reconnects {} missing {:?}", c.name, r.reconnects, miss);
                         for (room, d) in &r.delivered {
                             eprintln!(
                                 "   {}: {:?}",
-                                &room[..8],
+                                &room[room.len() - 8..],
                                 d.iter().map(|(p, _)| *p).collect::<Vec<_>>()
                             );
                         }
@@ -287,14 +282,18 @@ impl Scenario {
     }
 }
 
-/// Acked messages a reader has not received.
-fn missing(r: &load::Record, ids: &HashSet<&str>) -> usize {
-    let got: HashSet<&str> = r
-        .delivered
+/// The message ids a reader has received.
+fn received_ids(r: &load::Record) -> HashSet<&str> {
+    r.delivered
         .values()
         .flatten()
         .map(|(_, id)| id.as_str())
-        .collect();
+        .collect()
+}
+
+/// Acked messages a reader has not received.
+fn missing(r: &load::Record, ids: &HashSet<&str>) -> usize {
+    let got = received_ids(r);
     ids.iter().filter(|id| !got.contains(*id)).count()
 }
 
@@ -343,57 +342,55 @@ async fn consumer_killed() {
     s.finish("kill -9 a consumer", Instant::now()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_down_10s() {
+/// Stops `service` 1 s into a load of `messages` per client (one per 100 ms), checks that
+/// every gateway's `/readyz` names it, starts it again `down` after the start (at once if
+/// zero), and checks the result.
+async fn outage(name: &str, service: &'static str, down: Duration, messages: usize, fault: &str) {
     let _serial = SERIAL.lock().await;
-    let s = Scenario::start("f-redis", 120, Duration::from_millis(100)).await;
+    let s = Scenario::start(name, messages, Duration::from_millis(100)).await;
     s.at(Duration::from_secs(1)).await;
-    let down = Down::stop("redis");
-    s.expect_unready("redis").await;
-    tokio::time::sleep_until((s.started + Duration::from_secs(11)).into()).await;
-    drop(down);
+    let stopped = Down::stop(service);
+    s.expect_unready(service).await;
+    s.at(Duration::from_secs(1) + down).await;
+    drop(stopped);
     let restored = Instant::now();
     let ready = s.wait_ready().await;
     eprintln!(
-        "FAULT Redis down 10 s: gateways ready {:.1} s after Redis returned",
+        "FAULT {fault}: gateways ready {:.1} s after {service} was back",
         ready.as_secs_f64()
     );
-    s.finish("Redis down 10 s", restored).await;
+    s.finish(fault, restored).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_10s() {
+    outage(
+        "f-redis",
+        "redis",
+        Duration::from_secs(10),
+        120,
+        "Redis down 10 s",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_15s() {
-    let _serial = SERIAL.lock().await;
-    let s = Scenario::start("f-postgres", 150, Duration::from_millis(100)).await;
-    s.at(Duration::from_secs(1)).await;
-    let down = Down::stop("postgres");
-    s.expect_unready("postgres").await;
-    tokio::time::sleep_until((s.started + Duration::from_secs(16)).into()).await;
-    drop(down);
-    let restored = Instant::now();
-    let ready = s.wait_ready().await;
-    eprintln!(
-        "FAULT PostgreSQL down 15 s: gateways ready {:.1} s after PostgreSQL returned",
-        ready.as_secs_f64()
-    );
-    s.finish("PostgreSQL down 15 s", restored).await;
+    let fault = "PostgreSQL down 15 s";
+    outage(
+        "f-postgres",
+        "postgres",
+        Duration::from_secs(15),
+        150,
+        fault,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_restarted() {
-    let _serial = SERIAL.lock().await;
-    let s = Scenario::start("f-kafka", 80, Duration::from_millis(100)).await;
-    s.at(Duration::from_secs(1)).await;
-    let down = Down::stop("kafka");
-    s.expect_unready("kafka").await;
-    drop(down);
-    let restored = Instant::now();
-    let ready = s.wait_ready().await;
-    eprintln!(
-        "FAULT Kafka broker restarted: gateways ready {:.1} s after it was started again",
-        ready.as_secs_f64()
-    );
-    s.finish("Kafka broker restarted", restored).await;
+    let fault = "Kafka broker restarted";
+    outage("f-kafka", "kafka", Duration::ZERO, 80, fault).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
