@@ -349,12 +349,11 @@
     if (!S.historyLoaded.has(id)) {
       try { await loadHistory(id); } catch (e) { if (S.current === id) $('history-state').textContent = 'Could not load history: ' + e.message; }
       if (S.current !== id) return;
-      renderMessages({ toBottom: true });
+      drawNow({ toBottom: true });
     }
     loadMembers(id).then(() => { if (S.current === id) renderMembers(); }).catch(() => {});
     markRead();
     renderRooms();
-    fillViewport();
   }
 
   async function loadHistory(id, before) {
@@ -382,7 +381,8 @@
       await loadHistory(id, before);
       if (S.current !== id) return;
       const fromBottom = sc.scrollHeight - sc.scrollTop;
-      renderMessages({});
+      S.loadingOlder = false;
+      drawNow({});
       sc.scrollTop = sc.scrollHeight - fromBottom;
     } catch (e) {
       toast('Could not load older messages: ' + e.message);
@@ -390,15 +390,14 @@
       S.loadingOlder = false;
       if (S.current === id) renderHistoryState();
     }
-    fillViewport();
   }
 
   /** Loads older pages until the view can scroll (or there are none). */
   function fillViewport() {
     const sc = $('scroller');
-    if (S.current && S.hasMore.get(S.current) && sc.scrollHeight <= sc.clientHeight + 200) setTimeout(loadOlder, 0);
+    if (S.current && S.hasMore.get(S.current) && !S.loadingOlder && sc.scrollHeight <= sc.clientHeight + 100) setTimeout(loadOlder, 0);
   }
-  $('scroller').addEventListener('scroll', () => { if ($('scroller').scrollTop < 300) loadOlder(); }, { passive: true });
+  $('scroller').addEventListener('scroll', () => { if ($('scroller').scrollTop < 120) loadOlder(); }, { passive: true });
 
   async function loadMembers(id) {
     const list = await api('GET', `/api/rooms/${id}/members`);
@@ -771,9 +770,16 @@
   function renderMessages(opts) {
     if (!msgRenderPending) {
       msgRenderPending = { toBottom: false };
-      requestAnimationFrame(() => { const o = msgRenderPending; msgRenderPending = null; drawMessages(o); });
+      requestAnimationFrame(() => { const o = msgRenderPending; if (o) { msgRenderPending = null; drawMessages(o); } });
     }
     if (opts && opts.toBottom) msgRenderPending.toBottom = true;
+  }
+
+  /** Redraws now (taking over a pending batched redraw). */
+  function drawNow(opts) {
+    const o = Object.assign({ toBottom: false }, opts);
+    if (msgRenderPending) { o.toBottom = o.toBottom || msgRenderPending.toBottom; msgRenderPending = null; }
+    drawMessages(o);
   }
 
   function drawMessages(opts) {
@@ -858,6 +864,7 @@
     }
     ol.replaceChildren(frag);
     if (opts.toBottom || atBottom) sc.scrollTop = sc.scrollHeight;
+    if (S.historyLoaded.has(id)) fillViewport();
   }
 
   function renderMembers() {

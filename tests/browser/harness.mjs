@@ -172,10 +172,12 @@ export async function checkAssets(baseUrl) {
  * be changed (a restarted server on another port).
  */
 export class Proxy {
-  constructor(target) { this.target = new URL(target); this.mode = 'pass'; this.ws = new Set(); }
+  constructor(target) { this.target = new URL(target); this.mode = 'pass'; this.ws = new Set(); this.all = new Set(); }
 
   async start() {
     this.server = net.createServer((client) => {
+      this.all.add(client);
+      client.on('close', () => this.all.delete(client));
       client.once('data', (first) => {
         const isWs = /^GET \/ws[ ?]/.test(first.toString('latin1', 0, 16));
         if (isWs && this.mode === 'block') { client.destroy(); return; }
@@ -200,7 +202,12 @@ export class Proxy {
   pass() { this.mode = 'pass'; }
   /** Drops every connection (HTTP and WebSocket) without changing the mode. */
   cutAll() { for (const { client, up } of this.ws) { client.destroy(); up.destroy(); } this.ws.clear(); }
-  async close() { this.cutAll(); await new Promise((r) => this.server.close(r)); }
+  async close() {
+    const closed = new Promise((r) => this.server.close(r));
+    for (const s of this.all) s.destroy();
+    this.cutAll();
+    await closed;
+  }
 }
 
 // ------------------------------------------------------------------------------ browser
@@ -218,11 +225,15 @@ export const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, ha
 
 /** A browser context (one user) with its page at `url`; console errors are collected. */
 export async function openPage(browser, url, opts = {}) {
-  const ctx = await browser.newContext(Object.assign({ viewport: DESKTOP }, opts));
+  // Reduced motion: the client then slides no drawers, so what a test sees is settled.
+  const ctx = await browser.newContext(Object.assign({ viewport: DESKTOP, reducedMotion: 'reduce' }, opts));
   ctx.setDefaultTimeout(15_000);
   const page = await ctx.newPage();
   page.errors = [];
   page.on('pageerror', (e) => page.errors.push(String(e)));
+  page.log = [];
+  page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') page.log.push(`console.${m.type()}: ${m.text()}`); });
+  page.on('response', (r) => { if (r.status() >= 400) page.log.push(`HTTP ${r.status()} ${r.request().method()} ${r.url()}`); });
   await page.goto(url);
   return page;
 }
@@ -354,3 +365,19 @@ export async function sendMany(page, room, bodies) {
 }
 
 export const currentRoomId = (page) => page.evaluate(() => location.hash.slice(1));
+
+/**
+ * On a failed test: a screenshot of each of its pages under test-output/browser/failures/,
+ * and their HTTP errors, console errors and uncaught exceptions on stderr.
+ */
+export async function reportFailure(testName, pages) {
+  const dir = path.join(OUT, 'failures');
+  fs.mkdirSync(dir, { recursive: true });
+  const slug = testName.replace(/[^a-z0-9]+/gi, '-').slice(0, 60);
+  for (const [i, p] of pages.entries()) {
+    if (p.isClosed()) continue;
+    await p.screenshot({ path: path.join(dir, `${slug}-${i}.png`), timeout: 5000 }).catch(() => {});
+    const toast = await p.evaluate(() => { const t = document.getElementById('toast'); return t && !t.hidden ? t.textContent : ''; }).catch(() => '');
+    console.error(`--- page ${i} (${p.url()})${toast ? ' toast: ' + toast : ''}\n${[...p.log, ...p.errors].join('\n')}`);
+  }
+}
