@@ -73,7 +73,18 @@
   function loadOutbox() {
     const list = safeJson(localStorage.getItem(outboxKey()));
     S.outbox = Array.isArray(list) ? list.filter((o) => o && o.client_msg_id && o.room && typeof o.body === 'string') : [];
+    // An earlier version of this client kept one outbox for everyone and the positions.
+    const legacy = safeJson(localStorage.getItem('chat.outbox'));
+    if (Array.isArray(legacy)) {
+      for (const o of legacy) {
+        if (o && o.client_msg_id && o.room && typeof o.body === 'string' && (!o.sender || o.sender.id === S.user.id)) {
+          S.outbox.push({ client_msg_id: o.client_msg_id, room: o.room, body: o.body, sent_at: o.sent_at || new Date().toISOString(), failed: false });
+        }
+      }
+    }
+    localStorage.removeItem('chat.outbox'); localStorage.removeItem('chat.last');
     for (const o of S.outbox) { o.inflight = false; o.tries = 0; }
+    saveOutbox();
   }
   function saveOutbox() {
     const keep = S.outbox.map(({ client_msg_id, room, body, sent_at, failed, error }) => ({ client_msg_id, room, body, sent_at, failed, error }));
@@ -193,7 +204,8 @@
       box.textContent = 'Could not load rooms (' + e.message + '). Retrying…';
       box.hidden = false;
     } finally {
-      const wait = roomsFailures ? Math.min(30000, 1000 * 2 ** roomsFailures) : ROOMS_REFRESH_MS;
+      // The protocol announces no new rooms or DMs to a user who is not in them yet: poll.
+      const wait = roomsFailures ? Math.min(30000, 1000 * 2 ** roomsFailures) : document.hidden ? 30000 : ROOMS_REFRESH_MS;
       roomsTimer = setTimeout(loadRooms, wait);
     }
     return S.rooms;
@@ -576,6 +588,7 @@
   }
   $('banner-retry').addEventListener('click', () => { S.attempt = 0; connect(); });
   window.addEventListener('online', () => { if (!S.ws && S.token) { S.attempt = 0; connect(); } });
+  document.addEventListener('visibilitychange', () => { if (!document.hidden && S.token && S.roomsLoaded) loadRooms(); });
 
   // Keep-alive: our ping is answered with pong; a connection that has been silent too long
   // is given up and replaced.
@@ -587,14 +600,24 @@
 
   function onFrame(f) {
     switch (f.type) {
-      case 'welcome':
+      case 'welcome': {
+        const again = S.everOnline;
         S.welcomed = true; S.attempt = 0; S.everOnline = true;
         if (f.user && f.user.id === S.user.id) { S.user = f.user; }
         setConn('online');
         syncSubscriptions();
         flush();
         markRead();
+        renderMessages({});
+        if (again) {
+          // Presence changes while we were away were not seen: ask again.
+          for (const id of S.members.keys()) {
+            if (id === S.current || room(id)?.kind === 'dm') loadMembers(id).then(() => { if (id === S.current) renderMembers(); }).catch(() => {});
+          }
+          loadRooms();
+        }
         break;
+      }
       case 'subscribed': {
         S.subQueue = S.subQueue.filter((x) => x !== f.room);
         if (f.position != null) {
