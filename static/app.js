@@ -177,7 +177,20 @@
 
   let roomsTimer = null;
   let roomsFailures = 0;
-  async function loadRooms() {
+  let roomsRun = null;
+  let roomsQueued = null;
+  /** Reloads the room list. One request at a time; a caller always gets a list fetched
+   * after its call (a join must not be answered by a list from before it). */
+  function loadRooms() {
+    if (!roomsRun) {
+      roomsRun = fetchRooms().finally(() => { roomsRun = null; });
+      return roomsRun;
+    }
+    if (!roomsQueued) roomsQueued = roomsRun.then(() => { roomsQueued = null; return loadRooms(); });
+    return roomsQueued;
+  }
+
+  async function fetchRooms() {
     clearTimeout(roomsTimer);
     try {
       const list = await api('GET', '/api/rooms');
@@ -206,7 +219,8 @@
     } finally {
       // The protocol announces no new rooms or DMs to a user who is not in them yet: poll.
       const wait = roomsFailures ? Math.min(30000, 1000 * 2 ** roomsFailures) : document.hidden ? 30000 : ROOMS_REFRESH_MS;
-      roomsTimer = setTimeout(loadRooms, wait);
+      clearTimeout(roomsTimer);
+      if (S.token) roomsTimer = setTimeout(loadRooms, wait);
     }
     return S.rooms;
   }
