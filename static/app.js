@@ -602,7 +602,9 @@
   }
   $('banner-retry').addEventListener('click', () => { S.attempt = 0; connect(); });
   window.addEventListener('online', () => { if (!S.ws && S.token) { S.attempt = 0; connect(); } });
+  // Coming back to the tab refreshes the room list at once (new rooms and DMs).
   document.addEventListener('visibilitychange', () => { if (!document.hidden && S.token && S.roomsLoaded) loadRooms(); });
+  window.addEventListener('focus', () => { if (S.token && S.roomsLoaded) loadRooms(); });
 
   // Keep-alive: our ping is answered with pong; a connection that has been silent too long
   // is given up and replaced.

@@ -278,9 +278,14 @@ export async function createRoom(page, name) {
   await page.getByTestId('composer').waitFor();
 }
 
-/** Opens a room from the list; the list refreshes on its own, so this waits for it. */
+/**
+ * Opens a room from the list. The list refreshes on its own every few seconds and when the
+ * window gets the focus: a room not listed yet gets a focus event (what a user switching
+ * back to the tab does).
+ */
 export async function openRoom(page, name) {
   await showRooms(page);
+  if (!(await roomItem(page, name).count())) await page.evaluate(() => window.dispatchEvent(new Event('focus')));
   await roomItem(page, name).click({ timeout: 20_000 });
   await page.locator('[data-testid="room-title"]', { hasText: name }).waitFor();
 }
@@ -354,10 +359,14 @@ export async function sendMany(page, room, bodies) {
     const acked = [];
     for (const body of bodies) {
       const id = crypto.randomUUID();
-      ws.send(JSON.stringify({ type: 'send', room, client_msg_id: id, body }));
-      const f = await next((x) => (x.type === 'ack' && x.client_msg_id === id) || (x.type === 'error' && x.ref === id));
-      if (f.type === 'error') throw new Error('send refused: ' + JSON.stringify(f));
-      acked.push(f.message);
+      // Like the client: a retryable refusal is sent again, with the same client_msg_id.
+      for (let attempt = 0; ; attempt++) {
+        ws.send(JSON.stringify({ type: 'send', room, client_msg_id: id, body }));
+        const f = await next((x) => (x.type === 'ack' && x.client_msg_id === id) || (x.type === 'error' && x.ref === id));
+        if (f.type === 'ack') { acked.push(f.message); break; }
+        if (!f.retryable || attempt >= 10) throw new Error('send refused: ' + JSON.stringify(f));
+        await new Promise((r) => setTimeout(r, 500 * (attempt + 1)));
+      }
     }
     ws.close();
     return acked;
