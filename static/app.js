@@ -368,7 +368,7 @@
     const changed = S.current !== id;
     S.current = id;
     if (location.hash.slice(1) !== id) history.replaceState(null, '', '#' + id);
-    if (changed) { $('composer').value = ''; S.loadingOlder = false; }
+    if (changed) { $('composer').value = ''; S.loadingOlder = false; $('jump').hidden = true; }
     renderAll(changed);
     const r = room(id);
     if (!r || !r.member) return;
@@ -423,7 +423,12 @@
     const sc = $('scroller');
     if (S.current && S.hasMore.get(S.current) && !S.loadingOlder && sc.scrollHeight <= sc.clientHeight + 100) setTimeout(loadOlder, 0);
   }
-  $('scroller').addEventListener('scroll', () => { if ($('scroller').scrollTop < 120) loadOlder(); }, { passive: true });
+  $('scroller').addEventListener('scroll', () => {
+    const sc = $('scroller');
+    if (sc.scrollTop < 120) loadOlder();
+    if (sc.scrollHeight - sc.scrollTop - sc.clientHeight < 80) $('jump').hidden = true;
+  }, { passive: true });
+  $('jump').addEventListener('click', () => { const sc = $('scroller'); sc.scrollTop = sc.scrollHeight; $('jump').hidden = true; });
 
   async function loadMembers(id) {
     const list = await api('GET', `/api/rooms/${id}/members`);
@@ -902,7 +907,11 @@
       prev = m;
     }
     ol.replaceChildren(frag);
-    if (opts.toBottom || atBottom) sc.scrollTop = sc.scrollHeight;
+    // Scrolled up reading older messages: stay there, and offer a way down when new ones come.
+    const newest = list.length ? list[list.length - 1].id : null;
+    if (opts.toBottom || atBottom) { sc.scrollTop = sc.scrollHeight; $('jump').hidden = true; }
+    else if (newest && S.drawnNewest && S.drawnNewest.room === id && S.drawnNewest.id !== newest) $('jump').hidden = false;
+    S.drawnNewest = { room: id, id: newest };
     if (S.historyLoaded.has(id)) fillViewport();
   }
 

@@ -362,6 +362,14 @@ e2e('history: scrolling up loads older pages, also while the consumer is stopped
   // … and reach the other user once a consumer is back.
   await C.restartConsumer();
   assert.equal(await waitDelivered(b, during, 30_000), 1);
+  // a reads old messages at the top; a new one does not pull the view down but offers a way.
+  await a.getByTestId('message-scroller').evaluate((e) => { e.scrollTop = 0; });
   await send(b, 'live again');
   assert.equal(await waitDelivered(a, 'live again', 30_000), 1);
+  await a.getByTestId('jump-latest').waitFor();
+  const fromBottom = () => a.getByTestId('message-scroller').evaluate((e) => e.scrollHeight - e.scrollTop - e.clientHeight);
+  assert.ok(await fromBottom() > 500, 'still reading at the top');
+  await a.getByTestId('jump-latest').click();
+  await until(async () => (await fromBottom()) < 80, { what: 'scrolled to the newest' });
+  await a.getByTestId('jump-latest').waitFor({ state: 'hidden' });
 });
