@@ -43,7 +43,7 @@ async function page() {
  * Routes the page's WebSocket through a tap. `tap.sent` / `tap.received`: frames per
  * connection (arrays of parsed frames); `tap.hold(pred, ms)`: delays server frames that
  * match; `tap.refuse = true`: new connections are closed at once; `tap.cut()`: closes the
- * open one.
+ * open one; `tap.answer = (frame) => reply | null`: answers client frames in the server's stead.
  */
 async function tap(p) {
   const t = { conns: [], refuse: false, refused: 0, holds: [], sent: [], received: [] };
@@ -56,7 +56,13 @@ async function tap(p) {
     t.sent.push(sent); t.received.push(received);
     t.conns.push(ws);
     const srv = ws.connectToServer();
-    ws.onMessage((m) => { sent.push(JSON.parse(m)); srv.send(m); });
+    ws.onMessage((m) => {
+      const f = JSON.parse(m);
+      sent.push(f);
+      // `t.answer(frame)` may answer a client frame itself instead of the server.
+      const reply = t.answer && t.answer(f);
+      if (reply) ws.send(JSON.stringify(reply)); else srv.send(m);
+    });
     srv.onMessage((m) => {
       const f = JSON.parse(m);
       const h = t.holds.find((x) => x.pred(f));
@@ -152,4 +158,36 @@ e2e('typing frames are throttled while the user types', async () => {
   const secs = (Date.now() - t0) / 1000;
   const typing = t.sent.flat().filter((f) => f.type === 'typing');
   assert.ok(typing.length >= 1 && typing.length <= Math.ceil(secs / 2) + 1, `${typing.length} typing frames in ${secs.toFixed(1)} s`);
+});
+
+e2e('a refused send shows as failed and can be retried; a retryable refusal is retried by itself', async () => {
+  const a = await page();
+  const t = await tap(a);
+  await a.reload();
+  await register(a, uniq('ann'));
+  await createRoom(a, uniq('retry-'));
+  const refusal = (f, code, retryable) => ({ type: 'error', code, message: 'refused by the test', retryable, ref: f.client_msg_id });
+
+  // Not retryable: the message stays, marked failed, with Retry.
+  t.answer = (f) => (f.type === 'send' && f.body === 'refused once' ? refusal(f, 'not_member', false) : null);
+  await send(a, 'refused once');
+  const row = a.locator('[data-testid="message"][data-failed="true"]', { hasText: 'refused once' });
+  await row.waitFor();
+  await sleep(1500);
+  assert.equal(t.sent.flat().filter((f) => f.type === 'send' && f.body === 'refused once').length, 1, 'not resent by itself');
+  t.answer = null;
+  await row.getByTestId('retry-send').click();
+  assert.equal(await waitDelivered(a, 'refused once'), 1);
+  const ids = new Set(t.sent.flat().filter((f) => f.type === 'send' && f.body === 'refused once').map((f) => f.client_msg_id));
+  assert.equal(ids.size, 1, 'the retry keeps the client_msg_id');
+
+  // Retryable (e.g. the log is unavailable): sent again after a pause, same id.
+  let refused = 0;
+  t.answer = (f) => (f.type === 'send' && f.body === 'try again' && refused++ < 2 ? refusal(f, 'unavailable', true) : null);
+  await send(a, 'try again');
+  assert.equal(await waitDelivered(a, 'try again', 20_000), 1);
+  const tries = t.sent.flat().filter((f) => f.type === 'send' && f.body === 'try again');
+  assert.equal(tries.length, 3);
+  assert.equal(new Set(tries.map((f) => f.client_msg_id)).size, 1);
+  assert.deepEqual(await outbox(a), []);
 });

@@ -261,6 +261,17 @@ e2e('a message sent while the socket is cut stays pending across a reload and is
   }
 });
 
+e2e('leaving a room: it moves to "Browse rooms", the others see the member list shrink live', async () => {
+  const { a, b, bn, rn } = await pair();
+  const member = a.locator(`[data-testid="member-list"] [data-testid="member"][data-user-name="${bn}"]`);
+  await member.waitFor();
+  await b.getByTestId('leave-room').click();
+  await member.waitFor({ state: 'detached' });
+  await a.locator('[data-testid="room-subtitle"]', { hasText: '1 member' }).waitFor();
+  await b.locator(`[data-testid="other-room-list"] [data-testid="room-item"][data-room-name="${rn}"]`).waitFor();
+  await b.locator(`[data-testid="room-list"] [data-testid="room-item"][data-room-name="${rn}"]`).waitFor({ state: 'detached' });
+});
+
 e2e('a failing room list does not log the user out; a refused token does', async () => {
   const a = await page(0);
   await register(a, uniq('alice'));
