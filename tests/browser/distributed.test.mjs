@@ -272,6 +272,36 @@ e2e('leaving a room: it moves to "Browse rooms", the others see the member list 
   await b.locator(`[data-testid="room-list"] [data-testid="room-item"][data-room-name="${rn}"]`).waitFor({ state: 'detached' });
 });
 
+e2e('a draining gateway sends the page to another one: it resubscribes and misses nothing', async () => {
+  const doomed = await C.addGateway('gw-drained');
+  const lb = await new Proxy(doomed.url).start(); // a load balancer in front of it
+  try {
+    const a = await page(lb.url); const b = await page(1);
+    const an = uniq('alice'); const bn = uniq('bob'); const rn = uniq('drain-');
+    await Promise.all([register(a, an), register(b, bn)]);
+    await createRoom(a, rn);
+    await joinRoom(b, rn);
+    await send(a, 'before the drain');
+    await waitDelivered(b, 'before the drain');
+    // SIGTERM: the gateway tells its clients to reconnect; the balancer sends new
+    // connections to gateway 0 from now on. b writes meanwhile.
+    lb.target = new URL(C.gw(0));
+    const stopping = doomed.stop('SIGTERM');
+    await send(b, 'during the drain');
+    await stopping;
+    await online(a);
+    assert.equal(await waitDelivered(a, 'during the drain', 20_000), 1);
+    await send(a, 'after the drain');
+    assert.equal(await waitDelivered(b, 'after the drain'), 1);
+    await waitDelivered(a, 'after the drain');
+    for (const p of [a, b]) {
+      assert.deepEqual((await messages(p)).map((m) => m.body), ['before the drain', 'during the drain', 'after the drain']);
+    }
+  } finally {
+    await lb.close();
+  }
+});
+
 e2e('a failing room list does not log the user out; a refused token does', async () => {
   const a = await page(0);
   await register(a, uniq('alice'));

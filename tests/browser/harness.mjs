@@ -120,17 +120,20 @@ export async function startDistributed(name, { gateways = 2 } = {}) {
   rest.push(consumerProc.start());
   const started = await Promise.all(rest);
   gws.push(...started.slice(0, gateways - 1));
+  const extra = [];
   const cluster = {
     mode: 'distributed', dbName, dbUrl, adminUrl: svc.DATABASE_URL, gateways: gws, consumer: consumerProc,
     gw: (i) => gws[i % gws.length].url,
     sql: (q) => psql(dbUrl, q),
+    /** One more gateway (not among `gw(i)`), e.g. to stop it. */
+    addGateway: async (label) => { const p = await proc('gateway', label, false).start(); extra.push(p); return p; },
     /** A new consumer process (after `consumer.stop()`). */
     async restartConsumer() {
       cluster.consumer = await proc('consumer', 'consumer', false).start();
       return cluster.consumer;
     },
     async close() {
-      await Promise.all([...gws, cluster.consumer].map((p) => p.stop('SIGKILL')));
+      await Promise.all([...gws, ...extra, cluster.consumer].map((p) => p.stop('SIGKILL')));
       try { psql(svc.DATABASE_URL, `DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`); } catch { /* best effort */ }
     },
   };
