@@ -59,13 +59,17 @@ function killAll() { for (const c of children) { try { c.kill('SIGKILL'); } catc
 process.on('exit', killAll);
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { killAll(); process.exit(130); });
 
+const logsWritten = new Set();
+
 /** A `chat` child process; `url` is its http://ADDR once it listens. */
 export class ChatProc {
   constructor(label, args, env) { this.label = label; this.args = args; this.env = env; }
 
   async start() {
     const logPath = path.join(OUT, 'logs', `${this.label}.log`);
-    const log = fs.openSync(logPath, 'a');
+    // A fresh file per run; a restarted process (same label) appends to it.
+    const log = fs.openSync(logPath, logsWritten.has(logPath) ? 'a' : 'w');
+    logsWritten.add(logPath);
     fs.writeSync(log, `\n==== ${new Date().toISOString()} ${chatBin()} ${this.args.join(' ')}\n`);
     const child = spawn(chatBin(), this.args, { env: this.env, stdio: ['ignore', 'pipe', log] });
     fs.closeSync(log);
