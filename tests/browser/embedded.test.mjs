@@ -1,0 +1,79 @@
+// Browser test against the embedded mode: one `chat serve` on a data directory (SQLite,
+// in-process bus), restarted on the same directory. A TCP proxy gives the pages one stable
+// origin (localStorage is per origin) while the server comes back on a new port.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  TEST_TIMEOUT, embedded, checkAssets, launchBrowser, openPage, register, login, createRoom,
+  joinRoom, openRoom, roomItem, send, messages, waitDelivered, online, uniq, Proxy, shot,
+} from './harness.mjs';
+
+let browser; let server; let proxy; let dataDir;
+const contexts = [];
+
+before(async () => {
+  dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'chat-browser-'));
+  [server, browser] = await Promise.all([embedded('emb-0', dataDir).start(), launchBrowser()]);
+  proxy = await new Proxy(server.url).start();
+});
+after(async () => {
+  for (const c of contexts) await c.close().catch(() => {});
+  await browser?.close().catch(() => {});
+  await proxy?.close().catch(() => {});
+  await server?.stop('SIGKILL');
+  if (dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
+});
+
+test('embedded: the binary serves the client in static/', { timeout: TEST_TIMEOUT }, async () => {
+  await checkAssets(server.url);
+});
+
+test('embedded: two tabs chat; after a server restart on the same data dir users, room and history remain', { timeout: TEST_TIMEOUT }, async () => {
+  const a = await openPage(browser, proxy.url); contexts.push(a.context());
+  const b = await openPage(browser, proxy.url); contexts.push(b.context());
+  const an = uniq('ann'); const bn = uniq('ben'); const rn = uniq('home-');
+  await Promise.all([register(a, an), register(b, bn)]);
+  await createRoom(a, rn);
+  await joinRoom(b, rn);
+  const before = [`first from ${an}`, `answer from ${bn}`, 'and one more'];
+  await send(a, before[0]);
+  await waitDelivered(b, before[0]);
+  await send(b, before[1]);
+  await waitDelivered(a, before[1]);
+  await send(a, before[2]);
+  await waitDelivered(b, before[2]);
+
+  // Restart the server on the same data directory (graceful stop, new process, new port).
+  await server.stop('SIGTERM');
+  await a.locator('[data-testid="conn-state"][data-state="reconnecting"]').waitFor();
+  server = await embedded('emb-1', dataDir).start();
+  proxy.target = new URL(server.url);
+
+  // The pages reconnect by themselves, and chat goes on.
+  await Promise.all([online(a), online(b)]);
+  await send(b, 'still here after the restart');
+  assert.equal(await waitDelivered(a, 'still here after the restart', 20_000), 1);
+
+  // After a reload both are still logged in, with the room and its whole history.
+  const all = [...before, 'still here after the restart'];
+  for (const p of [a, b]) {
+    await p.reload();
+    await online(p);
+    await roomItem(p, rn).waitFor();
+    await openRoom(p, rn);
+    await waitDelivered(p, all[all.length - 1]);
+    assert.deepEqual((await messages(p)).map((m) => m.body), all);
+  }
+  // The password survived too: log out and in again.
+  await b.getByTestId('logout').click();
+  await b.getByTestId('login-view').waitFor();
+  await login(b, bn);
+  await openRoom(b, rn);
+  await waitDelivered(b, all[0]);
+  assert.deepEqual((await messages(b)).map((m) => m.body), all);
+  await shot(a, '09-embedded-after-restart');
+  assert.deepEqual([...a.errors, ...b.errors], []);
+});
