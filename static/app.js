@@ -312,31 +312,18 @@
     const name = $('dm-name').value.trim(); if (!name) return;
     const box = $('dm-error'); box.hidden = true;
     try {
-      const u = await findUser(name);
-      if (!u) throw new Error(`No user named “${name}” shares a room with you.`);
-      if (u.id === S.user.id) throw new Error('That is you.');
-      await startDm(u);
+      if (name.toLowerCase() === S.user.name.toLowerCase()) throw new Error('That is you.');
+      await startDm({ username: name });
       $('dm-name').value = ''; $('dm-form').hidden = true;
-    } catch (err) { box.textContent = err.message; box.hidden = false; }
+    } catch (err) {
+      box.textContent = err.code === 'user_not_found' ? `No user named “${name}”.` : err.message;
+      box.hidden = false;
+    }
   });
 
-  /** The protocol resolves no user names, so a DM partner is found among the people this
-   * user can see: the members of their rooms and the senders of messages held. */
-  async function findUser(name) {
-    const want = name.toLowerCase();
-    const look = () => {
-      for (const ms of S.members.values()) for (const m of ms.values()) if (m.name.toLowerCase() === want) return m;
-      for (const s of S.msgs.values()) for (const m of s.values()) if (m.sender.name.toLowerCase() === want) return m.sender;
-      return null;
-    };
-    let u = look(); if (u) return u;
-    const missing = [...S.rooms.values()].filter((r) => r.member && !S.members.has(r.id)).slice(0, 50);
-    await Promise.all(missing.map((r) => loadMembers(r.id).catch(() => {})));
-    return look();
-  }
-
-  async function startDm(u) {
-    const r = await api('POST', '/api/dms', { user: u.id });
+  /** `who`: `{ user: id }`, or `{ username }` (this server's extension of the protocol). */
+  async function startDm(who) {
+    const r = await api('POST', '/api/dms', who);
     S.rooms.set(r.id, Object.assign({ unread: 0, last_position: null }, r));
     if (!S.roomOrder.includes(r.id)) S.roomOrder.push(r.id);
     await loadRooms();
@@ -930,7 +917,7 @@
         h('button', {
           type: 'button', class: 'member' + (me ? ' me' : ''), title: me ? 'You' : 'Message ' + m.name,
           dataset: { testid: 'member', userId: m.id, userName: m.name, online: String(m.online) },
-          onclick: me ? null : () => startDm(m).catch((e) => toast(e.message)),
+          onclick: me ? null : () => startDm({ user: m.id }).catch((e) => toast(e.message)),
         },
         h('span', { class: 'avatar small', style: avatarStyle(m.id) }, initial(m.name),
           h('i', { class: 'presence', dataset: { testid: 'online-dot', online: String(m.online) } })),

@@ -370,8 +370,9 @@ impl Conn {
 
     async fn send(&mut self, room: RoomId, client_msg_id: String, body: String) {
         if let Err(e) = check_client_msg_id(&client_msg_id) {
+            // An id unfit to echo back (empty or over-long) is answered by the frame type.
             return self
-                .refuse(ErrorCode::InvalidClientMsgId, &e.to_string(), None)
+                .refuse(ErrorCode::InvalidClientMsgId, &e.to_string(), Some("send"))
                 .await;
         }
         let reference = Some(client_msg_id.as_str());

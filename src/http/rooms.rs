@@ -153,9 +153,11 @@ pub async fn messages(
     Ok(HttpResponse::Ok().json(json!({"messages": page.messages, "has_more": page.has_more})))
 }
 
+/// `{"user": id}`, or (an extension) `{"username": name}`.
 #[derive(Deserialize)]
 pub struct NewDm {
-    user: Uuid,
+    user: Option<Uuid>,
+    username: Option<String>,
 }
 
 pub async fn dm(
@@ -163,17 +165,26 @@ pub async fn dm(
     me: Authed,
     body: web::Json<NewDm>,
 ) -> Result<HttpResponse, ApiError> {
-    if body.user == me.0.id {
+    let other = match (body.user, body.username.as_deref()) {
+        (Some(id), _) => gw.store.user(id).await?,
+        (None, Some(name)) => gw.store.credentials(name).await?.map(|c| c.user),
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give the other user's `user` id or `username`",
+            ))
+        }
+    };
+    let other = other
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no such user"))?;
+    if other.id == me.0.id {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_user",
             "a direct message needs another user",
         ));
     }
-    let other =
-        gw.store.user(body.user).await?.ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no such user")
-        })?;
     let (room, created) = gw.store.dm_room(me.0.id, other.id).await?;
     let mut v = view(&room, true);
     v.name = other.name;

@@ -167,7 +167,8 @@ async fn presence_members_typing_unread_and_dms(mode: Mode) {
             Method::POST,
             "/api/dms",
             Some(&bob.token),
-            Some(json!({"user": alice.id})),
+            // By name: this server's extension.
+            Some(json!({"username": alice.name.to_uppercase()})),
         )
         .await;
     assert_eq!(s, 200, "{again}");
@@ -180,6 +181,16 @@ async fn presence_members_typing_unread_and_dms(mode: Mode) {
             .any(|r| r["id"] == dm["id"] && r["name"] == alice.name.as_str()),
         "{listed:?}"
     );
+    for (body, status) in [
+        (json!({"username": "nobody-by-this-name"}), 404),
+        (json!({"username": bob.name}), 400),
+        (json!({}), 400),
+    ] {
+        let (s, v) = h0
+            .call(Method::POST, "/api/dms", Some(&bob.token), Some(body))
+            .await;
+        assert_eq!(s, status, "{v}");
+    }
     let carol = h0.register("carol").await;
     let (s, v) = h0
         .call(
