@@ -342,6 +342,20 @@ async fn consumer_killed() {
     s.finish("kill -9 a consumer", Instant::now()).await;
 }
 
+/// A consumer frozen (SIGSTOP, like a long GC pause or a stalled VM) past its leases'
+/// expiry: the other takes its partitions over; when it thaws it must notice it lost them
+/// and neither commit rows nor relay messages under the stale lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_paused_past_its_leases() {
+    let _serial = SERIAL.lock().await;
+    let s = Scenario::start("f-consumer-pause", 120, Duration::from_millis(100)).await;
+    s.at(Duration::from_secs(1)).await;
+    s.consumers[0].signal("STOP");
+    s.at(Duration::from_secs(9)).await;
+    s.consumers[0].signal("CONT");
+    s.finish("SIGSTOP a consumer for 8 s", Instant::now()).await;
+}
+
 /// Stops `service` 1 s into a load of `messages` per client (one per 100 ms), checks that
 /// every gateway's `/readyz` names it, starts it again `down` after the start (at once if
 /// zero), and checks the result.

@@ -393,6 +393,16 @@ impl Proc {
         let _ = self.child.wait().await;
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, …) without waiting.
+    #[allow(dead_code)]
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args([&format!("-{sig}"), &pid.to_string()])
+                .status();
+        }
+    }
+
     /// SIGTERM and wait for the drain to finish.
     #[allow(dead_code)]
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
