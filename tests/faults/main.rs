@@ -134,15 +134,31 @@ impl Scenario {
             if Instant::now() >= deadline {
                 for c in &self.clients {
                     c.with(|r| {
-                        let got: HashSet<&str> = r.delivered.values().flatten().map(|(_, id)| id.as_str()).collect();
-                        let miss: Vec<_> = acked.iter().filter(|(id, _, _)| !got.contains(id.as_str())).map(|(_, room, p)| (room[..8].to_owned(), *p)).collect();
+                        let got: HashSet<&str> = r
+                            .delivered
+                            .values()
+                            .flatten()
+                            .map(|(_, id)| id.as_str())
+                            .collect();
+                        let miss: Vec<_> = acked
+                            .iter()
+                            .filter(|(id, _, _)| !got.contains(id.as_str()))
+                            .map(|(_, room, p)| (room[..8].to_owned(), *p))
+                            .collect();
                         eprintln!("{}: reconnects {} missing {:?}", c.name, r.reconnects, miss);
                         for (room, d) in &r.delivered {
-                            eprintln!("   {}: {:?}", &room[..8], d.iter().map(|(p, _)| *p).collect::<Vec<_>>());
+                            eprintln!(
+                                "   {}: {:?}",
+                                &room[..8],
+                                d.iter().map(|(p, _)| *p).collect::<Vec<_>>()
+                            );
                         }
                     });
                 }
-                panic!("{fault}: {missing} deliveries missing after 60 s: {}", self.progress());
+                panic!(
+                    "{fault}: {missing} deliveries missing after 60 s: {}",
+                    self.progress()
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
