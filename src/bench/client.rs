@@ -473,10 +473,10 @@ mod tests {
         assert_eq!(body_time_us(&b), Some(987_654));
         assert_eq!(body_time_us("hello there"), None);
         assert_eq!(body_time_us("bench 1 2 notanumber"), None);
-        let f: InFrame = serde_json::from_str(&format!(
+        let text = format!(
             r#"{{"type":"message","message":{{"id":"x","body":"{b}","position":7,"room":"r"}}}}"#
-        ))
-        .unwrap();
+        );
+        let f: InFrame = serde_json::from_str(&text).unwrap();
         assert_eq!(f.message.map(|m| m.position), Some(7));
     }
 }

@@ -64,7 +64,7 @@ pub async fn count(c: &mut AsyncPgConnection, rooms: &[Uuid]) -> Result<i64, Ben
             .load(c)
             .await
             .map_err(db)?;
-    Ok(rows.iter().next().map_or(0, |r| r.n))
+    Ok(rows.into_iter().next().map_or(0, |r| r.n))
 }
 
 /// How the row count grew: (time since `t0`, rows).
