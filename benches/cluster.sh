@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A distributed chat for `chat bench` on this machine: 2 gateways + 1 consumer (release
-# build) against the local services of scripts/services.sh, on a fresh database, Kafka
-# topic and Redis prefix each start.
+# build) against benchmark-only PostgreSQL, Redis and Kafka (benches/private-services.sh;
+# SERVICES=shared: the ones of scripts/services.sh), on a fresh database, Kafka topic and
+# Redis prefix each start.
 #
 #   benches/cluster.sh start     start (stops a previous one first); prints the pids
 #   benches/cluster.sh stop      SIGTERM the processes of the last start
@@ -45,8 +46,13 @@ wait_up() { # port log
 start() {
   stop
   [ -x "$BIN" ] || { echo "no $BIN: cargo build --release --locked" >&2; exit 1; }
-  bash scripts/services.sh start >/dev/null
-  eval "$(bash scripts/services.sh env)"
+  if [ "${SERVICES:-private}" = shared ]; then
+    bash scripts/services.sh start >/dev/null
+    eval "$(bash scripts/services.sh env)"
+  else
+    bash benches/private-services.sh start >/dev/null
+    eval "$(bash benches/private-services.sh env)"
+  fi
   local tag db
   tag="b$(date +%s)"
   db="chat_bench"

@@ -220,6 +220,35 @@ struct InFrame<'a> {
     reason: Option<Cow<'a, str>>,
 }
 
+/// An `error` frame: its `message` is text, not a message object, so it fails to parse
+/// as an [`InFrame`] and is read again as this (errors are rare; the hot path parses once).
+#[derive(Deserialize)]
+struct ErrorFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default, borrow)]
+    code: Option<Cow<'a, str>>,
+    #[serde(default, rename = "ref", borrow)]
+    reference: Option<Cow<'a, str>>,
+}
+
+/// Parses a server frame; an `error` frame comes back with `message: None`.
+fn parse_frame(text: &str) -> Option<InFrame<'_>> {
+    match serde_json::from_str::<InFrame>(text) {
+        Ok(f) => Some(f),
+        Err(_) => {
+            let e: ErrorFrame = serde_json::from_str(text).ok()?;
+            Some(InFrame {
+                ty: e.ty,
+                message: None,
+                code: e.code,
+                reference: e.reference,
+                reason: None,
+            })
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct InMessage<'a> {
     #[serde(borrow)]
@@ -288,8 +317,8 @@ async fn expect(ws: &mut Ws, ty: &str) -> Result<(), BenchError> {
             Some(Err(e)) => return Err(BenchError::Ws(e.to_string())),
             None => return Err(BenchError::Protocol(format!("closed waiting for {ty}"))),
         };
-        let f: InFrame = serde_json::from_str(&text)
-            .map_err(|e| BenchError::Protocol(format!("unreadable frame {text:?}: {e}")))?;
+        let f = parse_frame(&text)
+            .ok_or_else(|| BenchError::Protocol(format!("unreadable frame {text:?}")))?;
         if f.ty == ty {
             return Ok(());
         }
@@ -396,7 +425,7 @@ pub async fn run(plan: ConnPlan, mut ws: Ws, shared: Arc<Shared>) {
                 };
                 let now_us = shared.us_since_base(Instant::now());
                 let measure_from_us = times.map_or(u64::MAX, |t| shared.us_since_base(t.measure_from));
-                let Ok(f) = serde_json::from_str::<InFrame>(&text) else {
+                let Some(f) = parse_frame(&text) else {
                     c.error("unreadable_frame");
                     continue;
                 };
@@ -478,5 +507,14 @@ mod tests {
         );
         let f: InFrame = serde_json::from_str(&text).unwrap();
         assert_eq!(f.message.map(|m| m.position), Some(7));
+        let e = parse_frame(
+            r#"{"type":"error","code":"unavailable","message":"kafka: timed out","retryable":true,"ref":"r-1-2"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (e.ty.as_ref(), e.code.as_deref()),
+            ("error", Some("unavailable"))
+        );
+        assert_eq!(e.reference.as_deref(), Some("r-1-2"));
     }
 }
