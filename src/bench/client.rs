@@ -264,8 +264,15 @@ fn ws_config() -> WebSocketConfig {
         .max_message_size(Some(1 << 20))
 }
 
-/// Connects, says hello and subscribes; returns once the connection is ready.
+/// Connects, says hello and subscribes; returns once the connection is ready, or fails
+/// after 30 s (a gateway out of file descriptors accepts nothing, and says nothing).
 pub async fn open(plan: &ConnPlan) -> Result<Ws, BenchError> {
+    tokio::time::timeout(Duration::from_secs(30), open_now(plan))
+        .await
+        .map_err(|_| BenchError::Protocol("not ready within 30 s".into()))?
+}
+
+async fn open_now(plan: &ConnPlan) -> Result<Ws, BenchError> {
     let socket = TcpSocket::new_v4().map_err(BenchError::Connect)?;
     if let Some(ip) = plan.source {
         socket
