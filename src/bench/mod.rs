@@ -335,8 +335,26 @@ async fn execute(spec: &Spec, args: &BenchArgs) -> Result<Report, BenchError> {
     );
     let opened_first_half = (half as u64).min(Counters::get(&c.opened));
 
-    // The schedule: warmup, then the measured window.
+    // persist: count the rows from before the first send on.
+    let (want_tx, want_rx) = watch::channel(None::<i64>);
     let start = Instant::now() + Duration::from_millis(200);
+    let rows_watch = match (&args.database_url, spec.scenario) {
+        (Some(url), Scenario::Persist) => {
+            let ids: Vec<uuid::Uuid> = rooms
+                .iter()
+                .map(|r| uuid::Uuid::parse_str(r))
+                .collect::<Result<_, _>>()
+                .map_err(|e| BenchError::Protocol(format!("a room id is not a UUID: {e}")))?;
+            let db = persist::connect(url).await?;
+            let timeout = Duration::from_secs_f64(args.persist_timeout.max(0.0));
+            Some(tokio::spawn(persist::watch_rows(
+                db, ids, start, want_rx, timeout,
+            )))
+        }
+        _ => None,
+    };
+
+    // The schedule: warmup, then the measured window.
     let measure_from = start + Duration::from_secs_f64(spec.warmup_s);
     let send_end = measure_from + Duration::from_secs_f64(spec.duration_s);
     let times = Times {
@@ -376,19 +394,16 @@ async fn execute(spec: &Spec, args: &BenchArgs) -> Result<Report, BenchError> {
     let last_ack_us = Counters::get(&c.last_ack_us);
 
     // persist: PostgreSQL must hold what the gateways acked.
-    let persist = match (&args.database_url, spec.scenario) {
-        (Some(url), Scenario::Persist) => Some(
-            measure_persist(
-                url,
-                &rooms,
-                Counters::get(&c.acked),
-                &shared,
-                start,
-                last_ack_us,
-                args,
-            )
-            .await?,
-        ),
+    let persist = match (&args.database_url, rows_watch) {
+        (Some(url), Some(watching)) => {
+            let acked = Counters::get(&c.acked);
+            let _ = want_tx.send(Some(acked as i64));
+            println!("waiting for PostgreSQL to hold {acked} messages …");
+            let p = watching
+                .await
+                .map_err(|e| BenchError::Db(format!("row watcher: {e}")))??;
+            Some(measure_persist(url, &rooms, acked, p, &shared, start, last_ack_us, args).await?)
+        }
         _ => None,
     };
 
@@ -482,10 +497,12 @@ async fn execute(spec: &Spec, args: &BenchArgs) -> Result<Report, BenchError> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn measure_persist(
     url: &str,
     rooms: &[String],
     acked: u64,
+    p: persist::Progress,
     shared: &Shared,
     start: Instant,
     last_ack_us: u64,
@@ -497,15 +514,6 @@ async fn measure_persist(
         .collect::<Result<_, _>>()
         .map_err(|e| BenchError::Protocol(format!("a room id is not a UUID: {e}")))?;
     let mut db = persist::connect(url).await?;
-    println!("waiting for PostgreSQL to hold {acked} messages …");
-    let p = persist::wait_rows(
-        &mut db,
-        &ids,
-        acked as i64,
-        start,
-        Duration::from_secs_f64(args.persist_timeout),
-    )
-    .await?;
     let produce_s = shared
         .base
         .checked_add(Duration::from_micros(last_ack_us))

@@ -68,38 +68,42 @@ pub async fn count(c: &mut AsyncPgConnection, rooms: &[Uuid]) -> Result<i64, Ben
 }
 
 /// How the row count grew: (time since `t0`, rows).
+#[derive(Debug, Default)]
 pub struct Progress {
     pub first_row: Option<Duration>,
     pub all_rows: Option<Duration>,
     pub samples: Vec<(Duration, i64)>,
 }
 
-/// Polls every 20 ms until `want` rows are there or `timeout` has passed since `t0`.
-pub async fn wait_rows(
-    c: &mut AsyncPgConnection,
-    rooms: &[Uuid],
-    want: i64,
+/// Polls the count every 20 ms from now on (so from before the first send), until `want`
+/// has been given (once the acks are all in) and that many rows are there, or until
+/// `timeout` has passed since `want` was given.
+pub async fn watch_rows(
+    mut c: AsyncPgConnection,
+    rooms: Vec<Uuid>,
     t0: Instant,
+    mut want: tokio::sync::watch::Receiver<Option<i64>>,
     timeout: Duration,
 ) -> Result<Progress, BenchError> {
-    let mut p = Progress {
-        first_row: None,
-        all_rows: None,
-        samples: Vec::new(),
-    };
+    let mut p = Progress::default();
+    let mut given_at: Option<Instant> = None;
     loop {
-        let n = count(c, rooms).await?;
+        let n = count(&mut c, &rooms).await?;
         let at = t0.elapsed();
         p.samples.push((at, n));
         if n > 0 && p.first_row.is_none() {
             p.first_row = Some(at);
         }
-        if n >= want {
-            p.all_rows = Some(at);
-            return Ok(p);
-        }
-        if at > timeout {
-            return Ok(p);
+        let w = *want.borrow_and_update();
+        if let Some(w) = w {
+            let since = *given_at.get_or_insert_with(Instant::now);
+            if n >= w {
+                p.all_rows = p.samples.iter().find(|s| s.1 >= w).map(|s| s.0);
+                return Ok(p);
+            }
+            if since.elapsed() > timeout {
+                return Ok(p);
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
