@@ -7,6 +7,7 @@
 #   benches/cluster.sh start     start (stops a previous one first); prints the pids
 #   benches/cluster.sh stop      SIGTERM the processes of the last start
 #   benches/cluster.sh pids      "--pid A --pid B --pid C" of the running cluster
+#   benches/cluster.sh consumer  start the consumer later (after NO_CONSUMER=1 … start)
 #
 # Environment: GATEWAYS (default 2), BASE_PORT (8081: gateways on 8081, 8082, …; the
 # consumer on BASE_PORT+100), SEND_RATE (per-connection send limit, default 1000 so one
@@ -63,6 +64,8 @@ start() {
   export DATABASE_URL="$url" KAFKA_TOPIC="chat.bench.$tag" REDIS_PREFIX="$tag" NO_MIGRATE=true
   export JWT_SECRET="${JWT_SECRET:-$(head -c 48 /dev/urandom | base64 | tr -d '\n')}"
   export SEND_RATE_PER_SEC="$SEND_RATE" SEND_RATE_BURST="$SEND_RATE" RUST_LOG="${RUST_LOG:-warn}"
+  export REDIS_URL KAFKA_BROKERS
+  export -p | grep -E ' (DATABASE_URL|REDIS_URL|KAFKA_BROKERS|KAFKA_TOPIC|REDIS_PREFIX|NO_MIGRATE|JWT_SECRET|SEND_RATE_PER_SEC|SEND_RATE_BURST|RUST_LOG)=' >"$DIR/env"
   # 20,000 connections need more than the default open-file limit.
   ulimit -Hn 1048576 2>/dev/null || true
   ulimit -n "$(ulimit -Hn)"
@@ -74,19 +77,25 @@ start() {
     echo $! >>"$PIDS"
     wait_up "$port" "$DIR/gw-$i.log"
   done
-  if [ -z "${NO_CONSUMER:-}" ]; then
-    port=$((BASE_PORT + 100))
-    "$BIN" serve --role consumer --listen "127.0.0.1:$port" >"$DIR/consumer.log" 2>&1 &
-    echo $! >>"$PIDS"
-    wait_up "$port" "$DIR/consumer.log"
-  fi
+  [ -n "${NO_CONSUMER:-}" ] || consumer
   echo "gateways: $(seq -s ' ' "$BASE_PORT" $((BASE_PORT + GATEWAYS - 1))); pids: $(tr '\n' ' ' <"$PIDS")"
   echo "database: $url  topic: $KAFKA_TOPIC  prefix: $REDIS_PREFIX  logs: $DIR"
 }
 
+# Starts the consumer of the last start (after the fact, with NO_CONSUMER=1).
+consumer() {
+  # shellcheck disable=SC1091
+  . "$DIR/env"
+  local port=$((BASE_PORT + 100))
+  "$BIN" serve --role consumer --listen "127.0.0.1:$port" >"$DIR/consumer.log" 2>&1 &
+  echo $! >>"$PIDS"
+  wait_up "$port" "$DIR/consumer.log"
+}
+
 case "${1:-}" in
   start) start ;;
+  consumer) consumer; echo "consumer pid $(tail -1 "$PIDS")" ;;
   stop) stop ;;
   pids) sed 's/^/--pid /' "$PIDS" | tr '\n' ' '; echo ;;
-  *) echo "usage: $0 start|stop|pids" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|pids|consumer" >&2; exit 2 ;;
 esac
