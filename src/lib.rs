@@ -6,9 +6,11 @@
 //! - `gateway`: WebSocket sessions, hub, send path, recovery; `http`: the REST API.
 //! - `consumer`: relay (log → bus) and persist (log → store) per partition.
 //! - `app`: wiring and drain; `cli`/`config`: settings; `auth`; `telemetry`.
+//! - `bench`: `chat bench`, a load generator speaking the public protocol.
 
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod bus;
 pub mod cli;
 pub mod config;

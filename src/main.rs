@@ -4,7 +4,7 @@ use clap::Parser;
 
 use chat::cli::{Cli, Command};
 use chat::config::{check_database_url, sqlite_path, Config};
-use chat::{app, store, telemetry};
+use chat::{app, bench, store, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -18,6 +18,7 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        Command::Bench(args) => bench::run(*args).await.map_err(anyhow::Error::from),
         Command::Migrate(args) => match sqlite_path(&args.database_url) {
             Some(path) => store::SqliteStore::migrate(&path)
                 .await

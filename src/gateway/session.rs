@@ -149,7 +149,18 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
     for room in conn.rooms.drain() {
         gw.hub.unsubscribe(room, id);
     }
-    let Conn { sends, user, .. } = conn;
+    // Drop the connection's own clones of the outbox sender now: the writer ends only
+    // when every sender is gone, and `..` would keep them alive until this function
+    // returns, i.e. past `writer_task.await` below: a client that went away first (no
+    // Close to send) left the session, its socket (CLOSE-WAIT) and its fd forever.
+    let Conn {
+        sends,
+        user,
+        out: conn_out,
+        handle,
+        ..
+    } = conn;
+    drop((conn_out, handle));
     gw.presence
         .closed(gw.bus.as_ref(), gw.store.as_ref(), &user, &session_id)
         .instrument(span.clone())

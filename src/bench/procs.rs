@@ -1,0 +1,227 @@
+//! CPU and memory of server processes (`--pid`) and of the bench itself, sampled from
+//! /proc once a second: CPU% from the utime+stime delta of /proc/PID/stat, RSS from VmRSS
+//! in /proc/PID/status.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// /proc reports times in USER_HZ ticks, 100 per second on Linux's user-space ABI.
+const TICKS_PER_SEC: f64 = 100.0;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub at: Instant,
+    /// utime + stime, in ticks.
+    pub ticks: u64,
+    pub rss_kib: u64,
+}
+
+/// utime + stime from the text of /proc/PID/stat. The command name (field 2) is in
+/// parentheses and may hold spaces or parentheses itself, so fields are counted from the
+/// last ')'.
+pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    // After ')': field 3 (state) is index 0, so utime (14) is index 11 and stime (15) 12.
+    let utime: u64 = f.nth(11)?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// VmRSS in KiB from the text of /proc/PID/status.
+pub fn parse_status_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `self` or a pid.
+fn proc_dir(pid: Option<u32>) -> String {
+    match pid {
+        Some(p) => format!("/proc/{p}"),
+        None => "/proc/self".to_owned(),
+    }
+}
+
+pub fn sample(pid: Option<u32>) -> Option<Sample> {
+    let dir = proc_dir(pid);
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+    let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+    Some(Sample {
+        at: Instant::now(),
+        ticks: parse_stat_ticks(&stat)?,
+        rss_kib: parse_status_rss_kib(&status).unwrap_or(0),
+    })
+}
+
+pub fn name(pid: Option<u32>) -> String {
+    let dir = proc_dir(pid);
+    let cmd = std::fs::read(format!("{dir}/cmdline")).unwrap_or_default();
+    let words: Vec<String> = cmd
+        .split(|b| *b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    // "chat serve --role gateway --listen 127.0.0.1:8081 …" → keep role and listen.
+    let mut out = words
+        .first()
+        .map(|w| w.rsplit('/').next().unwrap_or(w).to_owned())
+        .unwrap_or_default();
+    for key in ["--role", "--listen"] {
+        if let Some(i) = words.iter().position(|w| w == key) {
+            if let Some(v) = words.get(i + 1) {
+                out.push(' ');
+                out.push_str(v);
+            }
+        }
+    }
+    out
+}
+
+/// CPU% between two samples (100 = one core busy).
+pub fn cpu_pct(a: &Sample, b: &Sample) -> f64 {
+    let secs = b.at.saturating_duration_since(a.at).as_secs_f64();
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    b.ticks.saturating_sub(a.ticks) as f64 / TICKS_PER_SEC / secs * 100.0
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProcReport {
+    pub pid: u32,
+    pub name: String,
+    /// Average over the measured window.
+    pub cpu_avg_pct: f64,
+    /// Highest one-second value in the measured window.
+    pub cpu_max_pct: f64,
+    /// Before the bench opened its connections.
+    pub rss_start_kib: u64,
+    /// At the end of the measured window.
+    pub rss_end_kib: u64,
+    pub rss_max_kib: u64,
+}
+
+/// One sampled process: its samples so far.
+pub struct Series {
+    pub pid: Option<u32>,
+    pub name: String,
+    pub samples: Vec<Sample>,
+}
+
+impl Series {
+    /// The report over [from, to]: samples outside the window are ignored, except the
+    /// first sample overall (RSS before the run).
+    pub fn report(&self, from: Instant, to: Instant) -> ProcReport {
+        let inside: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|s| s.at >= from && s.at <= to)
+            .collect();
+        let mut r = ProcReport {
+            pid: self.pid.unwrap_or_else(std::process::id),
+            name: self.name.clone(),
+            rss_start_kib: self.samples.first().map_or(0, |s| s.rss_kib),
+            ..ProcReport::default()
+        };
+        if let (Some(a), Some(b)) = (inside.first(), inside.last()) {
+            r.cpu_avg_pct = cpu_pct(a, b);
+            r.rss_end_kib = b.rss_kib;
+        }
+        r.cpu_max_pct = inside
+            .windows(2)
+            .map(|w| cpu_pct(w[0], w[1]))
+            .fold(0.0, f64::max);
+        r.rss_max_kib = inside.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+        r
+    }
+
+    /// CPU% over the last second or so (for the progress line).
+    pub fn last_cpu(&self) -> f64 {
+        match self.samples.as_slice() {
+            [.., a, b] => cpu_pct(a, b),
+            _ => 0.0,
+        }
+    }
+}
+
+/// The sampled processes: index 0 is the bench itself, then the `--pid`s in order.
+pub type Sampled = Arc<Mutex<Vec<Series>>>;
+
+pub fn start(pids: &[u32], stop: CancellationToken) -> Sampled {
+    let mut all = vec![Series {
+        pid: None,
+        name: "chat bench (this process)".to_owned(),
+        samples: Vec::new(),
+    }];
+    all.extend(pids.iter().map(|&p| Series {
+        pid: Some(p),
+        name: name(Some(p)),
+        samples: Vec::new(),
+    }));
+    let sampled = Arc::new(Mutex::new(all));
+    let s = sampled.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            sample_now(&s);
+        }
+    });
+    sampled
+}
+
+/// Takes one sample of every process now (also called at phase boundaries).
+pub fn sample_now(s: &Sampled) {
+    let mut all = s.lock().unwrap_or_else(|p| p.into_inner());
+    for series in all.iter_mut() {
+        if let Some(x) = sample(series.pid) {
+            series.samples.push(x);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_from_the_last_parenthesis() {
+        let stat = "1234 (chat (x) y) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 4 0";
+        assert_eq!(parse_stat_ticks(stat), Some(300));
+        assert_eq!(parse_stat_ticks("garbage"), None);
+        let status = "Name:\tchat\nVmPeak:\t  9 kB\nVmRSS:\t   51234 kB\n";
+        assert_eq!(parse_status_rss_kib(status), Some(51234));
+    }
+
+    #[test]
+    fn cpu_of_one_busy_core_is_100() {
+        let t = Instant::now();
+        let a = Sample {
+            at: t,
+            ticks: 1000,
+            rss_kib: 1,
+        };
+        let b = Sample {
+            at: t + Duration::from_secs(2),
+            ticks: 1200,
+            rss_kib: 1,
+        };
+        assert!((cpu_pct(&a, &b) - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn this_process_can_be_sampled() {
+        let s = sample(None).expect("/proc/self");
+        assert!(s.rss_kib > 0);
+    }
+}
