@@ -140,3 +140,57 @@ async fn rate_limit_answers_retryable_errors(mode: Mode) {
     }
     assert!(acks >= 40 && limited >= 1, "acks {acks}, limited {limited}");
 }
+
+both_modes!(connections_the_client_drops_are_released);
+/// A client that goes away (no close handshake, or a close frame) must not leave its
+/// session, socket and file descriptor behind (they once stayed in CLOSE-WAIT forever).
+async fn connections_the_client_drops_are_released(mode: Mode) {
+    let env = Env::with_mode("release", mode).await;
+    let chat = env.start(1).await;
+    let gw = chat.gw(0);
+    let h = Http::new(gw);
+    let alice = h.register("alice").await;
+    let room = h.create_room(&alice, "leaky").await;
+    let open = || async {
+        let text = h
+            .client
+            .get(format!("{}/metrics", h.base))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix("chat_connections "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        let mut ws = Ws::login(gw, &alice).await;
+        ws.send(json!({"type": "subscribe", "room": room})).await;
+        ws.expect("subscribed").await;
+        conns.push(ws);
+    }
+    assert_eq!(open().await, 10.0);
+    // Half say goodbye properly, half just drop the TCP connection.
+    for (i, mut ws) in conns.into_iter().enumerate() {
+        if i % 2 == 0 {
+            let _ = ws.stream.close(None).await;
+        }
+        drop(ws);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = open().await;
+        if n == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} connections still open 10 s after their clients left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
