@@ -86,8 +86,23 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Hashes on a blocking thread: argon2 takes tens of milliseconds by design.
+/// Argon2 takes tens of milliseconds and 19 MiB per hash by design: at most this many run
+/// at once (one per core), the rest wait their turn, so a burst of registrations or
+/// logins can neither take every blocking thread nor grow the heap by 19 MiB each.
+fn hashing_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
+}
+
+/// Hashes on a blocking thread, within the hashing slots.
 pub async fn hash_password(password: String) -> Result<String, AuthError> {
+    let _slot = hashing_slots()
+        .acquire()
+        .await
+        .map_err(|e| AuthError::Hashing(e.to_string()))?;
     tokio::task::spawn_blocking(move || {
         Argon2::default()
             .hash_password(password.as_bytes())
@@ -100,6 +115,9 @@ pub async fn hash_password(password: String) -> Result<String, AuthError> {
 
 /// False for a wrong password or an unreadable hash.
 pub async fn verify_password(password: String, hash: String) -> bool {
+    let Ok(_slot) = hashing_slots().acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         Argon2::default()
             .verify_password(password.as_bytes(), hash.as_str())
