@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A distributed chat for `chat bench` on this machine: 2 gateways + 1 consumer (release
-# build) against benchmark-only PostgreSQL, Redis and Kafka (benches/private-services.sh;
-# SERVICES=shared: the ones of scripts/services.sh), on a fresh database, Kafka topic and
+# build) against benchmark-only PostgreSQL, Redis and Kafka
+# (CHAT_SERVICES_PROFILE=bench scripts/services.sh; SERVICES=shared: the default set), on a fresh database, Kafka topic and
 # Redis prefix each start.
 #
 #   benches/cluster.sh start     start (stops a previous one first); prints the pids
@@ -47,13 +47,10 @@ wait_up() { # port log
 start() {
   stop
   [ -x "$BIN" ] || { echo "no $BIN: cargo build --release --locked" >&2; exit 1; }
-  if [ "${SERVICES:-private}" = shared ]; then
-    bash scripts/services.sh start >/dev/null
-    eval "$(bash scripts/services.sh env)"
-  else
-    bash benches/private-services.sh start >/dev/null
-    eval "$(bash benches/private-services.sh env)"
-  fi
+  local profile=bench
+  [ "${SERVICES:-private}" = shared ] && profile=default
+  CHAT_SERVICES_PROFILE=$profile bash scripts/services.sh start >/dev/null
+  eval "$(CHAT_SERVICES_PROFILE=$profile bash scripts/services.sh env)"
   local tag db
   tag="b$(date +%s)"
   db="chat_bench"

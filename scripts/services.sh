@@ -17,11 +17,28 @@
 # State lives in ${CHAT_CACHE:-$HOME/.cache/chat}: run/ (pid files, logs, Kafka data),
 # kafka-<version>/libs (broker jars from Maven Central, fetched once), m2/ (Maven's repo).
 # PostgreSQL is Debian's cluster (data in /var/lib/postgresql, log in /var/log/postgresql).
+#
+# CHAT_SERVICES_PROFILE=bench runs a second, independent set for benchmarks (benches/), so a
+# fault test stopping the shared services cannot disturb a measurement: PostgreSQL cluster
+# `bench` on 5433, Redis on 6380, Kafka on 9094 (controller 9095), state in bench-services/.
 # Progress goes to stderr; stdout carries only the URL lines, so it can be parsed.
 set -euo pipefail
 
 CACHE="${CHAT_CACHE:-$HOME/.cache/chat}"
-RUN="$CACHE/run"
+case "${CHAT_SERVICES_PROFILE:-default}" in
+  default)
+    RUN="$CACHE/run" PG_CLUSTER=main
+    PG_PORT=5432 REDIS_PORT=6379 KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093
+    ;;
+  bench)
+    RUN="$CACHE/bench-services" PG_CLUSTER=bench
+    PG_PORT=5433 REDIS_PORT=6380 KAFKA_PORT=9094 KAFKA_CONTROLLER_PORT=9095
+    ;;
+  *)
+    echo "[services] ERROR: CHAT_SERVICES_PROFILE is default or bench" >&2
+    exit 2
+    ;;
+esac
 KAFKA_VERSION="4.1.1"
 LOG4J_VERSION="2.24.3"   # the log4j2 that Kafka 4.1.1 itself ships with
 KAFKA_HOME="$CACHE/kafka-$KAFKA_VERSION"
@@ -35,10 +52,6 @@ REDIS_PID="$RUN/redis.pid"
 REDIS_LOG="$RUN/redis.log"
 
 HOST=127.0.0.1
-PG_PORT=5432
-REDIS_PORT=6379
-KAFKA_PORT=9092
-KAFKA_CONTROLLER_PORT=9093
 
 DATABASE_URL="postgres://postgres:postgres@$HOST:$PG_PORT/postgres"
 REDIS_URL="redis://$HOST:$REDIS_PORT"
@@ -140,7 +153,7 @@ pg_version() {
   fi
   [ -n "$PG_VER" ]
 }
-pg_log() { echo "/var/log/postgresql/postgresql-$PG_VER-main.log"; }
+pg_log() { echo "/var/log/postgresql/postgresql-$PG_VER-$PG_CLUSTER.log"; }
 
 pg_query_ok() { # connects with the password over TCP, as the tests will
   PGPASSWORD=postgres PGCONNECT_TIMEOUT=3 timeout 5 psql -h "$HOST" -p "$PG_PORT" -U postgres -d postgres \
@@ -148,7 +161,7 @@ pg_query_ok() { # connects with the password over TCP, as the tests will
 }
 pg_ready() { pg_isready -q -h "$HOST" -p "$PG_PORT" -t 2 >/dev/null 2>&1; }
 pg_running() { # the cluster's postmaster is alive (whatever it listens on)
-  local pidfile="/var/lib/postgresql/$PG_VER/main/postmaster.pid" pid
+  local pidfile="/var/lib/postgresql/$PG_VER/$PG_CLUSTER/postmaster.pid" pid
   [ -f "$pidfile" ] || return 1
   pid="$(head -n 1 "$pidfile" 2>/dev/null)" || return 1
   [ -n "$pid" ] && proc_alive "$pid"
@@ -159,20 +172,21 @@ pg_install() {
   if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! pg_version; then
     apt_install postgresql postgresql-client
   fi
-  pg_version || {
-    local v
-    v="$(ls /usr/lib/postgresql | sort -V | tail -n 1)"
+  if ! pg_version || [ ! -d "/etc/postgresql/$PG_VER/$PG_CLUSTER" ]; then
+    local v="$PG_VER"
+    [ -n "$v" ] || v="$(ls /usr/lib/postgresql | sort -V | tail -n 1)"
     [ -n "$v" ] || die "postgresql is installed but /usr/lib/postgresql has no version"
-    log "creating PostgreSQL cluster $v/main"
-    as_root pg_createcluster "$v" main >&2
+    log "creating PostgreSQL cluster $v/$PG_CLUSTER"
+    as_root pg_createcluster -p "$PG_PORT" "$v" "$PG_CLUSTER" >&2
+    PG_VER=""
     pg_version || die "no PostgreSQL cluster under /etc/postgresql"
-  }
+  fi
 }
 
 # Writes our settings (cheap when nothing changed); sets PG_CHANGED=1 when a restart is needed.
 PG_CHANGED=0
 pg_configure() {
-  local confdir="/etc/postgresql/$PG_VER/main" conf want
+  local confdir="/etc/postgresql/$PG_VER/$PG_CLUSTER" conf want
   conf="$confdir/conf.d/zz-chat.conf"
   # fsync and synchronous_commit keep their (durable) defaults: tests check durability.
   want="# written by scripts/services.sh (chat tests)
@@ -200,7 +214,7 @@ password_encryption = scram-sha-256
 pg_set_password() {
   if ! pg_query_ok; then
     log "setting the postgres role's password"
-    as_postgres psql -XqAt -c "ALTER USER postgres WITH PASSWORD 'postgres'" >/dev/null
+    as_postgres psql -p "$PG_PORT" -XqAt -c "ALTER USER postgres WITH PASSWORD 'postgres'" >/dev/null
   fi
 }
 
@@ -214,13 +228,13 @@ pg_start() {
   as_root install -d -o postgres -g postgres -m 2775 /var/run/postgresql
   if pg_running; then
     if [ "$PG_CHANGED" -eq 1 ]; then
-      log "postgres: restarting cluster $PG_VER/main to apply settings"
-      as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VER" main restart >&2 9>&- \
+      log "postgres: restarting cluster $PG_VER/$PG_CLUSTER to apply settings"
+      as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VER" "$PG_CLUSTER" restart >&2 9>&- \
         || { tail_log "$(pg_log)"; die "postgres restart failed"; }
     fi
   else
-    log "postgres: starting cluster $PG_VER/main"
-    as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VER" main start >&2 9>&- \
+    log "postgres: starting cluster $PG_VER/$PG_CLUSTER"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VER" "$PG_CLUSTER" start >&2 9>&- \
       || { tail_log "$(pg_log)"; die "postgres failed to start"; }
   fi
   wait_for postgres pg_ready pg_running "$(pg_log)"
@@ -234,7 +248,7 @@ pg_stop() { # mode: fast (clean) or immediate (crash-like)
   pg_version || { log "postgres: not installed"; return 0; }
   if pg_running; then
     log "postgres: stopping ($mode)"
-    as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VER" main stop -m "$mode" >&2 || true
+    as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VER" "$PG_CLUSTER" stop -m "$mode" >&2 || true
   else
     log "postgres: not running"
   fi
