@@ -403,8 +403,8 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 delete.topic.enable=true
-num.network.threads=2
-num.io.threads=4
+num.network.threads=${KAFKA_NETWORK_THREADS:-2}
+num.io.threads=${KAFKA_IO_THREADS:-4}
 log.retention.hours=24
 log.segment.bytes=104857600
 # After a crash (kill-one kafka) the new incarnation can only register once the old one's

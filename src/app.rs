@@ -77,7 +77,6 @@ async fn distributed(cfg: &Config, s: &Services) -> anyhow::Result<Seams> {
         brokers: s.kafka_brokers.clone(),
         topic: s.kafka_topic.clone(),
         partitions: s.kafka_partitions,
-        linger: cfg.kafka_linger,
         produce_timeout: cfg.produce_timeout,
     };
     let log: Arc<dyn Log> = {

@@ -127,7 +127,6 @@ pub struct Config {
     pub static_dir: Option<PathBuf>,
     pub database_pool_size: usize,
     pub drain_timeout: Duration,
-    pub kafka_linger: Duration,
     pub produce_timeout: Duration,
     pub limits: Limits,
 }
@@ -184,7 +183,6 @@ impl Config {
             static_dir: a.static_dir.clone(),
             database_pool_size: a.database_pool_size,
             drain_timeout: Duration::from_secs(a.drain_timeout_secs),
-            kafka_linger: Duration::from_millis(1),
             produce_timeout: Duration::from_secs(5),
             limits: Limits {
                 sends_per_second: a.send_rate_per_sec.max(1),

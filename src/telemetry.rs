@@ -45,6 +45,8 @@ pub mod names {
     pub const SEND_ERRORS: &str = "chat_send_errors_total";
     pub const SLOW_CLIENTS: &str = "chat_slow_clients_disconnected_total";
     pub const PRODUCE_SECONDS: &str = "chat_kafka_produce_seconds";
+    /// Records per Kafka produce request (batched across the senders of a gateway).
+    pub const PRODUCE_BATCH: &str = "chat_kafka_produce_batch_records";
     pub const SEND_TO_DELIVER_SECONDS: &str = "chat_send_to_deliver_seconds";
     pub const RELAYED: &str = "chat_relay_messages_total";
     pub const PERSISTED: &str = "chat_persisted_messages_total";

@@ -14,6 +14,13 @@ use crate::model::Message;
 use crate::store::StoreError;
 use crate::telemetry::names;
 
+/// A fetch returns once this much is there or after [`BATCH_WAIT`]: the relay keeps live
+/// delivery immediate, so persistence can take fewer, larger transactions (at 3,000
+/// messages/s over 8 partitions, ~75 rows per commit instead of one or two), which costs
+/// PostgreSQL and Kafka far less per message and keeps rows at most this far behind.
+const BATCH_BYTES: usize = 256 * 1024;
+const BATCH_WAIT: Duration = Duration::from_millis(200);
+
 pub async fn run(c: &Consumer, partition: i32, stop: CancellationToken) {
     let Some(reader) = c.reader(partition, &stop).await else {
         return;
@@ -44,7 +51,7 @@ pub async fn run(c: &Consumer, partition: i32, stop: CancellationToken) {
         loop {
             let batch = tokio::select! {
                 _ = stop.cancelled() => return,
-                b = reader.read(offset, Duration::from_millis(500)) => b,
+                b = reader.read(offset, BATCH_BYTES, BATCH_WAIT) => b,
             };
             let batch = match batch {
                 Ok(b) => b,

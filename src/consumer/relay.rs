@@ -118,7 +118,7 @@ pub async fn run(
     loop {
         let batch = tokio::select! {
             _ = stop.cancelled() => return,
-            b = reader.read(offset, Duration::from_millis(500)) => b,
+            b = reader.read(offset, 1, Duration::from_millis(500)) => b,
         };
         let batch = match batch {
             Ok(b) => {

@@ -139,7 +139,7 @@ async fn read_room(
     let mut scanned = 0usize;
     while offset < end {
         let batch = reader
-            .read(offset, Duration::from_millis(0))
+            .read(offset, 1, Duration::from_millis(0))
             .await
             .map_err(unavailable)?;
         if batch.records.is_empty() {

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
-use crate::log::{Log, LogError};
+use futures_util::future::BoxFuture;
+
+use crate::log::{Appending, Log, LogError};
 use crate::model::{Message, NewMessage, RoomId, User};
 use crate::protocol::ErrorCode;
 use crate::telemetry::names;
@@ -100,18 +102,21 @@ impl Sender {
         Sender { log, claims: None }
     }
 
-    /// Sends once; a resend returns the first message.
-    pub async fn send(
+    /// Starts a send: claims it (once per `client_msg_id`) and queues it in the log.
+    /// The returned future resolves with the durable message (the ack). Sends started
+    /// one after the other keep that order in the log while their futures are awaited
+    /// together ([`Log::submit`]). A resend returns the first message.
+    pub async fn start(
         &self,
         sender: &User,
         room: RoomId,
         client_msg_id: &str,
         body: &str,
-    ) -> Result<Message, SendError> {
+    ) -> Result<Pending, SendError> {
         match &self.claims {
             Some(claims) => {
                 claims
-                    .send(&self.log, sender, room, client_msg_id, body)
+                    .start(&self.log, sender, room, client_msg_id, body)
                     .await
             }
             None => {
@@ -123,26 +128,49 @@ impl Sender {
                     client_msg_id: client_msg_id.to_owned(),
                     sent_at: chrono::Utc::now(),
                 };
-                append(&self.log, &new).await
+                let appending = submit(&self.log, &new).await?;
+                Ok(Box::pin(async move { appended(appending.await) }))
             }
         }
     }
 }
 
-async fn append(log: &Arc<dyn Log>, new: &NewMessage) -> Result<Message, SendError> {
+/// A started send: resolves once the message is durable.
+pub type Pending = BoxFuture<'static, Result<Message, SendError>>;
+
+fn log_error(e: LogError) -> SendError {
+    match e {
+        LogError::Unavailable(m) => SendError::Unavailable(m),
+        other => SendError::Internal(other.to_string()),
+    }
+}
+
+async fn submit(log: &Arc<dyn Log>, new: &NewMessage) -> Result<Appending, SendError> {
     let started = Instant::now();
-    match log.append(new).await {
+    match log.submit(new).await {
+        Ok(appending) => Ok(Box::pin(async move {
+            let r = appending.await;
+            if r.is_ok() {
+                metrics::histogram!(names::PRODUCE_SECONDS).record(started.elapsed().as_secs_f64());
+            }
+            r
+        })),
+        Err(e) => {
+            metrics::counter!(names::SEND_ERRORS).increment(1);
+            Err(log_error(e))
+        }
+    }
+}
+
+fn appended(r: Result<Message, LogError>) -> Result<Message, SendError> {
+    match r {
         Ok(msg) => {
-            metrics::histogram!(names::PRODUCE_SECONDS).record(started.elapsed().as_secs_f64());
             metrics::counter!(names::MESSAGES_SENT).increment(1);
             Ok(msg)
         }
         Err(e) => {
             metrics::counter!(names::SEND_ERRORS).increment(1);
-            Err(match e {
-                LogError::Unavailable(m) => SendError::Unavailable(m),
-                other => SendError::Internal(other.to_string()),
-            })
+            Err(log_error(e))
         }
     }
 }
@@ -175,33 +203,17 @@ impl Claims {
         Ok(Claim::InFlight)
     }
 
-    async fn settle(&self, key: &str, value: String, ttl: u64) {
-        let mut c = self.redis.clone();
-        let r: redis::RedisResult<()> = redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("EX")
-            .arg(ttl)
-            .query_async(&mut c)
-            .await;
-        if let Err(e) = r {
-            // The pending claim expires by itself; a resend then reuses nothing and the
-            // store's unique key still keeps one row.
-            tracing::warn!(error = %e, "could not record the send result");
-        }
-    }
-
-    async fn send(
+    async fn start(
         &self,
         log: &Arc<dyn Log>,
         sender: &User,
         room: RoomId,
         client_msg_id: &str,
         body: &str,
-    ) -> Result<Message, SendError> {
+    ) -> Result<Pending, SendError> {
         let key = self.key(sender, client_msg_id);
         let id = match self.claim(&key).await? {
-            Claim::Done(m) => return Ok(m),
+            Claim::Done(m) => return Ok(Box::pin(futures_util::future::ready(Ok(m)))),
             Claim::InFlight => return Err(SendError::InFlight),
             Claim::Mine(id) => id,
         };
@@ -213,19 +225,49 @@ impl Claims {
             client_msg_id: client_msg_id.to_owned(),
             sent_at: chrono::Utc::now(),
         };
-        match append(log, &new).await {
-            Ok(msg) => {
-                let json = serde_json::to_string(&msg).unwrap_or_default();
-                self.settle(&key, format!("done:{json}"), DONE_TTL_SECS)
-                    .await;
-                Ok(msg)
-            }
+        let redis = self.redis.clone();
+        let appending = match submit(log, &new).await {
+            Ok(a) => a,
             Err(e) => {
-                self.settle(&key, format!("retry:{id}"), RETRY_TTL_SECS)
-                    .await;
-                Err(e)
+                settle(redis, key, format!("retry:{id}"), RETRY_TTL_SECS).await;
+                return Err(e);
             }
-        }
+        };
+        Ok(Box::pin(async move {
+            match appended(appending.await) {
+                Ok(msg) => {
+                    // The message is durable: ack it now and record the result beside
+                    // it. A resend that comes before this record finds the claim pending
+                    // and is answered `in_flight` (retryable); the next attempt gets the
+                    // ack again.
+                    let json = serde_json::to_string(&msg).unwrap_or_default();
+                    tokio::spawn(settle(redis, key, format!("done:{json}"), DONE_TTL_SECS));
+                    Ok(msg)
+                }
+                Err(e) => {
+                    // Recorded before the error is answered, so that the client's retry
+                    // reuses this message id (readers drop a copy that landed after all).
+                    settle(redis, key, format!("retry:{id}"), RETRY_TTL_SECS).await;
+                    Err(e)
+                }
+            }
+        }))
+    }
+}
+
+/// Records how a claimed send ended (`done:` or `retry:`).
+async fn settle(mut redis: ConnectionManager, key: String, value: String, ttl: u64) {
+    let r: redis::RedisResult<()> = redis::cmd("SET")
+        .arg(&key)
+        .arg(value)
+        .arg("EX")
+        .arg(ttl)
+        .query_async(&mut redis)
+        .await;
+    if let Err(e) = r {
+        // The pending claim expires by itself; a resend then reuses nothing and the
+        // store's unique key still keeps one row.
+        tracing::warn!(error = %e, "could not record the send result");
     }
 }
 

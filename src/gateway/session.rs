@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
 use bytestring::ByteString;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -450,29 +451,61 @@ impl Conn {
     }
 }
 
-/// Sends of one connection, one at a time and in the order the client sent them.
+/// Sends of one connection that may be in flight at once (claimed and queued in the log,
+/// waiting for the broker's ack).
+const SEND_PIPELINE: usize = 32;
+
+/// Sends of one connection, in the order the client sent them: each is claimed and
+/// queued in the log in turn (so positions follow that order), then up to
+/// [`SEND_PIPELINE`] wait for durability together; acks and errors go out in send order.
+/// One connection is not held to one broker round trip per message.
 async fn send_worker(
     gw: Arc<Gateway>,
     user: User,
     mut rx: mpsc::Receiver<SendJob>,
     out: mpsc::Sender<Out>,
 ) {
-    while let Some(job) = rx.recv().await {
-        let frame: ByteString = match gw
-            .sender
-            .send(&user, job.room, &job.client_msg_id, &job.body)
-            .await
-        {
-            Ok(message) => ServerFrame::Ack {
-                client_msg_id: &job.client_msg_id,
-                message: &message,
+    type Answer = (
+        String,
+        Result<crate::model::Message, super::send::SendError>,
+    );
+    let mut in_flight: FuturesOrdered<futures_util::future::BoxFuture<'static, Answer>> =
+        FuturesOrdered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            biased;
+            Some((client_msg_id, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                let frame: ByteString = match result {
+                    Ok(message) => ServerFrame::Ack {
+                        client_msg_id: &client_msg_id,
+                        message: &message,
+                    }
+                    .to_text()
+                    .into(),
+                    Err(e) => error_frame(e.code(), &e.to_string(), Some(&client_msg_id)),
+                };
+                if out.send(Out::Frame(frame)).await.is_err() {
+                    return;
+                }
             }
-            .to_text()
-            .into(),
-            Err(e) => error_frame(e.code(), &e.to_string(), Some(&job.client_msg_id)),
-        };
-        if out.send(Out::Frame(frame)).await.is_err() {
-            break;
+            job = rx.recv(), if open && in_flight.len() < SEND_PIPELINE => {
+                let Some(job) = job else {
+                    open = false;
+                    continue;
+                };
+                let started = gw
+                    .sender
+                    .start(&user, job.room, &job.client_msg_id, &job.body)
+                    .await;
+                let client_msg_id = job.client_msg_id;
+                in_flight.push_back(Box::pin(async move {
+                    match started {
+                        Ok(pending) => (client_msg_id, pending.await),
+                        Err(e) => (client_msg_id, Err(e)),
+                    }
+                }));
+            }
         }
     }
 }

@@ -5,24 +5,26 @@
 //! idempotent: after an I/O error a record can be written twice, which is why readers
 //! drop a message id they have seen (relay) and the store has unique keys (persist).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::Compression;
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
-use rskafka::client::producer::aggregator::RecordAggregator;
-use rskafka::client::producer::{BatchProducer, BatchProducerBuilder, Error as ProducerError};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 use rskafka::BackoffConfig;
 
-use super::{decode, encode, partition_of, Log, LogBatch, LogError, LogReader, LogRecord};
-use crate::model::{Message, NewMessage, Position};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    decode, encode, partition_of, Appending, Log, LogBatch, LogError, LogReader, LogRecord,
+};
+use crate::model::NewMessage;
 
 /// Keep produce requests under ~8 KiB: rskafka does not set TCP_NODELAY, and a larger
-/// request written in two pieces stalls ~45 ms on Nagle + delayed ACK (facts.md).
+/// request written in two pieces stalls ~45 ms on Nagle + delayed ACK (facts.md). A
+/// single larger record (a 4,000-character body can be 16 KB) goes alone.
 const MAX_BATCH_BYTES: usize = 7_000;
 /// Upper bound of one fetch response.
 const MAX_FETCH_BYTES: i32 = 1 << 20;
@@ -32,18 +34,26 @@ pub struct KafkaSettings {
     pub brokers: Vec<String>,
     pub topic: String,
     pub partitions: i32,
-    pub linger: Duration,
     /// How long a sender waits for the broker's ack before giving up (retryably).
     pub produce_timeout: Duration,
 }
+
+/// Records waiting for a partition's producer; a full queue refuses (retryably).
+const PRODUCE_QUEUE: usize = 8_192;
 
 pub struct KafkaLog {
     settings: KafkaSettings,
     partitions: i32,
     client: Client,
-    producers: Vec<BatchProducer<RecordAggregator>>,
-    /// For records too large for a batch (a 4,000-character body can be 16 KB).
-    partition_clients: Vec<Arc<PartitionClient>>,
+    /// One producer task per partition, fed in submit order.
+    producers: Vec<mpsc::Sender<Queued>>,
+}
+
+/// A record waiting for its produce request, and who waits for its offset.
+struct Queued {
+    record: Record,
+    size: usize,
+    done: oneshot::Sender<Result<i64, LogError>>,
 }
 
 fn backoff() -> BackoffConfig {
@@ -69,25 +79,9 @@ fn map_err(e: KafkaError) -> LogError {
     }
 }
 
-fn map_producer_err(e: ProducerError) -> LogError {
-    match e {
-        ProducerError::Client(c) => match Arc::try_unwrap(c) {
-            Ok(inner) => map_err(inner),
-            Err(shared) => LogError::Unavailable(shared.to_string()),
-        },
-        other => LogError::Other(other.to_string()),
-    }
-}
-
 impl From<KafkaError> for LogError {
     fn from(e: KafkaError) -> Self {
         map_err(e)
-    }
-}
-
-impl From<ProducerError> for LogError {
-    fn from(e: ProducerError) -> Self {
-        map_producer_err(e)
     }
 }
 
@@ -117,8 +111,13 @@ async fn build_client(brokers: &[String]) -> Result<Client, LogError> {
 }
 
 impl KafkaLog {
-    /// Produces one record and waits for the broker's ack (acks=all): its offset.
-    async fn produce(&self, msg: &NewMessage) -> Result<Position, LogError> {
+    /// Queues one record on its partition's producer; the returned future resolves
+    /// with its offset once the broker acked it (acks=all), or fails after
+    /// `produce_timeout` (retryably: it may still be written, and readers drop the copy).
+    fn enqueue(
+        &self,
+        msg: &NewMessage,
+    ) -> Result<oneshot::Receiver<Result<i64, LogError>>, LogError> {
         let p = partition_of(msg.room, self.partitions);
         let record = Record {
             key: Some(msg.room.as_bytes().to_vec()),
@@ -126,21 +125,21 @@ impl KafkaLog {
             headers: Default::default(),
             timestamp: msg.sent_at,
         };
-        let t = self.settings.produce_timeout;
-        if record.approximate_size() > MAX_BATCH_BYTES / 2 {
-            let pc = &self.partition_clients[p as usize];
-            let offsets = with_timeout(
-                t,
-                "producing",
-                pc.produce(vec![record], Compression::NoCompression),
-            )
-            .await?;
-            return offsets
-                .first()
-                .copied()
-                .ok_or_else(|| LogError::Other("the broker returned no offset".into()));
+        let (done, wait) = oneshot::channel();
+        let queued = Queued {
+            size: record.approximate_size(),
+            record,
+            done,
+        };
+        match self.producers[p as usize].try_send(queued) {
+            Ok(()) => Ok(wait),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(LogError::Unavailable(
+                "too many messages waiting for Kafka".into(),
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(LogError::Unavailable("the Kafka producer stopped".into()))
+            }
         }
-        with_timeout(t, "producing", self.producers[p as usize].produce(record)).await
     }
 
     /// Connects, creates the topic if it is missing, and prepares one batching producer
@@ -174,7 +173,6 @@ impl KafkaLog {
             );
         }
         let mut producers = Vec::with_capacity(partitions as usize);
-        let mut partition_clients = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
             let pc = with_timeout(
                 Duration::from_secs(20),
@@ -182,20 +180,15 @@ impl KafkaLog {
                 client.partition_client(settings.topic.clone(), p, UnknownTopicHandling::Retry),
             )
             .await?;
-            let pc = Arc::new(pc);
-            partition_clients.push(pc.clone());
-            producers.push(
-                BatchProducerBuilder::new(pc)
-                    .with_linger(settings.linger)
-                    .build(RecordAggregator::new(MAX_BATCH_BYTES)),
-            );
+            let (tx, rx) = mpsc::channel(PRODUCE_QUEUE);
+            tokio::spawn(produce_loop(pc, rx, settings.produce_timeout));
+            producers.push(tx);
         }
         Ok(KafkaLog {
             settings,
             partitions,
             client,
             producers,
-            partition_clients,
         })
     }
 
@@ -225,9 +218,24 @@ impl Log for KafkaLog {
         self.partitions
     }
 
-    async fn append(&self, msg: &NewMessage) -> Result<Message, LogError> {
-        let position = self.produce(msg).await?;
-        Ok(msg.clone().at(position))
+    async fn submit(&self, msg: &NewMessage) -> Result<Appending, LogError> {
+        let wait = self.enqueue(msg)?;
+        let msg = msg.clone();
+        let timeout = self.settings.produce_timeout;
+        Ok(Box::pin(async move {
+            let offset = match tokio::time::timeout(timeout, wait).await {
+                Ok(Ok(r)) => r?,
+                Ok(Err(_)) => {
+                    return Err(LogError::Unavailable("the Kafka producer stopped".into()))
+                }
+                Err(_) => {
+                    return Err(LogError::Unavailable(format!(
+                        "producing: no answer from Kafka within {timeout:?}"
+                    )))
+                }
+            };
+            Ok(msg.at(offset))
+        }))
     }
 
     async fn reader(&self, partition: i32) -> Result<Box<dyn LogReader>, LogError> {
@@ -259,6 +267,71 @@ impl Log for KafkaLog {
     }
 }
 
+/// One partition's producer. One produce request is in flight at a time, and it carries
+/// every record queued while the previous one was out (up to [`MAX_BATCH_BYTES`]): no
+/// linger at low load (a lone record goes at once), batches that grow with the load, and
+/// offsets in queue order. A record whose sender stopped waiting is not sent.
+async fn produce_loop(pc: PartitionClient, mut rx: mpsc::Receiver<Queued>, timeout: Duration) {
+    let mut carried: Option<Queued> = None;
+    loop {
+        let first = match carried.take() {
+            Some(q) => q,
+            None => match rx.recv().await {
+                Some(q) => q,
+                None => return,
+            },
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(q) = next.take() {
+            if !batch.is_empty() && bytes + q.size > MAX_BATCH_BYTES {
+                carried = Some(q);
+                break;
+            }
+            if !q.done.is_closed() {
+                bytes += q.size;
+                batch.push(q);
+            }
+            next = rx.try_recv().ok();
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let (records, waiters): (Vec<Record>, Vec<_>) =
+            batch.into_iter().map(|q| (q.record, q.done)).unzip();
+        let n = records.len();
+        let r = with_timeout(
+            timeout,
+            "producing",
+            pc.produce(records, Compression::NoCompression),
+        )
+        .await;
+        metrics::histogram!(crate::telemetry::names::PRODUCE_BATCH).record(n as f64);
+        match r {
+            Ok(offsets) if offsets.len() == n => {
+                for (w, o) in waiters.into_iter().zip(offsets) {
+                    let _ = w.send(Ok(o));
+                }
+            }
+            Ok(offsets) => {
+                let e = LogError::Other(format!(
+                    "the broker returned {} offsets for {n} records",
+                    offsets.len()
+                ));
+                for w in waiters {
+                    let _ = w.send(Err(e.duplicate()));
+                }
+            }
+            Err(e) => {
+                for w in waiters {
+                    let _ = w.send(Err(e.duplicate()));
+                }
+            }
+        }
+    }
+}
+
 struct KafkaReader {
     _client: Client,
     pc: PartitionClient,
@@ -266,12 +339,21 @@ struct KafkaReader {
 
 #[async_trait]
 impl LogReader for KafkaReader {
-    async fn read(&self, offset: i64, max_wait: Duration) -> Result<LogBatch, LogError> {
+    async fn read(
+        &self,
+        offset: i64,
+        min_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<LogBatch, LogError> {
         let wait_ms = max_wait.as_millis().min(30_000) as i32;
+        let min_bytes = i32::try_from(min_bytes)
+            .unwrap_or(i32::MAX)
+            .clamp(1, MAX_FETCH_BYTES / 2);
         let r = with_timeout(
             max_wait + Duration::from_secs(10),
             "fetching",
-            self.pc.fetch_records(offset, 1..MAX_FETCH_BYTES, wait_ms),
+            self.pc
+                .fetch_records(offset, min_bytes..MAX_FETCH_BYTES, wait_ms),
         )
         .await;
         let (records, high_watermark) = match r {

@@ -17,9 +17,13 @@ pub use kafka::KafkaLog;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Message, NewMessage, RoomId};
+
+/// A submitted append: resolves once the message is durable, with its position.
+pub type Appending = BoxFuture<'static, Result<Message, LogError>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -36,6 +40,15 @@ pub enum LogError {
 impl LogError {
     pub fn retryable(&self) -> bool {
         matches!(self, LogError::Unavailable(_))
+    }
+
+    /// The same error for another waiter of one failed request (same kind and text).
+    pub fn duplicate(&self) -> LogError {
+        match self {
+            LogError::Unavailable(m) => LogError::Unavailable(m.clone()),
+            LogError::OutOfRange { offset } => LogError::OutOfRange { offset: *offset },
+            LogError::Other(m) => LogError::Other(m.clone()),
+        }
     }
 }
 
@@ -60,7 +73,15 @@ pub struct LogBatch {
 pub trait Log: Send + Sync + 'static {
     fn partitions(&self) -> i32;
     /// Durable once this returns: the message's position is the proof.
-    async fn append(&self, msg: &NewMessage) -> Result<Message, LogError>;
+    async fn append(&self, msg: &NewMessage) -> Result<Message, LogError> {
+        self.submit(msg).await?.await
+    }
+    /// Queues the message and returns the wait for its position. Messages submitted one
+    /// after the other (each `submit` awaited before the next) take positions in that
+    /// order, even while their [`Appending`] futures are awaited together: this is what
+    /// lets one connection have several sends in flight and still keep its order. The
+    /// default appends before it returns (no overlap).
+    async fn submit(&self, msg: &NewMessage) -> Result<Appending, LogError>;
     /// Whether `append` itself is idempotent by (sender, client_msg_id), returning the
     /// first message for a resend. If not, the sender keeps its own dedup record.
     fn deduplicates(&self) -> bool {
@@ -73,8 +94,16 @@ pub trait Log: Send + Sync + 'static {
 
 #[async_trait]
 pub trait LogReader: Send + Sync {
-    /// Records from `offset` on, waiting up to `max_wait` for the first one.
-    async fn read(&self, offset: i64, max_wait: Duration) -> Result<LogBatch, LogError>;
+    /// Records from `offset` on, waiting up to `max_wait` until at least `min_bytes` of
+    /// them are there (1: return as soon as there is any). `min_bytes` is a hint that
+    /// lets a reader that is not on the real-time path (persist) take fewer, larger
+    /// batches; a log without byte accounting returns as soon as there is a record.
+    async fn read(
+        &self,
+        offset: i64,
+        min_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<LogBatch, LogError>;
     /// The oldest offset still held.
     async fn earliest(&self) -> Result<i64, LogError>;
     /// The offset the next appended record will get.

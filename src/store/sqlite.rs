@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use super::sql_types::{Id, UuidText};
 use super::StoreError;
-use crate::log::{Log, LogBatch, LogError, LogReader, LogRecord};
+use crate::log::{Appending, Log, LogBatch, LogError, LogReader, LogRecord};
 use crate::model::{Message, NewMessage, User};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -277,6 +277,12 @@ impl Log for SqliteLog {
         true
     }
 
+    /// One write per message; the caller's next submit comes after it is committed.
+    async fn submit(&self, msg: &NewMessage) -> Result<Appending, LogError> {
+        let done = self.append(msg).await;
+        Ok(Box::pin(futures_util::future::ready(done)))
+    }
+
     async fn append(&self, msg: &NewMessage) -> Result<Message, LogError> {
         use schema::messages;
         let mut c = self.store.conn().await.map_err(unavailable)?;
@@ -327,7 +333,12 @@ impl Log for SqliteLog {
 
 #[async_trait]
 impl LogReader for SqliteLog {
-    async fn read(&self, offset: i64, max_wait: Duration) -> Result<LogBatch, LogError> {
+    async fn read(
+        &self,
+        offset: i64,
+        _min_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<LogBatch, LogError> {
         use schema::messages;
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut head = self.head.subscribe();

@@ -281,3 +281,41 @@ async fn concurrent_senders_reach_every_reader_in_position_order(mode: Mode) {
         total as i64
     );
 }
+
+both_modes!(one_connection_keeps_the_order_of_its_pipelined_sends);
+/// One connection sends a burst without waiting for acks (the gateway has several of its
+/// sends in flight at once): the acks come back in send order with increasing positions,
+/// and a reader on the other gateway sees the messages in send order.
+async fn one_connection_keeps_the_order_of_its_pipelined_sends(mode: Mode) {
+    const N: usize = 40;
+    let env = Env::with_mode("pipelined", mode).await;
+    let chat = env.start(2).await;
+    let h = Http::new(chat.gw(0));
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let room = h.create_room(&alice, "burst").await;
+    h.join(&bob, &room).await;
+    let mut reader = Ws::login(chat.gw(1), &bob).await;
+    reader.subscribe(&room, None).await;
+    let mut ws = Ws::login(chat.gw(0), &alice).await;
+    for i in 0..N {
+        ws.send(json!({"type": "send", "room": room, "client_msg_id": format!("p{i}"), "body": format!("burst {i}")}))
+            .await;
+    }
+    let mut last = -1;
+    for i in 0..N {
+        let v = ws.expect("ack").await;
+        assert_eq!(v["client_msg_id"], format!("p{i}").as_str(), "ack order");
+        let p = v["message"]["position"].as_i64().expect("position");
+        assert!(p > last, "ack {i}: position {p} after {last}");
+        last = p;
+    }
+    for i in 0..N {
+        let v = reader.expect("message").await;
+        assert_eq!(
+            v["message"]["client_msg_id"],
+            format!("p{i}").as_str(),
+            "delivery order"
+        );
+    }
+}
