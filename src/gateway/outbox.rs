@@ -32,18 +32,23 @@ pub enum Out {
         room: RoomId,
     },
     /// The messages missed (ascending, all above `after`), then `subscribed`.
-    Backlog {
-        room: RoomId,
-        after: Option<Position>,
-        messages: Vec<(Position, ByteString)>,
-        subscribed: ByteString,
-    },
+    Backlog(Box<Backlog>),
     /// The room was unsubscribed: drop what still arrives for it.
     EndRoom {
         room: RoomId,
     },
     Ping,
     Close(CloseReason),
+}
+
+/// Boxed in [`Out`]: rare, and the largest item (every queue slot is as large as the
+/// largest variant).
+#[derive(Debug)]
+pub struct Backlog {
+    pub room: RoomId,
+    pub after: Option<Position>,
+    pub messages: Vec<(Position, ByteString)>,
+    pub subscribed: ByteString,
 }
 
 enum RoomState {
@@ -53,27 +58,31 @@ enum RoomState {
 
 /// Writes queued items to the socket until the queue ends, a `Close` arrives, or the
 /// connection is kicked (too slow: close 1008).
+///
+/// This runs once per delivered frame, so it is kept lean: the kick is checked as a flag
+/// between items rather than awaited beside the queue (a fresh cancellation future per
+/// item cost a mutex and a waiter registration each time).
+/// That loses nothing: the hub kicks only when the queue is full, so a kicked writer is
+/// never idle in `recv` (it sees the flag after its current item), and the queue's end
+/// (the session closing) wakes it as well.
 pub async fn writer(mut session: Session, mut rx: mpsc::Receiver<Out>, kick: CancellationToken) {
     let mut rooms: HashMap<RoomId, RoomState> = HashMap::new();
-    loop {
-        let item = tokio::select! {
-            biased;
-            _ = kick.cancelled() => {
-                let _ = session.close(Some(CloseReason {
+    while let Some(item) = rx.recv().await {
+        if kick.is_cancelled() {
+            let _ = session
+                .close(Some(CloseReason {
                     code: CloseCode::Policy,
                     description: Some("too slow: outgoing queue full".into()),
-                })).await;
-                return;
-            }
-            item = rx.recv() => item,
-        };
-        let Some(item) = item else {
-            let _ = session.close(Some(CloseCode::Normal.into())).await;
+                }))
+                .await;
             return;
-        };
-        let mut texts: Vec<ByteString> = Vec::new();
+        }
         match item {
-            Out::Frame(t) => texts.push(t),
+            Out::Frame(t) => {
+                if !write(&mut session, t).await {
+                    return;
+                }
+            }
             Out::Message {
                 room,
                 position,
@@ -82,19 +91,23 @@ pub async fn writer(mut session: Session, mut rx: mpsc::Receiver<Out>, kick: Can
                 Some(RoomState::Recovering(held)) => held.push((position, text)),
                 Some(RoomState::Live(last)) if last.is_none_or(|l| position > l) => {
                     *last = Some(position);
-                    texts.push(text);
+                    if !write(&mut session, text).await {
+                        return;
+                    }
                 }
                 _ => {}
             },
             Out::BeginRecovery { room } => {
                 rooms.insert(room, RoomState::Recovering(Vec::new()));
             }
-            Out::Backlog {
-                room,
-                after,
-                messages,
-                subscribed,
-            } => {
+            Out::Backlog(backlog) => {
+                let Backlog {
+                    room,
+                    after,
+                    messages,
+                    subscribed,
+                } = *backlog;
+                let mut texts = Vec::with_capacity(messages.len() + 1);
                 let mut last = after;
                 for (p, t) in messages {
                     if last.is_none_or(|l| p > l) {
@@ -113,6 +126,11 @@ pub async fn writer(mut session: Session, mut rx: mpsc::Receiver<Out>, kick: Can
                     }
                 }
                 rooms.insert(room, RoomState::Live(last));
+                for t in texts {
+                    if !write(&mut session, t).await {
+                        return;
+                    }
+                }
             }
             Out::EndRoom { room } => {
                 rooms.remove(&room);
@@ -127,22 +145,26 @@ pub async fn writer(mut session: Session, mut rx: mpsc::Receiver<Out>, kick: Can
                 return;
             }
         }
-        for t in texts {
-            // A client that stops reading makes this wait; the bounded queue in front of
-            // us fills, and the hub kicks the connection instead of waiting.
-            match tokio::time::timeout(Duration::from_secs(10), session.text(t)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    let _ = session
-                        .close(Some(CloseReason {
-                            code: CloseCode::Policy,
-                            description: Some("too slow".into()),
-                        }))
-                        .await;
-                    return;
-                }
-            }
+    }
+    let _ = session.close(Some(CloseCode::Normal.into())).await;
+}
+
+/// Writes one frame; false once the connection is gone (or closed for being too slow).
+async fn write(session: &mut Session, text: ByteString) -> bool {
+    // A client that stops reading makes this wait; the bounded queue in front of us
+    // fills, and the hub kicks the connection instead of waiting.
+    match tokio::time::timeout(Duration::from_secs(10), session.text(text)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            let _ = session
+                .clone()
+                .close(Some(CloseReason {
+                    code: CloseCode::Policy,
+                    description: Some("too slow".into()),
+                }))
+                .await;
+            false
         }
     }
 }

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::hub::{ConnHandle, ConnId};
-use super::outbox::{writer, Out};
+use super::outbox::{writer, Backlog, Out};
 use super::recovery::RecoveryError;
 use super::send::FLUSH_TIMEOUT;
 use super::Gateway;
@@ -71,8 +71,19 @@ struct Conn {
     member_of: HashMap<RoomId, Instant>,
     typing_at: HashMap<RoomId, Instant>,
     limiter: DefaultDirectRateLimiter,
-    sends: mpsc::Sender<SendJob>,
+    /// Started with the first send: an idle (reading-only) connection has no worker.
+    sends: Option<SendPipe>,
+    span: tracing::Span,
 }
+
+/// The connection's send queue and the worker that empties it.
+struct SendPipe {
+    jobs: mpsc::Sender<SendJob>,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+/// Sends of one connection waiting for the worker (beyond those in flight).
+const SEND_QUEUE: usize = 64;
 
 pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageStream) {
     let limits = gw.limits.clone();
@@ -119,10 +130,6 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
     .to_text();
     let _ = out.send(Out::Frame(welcome.into())).await;
 
-    let (sends, send_rx) = mpsc::channel::<SendJob>(64);
-    let send_task = tokio::spawn(
-        send_worker(gw.clone(), user.clone(), send_rx, out.clone()).instrument(span.clone()),
-    );
     let burst = NonZeroU32::new(limits.send_burst.max(1)).unwrap_or(NonZeroU32::MIN);
     let rate = NonZeroU32::new(limits.sends_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
     let mut conn = Conn {
@@ -138,7 +145,8 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
         member_of: HashMap::new(),
         typing_at: HashMap::new(),
         limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
-        sends,
+        sends: None,
+        span: span.clone(),
     };
     let reason = conn
         .read_loop(&mut stream, &kick)
@@ -166,8 +174,11 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
         .closed(gw.bus.as_ref(), gw.store.as_ref(), &user, &session_id)
         .instrument(span.clone())
         .await;
-    drop(sends);
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, send_task).await;
+    if let Some(sends) = sends {
+        let SendPipe { jobs, worker } = sends;
+        drop(jobs);
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, worker).await;
+    }
     if let Some(reason) = reason {
         let _ = tokio::time::timeout(Duration::from_secs(2), out.send(Out::Close(reason))).await;
     }
@@ -371,12 +382,12 @@ impl Conn {
         .into();
         let _ = self
             .out
-            .send(Out::Backlog {
+            .send(Out::Backlog(Box::new(Backlog {
                 room,
                 after: since,
                 messages,
                 subscribed,
-            })
+            })))
             .await;
     }
 
@@ -412,7 +423,16 @@ impl Conn {
             client_msg_id,
             body,
         };
-        if let Err(mpsc::error::TrySendError::Full(job)) = self.sends.try_send(job) {
+        let gw = &self.gw;
+        let (user, out, span) = (&self.user, &self.out, &self.span);
+        let pipe = self.sends.get_or_insert_with(|| {
+            let (jobs, rx) = mpsc::channel::<SendJob>(SEND_QUEUE);
+            let worker = tokio::spawn(
+                send_worker(gw.clone(), user.clone(), rx, out.clone()).instrument(span.clone()),
+            );
+            SendPipe { jobs, worker }
+        });
+        if let Err(mpsc::error::TrySendError::Full(job)) = pipe.jobs.try_send(job) {
             self.refuse(
                 ErrorCode::RateLimited,
                 "too many sends in flight",

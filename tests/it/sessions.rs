@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -193,4 +194,74 @@ async fn connections_the_client_drops_are_released(mode: Mode) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+both_modes!(a_client_that_stops_reading_is_cut_off);
+/// A subscriber that stops reading while its room is busy is disconnected (1008) once
+/// its outgoing queue is full, instead of the gateway buffering for it without bound;
+/// the sender is not slowed down by it.
+async fn a_client_that_stops_reading_is_cut_off(mode: Mode) {
+    let env = Env::with_mode("slow", mode).await;
+    let chat = env.start(1).await;
+    let gw = chat.gw(0);
+    let h = Http::new(gw);
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let room = h.create_room(&alice, "firehose").await;
+    h.join(&bob, &room).await;
+    let mut slow = Ws::login(gw, &bob).await;
+    slow.subscribe(&room, None).await;
+    let kicked = || async {
+        let text = h
+            .client
+            .get(format!("{}/metrics", h.base))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix("chat_slow_clients_disconnected_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+            >= 1.0
+    };
+    // Bob reads nothing from here on. Alice floods the room with large messages, in
+    // rounds of 50 (reading her own answers, so she is not a slow client herself), until
+    // the gateway gives up on Bob: his socket buffers, then the 1,024-frame queue fill.
+    let mut sender = Ws::login(gw, &alice).await;
+    let body = "x".repeat(3_000);
+    let mut acked = 0;
+    let mut round = 0;
+    while !kicked().await {
+        round += 1;
+        assert!(round <= 400, "not cut off after {acked} acked messages");
+        for i in 0..50 {
+            sender
+                .send(json!({"type": "send", "room": room, "client_msg_id": format!("f{round}-{i}"), "body": body}))
+                .await;
+        }
+        for _ in 0..50 {
+            let v = sender.next().await;
+            if v["type"] == "ack" {
+                acked += 1;
+            }
+        }
+    }
+    // Now Bob reads: what was buffered for him, then the close, and fewer messages than
+    // were sent.
+    let mut got = 0;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(20), slow.stream.next()).await {
+            Ok(Some(Ok(WsMessage::Text(_)))) => got += 1,
+            Ok(Some(Ok(WsMessage::Close(f)))) => break f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => panic!("socket error before the close frame: {e}"),
+            Ok(None) => panic!("socket ended without a close frame"),
+            Err(_) => panic!("no close within 20 s after {got} frames"),
+        }
+    };
+    assert_eq!(code, Some(1008), "close code after {got} frames");
+    assert!(got < acked, "got {got} of {acked}: not cut off");
 }
