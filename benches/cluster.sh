@@ -51,6 +51,13 @@ start() {
   [ "${SERVICES:-private}" = shared ] && profile=default
   CHAT_SERVICES_PROFILE=$profile bash scripts/services.sh start >/dev/null
   eval "$(CHAT_SERVICES_PROFILE=$profile bash scripts/services.sh env)"
+  if [ "$profile" = bench ]; then
+    # The benchmark-only services start each run clean: earlier runs' topics (hundreds of
+    # idle partitions after a day of runs cost the broker CPU) and Redis keys go.
+    CHAT_SERVICES_PROFILE=bench bash scripts/services.sh kafka-class org.apache.kafka.tools.TopicCommand \
+      --bootstrap-server "$KAFKA_BROKERS" --delete --topic 'chat\.bench\..*' >/dev/null 2>&1 || true
+    redis-cli -u "$REDIS_URL" flushall >/dev/null 2>&1 || true
+  fi
   local tag db
   tag="b$(date +%s)"
   db="chat_bench"

@@ -358,10 +358,14 @@ pub async fn run(plan: ConnPlan, mut ws: Ws, shared: Arc<Shared>) {
     if let (Some(t), Some((offset, _))) = (times, plan.sends) {
         next_send = Some(t.start + offset);
     }
+    // Made once: a fresh cancellation future per frame costs a lock and a waiter
+    // registration each time, and this loop runs once per received copy.
+    let stop = shared.stop.cancelled();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             biased;
-            _ = shared.stop.cancelled() => break,
+            _ = &mut stop => break,
             r = times_rx.changed(), if times.is_none() => {
                 if r.is_err() {
                     break;

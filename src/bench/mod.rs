@@ -372,8 +372,12 @@ async fn execute(spec: &Spec, args: &BenchArgs) -> Result<Report, BenchError> {
     ));
     tokio::time::sleep_until(measure_from.into()).await;
     procs::sample_now(&sampled);
+    let machine_from = procs::machine_ticks();
     tokio::time::sleep_until(send_end.into()).await;
     procs::sample_now(&sampled);
+    let machine = machine_from
+        .zip(procs::machine_ticks())
+        .and_then(|(a, b)| procs::machine_pct(a, b));
     let window_end = Instant::now();
 
     // Drain: wait for the acks and deliveries still owed.
@@ -462,6 +466,8 @@ async fn execute(spec: &Spec, args: &BenchArgs) -> Result<Report, BenchError> {
         started_at,
         load_start,
         load_end: loadavg(),
+        machine_busy_pct: machine.map(|m| m.0),
+        machine_steal_pct: machine.map(|m| m.1),
         measured_s: spec.duration_s,
         connections: Connections {
             requested: spec.connections as u64,

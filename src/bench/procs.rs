@@ -225,3 +225,65 @@ mod tests {
         assert!(s.rss_kib > 0);
     }
 }
+
+/// The machine's CPU counters (the `cpu` line of /proc/stat, in ticks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineTicks {
+    pub busy: u64,
+    pub idle: u64,
+    pub steal: u64,
+}
+
+/// Parses the first (`cpu`) line of /proc/stat: user nice system idle iowait irq softirq
+/// steal …; idle and iowait count as idle, steal (time the hypervisor gave to others) apart.
+pub fn parse_machine_ticks(stat: &str) -> Option<MachineTicks> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    Some(MachineTicks {
+        busy: get(0) + get(1) + get(2) + get(5) + get(6),
+        idle: get(3) + get(4),
+        steal: get(7),
+    })
+}
+
+pub fn machine_ticks() -> Option<MachineTicks> {
+    parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// Busy and stolen share (%) of all the machine's CPU time between two readings.
+pub fn machine_pct(a: MachineTicks, b: MachineTicks) -> Option<(f64, f64)> {
+    let busy = b.busy.checked_sub(a.busy)? as f64;
+    let idle = b.idle.checked_sub(a.idle)? as f64;
+    let steal = b.steal.checked_sub(a.steal)? as f64;
+    let all = busy + idle + steal;
+    (all > 0.0).then(|| (100.0 * busy / all, 100.0 * steal / all))
+}
+
+#[cfg(test)]
+mod machine_tests {
+    use super::*;
+
+    #[test]
+    fn machine_line_is_split_into_busy_idle_and_steal() {
+        let t = parse_machine_ticks("cpu  10 1 5 80 4 0 2 3 0 0\ncpu0 1 2 3\n").unwrap();
+        assert_eq!(
+            t,
+            MachineTicks {
+                busy: 18,
+                idle: 84,
+                steal: 3
+            }
+        );
+        let later = MachineTicks {
+            busy: 118,
+            idle: 184,
+            steal: 3,
+        };
+        assert_eq!(machine_pct(t, later), Some((50.0, 0.0)));
+        assert!(parse_machine_ticks("intr 1 2").is_none());
+    }
+}

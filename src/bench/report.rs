@@ -96,6 +96,13 @@ pub struct Report {
     /// /proc/loadavg at the start and at the end.
     pub load_start: String,
     pub load_end: String,
+    /// The whole machine over the measured window: busy share of all cores (100 = every
+    /// core busy), and the share the hypervisor gave to other guests (steal). A run near
+    /// 100% busy measures the machine's limit, not the server's; steal makes runs noisy.
+    #[serde(default)]
+    pub machine_busy_pct: Option<f64>,
+    #[serde(default)]
+    pub machine_steal_pct: Option<f64>,
     pub measured_s: f64,
     pub connections: Connections,
     pub sent: u64,
@@ -144,6 +151,12 @@ impl Report {
             "   load average: start {} | end {}",
             self.load_start, self.load_end
         );
+        if let (Some(busy), Some(steal)) = (self.machine_busy_pct, self.machine_steal_pct) {
+            let _ = writeln!(
+                o,
+                "   machine over the measured window: {busy:.0}% of all cores busy, {steal:.1}% stolen by the hypervisor"
+            );
+        }
         let c = &self.connections;
         let _ = writeln!(
             o,

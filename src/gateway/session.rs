@@ -201,15 +201,18 @@ impl Conn {
         heartbeat.tick().await;
         let mut last_seen = Instant::now();
         let drain = self.gw.drain.clone();
+        // Made once, not per frame (each would take a lock and register a waiter).
+        let (drained, kicked) = (drain.cancelled(), kick.cancelled());
+        tokio::pin!(drained, kicked);
         loop {
             tokio::select! {
                 biased;
-                _ = drain.cancelled() => {
+                _ = &mut drained => {
                     let frame = ServerFrame::Reconnect { reason: "draining" }.to_text();
                     let _ = self.out.send(Out::Frame(frame.into())).await;
                     return Some(close_reason(CloseCode::Restart, "server draining; reconnect"));
                 }
-                _ = kick.cancelled() => return None,
+                _ = &mut kicked => return None,
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() > limits.idle_timeout {
                         return Some(close_reason(CloseCode::Away, "idle timeout"));
