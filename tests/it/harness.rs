@@ -432,6 +432,24 @@ pub struct Http {
 }
 
 impl Http {
+    /// One unlabelled value of the gateway's `/metrics` (0 when it is not there yet).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    }
+
     pub fn new(p: &Proc) -> Http {
         Http {
             base: p.url(""),

@@ -152,21 +152,7 @@ async fn connections_the_client_drops_are_released(mode: Mode) {
     let h = Http::new(gw);
     let alice = h.register("alice").await;
     let room = h.create_room(&alice, "leaky").await;
-    let open = || async {
-        let text = h
-            .client
-            .get(format!("{}/metrics", h.base))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|l| l.strip_prefix("chat_connections "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let open = || h.metric("chat_connections");
     let mut conns = Vec::new();
     for _ in 0..10 {
         let mut ws = Ws::login(gw, &alice).await;
@@ -211,22 +197,7 @@ async fn a_client_that_stops_reading_is_cut_off(mode: Mode) {
     h.join(&bob, &room).await;
     let mut slow = Ws::login(gw, &bob).await;
     slow.subscribe(&room, None).await;
-    let kicked = || async {
-        let text = h
-            .client
-            .get(format!("{}/metrics", h.base))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|l| l.strip_prefix("chat_slow_clients_disconnected_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-            >= 1.0
-    };
+    let kicked = || async { h.metric("chat_slow_clients_disconnected_total").await >= 1.0 };
     // Bob reads nothing from here on. Alice floods the room with large messages, in
     // rounds of 50 (reading her own answers, so she is not a slow client herself), until
     // the gateway gives up on Bob: his socket buffers, then the 1,024-frame queue fill.
