@@ -495,6 +495,7 @@ async fn send_worker(
     let mut in_flight: FuturesOrdered<futures_util::future::BoxFuture<'static, Answer>> =
         FuturesOrdered::new();
     let mut open = true;
+    let mut gone = false;
     while open || !in_flight.is_empty() {
         tokio::select! {
             biased;
@@ -508,8 +509,12 @@ async fn send_worker(
                     .into(),
                     Err(e) => error_frame(e.code(), &e.to_string(), Some(&client_msg_id)),
                 };
-                if out.send(Out::Frame(frame)).await.is_err() {
-                    return;
+                if !gone && out.send(Out::Frame(frame)).await.is_err() {
+                    // The connection is gone: take no more sends, but let the ones in
+                    // flight finish, so each records how it ended (`done`/`retry`) and a
+                    // resend after a reconnect gets its ack instead of `in_flight`.
+                    gone = true;
+                    open = false;
                 }
             }
             job = rx.recv(), if open && in_flight.len() < SEND_PIPELINE => {
