@@ -69,13 +69,7 @@ pub async fn writer(mut session: Session, mut rx: mpsc::Receiver<Out>, kick: Can
     let mut rooms: HashMap<RoomId, RoomState> = HashMap::new();
     while let Some(item) = rx.recv().await {
         if kick.is_cancelled() {
-            let _ = session
-                .close(Some(CloseReason {
-                    code: CloseCode::Policy,
-                    description: Some("too slow: outgoing queue full".into()),
-                }))
-                .await;
-            return;
+            return close(session, policy("too slow: outgoing queue full")).await;
         }
         match item {
             Out::Frame(t) => {
@@ -135,35 +129,46 @@ pub async fn writer(mut session: Session, mut rx: mpsc::Receiver<Out>, kick: Can
             Out::EndRoom { room } => {
                 rooms.remove(&room);
             }
-            Out::Ping => {
-                if session.ping(b"").await.is_err() {
-                    return;
-                }
-            }
-            Out::Close(reason) => {
-                let _ = session.close(Some(reason)).await;
-                return;
-            }
+            Out::Ping => match tokio::time::timeout(WRITE_WAIT, session.ping(b"")).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => return close(session, policy("too slow")).await,
+            },
+            Out::Close(reason) => return close(session, reason).await,
         }
     }
-    let _ = session.close(Some(CloseCode::Normal.into())).await;
+    close(session, CloseCode::Normal.into()).await;
+}
+
+/// How long one frame may wait for room in the socket's queue before the client counts
+/// as too slow.
+const WRITE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a close frame may wait for room in the socket's queue. A client that reads
+/// nothing would make it wait forever, holding the session; after this the session is
+/// dropped, which ends the connection without the close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+async fn close(session: Session, reason: CloseReason) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, session.close(Some(reason))).await;
+}
+
+fn policy(text: &str) -> CloseReason {
+    CloseReason {
+        code: CloseCode::Policy,
+        description: Some(text.into()),
+    }
 }
 
 /// Writes one frame; false once the connection is gone (or closed for being too slow).
 async fn write(session: &mut Session, text: ByteString) -> bool {
     // A client that stops reading makes this wait; the bounded queue in front of us
     // fills, and the hub kicks the connection instead of waiting.
-    match tokio::time::timeout(Duration::from_secs(10), session.text(text)).await {
+    match tokio::time::timeout(WRITE_WAIT, session.text(text)).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
-            let _ = session
-                .clone()
-                .close(Some(CloseReason {
-                    code: CloseCode::Policy,
-                    description: Some("too slow".into()),
-                }))
-                .await;
+            close(session.clone(), policy("too slow")).await;
             false
         }
     }

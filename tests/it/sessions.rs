@@ -185,7 +185,8 @@ async fn connections_the_client_drops_are_released(mode: Mode) {
 both_modes!(a_client_that_stops_reading_is_cut_off);
 /// A subscriber that stops reading while its room is busy is disconnected (1008) once
 /// its outgoing queue is full, instead of the gateway buffering for it without bound;
-/// the sender is not slowed down by it.
+/// the sender is not slowed down by it. One that never reads again (and never closes)
+/// does not keep its session either.
 async fn a_client_that_stops_reading_is_cut_off(mode: Mode) {
     let env = Env::with_mode("slow", mode).await;
     let chat = env.start(1).await;
@@ -195,9 +196,14 @@ async fn a_client_that_stops_reading_is_cut_off(mode: Mode) {
     let bob = h.register("bob").await;
     let room = h.create_room(&alice, "firehose").await;
     h.join(&bob, &room).await;
+    let carol = h.register("carol").await;
+    h.join(&carol, &room).await;
     let mut slow = Ws::login(gw, &bob).await;
     slow.subscribe(&room, None).await;
-    let kicked = || async { h.metric("chat_slow_clients_disconnected_total").await >= 1.0 };
+    // Carol stops reading too, and never reads again nor closes her socket.
+    let mut silent = Ws::login(gw, &carol).await;
+    silent.subscribe(&room, None).await;
+    let kicked = || async { h.metric("chat_slow_clients_disconnected_total").await >= 2.0 };
     // Bob reads nothing from here on. Alice floods the room with large messages, in
     // rounds of 50 (reading her own answers, so she is not a slow client herself), until
     // the gateway gives up on Bob: his socket buffers, then the 1,024-frame queue fill.
@@ -235,4 +241,15 @@ async fn a_client_that_stops_reading_is_cut_off(mode: Mode) {
     };
     assert_eq!(code, Some(1008), "close code after {got} frames");
     assert!(got < acked, "got {got} of {acked}: not cut off");
+    // Carol's session is let go although her client neither reads nor closes (its close
+    // frame cannot get through): only Alice's connection stays.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while h.metric("chat_connections").await > 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a client that reads nothing still holds its session 30 s after the cutoff"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(silent);
 }
