@@ -12,6 +12,7 @@
 //! (sender, client_msg_id) inside the same write that makes the message durable) needs
 //! no claim: [`Sender::direct`].
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use uuid::Uuid;
 
 use futures_util::future::BoxFuture;
 
-use crate::log::{Appending, Log, LogError};
+use crate::log::{Log, LogError};
 use crate::model::{Message, NewMessage, RoomId, User};
 use crate::protocol::ErrorCode;
 use crate::telemetry::names;
@@ -128,8 +129,7 @@ impl Sender {
                     client_msg_id: client_msg_id.to_owned(),
                     sent_at: chrono::Utc::now(),
                 };
-                let appending = submit(&self.log, &new).await?;
-                Ok(Box::pin(async move { appended(appending.await) }))
+                Ok(Box::pin(submit(&self.log, &new).await?))
             }
         }
     }
@@ -145,34 +145,24 @@ fn log_error(e: LogError) -> SendError {
     }
 }
 
-async fn submit(log: &Arc<dyn Log>, new: &NewMessage) -> Result<Appending, SendError> {
+/// Submits `new` to the log (in call order, see [`Log::submit`]); the returned future
+/// resolves once it is durable. Counts sends, errors and the produce time.
+async fn submit(
+    log: &Arc<dyn Log>,
+    new: &NewMessage,
+) -> Result<impl Future<Output = Result<Message, SendError>> + Send + 'static, SendError> {
     let started = Instant::now();
-    match log.submit(new).await {
-        Ok(appending) => Ok(Box::pin(async move {
-            let r = appending.await;
-            if r.is_ok() {
-                metrics::histogram!(names::PRODUCE_SECONDS).record(started.elapsed().as_secs_f64());
-            }
-            r
-        })),
-        Err(e) => {
-            metrics::counter!(names::SEND_ERRORS).increment(1);
-            Err(log_error(e))
-        }
-    }
-}
-
-fn appended(r: Result<Message, LogError>) -> Result<Message, SendError> {
-    match r {
-        Ok(msg) => {
-            metrics::counter!(names::MESSAGES_SENT).increment(1);
-            Ok(msg)
-        }
-        Err(e) => {
-            metrics::counter!(names::SEND_ERRORS).increment(1);
-            Err(log_error(e))
-        }
-    }
+    let failed = |e: LogError| {
+        metrics::counter!(names::SEND_ERRORS).increment(1);
+        log_error(e)
+    };
+    let appending = log.submit(new).await.map_err(failed)?;
+    Ok(async move {
+        let msg = appending.await.map_err(failed)?;
+        metrics::histogram!(names::PRODUCE_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::counter!(names::MESSAGES_SENT).increment(1);
+        Ok(msg)
+    })
 }
 
 impl Claims {
@@ -226,15 +216,15 @@ impl Claims {
             sent_at: chrono::Utc::now(),
         };
         let redis = self.redis.clone();
-        let appending = match submit(log, &new).await {
-            Ok(a) => a,
+        let durable = match submit(log, &new).await {
+            Ok(d) => d,
             Err(e) => {
                 settle(redis, key, format!("retry:{id}"), RETRY_TTL_SECS).await;
                 return Err(e);
             }
         };
         Ok(Box::pin(async move {
-            match appended(appending.await) {
+            match durable.await {
                 Ok(msg) => {
                     // The message is durable: ack it now and record the result beside
                     // it. A resend that comes before this record finds the claim pending

@@ -111,9 +111,8 @@ async fn build_client(brokers: &[String]) -> Result<Client, LogError> {
 }
 
 impl KafkaLog {
-    /// Queues one record on its partition's producer; the returned future resolves
-    /// with its offset once the broker acked it (acks=all), or fails after
-    /// `produce_timeout` (retryably: it may still be written, and readers drop the copy).
+    /// Queues one record on its partition's producer; the receiver gets its offset once
+    /// the broker acked it (acks=all), or the request's error.
     fn enqueue(
         &self,
         msg: &NewMessage,
@@ -308,19 +307,20 @@ async fn produce_loop(pc: PartitionClient, mut rx: mpsc::Receiver<Queued>, timeo
         )
         .await;
         metrics::histogram!(crate::telemetry::names::PRODUCE_BATCH).record(n as f64);
-        match r {
-            Ok(offsets) if offsets.len() == n => {
-                for (w, o) in waiters.into_iter().zip(offsets) {
-                    let _ = w.send(Ok(o));
-                }
-            }
-            Ok(offsets) => {
-                let e = LogError::Other(format!(
+        let r = r.and_then(|offsets| {
+            if offsets.len() == n {
+                Ok(offsets)
+            } else {
+                Err(LogError::Other(format!(
                     "the broker returned {} offsets for {n} records",
                     offsets.len()
-                ));
-                for w in waiters {
-                    let _ = w.send(Err(e.duplicate()));
+                )))
+            }
+        });
+        match r {
+            Ok(offsets) => {
+                for (w, o) in waiters.into_iter().zip(offsets) {
+                    let _ = w.send(Ok(o));
                 }
             }
             Err(e) => {
