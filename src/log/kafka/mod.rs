@@ -1,5 +1,8 @@
 //! Kafka as the message log, through rskafka.
 //!
+//! Producing goes through `produce.rs`: one request per broker carries the records of all
+//! the partitions it leads. Topic set-up, readers and health checks use rskafka's client.
+//!
 //! rskafka has no request timeout and retries connection errors until its backoff
 //! deadline; every call here is also wrapped in `tokio::time::timeout`. Its produce is not
 //! idempotent: after an I/O error a record can be written twice, which is why readers
@@ -9,23 +12,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
-use rskafka::client::partition::Compression;
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 use rskafka::BackoffConfig;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{
     decode, encode, partition_of, Appending, Log, LogBatch, LogError, LogReader, LogRecord,
 };
 use crate::model::NewMessage;
 
-/// Keep produce requests under ~8 KiB: rskafka does not set TCP_NODELAY, and a larger
-/// request written in two pieces stalls ~45 ms on Nagle + delayed ACK (facts.md). A
-/// single larger record (a 4,000-character body can be 16 KB) goes alone.
-const MAX_BATCH_BYTES: usize = 7_000;
+mod produce;
+
+use produce::{Producer, Queued};
+
 /// Upper bound of one fetch response.
 const MAX_FETCH_BYTES: i32 = 1 << 20;
 
@@ -38,22 +40,12 @@ pub struct KafkaSettings {
     pub produce_timeout: Duration,
 }
 
-/// Records waiting for a partition's producer; a full queue refuses (retryably).
-const PRODUCE_QUEUE: usize = 8_192;
-
 pub struct KafkaLog {
     settings: KafkaSettings,
     partitions: i32,
     client: Client,
-    /// One producer task per partition, fed in submit order.
-    producers: Vec<mpsc::Sender<Queued>>,
-}
-
-/// A record waiting for its produce request, and who waits for its offset.
-struct Queued {
-    record: Record,
-    size: usize,
-    done: oneshot::Sender<Result<i64, LogError>>,
+    /// Multi-partition produce requests, one producer per partition leader.
+    producer: Producer,
 }
 
 fn backoff() -> BackoffConfig {
@@ -125,20 +117,13 @@ impl KafkaLog {
             timestamp: msg.sent_at,
         };
         let (done, wait) = oneshot::channel();
-        let queued = Queued {
+        self.producer.enqueue(Queued {
+            partition: p,
             size: record.approximate_size(),
             record,
             done,
-        };
-        match self.producers[p as usize].try_send(queued) {
-            Ok(()) => Ok(wait),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(LogError::Unavailable(
-                "too many messages waiting for Kafka".into(),
-            )),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(LogError::Unavailable("the Kafka producer stopped".into()))
-            }
-        }
+        })?;
+        Ok(wait)
     }
 
     /// Connects, creates the topic if it is missing, and prepares one batching producer
@@ -171,23 +156,17 @@ impl KafkaLog {
                 "the topic has another partition count than configured; using the topic's"
             );
         }
-        let mut producers = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions {
-            let pc = with_timeout(
-                Duration::from_secs(20),
-                "opening a partition",
-                client.partition_client(settings.topic.clone(), p, UnknownTopicHandling::Retry),
-            )
-            .await?;
-            let (tx, rx) = mpsc::channel(PRODUCE_QUEUE);
-            tokio::spawn(produce_loop(pc, rx, settings.produce_timeout));
-            producers.push(tx);
-        }
+        let producer = Producer::start(
+            settings.brokers.clone(),
+            settings.topic.clone(),
+            settings.produce_timeout,
+        )
+        .await?;
         Ok(KafkaLog {
             settings,
             partitions,
             client,
-            producers,
+            producer,
         })
     }
 
@@ -263,72 +242,6 @@ impl Log for KafkaLog {
         )
         .await
         .map(|_| ())
-    }
-}
-
-/// One partition's producer. One produce request is in flight at a time, and it carries
-/// every record queued while the previous one was out (up to [`MAX_BATCH_BYTES`]): no
-/// linger at low load (a lone record goes at once), batches that grow with the load, and
-/// offsets in queue order. A record whose sender stopped waiting is not sent.
-async fn produce_loop(pc: PartitionClient, mut rx: mpsc::Receiver<Queued>, timeout: Duration) {
-    let mut carried: Option<Queued> = None;
-    loop {
-        let first = match carried.take() {
-            Some(q) => q,
-            None => match rx.recv().await {
-                Some(q) => q,
-                None => return,
-            },
-        };
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        let mut next = Some(first);
-        while let Some(q) = next.take() {
-            if !batch.is_empty() && bytes + q.size > MAX_BATCH_BYTES {
-                carried = Some(q);
-                break;
-            }
-            if !q.done.is_closed() {
-                bytes += q.size;
-                batch.push(q);
-            }
-            next = rx.try_recv().ok();
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let (records, waiters): (Vec<Record>, Vec<_>) =
-            batch.into_iter().map(|q| (q.record, q.done)).unzip();
-        let n = records.len();
-        let r = with_timeout(
-            timeout,
-            "producing",
-            pc.produce(records, Compression::NoCompression),
-        )
-        .await;
-        metrics::histogram!(crate::telemetry::names::PRODUCE_BATCH).record(n as f64);
-        let r = r.and_then(|offsets| {
-            if offsets.len() == n {
-                Ok(offsets)
-            } else {
-                Err(LogError::Other(format!(
-                    "the broker returned {} offsets for {n} records",
-                    offsets.len()
-                )))
-            }
-        });
-        match r {
-            Ok(offsets) => {
-                for (w, o) in waiters.into_iter().zip(offsets) {
-                    let _ = w.send(Ok(o));
-                }
-            }
-            Err(e) => {
-                for w in waiters {
-                    let _ = w.send(Err(e.duplicate()));
-                }
-            }
-        }
     }
 }
 
