@@ -185,11 +185,18 @@ impl Consumer {
         tracing::info!("consumer stopped; leases released");
     }
 
-    /// A log reader for one partition, retried until it connects or `stop`.
-    async fn reader(&self, partition: i32, stop: &CancellationToken) -> Option<Box<dyn LogReader>> {
+    /// A tailing log reader for one partition ([`Log::tail`]), retried until it connects
+    /// or `stop`.
+    async fn tail(
+        &self,
+        partition: i32,
+        min_bytes: usize,
+        max_wait: Duration,
+        stop: &CancellationToken,
+    ) -> Option<Box<dyn LogReader>> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            match self.log.reader(partition).await {
+            match self.log.tail(partition, min_bytes, max_wait).await {
                 Ok(r) => return Some(r),
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "cannot open the log; retrying");

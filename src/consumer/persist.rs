@@ -22,7 +22,7 @@ const BATCH_BYTES: usize = 256 * 1024;
 const BATCH_WAIT: Duration = Duration::from_millis(200);
 
 pub async fn run(c: &Consumer, partition: i32, stop: CancellationToken) {
-    let Some(reader) = c.reader(partition, &stop).await else {
+    let Some(reader) = c.tail(partition, BATCH_BYTES, BATCH_WAIT, &stop).await else {
         return;
     };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));

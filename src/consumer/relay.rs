@@ -42,6 +42,9 @@ impl Recent {
     }
 }
 
+/// A relay's fetch returns as soon as there is a record, or after this.
+const RELAY_WAIT: Duration = Duration::from_millis(500);
+
 /// How far back a relay without a saved position replays (see [`start`]).
 const UNKNOWN_REPLAY_AGE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
@@ -84,7 +87,7 @@ pub async fn run(
     stop: CancellationToken,
     fence: Option<(Leases, Lease)>,
 ) {
-    let Some(reader) = c.reader(partition, &stop).await else {
+    let Some(reader) = c.tail(partition, 1, RELAY_WAIT, &stop).await else {
         return;
     };
     let key = format!("{}:relay:{}:{}", c.prefix, c.topic, partition);
@@ -118,7 +121,7 @@ pub async fn run(
     loop {
         let batch = tokio::select! {
             _ = stop.cancelled() => return,
-            b = reader.read(offset, 1, Duration::from_millis(500)) => b,
+            b = reader.read(offset, 1, RELAY_WAIT) => b,
         };
         let batch = match batch {
             Ok(b) => {

@@ -89,6 +89,19 @@ pub trait Log: Send + Sync + 'static {
     }
     /// A reader of one partition with its own connection.
     async fn reader(&self, partition: i32) -> Result<Box<dyn LogReader>, LogError>;
+    /// A reader for a worker that follows one partition in order (relay, persist). The
+    /// tails made with the same `min_bytes` and `max_wait` may share their fetches (Kafka:
+    /// one request for many partitions), which is why these are fixed here; a read's own
+    /// `max_wait` only bounds how long that read waits. By default, [`Log::reader`].
+    async fn tail(
+        &self,
+        partition: i32,
+        min_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<Box<dyn LogReader>, LogError> {
+        let _ = (min_bytes, max_wait);
+        self.reader(partition).await
+    }
     async fn ping(&self) -> Result<(), LogError>;
 }
 

@@ -8,6 +8,8 @@
 //! idempotent: after an I/O error a record can be written twice, which is why readers
 //! drop a message id they have seen (relay) and the store has unique keys (persist).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,8 +26,12 @@ use super::{
 };
 use crate::model::NewMessage;
 
+mod cluster;
+mod fetch;
 mod produce;
 
+use cluster::Cluster;
+use fetch::{Profile, TailReader, Tailer};
 use produce::{Producer, Queued};
 
 /// Upper bound of one fetch response.
@@ -46,6 +52,9 @@ pub struct KafkaLog {
     client: Client,
     /// Multi-partition produce requests, one producer per partition leader.
     producer: Producer,
+    cluster: Arc<Cluster>,
+    /// The shared fetches of tailing readers, one per fetch profile.
+    tailers: Mutex<HashMap<Profile, Arc<Tailer>>>,
 }
 
 fn backoff() -> BackoffConfig {
@@ -156,17 +165,15 @@ impl KafkaLog {
                 "the topic has another partition count than configured; using the topic's"
             );
         }
-        let producer = Producer::start(
-            settings.brokers.clone(),
-            settings.topic.clone(),
-            settings.produce_timeout,
-        )
-        .await?;
+        let cluster = Cluster::start(settings.brokers.clone(), settings.topic.clone()).await?;
+        let producer = Producer::new(Arc::clone(&cluster), settings.produce_timeout);
         Ok(KafkaLog {
             settings,
             partitions,
             client,
             producer,
+            cluster,
+            tailers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -232,6 +239,40 @@ impl Log for KafkaLog {
             _client: client,
             pc,
         }))
+    }
+
+    async fn tail(
+        &self,
+        partition: i32,
+        min_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<Box<dyn LogReader>, LogError> {
+        let profile = Profile {
+            min_bytes: i32::try_from(min_bytes)
+                .unwrap_or(i32::MAX)
+                .clamp(1, MAX_FETCH_BYTES / 2),
+            max_wait: max_wait.min(Duration::from_secs(30)),
+        };
+        let tailer = {
+            let mut tailers = self.tailers.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(
+                tailers
+                    .entry(profile)
+                    .or_insert_with(|| Arc::new(Tailer::new(Arc::clone(&self.cluster), profile))),
+            )
+        };
+        // Offsets go over the shared client: short requests, never a long poll.
+        let pc = with_timeout(
+            Duration::from_secs(20),
+            "opening a partition",
+            self.client.partition_client(
+                self.settings.topic.clone(),
+                partition,
+                UnknownTopicHandling::Retry,
+            ),
+        )
+        .await?;
+        Ok(Box::new(TailReader::new(tailer, partition, pc)))
     }
 
     async fn ping(&self) -> Result<(), LogError> {

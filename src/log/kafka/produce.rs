@@ -17,25 +17,22 @@
 //! is at fault); the sender's client resends them under the same id.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rskafka::messenger::Messenger;
 use rskafka::protocol::error::Error as ProtocolError;
 use rskafka::protocol::messages::{
-    MetadataRequest, MetadataRequestTopic, ProduceRequest, ProduceRequestPartitionData,
-    ProduceRequestTopicData, ProduceResponse,
+    ProduceRequest, ProduceRequestPartitionData, ProduceRequestTopicData, ProduceResponse,
 };
-use rskafka::protocol::primitives::{Boolean, Int16, Int32, NullableString, Records, String_};
+use rskafka::protocol::primitives::{Int16, Int32, NullableString, Records, String_};
 use rskafka::protocol::record::{
     ControlBatchOrRecords, Record as WireRecord, RecordBatch, RecordBatchCompression,
     RecordBatchTimestampType, RecordHeader,
 };
 use rskafka::record::Record;
-use tokio::io::BufStream;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use super::cluster::{is_stale, unavailable, Cluster, Conn};
 use crate::log::LogError;
 
 /// One request's records, at most (the broker's default `message.max.bytes` is 1 MiB per
@@ -43,16 +40,9 @@ use crate::log::LogError;
 const MAX_REQUEST_BYTES: usize = 512 * 1024;
 /// Records waiting for a broker's producer; a full queue refuses (retryably).
 const PRODUCE_QUEUE: usize = 8_192;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest response accepted (rskafka's default).
-const MAX_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
-/// Metadata is not asked for again sooner than this (many failing records, one refresh).
-const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 /// After a failed connect, a broker's producer waits this long before the next attempt
 /// (records queued meanwhile fail at once, so senders hear it quickly).
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
-
-type Conn = Messenger<BufStream<TcpStream>>;
 
 /// A record waiting for its produce request, and who waits for its offset.
 pub(super) struct Queued {
@@ -62,52 +52,20 @@ pub(super) struct Queued {
     pub done: oneshot::Sender<Result<i64, LogError>>,
 }
 
-/// Who leads which partition, and where the brokers are.
-#[derive(Default)]
-struct Meta {
-    leaders: Vec<Option<i32>>,
-    addrs: HashMap<i32, String>,
-}
-
-struct Cluster {
-    topic: String,
-    bootstrap: Vec<String>,
-    client_id: Arc<str>,
-    meta: RwLock<Meta>,
-    /// When metadata was last fetched; also makes refreshes single-flight.
-    refreshed: tokio::sync::Mutex<Option<Instant>>,
-}
-
 pub(super) struct Producer {
     cluster: Arc<Cluster>,
     brokers: Mutex<HashMap<i32, mpsc::Sender<Queued>>>,
     timeout: Duration,
 }
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> LogError {
-    LogError::Unavailable(format!("{what}: {e}"))
-}
-
 impl Producer {
-    /// Learns the partitions' leaders; the broker producers start with their first record.
-    pub async fn start(
-        bootstrap: Vec<String>,
-        topic: String,
-        timeout: Duration,
-    ) -> Result<Self, LogError> {
-        let cluster = Arc::new(Cluster {
-            topic,
-            bootstrap,
-            client_id: Arc::from("chat"),
-            meta: RwLock::new(Meta::default()),
-            refreshed: tokio::sync::Mutex::new(None),
-        });
-        cluster.refresh().await?;
-        Ok(Producer {
+    /// The broker producers start with their first record.
+    pub fn new(cluster: Arc<Cluster>, timeout: Duration) -> Self {
+        Producer {
             cluster,
             brokers: Mutex::new(HashMap::new()),
             timeout,
-        })
+        }
     }
 
     /// Queues a record on the producer of its partition's leader.
@@ -145,113 +103,6 @@ impl Producer {
                 Err(LogError::Unavailable("the Kafka producer stopped".into()))
             }
         }
-    }
-}
-
-impl Cluster {
-    fn leader(&self, partition: i32) -> Option<i32> {
-        let meta = self.meta.read().unwrap_or_else(|e| e.into_inner());
-        meta.leaders.get(partition as usize).copied().flatten()
-    }
-
-    fn addr(&self, node: i32) -> Option<String> {
-        let meta = self.meta.read().unwrap_or_else(|e| e.into_inner());
-        meta.addrs.get(&node).cloned()
-    }
-
-    /// Refreshes the metadata in the background (after an error that says it is stale).
-    fn refresh_soon(self: &Arc<Self>) {
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            if let Err(e) = me.refresh().await {
-                tracing::warn!(error = %e, "kafka: metadata refresh failed");
-            }
-        });
-    }
-
-    async fn connect(&self, addr: &str) -> Result<Conn, LogError> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| unavailable(addr, "connect timed out"))?
-            .map_err(|e| unavailable(addr, e))?;
-        // Without it, a request written in two segments waits for the delayed ACK.
-        stream.set_nodelay(true).map_err(|e| unavailable(addr, e))?;
-        let mut conn = Messenger::new(
-            BufStream::with_capacity(64 * 1024, 64 * 1024, stream),
-            MAX_MESSAGE_BYTES,
-            Arc::clone(&self.client_id),
-        );
-        tokio::time::timeout(CONNECT_TIMEOUT, conn.sync_versions())
-            .await
-            .map_err(|_| unavailable(addr, "no ApiVersions answer"))?
-            .map_err(|e| unavailable(addr, e))?;
-        Ok(conn)
-    }
-
-    /// Asks a broker (a known one, else a bootstrap one) who leads each partition.
-    async fn refresh(&self) -> Result<(), LogError> {
-        let mut refreshed = self.refreshed.lock().await;
-        if refreshed.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL) {
-            return Ok(());
-        }
-        let mut candidates: Vec<String> = {
-            let meta = self.meta.read().unwrap_or_else(|e| e.into_inner());
-            meta.addrs.values().cloned().collect()
-        };
-        candidates.extend(self.bootstrap.iter().cloned());
-        let mut last = LogError::Unavailable("no Kafka broker given".into());
-        for addr in candidates {
-            match self.metadata(&addr).await {
-                Ok(meta) => {
-                    *self.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
-                    *refreshed = Some(Instant::now());
-                    return Ok(());
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    async fn metadata(&self, addr: &str) -> Result<Meta, LogError> {
-        let conn = self.connect(addr).await?;
-        let request = MetadataRequest {
-            topics: Some(vec![MetadataRequestTopic {
-                name: String_(self.topic.clone()),
-            }]),
-            allow_auto_topic_creation: Some(Boolean(false)),
-        };
-        let response = tokio::time::timeout(CONNECT_TIMEOUT, conn.request(request))
-            .await
-            .map_err(|_| unavailable(addr, "no metadata answer"))?
-            .map_err(|e| unavailable(addr, e))?;
-        let addrs = response
-            .brokers
-            .iter()
-            .map(|b| (b.node_id.0, format!("{}:{}", b.host.0, b.port.0)))
-            .collect();
-        let topic = response
-            .topics
-            .into_iter()
-            .find(|t| t.name.0 == self.topic)
-            .ok_or_else(|| unavailable(addr, "the topic is not in the metadata"))?;
-        if let Some(e) = topic.error {
-            return Err(unavailable(addr, e));
-        }
-        let n = topic
-            .partitions
-            .iter()
-            .map(|p| p.partition_index.0 + 1)
-            .max()
-            .unwrap_or(0)
-            .max(0) as usize;
-        let mut leaders = vec![None; n];
-        for p in topic.partitions {
-            if p.error.is_none() && p.leader_id.0 >= 0 {
-                leaders[p.partition_index.0 as usize] = Some(p.leader_id.0);
-            }
-        }
-        Ok(Meta { leaders, addrs })
     }
 }
 
@@ -399,7 +250,7 @@ fn build_request(
 }
 
 /// A non-transactional, uncompressed batch, as rskafka's own producer writes it.
-fn record_batch(records: Vec<Record>) -> RecordBatch {
+pub(super) fn record_batch(records: Vec<Record>) -> RecordBatch {
     let n = records.len() as i32;
     let first = records.first().map(|r| r.timestamp).unwrap_or_default();
     let mut max = first;
@@ -467,17 +318,6 @@ fn answer(mut groups: HashMap<i32, Vec<Queued>>, response: ProduceResponse, node
         );
     }
     stale
-}
-
-fn is_stale(e: &ProtocolError) -> bool {
-    matches!(
-        e,
-        ProtocolError::NotLeaderOrFollower
-            | ProtocolError::LeaderNotAvailable
-            | ProtocolError::UnknownTopicOrPartition
-            | ProtocolError::FencedLeaderEpoch
-            | ProtocolError::BrokerNotAvailable
-    )
 }
 
 /// Broker-side trouble that a resend can get past is retryable; the rest (a record too

@@ -1,0 +1,533 @@
+//! Tailing readers that share one multi-partition fetch per broker.
+//!
+//! The relay and the persist worker each tail every partition their consumer leases.
+//! With a fetch per partition, a consumer of 8 partitions kept 16 long polls going, and
+//! at chat rates nearly every fetch returned one record. Here the readers of one kind
+//! (one [`Tailer`]: the relay's, or the persist workers') share a task per partition
+//! leader, which keeps one Fetch request in flight for all of their partitions and
+//! hands each partition's records to its reader. The task reads ahead: it fetches a
+//! partition again as soon as the previous batch is handed over, while the reader is
+//! still busy with it, up to [`AHEAD`] batches.
+//!
+//! A reader that asks for another offset than the one its partition has reached (a
+//! first read, a seek after an error or a fenced commit) re-opens its partition there;
+//! what was read ahead is dropped. A partition whose answer is an error is closed, and
+//! the reader gets the error; its next read opens it again (on the new leader, if that
+//! was the error).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::protocol::error::Error as ProtocolError;
+use rskafka::protocol::messages::{
+    FetchRequest, FetchRequestPartition, FetchRequestTopic, FetchResponse, IsolationLevel,
+};
+use rskafka::protocol::primitives::{Int32, Int64, String_};
+use rskafka::protocol::record::{ControlBatchOrRecords, RecordBatch};
+use tokio::sync::mpsc;
+
+use super::cluster::{is_stale, unavailable, Cluster, Conn};
+use super::with_timeout;
+use crate::log::{decode, LogBatch, LogError, LogReader, LogRecord};
+
+/// Batches read ahead per partition, at most.
+const AHEAD: usize = 4;
+/// The most one partition contributes to one fetch answer.
+const PARTITION_MAX_BYTES: i32 = 1 << 20;
+/// The most one fetch answer holds.
+const FETCH_MAX_BYTES: i32 = 8 << 20;
+/// While a partition waits for its reader to take a batch, fetches poll at most this long,
+/// so that partition is fetched again soon after its reader catches up.
+const SHORT_WAIT: Duration = Duration::from_millis(10);
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
+
+/// How a [`Tailer`]'s fetches wait: until `min_bytes` are there, or `max_wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Profile {
+    pub min_bytes: i32,
+    pub max_wait: Duration,
+}
+
+type Out = mpsc::Sender<Result<LogBatch, LogError>>;
+
+enum Cmd {
+    /// Tail `partition` from `offset` into `out` (replaces an earlier stream of it).
+    Open {
+        partition: i32,
+        offset: i64,
+        out: Out,
+    },
+}
+
+/// The readers of one kind, and the fetch task per broker they share.
+pub(super) struct Tailer {
+    cluster: Arc<Cluster>,
+    profile: Profile,
+    brokers: Mutex<HashMap<i32, mpsc::UnboundedSender<Cmd>>>,
+}
+
+impl Tailer {
+    pub fn new(cluster: Arc<Cluster>, profile: Profile) -> Self {
+        Tailer {
+            cluster,
+            profile,
+            brokers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn open(&self, partition: i32, offset: i64, out: Out) -> Result<(), LogError> {
+        let Some(node) = self.cluster.leader(partition) else {
+            self.cluster.refresh_soon();
+            return Err(LogError::Unavailable(format!(
+                "no Kafka leader known for partition {partition}"
+            )));
+        };
+        let mut cmd = Cmd::Open {
+            partition,
+            offset,
+            out,
+        };
+        let mut brokers = self.brokers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = brokers.get(&node) {
+            match tx.send(cmd) {
+                Ok(()) => return Ok(()),
+                // The task is gone (it only stops once nothing can reach it): start anew.
+                Err(mpsc::error::SendError(c)) => cmd = c,
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(cmd);
+        tokio::spawn(fetch_loop(
+            node,
+            Arc::clone(&self.cluster),
+            self.profile,
+            rx,
+        ));
+        brokers.insert(node, tx);
+        Ok(())
+    }
+}
+
+/// One partition's place in a fetch task.
+struct Stream {
+    /// The offset its next fetch starts at.
+    offset: i64,
+    out: Out,
+}
+
+/// One broker's fetch task: one Fetch request in flight for all partitions whose reader
+/// has room for another batch.
+async fn fetch_loop(
+    node: i32,
+    cluster: Arc<Cluster>,
+    profile: Profile,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+) {
+    let mut streams: HashMap<i32, Stream> = HashMap::new();
+    let mut conn: Option<Conn> = None;
+    let mut reachable = true;
+    loop {
+        while reachable {
+            match rx.try_recv() {
+                Ok(cmd) => take(&mut streams, cmd),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => reachable = false,
+            }
+        }
+        streams.retain(|_, s| !s.out.is_closed());
+        if streams.is_empty() {
+            match rx.recv().await {
+                Some(cmd) => take(&mut streams, cmd),
+                None => return,
+            }
+            continue;
+        }
+        let ready: Vec<(i32, i64)> = streams
+            .iter()
+            .filter(|(_, s)| s.out.capacity() > 0)
+            .map(|(p, s)| (*p, s.offset))
+            .collect();
+        if ready.is_empty() {
+            // Every reader has AHEAD batches waiting: give them time to take one.
+            tokio::time::sleep(SHORT_WAIT).await;
+            continue;
+        }
+        let wait = if ready.len() < streams.len() {
+            profile.max_wait.min(SHORT_WAIT)
+        } else {
+            profile.max_wait
+        };
+        if conn.is_none() {
+            let connected = match cluster.addr(node) {
+                Some(addr) => cluster.connect(&addr).await,
+                None => Err(LogError::Unavailable(format!(
+                    "Kafka broker {node} unknown"
+                ))),
+            };
+            match connected {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "kafka: cannot connect to the broker to fetch");
+                    close_all(&mut streams, &e);
+                    cluster.refresh_soon();
+                    tokio::time::sleep(RECONNECT_BACKOFF).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_ref() else { continue };
+        let request = fetch_request(&cluster.topic, &ready, profile.min_bytes, wait);
+        let r = tokio::time::timeout(wait + Duration::from_secs(10), c.request(request)).await;
+        let e = match r {
+            Ok(Ok(response)) => {
+                if hand_over(&mut streams, response) {
+                    cluster.refresh_soon();
+                }
+                continue;
+            }
+            Ok(Err(e)) => unavailable("fetching", e),
+            Err(_) => LogError::Unavailable("fetching: no answer from Kafka".into()),
+        };
+        // The connection is broken or out of step: every reader re-opens after its backoff.
+        conn = None;
+        close_all(&mut streams, &e);
+    }
+}
+
+fn take(streams: &mut HashMap<i32, Stream>, cmd: Cmd) {
+    match cmd {
+        Cmd::Open {
+            partition,
+            offset,
+            out,
+        } => {
+            streams.insert(partition, Stream { offset, out });
+        }
+    }
+}
+
+/// Tells each reader (if it has room) and closes its stream; its next read re-opens it.
+fn close_all(streams: &mut HashMap<i32, Stream>, e: &LogError) {
+    for (_, s) in streams.drain() {
+        let _ = s.out.try_send(Err(e.duplicate()));
+    }
+}
+
+fn fetch_request(
+    topic: &str,
+    ready: &[(i32, i64)],
+    min_bytes: i32,
+    wait: Duration,
+) -> FetchRequest {
+    FetchRequest {
+        replica_id: Int32(-1),
+        max_wait_ms: Int32(i32::try_from(wait.as_millis()).unwrap_or(i32::MAX)),
+        min_bytes: Int32(min_bytes),
+        max_bytes: Some(Int32(FETCH_MAX_BYTES)),
+        isolation_level: Some(IsolationLevel::ReadUncommitted),
+        topics: vec![FetchRequestTopic {
+            topic: String_(topic.to_owned()),
+            partitions: ready
+                .iter()
+                .map(|(p, offset)| FetchRequestPartition {
+                    partition: Int32(*p),
+                    fetch_offset: Int64(*offset),
+                    partition_max_bytes: Int32(PARTITION_MAX_BYTES),
+                })
+                .collect(),
+        }],
+    }
+}
+
+/// Gives each partition's new records to its reader. True if an error says the metadata
+/// is stale.
+fn hand_over(streams: &mut HashMap<i32, Stream>, response: FetchResponse) -> bool {
+    let mut stale = false;
+    for topic in response.responses {
+        for p in topic.partitions {
+            let partition = p.partition_index.0;
+            let Some(s) = streams.get_mut(&partition) else {
+                continue;
+            };
+            if let Some(e) = p.error_code {
+                stale |= is_stale(&e);
+                let err = match e {
+                    ProtocolError::OffsetOutOfRange => LogError::OutOfRange { offset: s.offset },
+                    e => LogError::Unavailable(format!("Kafka: {e}")),
+                };
+                let _ = s.out.try_send(Err(err));
+                streams.remove(&partition);
+                continue;
+            }
+            let batch = records_from(p.records.0, s.offset, p.high_watermark.0);
+            if batch.next_offset > s.offset {
+                s.offset = batch.next_offset;
+                if s.out.try_send(Ok(batch)).is_err() {
+                    streams.remove(&partition);
+                }
+            }
+        }
+    }
+    stale
+}
+
+/// The records at or after `from` (Kafka answers with whole batches, which can start
+/// before it); the next offset is past every batch, control batches included.
+fn records_from(batches: Vec<RecordBatch>, from: i64, high_watermark: i64) -> LogBatch {
+    let mut next_offset = from;
+    let mut records = Vec::new();
+    for b in batches {
+        next_offset = next_offset.max(b.base_offset + i64::from(b.last_offset_delta) + 1);
+        if let ControlBatchOrRecords::Records(rs) = b.records {
+            for r in rs {
+                let offset = b.base_offset + i64::from(r.offset_delta);
+                if offset < from {
+                    continue;
+                }
+                records.push(LogRecord {
+                    offset,
+                    message: r.value.as_deref().and_then(|v| decode(v, offset)),
+                });
+            }
+        }
+    }
+    LogBatch {
+        records,
+        next_offset,
+        high_watermark,
+    }
+}
+
+/// A reader of one partition that tails it through its [`Tailer`].
+pub(super) struct TailReader {
+    tailer: Arc<Tailer>,
+    partition: i32,
+    /// For the offsets (earliest, latest), on the log's shared client.
+    pc: PartitionClient,
+    state: tokio::sync::Mutex<TailState>,
+}
+
+#[derive(Default)]
+struct TailState {
+    /// The open stream, and the offset its next batch starts at.
+    open: Option<(i64, mpsc::Receiver<Result<LogBatch, LogError>>)>,
+    high_watermark: i64,
+}
+
+impl TailReader {
+    pub fn new(tailer: Arc<Tailer>, partition: i32, pc: PartitionClient) -> Self {
+        TailReader {
+            tailer,
+            partition,
+            pc,
+            state: tokio::sync::Mutex::new(TailState::default()),
+        }
+    }
+}
+
+#[async_trait]
+impl LogReader for TailReader {
+    /// `min_bytes` is the [`Tailer`]'s; `max_wait` bounds how long this read waits
+    /// (an empty batch then).
+    async fn read(
+        &self,
+        offset: i64,
+        _min_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<LogBatch, LogError> {
+        let mut guard = self.state.lock().await;
+        let st = &mut *guard;
+        let (next, rx) = match &mut st.open {
+            Some((next, rx)) if *next == offset => (next, rx),
+            open => {
+                *open = None;
+                let (tx, rx) = mpsc::channel(AHEAD);
+                self.tailer.open(self.partition, offset, tx)?;
+                let (next, rx) = open.insert((offset, rx));
+                (next, rx)
+            }
+        };
+        match tokio::time::timeout(max_wait.max(SHORT_WAIT), rx.recv()).await {
+            Err(_) => Ok(LogBatch {
+                records: Vec::new(),
+                next_offset: offset,
+                high_watermark: st.high_watermark,
+            }),
+            Ok(Some(Ok(batch))) => {
+                *next = batch.next_offset;
+                st.high_watermark = batch.high_watermark;
+                Ok(batch)
+            }
+            Ok(Some(Err(e))) => {
+                st.open = None;
+                Err(e)
+            }
+            Ok(None) => {
+                st.open = None;
+                Err(LogError::Unavailable("the Kafka fetch task stopped".into()))
+            }
+        }
+    }
+
+    async fn earliest(&self) -> Result<i64, LogError> {
+        with_timeout(
+            Duration::from_secs(10),
+            "offsets",
+            self.pc.get_offset(OffsetAt::Earliest),
+        )
+        .await
+    }
+
+    async fn latest(&self) -> Result<i64, LogError> {
+        with_timeout(
+            Duration::from_secs(10),
+            "offsets",
+            self.pc.get_offset(OffsetAt::Latest),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rskafka::protocol::messages::FetchResponsePartition;
+    use rskafka::protocol::primitives::Records;
+    use rskafka::record::Record;
+
+    fn batch(base_offset: i64, n: usize) -> RecordBatch {
+        let records = (0..n)
+            .map(|i| Record {
+                key: None,
+                value: Some(format!("r{i}").into_bytes()),
+                headers: Default::default(),
+                timestamp: chrono::Utc::now(),
+            })
+            .collect();
+        let mut b = super::super::produce::record_batch(records);
+        b.base_offset = base_offset;
+        b
+    }
+
+    fn part(
+        p: i32,
+        error: Option<ProtocolError>,
+        batches: Vec<RecordBatch>,
+    ) -> FetchResponsePartition {
+        FetchResponsePartition {
+            partition_index: Int32(p),
+            error_code: error,
+            high_watermark: Int64(100),
+            last_stable_offset: None,
+            aborted_transactions: vec![],
+            records: Records(batches),
+        }
+    }
+
+    fn response(partitions: Vec<FetchResponsePartition>) -> FetchResponse {
+        FetchResponse {
+            throttle_time_ms: None,
+            responses: vec![rskafka::protocol::messages::FetchResponseTopic {
+                topic: String_("t".into()),
+                partitions,
+            }],
+        }
+    }
+
+    #[test]
+    fn records_before_the_offset_are_dropped_and_the_next_offset_passes_every_batch() {
+        let b = records_from(vec![batch(10, 3), batch(13, 2)], 11, 15);
+        assert_eq!(
+            b.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![11, 12, 13, 14]
+        );
+        assert_eq!(b.next_offset, 15);
+        assert_eq!(b.high_watermark, 15);
+        // Records that are not chat messages are kept as positions without a message.
+        assert!(b.records.iter().all(|r| r.message.is_none()));
+        let empty = records_from(vec![], 11, 11);
+        assert_eq!(empty.next_offset, 11);
+    }
+
+    #[test]
+    fn each_partition_gets_its_records_or_its_error() {
+        let (tx0, mut rx0) = mpsc::channel(AHEAD);
+        let (tx1, mut rx1) = mpsc::channel(AHEAD);
+        let (tx2, mut rx2) = mpsc::channel(AHEAD);
+        let mut streams = HashMap::from([
+            (
+                0,
+                Stream {
+                    offset: 5,
+                    out: tx0,
+                },
+            ),
+            (
+                1,
+                Stream {
+                    offset: 7,
+                    out: tx1,
+                },
+            ),
+            (
+                2,
+                Stream {
+                    offset: 9,
+                    out: tx2,
+                },
+            ),
+        ]);
+        let stale = hand_over(
+            &mut streams,
+            response(vec![
+                part(0, None, vec![batch(5, 2)]),
+                part(1, Some(ProtocolError::OffsetOutOfRange), vec![]),
+                part(2, None, vec![]),
+            ]),
+        );
+        assert!(!stale);
+        match rx0.try_recv() {
+            Ok(Ok(b)) => {
+                assert_eq!(b.records.len(), 2);
+                assert_eq!(b.next_offset, 7);
+            }
+            _ => panic!("partition 0 got no batch"),
+        }
+        assert_eq!(streams[&0].offset, 7, "the next fetch of 0 starts after it");
+        assert!(matches!(
+            rx1.try_recv(),
+            Ok(Err(LogError::OutOfRange { offset: 7 }))
+        ));
+        assert!(!streams.contains_key(&1), "an error closes the stream");
+        assert!(rx2.try_recv().is_err(), "nothing new: nothing handed over");
+        assert_eq!(streams[&2].offset, 9);
+
+        let stale = hand_over(
+            &mut streams,
+            response(vec![part(
+                2,
+                Some(ProtocolError::NotLeaderOrFollower),
+                vec![],
+            )]),
+        );
+        assert!(stale, "a leader change asks for new metadata");
+        assert!(matches!(rx2.try_recv(), Ok(Err(e)) if e.retryable()));
+    }
+
+    #[test]
+    fn a_fetch_asks_for_each_ready_partition_at_its_offset() {
+        let r = fetch_request("t", &[(3, 40), (1, 7)], 1, Duration::from_millis(500));
+        assert_eq!(r.max_wait_ms.0, 500);
+        assert_eq!(r.replica_id.0, -1);
+        let p = &r.topics[0].partitions;
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.partition.0, p.fetch_offset.0))
+                .collect::<Vec<_>>(),
+            vec![(3, 40), (1, 7)]
+        );
+    }
+}
