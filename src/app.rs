@@ -286,9 +286,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         }
     })
     .disable_signals()
-    .shutdown_timeout(5)
-    .bind(cfg.listen)
-    .with_context(|| format!("binding {}", cfg.listen))?;
+    .shutdown_timeout(5);
+    let server = match cfg.http_workers {
+        Some(n) => server.workers(n.get()),
+        None => server,
+    };
+    let server = server
+        .bind(cfg.listen)
+        .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = server.addrs().first().copied().unwrap_or(cfg.listen);
     let server = server.run();
     let handle = server.handle();

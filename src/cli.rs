@@ -106,6 +106,14 @@ pub struct ServeArgs {
     /// Seconds a graceful drain may take before the rest is cut off.
     #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 20)]
     pub drain_timeout_secs: u64,
+    /// Threads that accept and serve HTTP and WebSocket connections (default: one per
+    /// core). Each connection stays on one of them.
+    #[arg(long, env = "HTTP_WORKERS")]
+    pub http_workers: Option<std::num::NonZeroUsize>,
+    /// Threads of the runtime that runs the bus, the log and the consumer (default: one
+    /// per core). Fewer threads than cores leave the others to the co-located services.
+    #[arg(long, env = "RUNTIME_THREADS")]
+    pub runtime_threads: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Debug, Args)]

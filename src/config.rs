@@ -127,6 +127,7 @@ pub struct Config {
     pub static_dir: Option<PathBuf>,
     pub database_pool_size: usize,
     pub drain_timeout: Duration,
+    pub http_workers: Option<std::num::NonZeroUsize>,
     pub produce_timeout: Duration,
     pub limits: Limits,
 }
@@ -183,6 +184,7 @@ impl Config {
             static_dir: a.static_dir.clone(),
             database_pool_size: a.database_pool_size,
             drain_timeout: Duration::from_secs(a.drain_timeout_secs),
+            http_workers: a.http_workers,
             produce_timeout: Duration::from_secs(5),
             limits: Limits {
                 sends_per_second: a.send_rate_per_sec.max(1),

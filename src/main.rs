@@ -20,8 +20,16 @@ fn tune_malloc() {
 
 fn main() -> ExitCode {
     tune_malloc();
-    match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(run()),
+    let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Command::Serve(args) = &cli.command {
+        if let Some(n) = args.runtime_threads {
+            rt.worker_threads(n.get());
+        }
+    }
+    match rt.build() {
+        Ok(rt) => rt.block_on(run(cli)),
         Err(e) => {
             eprintln!("chat: cannot start the async runtime: {e}");
             ExitCode::FAILURE
@@ -29,8 +37,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run() -> ExitCode {
-    let cli = Cli::parse();
+async fn run(cli: Cli) -> ExitCode {
     telemetry::init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => match Config::from_args(&args) {

@@ -1,7 +1,7 @@
 //! Logging (tracing-subscriber: text or JSON, filtered by RUST_LOG) and metrics
 //! (a Prometheus recorder rendered at /metrics).
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
@@ -25,8 +25,21 @@ pub fn metrics() -> PrometheusHandle {
             let buckets = [
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
             ];
+            // Batch sizes are counts, not seconds.
+            let sizes = [
+                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+            ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&buckets)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(names::PRODUCE_BATCH.into()), &sizes)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(names::PERSIST_BATCH.into()), &sizes)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(names::FETCH_BATCH.into()), &sizes)
+                })
                 .map(|b| b.build_recorder())
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();
@@ -47,6 +60,8 @@ pub mod names {
     pub const PRODUCE_SECONDS: &str = "chat_kafka_produce_seconds";
     /// Records per Kafka produce request (batched across the senders of a gateway).
     pub const PRODUCE_BATCH: &str = "chat_kafka_produce_batch_records";
+    /// Records per Kafka fetch answer of a tailing reader group (all its partitions).
+    pub const FETCH_BATCH: &str = "chat_kafka_fetch_batch_records";
     pub const SEND_TO_DELIVER_SECONDS: &str = "chat_send_to_deliver_seconds";
     pub const RELAYED: &str = "chat_relay_messages_total";
     pub const PERSISTED: &str = "chat_persisted_messages_total";

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use rskafka::messenger::Messenger;
+use rskafka::messenger::{Messenger, RequestError};
 use rskafka::protocol::error::Error as ProtocolError;
 use rskafka::protocol::messages::{MetadataRequest, MetadataRequestTopic};
 use rskafka::protocol::primitives::{Boolean, String_};
@@ -79,6 +79,16 @@ impl Cluster {
         });
     }
 
+    /// A new connection to a broker by its id.
+    pub(super) async fn connect_node(&self, node: i32) -> Result<Conn, LogError> {
+        match self.addr(node) {
+            Some(addr) => self.connect(&addr).await,
+            None => Err(LogError::Unavailable(format!(
+                "Kafka broker {node} unknown"
+            ))),
+        }
+    }
+
     pub(super) async fn connect(&self, addr: &str) -> Result<Conn, LogError> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -109,6 +119,8 @@ impl Cluster {
             meta.addrs.values().cloned().collect()
         };
         candidates.extend(self.bootstrap.iter().cloned());
+        // A failed attempt counts too: during an outage, one attempt per interval.
+        *refreshed = Some(Instant::now());
         let mut last = LogError::Unavailable("no Kafka broker given".into());
         for addr in candidates {
             match self.metadata(&addr).await {
@@ -175,5 +187,17 @@ pub(super) fn is_stale(e: &ProtocolError) -> bool {
             | ProtocolError::UnknownTopicOrPartition
             | ProtocolError::FencedLeaderEpoch
             | ProtocolError::BrokerNotAvailable
+    )
+}
+
+/// Whether the connection itself failed (closed, reset), as opposed to an answer that
+/// could not be read.
+pub(super) fn is_broken(e: &RequestError) -> bool {
+    matches!(
+        e,
+        RequestError::Poisoned(_)
+            | RequestError::IO(_)
+            | RequestError::WriteMessageError(_)
+            | RequestError::ReadFramedMessageError(_)
     )
 }

@@ -29,7 +29,7 @@ use rskafka::protocol::primitives::{Int32, Int64, String_};
 use rskafka::protocol::record::{ControlBatchOrRecords, RecordBatch};
 use tokio::sync::mpsc;
 
-use super::cluster::{is_stale, unavailable, Cluster, Conn};
+use super::cluster::{is_broken, is_stale, unavailable, Cluster, Conn};
 use super::with_timeout;
 use crate::log::{decode, LogBatch, LogError, LogReader, LogRecord};
 
@@ -129,6 +129,7 @@ async fn fetch_loop(
     let mut streams: HashMap<i32, Stream> = HashMap::new();
     let mut conn: Option<Conn> = None;
     let mut reachable = true;
+    let mut turn = 0usize;
     loop {
         while reachable {
             match rx.try_recv() {
@@ -145,7 +146,7 @@ async fn fetch_loop(
             }
             continue;
         }
-        let ready: Vec<(i32, i64)> = streams
+        let mut ready: Vec<(i32, i64)> = streams
             .iter()
             .filter(|(_, s)| s.out.capacity() > 0)
             .map(|(p, s)| (*p, s.offset))
@@ -155,46 +156,142 @@ async fn fetch_loop(
             tokio::time::sleep(SHORT_WAIT).await;
             continue;
         }
-        let wait = if ready.len() < streams.len() {
+        // Kafka fills an answer in request order: start at another partition each time.
+        ready.sort_unstable();
+        turn = turn.wrapping_add(1);
+        let n = turn % ready.len();
+        ready.rotate_left(n);
+        // A live reader that has fallen behind is fetched again soon after it catches up;
+        // a batching one (persist) keeps its long wait.
+        let wait = if ready.len() < streams.len() && profile.min_bytes <= 1 {
             profile.max_wait.min(SHORT_WAIT)
         } else {
             profile.max_wait
         };
-        if conn.is_none() {
-            let connected = match cluster.addr(node) {
-                Some(addr) => cluster.connect(&addr).await,
-                None => Err(LogError::Unavailable(format!(
-                    "Kafka broker {node} unknown"
-                ))),
-            };
-            match connected {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    tracing::warn!(node, error = %e, "kafka: cannot connect to the broker to fetch");
-                    close_all(&mut streams, &e);
-                    cluster.refresh_soon();
-                    tokio::time::sleep(RECONNECT_BACKOFF).await;
-                    continue;
-                }
-            }
-        }
-        let Some(c) = conn.as_ref() else { continue };
-        let request = fetch_request(&cluster.topic, &ready, profile.min_bytes, wait);
-        let r = tokio::time::timeout(wait + Duration::from_secs(10), c.request(request)).await;
-        let e = match r {
-            Ok(Ok(response)) => {
-                if hand_over(&mut streams, response) {
-                    cluster.refresh_soon();
+        // `min_bytes` counts the whole answer: scale it with the partitions asked for.
+        let min_bytes = profile
+            .min_bytes
+            .saturating_mul(ready.len() as i32)
+            .min(FETCH_MAX_BYTES / 2);
+        let request = fetch_request(&cluster.topic, &ready, min_bytes, wait);
+        // A partition opened meanwhile should not wait out this long poll: Kafka answers
+        // a connection's requests in order, so drop the request with its connection and
+        // ask again, with the new partition, on a new one (nothing is lost: offsets only
+        // move with an answer).
+        let answer = tokio::select! {
+            r = send(&cluster, node, &mut conn, &request, wait) => r,
+            cmd = rx.recv(), if reachable => {
+                match cmd {
+                    Some(cmd) => take(&mut streams, cmd),
+                    None => reachable = false,
                 }
                 continue;
             }
-            Ok(Err(e)) => unavailable("fetching", e),
-            Err(_) => LogError::Unavailable("fetching: no answer from Kafka".into()),
         };
-        // The connection is broken or out of step: every reader re-opens after its backoff.
-        conn = None;
-        close_all(&mut streams, &e);
+        match answer {
+            Ok(response) => {
+                record_size(&response, profile);
+                if hand_over(&mut streams, response) {
+                    cluster.refresh_soon();
+                }
+            }
+            Err(Failure::Connection(e)) => {
+                // Every reader re-opens after its backoff.
+                tracing::warn!(node, error = %e, "kafka: fetch failed");
+                close_all(&mut streams, &e);
+                cluster.refresh_soon();
+                tokio::time::sleep(RECONNECT_BACKOFF).await;
+            }
+            Err(Failure::Answer(e)) => {
+                // One partition's data could not be read (say, a batch in a codec this
+                // build lacks): ask for each partition alone, so only that one stalls.
+                tracing::warn!(node, error = %e, "kafka: fetch answer unreadable; fetching partitions one by one");
+                for (p, offset) in ready {
+                    let one = fetch_request(&cluster.topic, &[(p, offset)], 1, Duration::ZERO);
+                    match send(&cluster, node, &mut conn, &one, Duration::ZERO).await {
+                        Ok(response) => {
+                            if hand_over(&mut streams, response) {
+                                cluster.refresh_soon();
+                            }
+                        }
+                        Err(Failure::Answer(e)) => {
+                            if let Some(s) = streams.remove(&p) {
+                                let _ = s.out.try_send(Err(LogError::Other(format!(
+                                    "partition {p} at offset {offset}: {e}"
+                                ))));
+                            }
+                        }
+                        Err(Failure::Connection(e)) => {
+                            close_all(&mut streams, &e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
     }
+}
+
+enum Failure {
+    /// The connection failed or the broker went silent: it was dropped.
+    Connection(LogError),
+    /// The answer arrived but could not be read; the connection is fine.
+    Answer(LogError),
+}
+
+/// Sends a fetch on the task's connection (opened if needed). A connection found broken
+/// (the broker closes idle ones) is replaced and the request sent once more.
+async fn send(
+    cluster: &Cluster,
+    node: i32,
+    conn: &mut Option<Conn>,
+    request: &FetchRequest,
+    wait: Duration,
+) -> Result<FetchResponse, Failure> {
+    let mut resent = false;
+    loop {
+        let c = match conn.take() {
+            Some(c) => c,
+            None => cluster
+                .connect_node(node)
+                .await
+                .map_err(Failure::Connection)?,
+        };
+        match tokio::time::timeout(wait + Duration::from_secs(10), c.request(request)).await {
+            Ok(Ok(response)) => {
+                *conn = Some(c);
+                return Ok(response);
+            }
+            Ok(Err(e)) if is_broken(&e) && !resent => resent = true,
+            Ok(Err(e)) if is_broken(&e) => {
+                return Err(Failure::Connection(unavailable("fetching", e)))
+            }
+            Ok(Err(e)) => {
+                *conn = Some(c);
+                return Err(Failure::Answer(unavailable("fetching", e)));
+            }
+            Err(_) => {
+                return Err(Failure::Connection(LogError::Unavailable(
+                    "fetching: no answer from Kafka".into(),
+                )))
+            }
+        }
+    }
+}
+
+fn record_size(response: &FetchResponse, profile: Profile) {
+    let records: usize = response
+        .responses
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .flat_map(|p| &p.records.0)
+        .map(|b| match &b.records {
+            ControlBatchOrRecords::Records(r) => r.len(),
+            ControlBatchOrRecords::ControlBatch(_) => 0,
+        })
+        .sum();
+    metrics::histogram!(crate::telemetry::names::FETCH_BATCH, "wait_ms" => profile.max_wait.as_millis().to_string())
+        .record(records as f64);
 }
 
 fn take(streams: &mut HashMap<i32, Stream>, cmd: Cmd) {

@@ -1,5 +1,5 @@
-//! The gateway's producer: one task per partition *leader* (broker), which sends a single
-//! produce request carrying the records of every partition that broker leads
+//! The gateway's producer: a single produce request per partition *leader* (broker)
+//! carries the records of every partition that broker leads
 //! (docs/decisions/0003-multi-partition-produce.md).
 //!
 //! rskafka's `PartitionClient::produce` sends one request per partition. At chat rates a
@@ -10,15 +10,20 @@
 //! feature makes them public; the version is pinned in Cargo.lock) and sends it over its
 //! `Messenger`, on our own TCP connection with `TCP_NODELAY`.
 //!
-//! Per broker, one request is in flight at a time, and it carries everything queued while
-//! the previous one was out: a lone record goes at once (no linger), batches grow with
-//! the load, and offsets follow queue order, because nothing overtakes the request in
-//! flight. A failed request fails its records (retryably where the broker or the network
-//! is at fault); the sender's client resends them under the same id.
+//! One task keeps a queue per partition. Per broker, one request is in flight at a time,
+//! and it carries everything queued while the previous one was out: a lone record goes at
+//! once (no linger), and batches grow with the load. A partition has at most one request
+//! in flight, and what fails retryably (a leader change, a broken connection, a broker
+//! timeout) goes back in front of its later records, to whichever broker leads the
+//! partition then: offsets follow submit order, which is what lets a connection pipeline
+//! its sends. A record is retried until its sender stops waiting; a broker that cannot be
+//! reached fails its records at once.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use rskafka::protocol::error::Error as ProtocolError;
 use rskafka::protocol::messages::{
@@ -32,17 +37,20 @@ use rskafka::protocol::record::{
 use rskafka::record::Record;
 use tokio::sync::{mpsc, oneshot};
 
-use super::cluster::{is_stale, unavailable, Cluster, Conn};
+use super::cluster::{is_broken, is_stale, unavailable, Cluster, Conn};
 use crate::log::LogError;
 
 /// One request's records, at most (the broker's default `message.max.bytes` is 1 MiB per
 /// partition batch; a single larger record goes alone and the broker judges it).
 const MAX_REQUEST_BYTES: usize = 512 * 1024;
-/// Records waiting for a broker's producer; a full queue refuses (retryably).
+/// Records waiting to be sent; a full queue refuses (retryably).
 const PRODUCE_QUEUE: usize = 8_192;
-/// After a failed connect, a broker's producer waits this long before the next attempt
-/// (records queued meanwhile fail at once, so senders hear it quickly).
+/// After a failed connect, no request goes to that broker for this long (its records fail
+/// at once meanwhile, so senders hear it quickly).
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
+/// Records that failed retryably go back in front of their partition's queue and are
+/// sent again after this pause (to the new leader, if that was the error).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// A record waiting for its produce request, and who waits for its offset.
 pub(super) struct Queued {
@@ -53,48 +61,20 @@ pub(super) struct Queued {
 }
 
 pub(super) struct Producer {
-    cluster: Arc<Cluster>,
-    brokers: Mutex<HashMap<i32, mpsc::Sender<Queued>>>,
-    timeout: Duration,
+    tx: mpsc::Sender<Queued>,
 }
 
 impl Producer {
-    /// The broker producers start with their first record.
+    /// Starts the producer task; its broker connections open with their first request.
     pub fn new(cluster: Arc<Cluster>, timeout: Duration) -> Self {
-        Producer {
-            cluster,
-            brokers: Mutex::new(HashMap::new()),
-            timeout,
-        }
+        let (tx, rx) = mpsc::channel(PRODUCE_QUEUE);
+        tokio::spawn(run(cluster, rx, timeout));
+        Producer { tx }
     }
 
-    /// Queues a record on the producer of its partition's leader.
+    /// Queues a record; its waiter gets the offset once the broker acked it.
     pub fn enqueue(&self, q: Queued) -> Result<(), LogError> {
-        let leader = self.cluster.leader(q.partition);
-        let Some(node) = leader else {
-            self.cluster.refresh_soon();
-            return Err(LogError::Unavailable(format!(
-                "no Kafka leader known for partition {}",
-                q.partition
-            )));
-        };
-        let tx = {
-            let mut brokers = self.brokers.lock().unwrap_or_else(|e| e.into_inner());
-            brokers
-                .entry(node)
-                .or_insert_with(|| {
-                    let (tx, rx) = mpsc::channel(PRODUCE_QUEUE);
-                    tokio::spawn(broker_loop(
-                        node,
-                        Arc::clone(&self.cluster),
-                        rx,
-                        self.timeout,
-                    ));
-                    tx
-                })
-                .clone()
-        };
-        match tx.try_send(q) {
+        match self.tx.try_send(q) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(LogError::Unavailable(
                 "too many messages waiting for Kafka".into(),
@@ -106,102 +86,290 @@ impl Producer {
     }
 }
 
-/// Takes the next request's records: waits for one, then takes what else is queued, up to
-/// [`MAX_REQUEST_BYTES`]; a record that does not fit is carried to the next request.
-/// Records whose sender stopped waiting are dropped. None when the queue is closed.
-async fn next_batch(
-    rx: &mut mpsc::Receiver<Queued>,
-    carried: &mut Option<Queued>,
-) -> Option<Vec<Queued>> {
-    loop {
-        let first = match carried.take() {
-            Some(q) => q,
-            None => rx.recv().await?,
-        };
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        let mut next = Some(first);
-        while let Some(q) = next.take() {
-            if !batch.is_empty() && bytes + q.size > MAX_REQUEST_BYTES {
-                *carried = Some(q);
-                break;
+/// Records not yet sent, per partition, in submit order.
+#[derive(Default)]
+struct Partitions {
+    queues: HashMap<i32, VecDeque<Queued>>,
+    queued: usize,
+    /// Partitions with records in a request in flight: nothing else of theirs goes out
+    /// until it is answered, so nothing overtakes it.
+    in_flight: HashSet<i32>,
+    /// Partitions whose records are waiting to be retried, until then.
+    held: HashMap<i32, Instant>,
+}
+
+impl Partitions {
+    fn push(&mut self, q: Queued) {
+        self.queued += 1;
+        self.queues.entry(q.partition).or_default().push_back(q);
+    }
+
+    /// Puts a failed request's records back in front of what came after them.
+    fn retry(&mut self, partition: i32, records: Vec<Queued>, at: Instant) {
+        let q = self.queues.entry(partition).or_default();
+        for r in records.into_iter().rev() {
+            if !r.done.is_closed() {
+                self.queued += 1;
+                q.push_front(r);
             }
-            if !q.done.is_closed() {
-                bytes += q.size;
-                batch.push(q);
-            }
-            next = rx.try_recv().ok();
         }
-        if !batch.is_empty() {
-            return Some(batch);
+        self.held.insert(partition, at);
+    }
+
+    fn fail_all(&mut self, partition: i32, e: &LogError) {
+        if let Some(q) = self.queues.get_mut(&partition) {
+            self.queued -= q.len();
+            fail(q.drain(..).collect(), e);
+        }
+    }
+
+    /// Takes the next request's records for one broker's partitions: from each partition
+    /// in turn (starting at `start`, for fairness), oldest first, up to
+    /// [`MAX_REQUEST_BYTES`]. Records whose sender stopped waiting are dropped.
+    fn take(&mut self, mut partitions: Vec<i32>, start: usize) -> HashMap<i32, Vec<Queued>> {
+        partitions.sort_unstable();
+        if !partitions.is_empty() {
+            let n = start % partitions.len();
+            partitions.rotate_left(n);
+        }
+        let mut groups: HashMap<i32, Vec<Queued>> = HashMap::new();
+        let mut bytes = 0;
+        'partitions: for p in partitions {
+            let Some(q) = self.queues.get_mut(&p) else {
+                continue;
+            };
+            while let Some(front) = q.front() {
+                if !front.done.is_closed() && bytes > 0 && bytes + front.size > MAX_REQUEST_BYTES {
+                    break 'partitions;
+                }
+                let Some(r) = q.pop_front() else { break };
+                self.queued -= 1;
+                if r.done.is_closed() {
+                    continue;
+                }
+                bytes += r.size;
+                groups.entry(p).or_default().push(r);
+            }
+        }
+        for p in groups.keys() {
+            self.in_flight.insert(*p);
+        }
+        groups
+    }
+}
+
+/// Why a request failed: the broker could not be reached (its records fail at once), or
+/// the request got no usable answer (its records are retried: they may have been written,
+/// and a duplicate is dropped downstream, but a reordering would not be).
+enum FlightError {
+    Connect(LogError),
+    Request(LogError),
+}
+
+struct Flight {
+    node: i32,
+    conn: Option<Conn>,
+    groups: HashMap<i32, Vec<Queued>>,
+    result: Result<ProduceResponse, FlightError>,
+}
+
+/// The producer: per broker one request in flight, carrying every partition it leads.
+async fn run(cluster: Arc<Cluster>, mut rx: mpsc::Receiver<Queued>, timeout: Duration) {
+    let mut parts = Partitions::default();
+    let mut idle: HashMap<i32, Conn> = HashMap::new();
+    let mut busy: HashSet<i32> = HashSet::new();
+    let mut down_until: HashMap<i32, Instant> = HashMap::new();
+    let mut flights = FuturesUnordered::new();
+    let mut open = true;
+    let mut turn = 0usize;
+    loop {
+        while open && parts.queued < PRODUCE_QUEUE {
+            match rx.try_recv() {
+                Ok(q) => parts.push(q),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        // Start a request on every idle broker that has records to send.
+        let now = Instant::now();
+        parts.held.retain(|_, t| *t > now);
+        let mut by_node: HashMap<i32, Vec<i32>> = HashMap::new();
+        let mut leaderless = Vec::new();
+        for (p, q) in &parts.queues {
+            if q.is_empty() || parts.in_flight.contains(p) || parts.held.contains_key(p) {
+                continue;
+            }
+            match cluster.leader(*p) {
+                Some(node) => by_node.entry(node).or_default().push(*p),
+                None => leaderless.push(*p),
+            }
+        }
+        if !leaderless.is_empty() {
+            cluster.refresh_soon();
+        }
+        for p in leaderless {
+            let e = LogError::Unavailable(format!("no Kafka leader known for partition {p}"));
+            parts.fail_all(p, &e);
+        }
+        for (node, ps) in by_node {
+            if busy.contains(&node) {
+                continue;
+            }
+            if down_until.get(&node).is_some_and(|t| *t > now) {
+                let e = unavailable("Kafka", format!("broker {node} is unreachable"));
+                for p in ps {
+                    parts.fail_all(p, &e);
+                }
+                continue;
+            }
+            turn = turn.wrapping_add(1);
+            let groups = parts.take(ps, turn);
+            if groups.is_empty() {
+                continue;
+            }
+            busy.insert(node);
+            let conn = idle.remove(&node);
+            flights.push(flight(Arc::clone(&cluster), node, conn, groups, timeout));
+        }
+        if !open && flights.is_empty() && parts.queued == 0 {
+            return;
+        }
+        let next_retry = parts.held.values().min().copied();
+        tokio::select! {
+            q = rx.recv(), if open && parts.queued < PRODUCE_QUEUE => match q {
+                Some(q) => parts.push(q),
+                None => open = false,
+            },
+            Some(f) = flights.next(), if !flights.is_empty() => {
+                busy.remove(&f.node);
+                for p in f.groups.keys() {
+                    parts.in_flight.remove(p);
+                }
+                settle(&cluster, &mut parts, &mut idle, &mut down_until, f);
+            }
+            _ = tokio::time::sleep_until(next_retry.unwrap_or(now).into()), if next_retry.is_some() => {}
+            else => tokio::time::sleep(RETRY_PAUSE).await,
         }
     }
 }
 
-/// One broker's producer: one request in flight, carrying every partition's records.
-async fn broker_loop(
-    node: i32,
+/// Sends one request, on the broker's connection or a new one. A connection found broken
+/// (the broker closes idle ones) is replaced and the request sent once more.
+async fn flight(
     cluster: Arc<Cluster>,
-    mut rx: mpsc::Receiver<Queued>,
+    node: i32,
+    mut conn: Option<Conn>,
+    groups: HashMap<i32, Vec<Queued>>,
     timeout: Duration,
-) {
-    let mut conn: Option<Conn> = None;
-    let mut carried = None;
-    let mut retry_at: Option<Instant> = None;
-    while let Some(batch) = next_batch(&mut rx, &mut carried).await {
-        if conn.is_none() {
-            if retry_at.is_some_and(|t| Instant::now() < t) {
-                fail(batch, &unavailable("Kafka", "the broker is unreachable"));
-                continue;
+) -> Flight {
+    let n: usize = groups.values().map(Vec::len).sum();
+    metrics::histogram!(crate::telemetry::names::PRODUCE_BATCH).record(n as f64);
+    // The broker answers within its timeout, partition by partition (one slow partition
+    // gets RequestTimedOut, the rest their offsets); ours is only for a silent broker.
+    let request = build_request(&cluster.topic, &groups, broker_timeout(timeout));
+    let client_timeout = timeout + Duration::from_secs(1);
+    let mut resent = false;
+    let result = loop {
+        let c = match conn.take() {
+            Some(c) => c,
+            None => match cluster.connect_node(node).await {
+                Ok(c) => c,
+                Err(e) => break Err(FlightError::Connect(e)),
+            },
+        };
+        match tokio::time::timeout(client_timeout, c.request(&request)).await {
+            Ok(Ok(response)) => {
+                conn = Some(c);
+                break Ok(response);
             }
-            let connected = match cluster.addr(node) {
-                Some(addr) => cluster.connect(&addr).await,
-                None => Err(LogError::Unavailable(format!(
-                    "Kafka broker {node} unknown"
-                ))),
-            };
-            match connected {
-                Ok(c) => {
-                    retry_at = None;
-                    conn = Some(c);
-                }
-                Err(e) => {
-                    tracing::warn!(node, error = %e, "kafka: cannot connect to the broker");
-                    retry_at = Some(Instant::now() + RECONNECT_BACKOFF);
-                    cluster.refresh_soon();
-                    fail(batch, &e);
-                    continue;
-                }
+            Ok(Err(e)) if !resent && is_broken(&e) => resent = true,
+            Ok(Err(e)) => break Err(FlightError::Request(unavailable("producing", e))),
+            Err(_) => {
+                break Err(FlightError::Request(LogError::Unavailable(format!(
+                    "producing: no answer from Kafka within {client_timeout:?}"
+                ))))
             }
         }
-        let Some(c) = conn.as_ref() else { continue };
-        let n = batch.len();
-        let (request, groups) = build_request(&cluster.topic, batch, timeout);
-        let r = tokio::time::timeout(timeout, c.request(request)).await;
-        metrics::histogram!(crate::telemetry::names::PRODUCE_BATCH).record(n as f64);
-        match r {
-            Ok(Ok(response)) => {
-                if answer(groups, response, node) {
-                    cluster.refresh_soon();
+    };
+    Flight {
+        node,
+        conn,
+        groups,
+        result,
+    }
+}
+
+/// The `timeout_ms` the broker is given: less than the senders wait, so it answers in time.
+fn broker_timeout(timeout: Duration) -> Duration {
+    (timeout * 3 / 4).max(Duration::from_millis(100))
+}
+
+/// Answers a request's waiters: offsets, a retry for what failed retryably (in front of
+/// the partition's later records), the error for the rest.
+fn settle(
+    cluster: &Arc<Cluster>,
+    parts: &mut Partitions,
+    idle: &mut HashMap<i32, Conn>,
+    down_until: &mut HashMap<i32, Instant>,
+    f: Flight,
+) {
+    let retry_at = Instant::now() + RETRY_PAUSE;
+    let mut groups = f.groups;
+    match f.result {
+        Ok(response) => {
+            if let Some(c) = f.conn {
+                idle.insert(f.node, c);
+            }
+            down_until.remove(&f.node);
+            let mut stale = false;
+            for topic in response.responses {
+                for p in topic.partition_responses {
+                    let partition = p.index.0;
+                    let Some(g) = groups.remove(&partition) else {
+                        continue;
+                    };
+                    match p.error {
+                        None => {
+                            for (i, q) in g.into_iter().enumerate() {
+                                let _ = q.done.send(Ok(p.base_offset.0 + i as i64));
+                            }
+                        }
+                        Some(e) => {
+                            tracing::debug!(node = f.node, partition, error = %e, "kafka: produce refused");
+                            stale |= is_stale(&e);
+                            let err = partition_error(e);
+                            if err.retryable() {
+                                parts.retry(partition, g, retry_at);
+                            } else {
+                                fail(g, &err);
+                            }
+                        }
+                    }
                 }
             }
-            Ok(Err(e)) => {
-                // The connection is broken (or out of step): drop it, reconnect next time.
-                conn = None;
-                let e = unavailable("producing", e);
-                for g in groups.into_values() {
-                    fail(g, &e);
-                }
+            for (p, g) in groups {
+                fail(
+                    g,
+                    &LogError::Other(format!("Kafka did not answer for partition {p}")),
+                );
             }
-            Err(_) => {
-                // A late answer would belong to a request nobody waits for: start afresh.
-                conn = None;
-                let e = LogError::Unavailable(format!(
-                    "producing: no answer from Kafka within {timeout:?}"
-                ));
-                for g in groups.into_values() {
-                    fail(g, &e);
-                }
+            if stale {
+                cluster.refresh_soon();
+            }
+        }
+        Err(FlightError::Connect(e)) => {
+            tracing::warn!(node = f.node, error = %e, "kafka: cannot connect to the broker");
+            down_until.insert(f.node, Instant::now() + RECONNECT_BACKOFF);
+            cluster.refresh_soon();
+            for g in groups.into_values() {
+                fail(g, &e);
+            }
+        }
+        Err(FlightError::Request(e)) => {
+            tracing::warn!(node = f.node, error = %e, "kafka: produce request failed; retrying its records");
+            cluster.refresh_soon();
+            for (p, g) in groups {
+                parts.retry(p, g, retry_at);
             }
         }
     }
@@ -214,30 +382,24 @@ fn fail(records: Vec<Queued>, e: &LogError) {
 }
 
 /// One produce request (acks = all) with a record batch per partition, in queue order
-/// within each; returns it with the waiters grouped the same way.
+/// within each.
 fn build_request(
     topic: &str,
-    batch: Vec<Queued>,
+    groups: &HashMap<i32, Vec<Queued>>,
     timeout: Duration,
-) -> (ProduceRequest, HashMap<i32, Vec<Queued>>) {
-    let mut groups: HashMap<i32, Vec<Queued>> = HashMap::new();
-    let mut order = Vec::new();
-    for q in batch {
-        let g = groups.entry(q.partition).or_default();
-        if g.is_empty() {
-            order.push(q.partition);
-        }
-        g.push(q);
-    }
-    let mut partition_data = Vec::with_capacity(order.len());
-    for p in order {
-        let records: Vec<Record> = groups[&p].iter().map(|q| q.record.clone()).collect();
-        partition_data.push(ProduceRequestPartitionData {
+) -> ProduceRequest {
+    let mut order: Vec<i32> = groups.keys().copied().collect();
+    order.sort_unstable();
+    let partition_data = order
+        .into_iter()
+        .map(|p| ProduceRequestPartitionData {
             index: Int32(p),
-            records: Records(vec![record_batch(records)]),
-        });
-    }
-    let request = ProduceRequest {
+            records: Records(vec![record_batch(
+                groups[&p].iter().map(|q| q.record.clone()).collect(),
+            )]),
+        })
+        .collect();
+    ProduceRequest {
         transactional_id: NullableString(None),
         acks: Int16(-1),
         timeout_ms: Int32(i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX)),
@@ -245,8 +407,7 @@ fn build_request(
             name: String_(topic.to_owned()),
             partition_data,
         }],
-    };
-    (request, groups)
+    }
 }
 
 /// A non-transactional, uncompressed batch, as rskafka's own producer writes it.
@@ -288,38 +449,6 @@ pub(super) fn record_batch(records: Vec<Record>) -> RecordBatch {
     }
 }
 
-/// Gives each waiter its offset or its partition's error. True if an error says the
-/// metadata is stale (another broker leads the partition now).
-fn answer(mut groups: HashMap<i32, Vec<Queued>>, response: ProduceResponse, node: i32) -> bool {
-    let mut stale = false;
-    for topic in response.responses {
-        for p in topic.partition_responses {
-            let Some(g) = groups.remove(&p.index.0) else {
-                continue;
-            };
-            match p.error {
-                None => {
-                    for (i, q) in g.into_iter().enumerate() {
-                        let _ = q.done.send(Ok(p.base_offset.0 + i as i64));
-                    }
-                }
-                Some(e) => {
-                    stale |= is_stale(&e);
-                    tracing::debug!(node, partition = p.index.0, error = %e, "kafka: produce refused");
-                    fail(g, &partition_error(e));
-                }
-            }
-        }
-    }
-    for (p, g) in groups {
-        fail(
-            g,
-            &LogError::Other(format!("Kafka did not answer for partition {p}")),
-        );
-    }
-    stale
-}
-
 /// Broker-side trouble that a resend can get past is retryable; the rest (a record too
 /// large, a corrupt batch, no authorisation) is not.
 fn partition_error(e: ProtocolError) -> LogError {
@@ -332,6 +461,7 @@ fn partition_error(e: ProtocolError) -> LogError {
                 | ProtocolError::KafkaStorageError
                 | ProtocolError::NetworkException
                 | ProtocolError::CoordinatorLoadInProgress
+                | ProtocolError::CorruptMessage
         );
     if retryable {
         LogError::Unavailable(format!("Kafka: {e}"))
@@ -363,45 +493,88 @@ mod tests {
         )
     }
 
+    fn values(g: &[Queued]) -> Vec<Vec<u8>> {
+        g.iter()
+            .map(|q| q.record.value.clone().unwrap_or_default())
+            .collect()
+    }
+
     #[test]
-    fn one_request_groups_partitions_in_queue_order() {
-        let (a, _wa) = queued(3, b"a");
-        let (b, _wb) = queued(1, b"b");
-        let (c, _wc) = queued(3, b"c");
-        let (request, groups) = build_request("t", vec![a, b, c], Duration::from_secs(5));
-        let parts = &request.topic_data[0].partition_data;
+    fn a_request_takes_each_partition_in_queue_order() {
+        let mut parts = Partitions::default();
+        let mut waits = Vec::new();
+        for (p, v) in [(3, "a"), (1, "b"), (3, "c")] {
+            let (q, w) = queued(p, v.as_bytes());
+            parts.push(q);
+            waits.push(w);
+        }
+        let groups = parts.take(vec![3, 1], 0);
+        assert_eq!(values(&groups[&3]), vec![b"a".to_vec(), b"c".to_vec()]);
+        assert_eq!(values(&groups[&1]), vec![b"b".to_vec()]);
+        assert_eq!(parts.queued, 0);
+        assert!(parts.in_flight.contains(&3) && parts.in_flight.contains(&1));
+
+        let request = build_request("t", &groups, broker_timeout(Duration::from_secs(5)));
+        let data = &request.topic_data[0].partition_data;
         assert_eq!(
-            parts.iter().map(|p| p.index.0).collect::<Vec<_>>(),
-            vec![3, 1]
+            data.iter().map(|p| p.index.0).collect::<Vec<_>>(),
+            vec![1, 3]
         );
-        let ControlBatchOrRecords::Records(r) = &parts[0].records.0[0].records else {
+        let ControlBatchOrRecords::Records(r) = &data[1].records.0[0].records else {
             panic!("not records")
         };
         assert_eq!(r.len(), 2);
-        assert_eq!(r[0].value.as_deref(), Some(&b"a"[..]));
-        assert_eq!(r[1].value.as_deref(), Some(&b"c"[..]));
         assert_eq!(r[1].offset_delta, 1);
-        assert_eq!(groups[&3].len(), 2);
-        assert_eq!(request.acks.0, -1);
+        assert_eq!(request.acks.0, -1, "acks=all");
+        assert_eq!(
+            request.timeout_ms.0, 3750,
+            "the broker answers before senders give up"
+        );
     }
 
-    #[tokio::test]
-    async fn batches_stop_at_the_size_limit_and_skip_abandoned_records() {
-        let (tx, mut rx) = mpsc::channel(16);
+    #[test]
+    fn a_request_stops_at_the_size_limit_and_skips_abandoned_records() {
+        let mut parts = Partitions::default();
         let big = vec![0u8; MAX_REQUEST_BYTES / 2 + 1];
         let (q1, _w1) = queued(0, &big);
         let (q2, w2) = queued(0, b"gone");
         drop(w2);
         let (q3, _w3) = queued(0, &big);
         for q in [q1, q2, q3] {
-            assert!(tx.try_send(q).is_ok());
+            parts.push(q);
         }
-        let mut carried = None;
-        let first = next_batch(&mut rx, &mut carried).await.unwrap_or_default();
-        assert_eq!(first.len(), 1, "the second large record waits");
-        assert!(carried.is_some());
-        let second = next_batch(&mut rx, &mut carried).await.unwrap_or_default();
-        assert_eq!(second.len(), 1);
+        let first = parts.take(vec![0], 0);
+        assert_eq!(first[&0].len(), 1, "the second large record waits");
+        parts.in_flight.clear();
+        let second = parts.take(vec![0], 0);
+        assert_eq!(second[&0].len(), 1);
+        assert_eq!(parts.queued, 0);
+    }
+
+    #[test]
+    fn a_retry_goes_before_the_records_queued_after_it() {
+        let mut parts = Partitions::default();
+        let (a, _wa) = queued(2, b"a");
+        let (b, _wb) = queued(2, b"b");
+        parts.push(a);
+        parts.push(b);
+        let mut sent = parts.take(vec![2], 0);
+        // "c" is queued behind the request in flight; then the request fails.
+        let (c, _wc) = queued(2, b"c");
+        parts.push(c);
+        parts.in_flight.remove(&2);
+        let at = Instant::now() + RETRY_PAUSE;
+        parts.retry(2, sent.remove(&2).unwrap_or_default(), at);
+        assert_eq!(
+            parts.held.get(&2),
+            Some(&at),
+            "held back until the retry time"
+        );
+        let again = parts.take(vec![2], 0);
+        assert_eq!(
+            values(&again[&2]),
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
     }
 
     #[test]
