@@ -13,7 +13,7 @@
 # consumer on BASE_PORT+100), SEND_RATE (per-connection send limit, default 1000 so one
 # sender can drive the fanout scenario; the server's own default is 20), NO_CONSUMER=1
 # (start only the gateways: the persist scenario can then time the consumer alone, see
-# benches/README.md), RUST_LOG (default warn).
+# benches/README.md), HTTP_WORKERS (default 1 per gateway), RUST_LOG (default warn).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CACHE="${CHAT_CACHE:-$HOME/.cache/chat}"
@@ -68,8 +68,12 @@ start() {
   export DATABASE_URL="$url" KAFKA_TOPIC="chat.bench.$tag" REDIS_PREFIX="$tag" NO_MIGRATE=true
   export JWT_SECRET="${JWT_SECRET:-$(head -c 48 /dev/urandom | base64 | tr -d '\n')}"
   export SEND_RATE_PER_SEC="$SEND_RATE" SEND_RATE_BURST="$SEND_RATE" RUST_LOG="${RUST_LOG:-warn}"
+  # Two gateways share the 2 cores with everything else: one HTTP worker thread each
+  # (the server's default is one per core). Paired runs: lower p99 in every pair
+  # (benches/README.md, "Multi-partition requests"). HTTP_WORKERS=2 for the default.
+  export HTTP_WORKERS="${HTTP_WORKERS:-1}"
   export REDIS_URL KAFKA_BROKERS
-  export -p | grep -E ' (DATABASE_URL|REDIS_URL|KAFKA_BROKERS|KAFKA_TOPIC|REDIS_PREFIX|NO_MIGRATE|JWT_SECRET|SEND_RATE_PER_SEC|SEND_RATE_BURST|RUST_LOG)=' >"$DIR/env"
+  export -p | grep -E ' (DATABASE_URL|REDIS_URL|KAFKA_BROKERS|KAFKA_TOPIC|REDIS_PREFIX|NO_MIGRATE|JWT_SECRET|SEND_RATE_PER_SEC|SEND_RATE_BURST|RUST_LOG|HTTP_WORKERS)=' >"$DIR/env"
   # 20,000 connections need more than the default open-file limit.
   ulimit -Hn 1048576 2>/dev/null || true
   ulimit -n "$(ulimit -Hn)"
