@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpResponse};
 use anyhow::Context as _;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
@@ -256,7 +256,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let static_dir = cfg.static_dir.clone();
     let gw_data = gateway.clone().map(web::Data::new);
-    let server = HttpServer::new(move || {
+    let make_app = move || {
         let mut app = App::new()
             .app_data(readiness.clone())
             .wrap(actix_web::middleware::Compress::default())
@@ -278,24 +278,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             };
         }
         app
-    })
-    // Frames are small and latency-bound: no Nagle on client sockets.
-    .on_connect(|conn, _| {
-        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            let _ = tcp.set_nodelay(true);
-        }
-    })
-    .disable_signals()
-    .shutdown_timeout(5);
-    let server = match cfg.http_workers {
-        Some(n) => server.workers(n.get()),
-        None => server,
     };
-    let server = server
-        .bind(cfg.listen)
+    let settings = http::server::Settings {
+        listen: cfg.listen,
+        workers: cfg.http_workers.map(|n| n.get()),
+        shutdown_timeout: 5,
+    };
+    let (server, addr) = http::server::serve(settings, make_app)
         .with_context(|| format!("binding {}", cfg.listen))?;
-    let addr = server.addrs().first().copied().unwrap_or(cfg.listen);
-    let server = server.run();
     let handle = server.handle();
     let server_task = tokio::spawn(server);
     tracing::info!(%addr, "listening");

@@ -14,7 +14,7 @@ use bytestring::ByteString;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::outbox::Out;
+use super::outbox::{Live, Out};
 use crate::bus::{Bus, BusEvent};
 use crate::model::{Position, RoomId};
 use crate::protocol::ServerFrame;
@@ -128,16 +128,6 @@ impl Hub {
         let Some(entry) = rooms.get_mut(&room) else {
             return;
         };
-        let item = |text: &ByteString| -> Out {
-            match event {
-                BusEvent::Message { message } => Out::Message {
-                    room,
-                    position: message.position,
-                    text: text.clone(),
-                },
-                _ => Out::Frame(text.clone()),
-            }
-        };
         let text: ByteString = match event {
             BusEvent::Message { message } => {
                 if entry.last_position.is_some_and(|l| message.position <= l) {
@@ -167,9 +157,23 @@ impl Hub {
             .to_text()
             .into(),
         };
+        // One allocation shared by every local subscriber.
+        let item: Out = match event {
+            BusEvent::Message { message } => Out::Message(Arc::new(Live {
+                room,
+                position: message.position,
+                text,
+            })),
+            _ => Out::Frame(Arc::new(text)),
+        };
         let mut delivered = 0u64;
         for h in entry.conns.values() {
-            if h.offer(item(&text)) {
+            let copy = match &item {
+                Out::Message(live) => Out::Message(live.clone()),
+                Out::Frame(frame) => Out::Frame(frame.clone()),
+                _ => continue,
+            };
+            if h.offer(copy) {
                 delivered += 1;
             }
         }
@@ -190,6 +194,7 @@ impl Hub {
     pub fn resync_all(&self, frame: &ByteString) {
         let rooms = self.lock();
         self.suspended.store(false, Ordering::Release);
+        let frame = Arc::new(frame.clone());
         let mut told = std::collections::HashSet::new();
         for entry in rooms.values() {
             for (id, h) in &entry.conns {
@@ -257,7 +262,7 @@ mod tests {
         let mut got = Vec::new();
         while let Ok(o) = rx.try_recv() {
             got.push(match o {
-                Out::Message { position, .. } => format!("message {position}"),
+                Out::Message(live) => format!("message {}", live.position),
                 Out::Frame(f) => f.to_string(),
                 _ => "other".into(),
             });

@@ -8,6 +8,7 @@
 //! is dropped (a duplicate from an overlapping relay or the seam).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_ws::{CloseCode, CloseReason, Session};
@@ -17,16 +18,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::{Position, RoomId};
 
+/// One item of a connection's queue. Every connection's queue has a first block of 32
+/// slots from the start, so the item is kept small (24 bytes): what is larger sits behind
+/// a pointer, and what goes to many connections (a message, a typing or presence event) is
+/// one allocation shared by all of them.
 #[derive(Debug)]
 pub enum Out {
     /// A frame written as is (answers, typing, presence, errors…).
-    Frame(ByteString),
+    Frame(Arc<ByteString>),
     /// A live message of a room.
-    Message {
-        room: RoomId,
-        position: Position,
-        text: ByteString,
-    },
+    Message(Arc<Live>),
     /// Hold back the room's live messages until its `Backlog` arrives.
     BeginRecovery {
         room: RoomId,
@@ -38,7 +39,25 @@ pub enum Out {
         room: RoomId,
     },
     Ping,
-    Close(CloseReason),
+    Close(Box<CloseReason>),
+}
+
+impl Out {
+    pub fn frame(text: impl Into<ByteString>) -> Out {
+        Out::Frame(Arc::new(text.into()))
+    }
+
+    pub fn close(reason: CloseReason) -> Out {
+        Out::Close(Box::new(reason))
+    }
+}
+
+/// A live message as every local subscriber of its room gets it: serialised once.
+#[derive(Debug)]
+pub struct Live {
+    pub room: RoomId,
+    pub position: Position,
+    pub text: ByteString,
 }
 
 /// Boxed in [`Out`]: rare, and the largest item (every queue slot is as large as the
@@ -59,7 +78,9 @@ enum RoomState {
 /// Writes queued items to the socket until the queue ends, a `Close` arrives, or the
 /// connection is kicked (too slow: close 1008).
 ///
-/// This runs once per delivered frame, so it is kept lean: the kick is checked as a flag
+/// This runs once per delivered frame, so it is kept lean (and it lives as long as the
+/// connection, so the rare awaits, close and ping, are boxed: inline, they would size the
+/// task for its whole life): the kick is checked as a flag
 /// between items rather than awaited beside the queue (a fresh cancellation future per
 /// item cost a mutex and a waiter registration each time).
 /// That loses nothing: the hub kicks only when the queue is full, so a kicked writer is
@@ -69,23 +90,19 @@ pub async fn writer(mut session: Session, mut rx: mpsc::Receiver<Out>, kick: Can
     let mut rooms: HashMap<RoomId, RoomState> = HashMap::new();
     while let Some(item) = rx.recv().await {
         if kick.is_cancelled() {
-            return close(session, policy("too slow: outgoing queue full")).await;
+            return Box::pin(close(session, policy("too slow: outgoing queue full"))).await;
         }
         match item {
             Out::Frame(t) => {
-                if !write(&mut session, t).await {
+                if !write(&mut session, Arc::unwrap_or_clone(t)).await {
                     return;
                 }
             }
-            Out::Message {
-                room,
-                position,
-                text,
-            } => match rooms.get_mut(&room) {
-                Some(RoomState::Recovering(held)) => held.push((position, text)),
-                Some(RoomState::Live(last)) if last.is_none_or(|l| position > l) => {
-                    *last = Some(position);
-                    if !write(&mut session, text).await {
+            Out::Message(live) => match rooms.get_mut(&live.room) {
+                Some(RoomState::Recovering(held)) => held.push((live.position, live.text.clone())),
+                Some(RoomState::Live(last)) if last.is_none_or(|l| live.position > l) => {
+                    *last = Some(live.position);
+                    if !write(&mut session, live.text.clone()).await {
                         return;
                     }
                 }
@@ -129,15 +146,17 @@ pub async fn writer(mut session: Session, mut rx: mpsc::Receiver<Out>, kick: Can
             Out::EndRoom { room } => {
                 rooms.remove(&room);
             }
-            Out::Ping => match tokio::time::timeout(WRITE_WAIT, session.ping(b"")).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(_) => return close(session, policy("too slow")).await,
-            },
-            Out::Close(reason) => return close(session, reason).await,
+            Out::Ping => {
+                match Box::pin(tokio::time::timeout(WRITE_WAIT, session.ping(b""))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => return Box::pin(close(session, policy("too slow"))).await,
+                }
+            }
+            Out::Close(reason) => return Box::pin(close(session, *reason)).await,
         }
     }
-    close(session, CloseCode::Normal.into()).await;
+    Box::pin(close(session, CloseCode::Normal.into())).await;
 }
 
 /// How long one frame may wait for room in the socket's queue before the client counts
@@ -168,8 +187,23 @@ async fn write(session: &mut Session, text: ByteString) -> bool {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
-            close(session.clone(), policy("too slow")).await;
+            Box::pin(close(session.clone(), policy("too slow"))).await;
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_slot_stays_small() {
+        // 32 slots of every connection's queue are allocated up front.
+        assert!(
+            std::mem::size_of::<Out>() <= 24,
+            "{}",
+            std::mem::size_of::<Out>()
+        );
     }
 }

@@ -105,7 +105,7 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
     };
     let Some(user) = user else {
         let _ = out
-            .send(Out::Close(close_reason(
+            .send(Out::close(close_reason(
                 CloseCode::Other(close::UNAUTHENTICATED),
                 "expected hello with a valid token first",
             )))
@@ -119,16 +119,20 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
     metrics::gauge!(names::CONNECTIONS).increment(1.0);
     let session_id = Uuid::new_v4().to_string();
     // Online before the welcome: a client that asks for the member list next sees itself.
-    gw.presence
-        .opened(gw.bus.as_ref(), gw.store.as_ref(), &user, &session_id)
-        .instrument(span.clone())
-        .await;
+    // Boxed here and below: this future lives as long as the connection and is as large as
+    // its largest await, so what runs once (or per frame) gets its own short-lived box.
+    Box::pin(
+        gw.presence
+            .opened(gw.bus.as_ref(), gw.store.as_ref(), &user, &session_id)
+            .instrument(span.clone()),
+    )
+    .await;
     let welcome = ServerFrame::Welcome {
         user: &user,
         session: session_id.clone(),
     }
     .to_text();
-    let _ = out.send(Out::Frame(welcome.into())).await;
+    let _ = out.send(Out::frame(welcome)).await;
 
     let burst = NonZeroU32::new(limits.send_burst.max(1)).unwrap_or(NonZeroU32::MIN);
     let rate = NonZeroU32::new(limits.sends_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
@@ -170,17 +174,19 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
         ..
     } = conn;
     drop((conn_out, handle));
-    gw.presence
-        .closed(gw.bus.as_ref(), gw.store.as_ref(), &user, &session_id)
-        .instrument(span.clone())
-        .await;
+    Box::pin(
+        gw.presence
+            .closed(gw.bus.as_ref(), gw.store.as_ref(), &user, &session_id)
+            .instrument(span.clone()),
+    )
+    .await;
     if let Some(sends) = sends {
         let SendPipe { jobs, worker } = sends;
         drop(jobs);
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, worker).await;
     }
     if let Some(reason) = reason {
-        let _ = tokio::time::timeout(Duration::from_secs(2), out.send(Out::Close(reason))).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), out.send(Out::close(reason))).await;
     }
     drop(out);
     let _ = writer_task.await;
@@ -209,7 +215,7 @@ impl Conn {
                 biased;
                 _ = &mut drained => {
                     let frame = ServerFrame::Reconnect { reason: "draining" }.to_text();
-                    let _ = self.out.send(Out::Frame(frame.into())).await;
+                    let _ = self.out.send(Out::frame(frame)).await;
                     return Some(close_reason(CloseCode::Restart, "server draining; reconnect"));
                 }
                 _ = &mut kicked => return None,
@@ -225,7 +231,7 @@ impl Conn {
                         None => return None,
                         Some(Ok(AggregatedMessage::Text(text))) => {
                             metrics::counter!(names::FRAMES_IN).increment(1);
-                            self.on_text(&text).await;
+                            Box::pin(self.on_text(&text)).await;
                         }
                         Some(Ok(AggregatedMessage::Binary(_))) => {
                             return Some(close_reason(CloseCode::Unsupported, "text frames only"));
@@ -241,7 +247,7 @@ impl Conn {
 
     async fn reply(&self, frame: ByteString) {
         // Our own queue: waiting here only slows this client's reads.
-        let _ = self.out.send(Out::Frame(frame)).await;
+        let _ = self.out.send(Out::frame(frame)).await;
     }
 
     async fn refuse(&self, code: ErrorCode, message: &str, reference: Option<&str>) {
@@ -509,7 +515,7 @@ async fn send_worker(
                     .into(),
                     Err(e) => error_frame(e.code(), &e.to_string(), Some(&client_msg_id)),
                 };
-                if !gone && out.send(Out::Frame(frame)).await.is_err() {
+                if !gone && out.send(Out::frame(frame)).await.is_err() {
                     // The connection is gone: take no more sends, but let the ones in
                     // flight finish, so each records how it ended (`done`/`retry`) and a
                     // resend after a reconnect gets its ack instead of `in_flight`.

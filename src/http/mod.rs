@@ -5,6 +5,7 @@ mod accounts;
 pub mod error;
 pub mod ops;
 mod rooms;
+pub mod server;
 
 use std::sync::Arc;
 

@@ -253,3 +253,65 @@ async fn a_client_that_stops_reading_is_cut_off(mode: Mode) {
     }
     drop(silent);
 }
+
+both_modes!(upgrades_are_checked_and_refusals_answered_over_http);
+/// The WebSocket upgrade leaves the HTTP/1 dispatcher with its socket (src/http/server.rs);
+/// the gateway's checks still run on it, and a refused upgrade gets its HTTP answer (status
+/// and JSON error), not a dropped connection. A browser on another site is refused
+/// (cross-site WebSocket hijacking); the gateway's own page is not.
+async fn upgrades_are_checked_and_refusals_answered_over_http(mode: Mode) {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error as WsError};
+
+    let env = Env::with_mode("upgrade", mode).await;
+    let chat = env.start(1).await;
+    let gw = chat.gw(0);
+    let h = Http::new(gw);
+    let alice = h.register("alice").await;
+    let refused = |path: &'static str, origin: &'static str| {
+        let mut req = format!("ws://{}{path}", gw.addr)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut()
+            .insert("origin", origin.parse().expect("origin"));
+        async move {
+            match tokio_tungstenite::connect_async(req).await {
+                Err(WsError::Http(res)) => {
+                    let body = res.body().clone().unwrap_or_default();
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    (res.status().as_u16(), body)
+                }
+                Err(e) => panic!("{path} from {origin}: {e}"),
+                Ok(_) => panic!("{path} from {origin}: upgraded"),
+            }
+        }
+    };
+    let (status, body) = refused("/ws", "http://evil.example").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "origin_not_allowed");
+    let (status, _) = refused("/no-such-socket", "http://evil.example").await;
+    assert_eq!(status, 404);
+
+    // The gateway's own page may connect, and the session works over the upgraded socket.
+    let mut req = format!("ws://{}/ws", gw.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "origin",
+        format!("http://{}", gw.addr).parse().expect("origin"),
+    );
+    let (stream, res) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("same-origin upgrade");
+    assert_eq!(res.status().as_u16(), 101);
+    let mut ws = Ws { stream };
+    ws.send(json!({"type": "hello", "token": alice.token}))
+        .await;
+    ws.expect("welcome").await;
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.next().await["type"], "pong");
+    // A frame too large for the session closes it with 1009, and the close frame arrives.
+    ws.send_raw(WsMessage::Text("x".repeat(200_000).into()))
+        .await;
+    assert_eq!(ws.close_code(Duration::from_secs(5)).await, Some(1009));
+}
