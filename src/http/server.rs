@@ -29,7 +29,7 @@ use actix_http::body::{BodySize, BoxBody, MessageBody};
 use actix_http::error::PayloadError;
 use actix_http::h1;
 use actix_http::{
-    BoxedPayloadStream, ConnectionType, HttpService, KeepAlive, Payload, Request, Response,
+    BoxedPayloadStream, ConnectionType, HttpService, KeepAlive, Method, Payload, Request, Response,
     StatusCode,
 };
 use actix_server::{Server, ServerBuilder};
@@ -53,6 +53,12 @@ const FINAL_FLUSH: Duration = Duration::from_secs(2);
 const SCRATCH: usize = 16 * 1024;
 /// Iterations of the pump before it yields to other connections on the worker.
 const BUDGET: usize = 32;
+/// How long an upgrade request may take to be answered and its answer written (actix-web's
+/// request timeout is 5 s for the head alone).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest answer other than a 101 that an upgrade request gets (they are JSON errors;
+/// a static file asked for with `Upgrade: websocket` is the largest expected).
+const REFUSAL_LIMIT: usize = 1024 * 1024;
 
 /// How the server is set up; the rest follows actix-web's `HttpServer` defaults.
 pub struct Settings {
@@ -176,10 +182,22 @@ where
         // and whatever it captures or holds across an await stays in it (an async block is
         // as large as its largest await plus its captures).
         let parts = framed.into_parts();
-        // Nothing was written for this request yet; the dispatcher's buffers go with it.
-        let (io, codec, early) = (parts.io, Box::new(parts.codec), parts.read_buf);
-        drop(parts.write_buf);
+        // `written`: a response to a request pipelined in front of this one may still be in
+        // the dispatcher's write buffer (it hands over before flushing); it goes out first.
+        let (io, codec, early, written) = (
+            parts.io,
+            Box::new(parts.codec),
+            parts.read_buf,
+            parts.write_buf,
+        );
         let inbox = Rc::new(RefCell::new(Inbox::default()));
+        // Only a GET can become a WebSocket (the handshake refuses other methods). Any other
+        // request marked `Upgrade: websocket` has no body beyond what came with it: nothing
+        // reads the socket before a 101, and a handler reading the body must not wait forever.
+        let head_only = req.method() == Method::HEAD;
+        if req.method() != Method::GET {
+            inbox.borrow_mut().eof = true;
+        }
         // Frames the client sent right behind its upgrade request. Dropped otherwise: an
         // empty remainder still holds the dispatcher's whole 8 KiB read buffer.
         if early.is_empty() {
@@ -192,8 +210,24 @@ where
         let response = Box::pin(self.app.call(req));
         Box::pin(async move {
             // Boxed: its state is gone before the pump starts.
-            let Some((io, body)) = Box::pin(answer(io, codec, response)).await? else {
-                return Ok(());
+            let answered = tokio::time::timeout(
+                ANSWER_TIMEOUT,
+                Box::pin(answer(io, codec, written, head_only, response)),
+            )
+            .await;
+            let (io, body) = match answered {
+                Ok(Ok(Some(upgraded))) => upgraded,
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(e)) => {
+                    // Errors returned to actix-http are logged as errors; a client that
+                    // left before its answer is none.
+                    tracing::debug!(error = %e, "upgrade request not answered");
+                    return Ok(());
+                }
+                Err(_) => {
+                    tracing::debug!("upgrade request not answered within 10 s; dropped");
+                    return Ok(());
+                }
             };
             if let Err(e) = pump(io, inbox, body).await {
                 // Clients vanish all the time; that is no server error.
@@ -210,6 +244,8 @@ where
 async fn answer<S, B>(
     mut io: TcpStream,
     mut codec: Box<h1::Codec>,
+    mut out: BytesMut,
+    head_only: bool,
     response: Pin<Box<S>>,
 ) -> Result<Option<(TcpStream, BoxBody)>, UpgradeError>
 where
@@ -221,14 +257,20 @@ where
         Err(err) => err.error_response().into(),
     };
     let (mut head, body) = res.into_parts();
-    let mut out = BytesMut::with_capacity(256);
     if head.status() == StatusCode::SWITCHING_PROTOCOLS {
         let size = body.size();
         codec.encode(h1::Message::Item((head, size)), &mut out)?;
         io.write_all(&out).await?;
         return Ok(Some((io, body)));
     }
-    let body = actix_http::body::to_bytes(body).await.map_err(body_error)?;
+    let body = if head_only {
+        Bytes::new()
+    } else {
+        actix_http::body::to_bytes_limited(body, REFUSAL_LIMIT)
+            .await
+            .map_err(|_| UpgradeError::Body("answer larger than 1 MiB".into()))?
+            .map_err(body_error)?
+    };
     head.head_mut().set_connection_type(ConnectionType::Close);
     codec.encode(
         h1::Message::Item((head, BodySize::Sized(body.len() as u64))),

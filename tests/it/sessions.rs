@@ -292,6 +292,50 @@ async fn upgrades_are_checked_and_refusals_answered_over_http(mode: Mode) {
     let (status, _) = refused("/no-such-socket", "http://evil.example").await;
     assert_eq!(status, 404);
 
+    // A request that is no WebSocket handshake but says `Upgrade: websocket` still gets its
+    // answer, even from a handler that reads the body (it once waited for the body forever,
+    // holding the connection).
+    let raw = |request: String| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(gw.addr.as_str())
+            .await
+            .expect("connect");
+        tcp.write_all(request.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&got).contains("101 Switching Protocols") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let host = gw.addr.clone();
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let answer = raw(format!(
+        "POST /api/login HTTP/1.1\r\nHost: {host}\r\n{upgrade}Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    ))
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 4"),
+        "POST with Upgrade: {answer:?}"
+    );
+    // A request pipelined in front of the handshake keeps its answer, in order.
+    let answer = raw(format!(
+        "GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\nGET /ws HTTP/1.1\r\nHost: {host}\r\n{upgrade}\r\n"
+    ))
+    .await;
+    let (first, second) = (
+        answer.find("HTTP/1.1 200").expect("healthz answered"),
+        answer.find("HTTP/1.1 101").expect("then upgraded"),
+    );
+    assert!(first < second, "{answer:?}");
+
     // The gateway's own page may connect, and the session works over the upgraded socket.
     let mut req = format!("ws://{}/ws", gw.addr)
         .into_client_request()
