@@ -62,6 +62,8 @@ struct Conn {
     gw: Arc<Gateway>,
     id: ConnId,
     user: User,
+    /// This connection's presence entry.
+    session_id: String,
     out: mpsc::Sender<Out>,
     handle: ConnHandle,
     rooms: HashSet<RoomId>,
@@ -85,8 +87,12 @@ struct SendPipe {
 /// Sends of one connection waiting for the worker (beyond those in flight).
 const SEND_QUEUE: usize = 64;
 
+/// A connection's session, spawned by the `/ws` handler. It lives as long as the connection,
+/// and a future is as large as its largest await (plus what it holds across it), so each
+/// phase here is its own boxed future: what stays allocated while the connection idles is
+/// the connection's state and the read loop, not the larger hello, open and close phases.
 pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageStream) {
-    let limits = gw.limits.clone();
+    let limits = &gw.limits;
     let mut stream = stream
         .max_frame_size(limits.max_frame_bytes)
         .aggregate_continuations()
@@ -95,106 +101,128 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
     let kick = CancellationToken::new();
     let writer_task = actix_web::rt::spawn(writer(session, out_rx, kick.clone()));
 
-    // hello, within the deadline, before anything else.
-    let user = match tokio::time::timeout(limits.hello_timeout, stream.recv()).await {
+    let Some(user) = Box::pin(hello(&gw, &mut stream)).await else {
+        Box::pin(async move {
+            let _ = out
+                .send(Out::close(close_reason(
+                    CloseCode::Other(close::UNAUTHENTICATED),
+                    "expected hello with a valid token first",
+                )))
+                .await;
+            drop(out);
+            let _ = writer_task.await;
+        })
+        .await;
+        return;
+    };
+    let mut conn = Box::pin(Conn::open(&gw, user, &out, &kick)).await;
+    let span = conn.span.clone();
+    let reason = Box::pin(conn.read_loop(&mut stream, &kick).instrument(span)).await;
+    drop(stream);
+    Box::pin(conn.close(reason, out, writer_task)).await;
+}
+
+/// The first frame must be a `hello` with a valid token, within the deadline.
+async fn hello(gw: &Gateway, stream: &mut actix_ws::AggregatedMessageStream) -> Option<User> {
+    match tokio::time::timeout(gw.limits.hello_timeout, stream.recv()).await {
         Ok(Some(Ok(AggregatedMessage::Text(t)))) => match ClientFrame::parse(&t) {
             Ok(ClientFrame::Hello { token }) => gw.auth.verify(&token).ok(),
             _ => None,
         },
         _ => None,
-    };
-    let Some(user) = user else {
-        let _ = out
-            .send(Out::close(close_reason(
-                CloseCode::Other(close::UNAUTHENTICATED),
-                "expected hello with a valid token first",
-            )))
-            .await;
-        let _ = writer_task.await;
-        return;
-    };
-
-    let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("conn", conn = id, user = %user.name);
-    metrics::gauge!(names::CONNECTIONS).increment(1.0);
-    let session_id = Uuid::new_v4().to_string();
-    // Online before the welcome: a client that asks for the member list next sees itself.
-    // Boxed here and below: this future lives as long as the connection and is as large as
-    // its largest await, so what runs once (or per frame) gets its own short-lived box.
-    Box::pin(
-        gw.presence
-            .opened(gw.bus.as_ref(), gw.store.as_ref(), &user, &session_id)
-            .instrument(span.clone()),
-    )
-    .await;
-    let welcome = ServerFrame::Welcome {
-        user: &user,
-        session: session_id.clone(),
     }
-    .to_text();
-    let _ = out.send(Out::frame(welcome)).await;
-
-    let burst = NonZeroU32::new(limits.send_burst.max(1)).unwrap_or(NonZeroU32::MIN);
-    let rate = NonZeroU32::new(limits.sends_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-    let mut conn = Conn {
-        handle: ConnHandle {
-            tx: out.clone(),
-            kick: kick.clone(),
-        },
-        gw: gw.clone(),
-        id,
-        user,
-        out: out.clone(),
-        rooms: HashSet::new(),
-        member_of: HashMap::new(),
-        typing_at: HashMap::new(),
-        limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
-        sends: None,
-        span: span.clone(),
-    };
-    let reason = conn
-        .read_loop(&mut stream, &kick)
-        .instrument(span.clone())
-        .await;
-
-    // Tear down: leave the hub, finish the queued sends (their acks go out first), then
-    // say why we close.
-    for room in conn.rooms.drain() {
-        gw.hub.unsubscribe(room, id);
-    }
-    // Drop the connection's own clones of the outbox sender now: the writer ends only
-    // when every sender is gone, and `..` would keep them alive until this function
-    // returns, i.e. past `writer_task.await` below: a client that went away first (no
-    // Close to send) left the session, its socket (CLOSE-WAIT) and its fd forever.
-    let Conn {
-        sends,
-        user,
-        out: conn_out,
-        handle,
-        ..
-    } = conn;
-    drop((conn_out, handle));
-    Box::pin(
-        gw.presence
-            .closed(gw.bus.as_ref(), gw.store.as_ref(), &user, &session_id)
-            .instrument(span.clone()),
-    )
-    .await;
-    if let Some(sends) = sends {
-        let SendPipe { jobs, worker } = sends;
-        drop(jobs);
-        let _ = tokio::time::timeout(FLUSH_TIMEOUT, worker).await;
-    }
-    if let Some(reason) = reason {
-        let _ = tokio::time::timeout(Duration::from_secs(2), out.send(Out::close(reason))).await;
-    }
-    drop(out);
-    let _ = writer_task.await;
-    metrics::gauge!(names::CONNECTIONS).decrement(1.0);
-    tracing::debug!(parent: &span, "connection closed");
 }
 
 impl Conn {
+    /// An authenticated connection: online, welcomed, counted.
+    async fn open(
+        gw: &Arc<Gateway>,
+        user: User,
+        out: &mpsc::Sender<Out>,
+        kick: &CancellationToken,
+    ) -> Conn {
+        let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("conn", conn = id, user = %user.name);
+        metrics::gauge!(names::CONNECTIONS).increment(1.0);
+        let session_id = Uuid::new_v4().to_string();
+        // Online before the welcome: a client that asks for the member list next sees itself.
+        gw.presence
+            .opened(gw.bus.as_ref(), gw.store.as_ref(), &user, &session_id)
+            .instrument(span.clone())
+            .await;
+        let welcome = ServerFrame::Welcome {
+            user: &user,
+            session: session_id.clone(),
+        }
+        .to_text();
+        let _ = out.send(Out::frame(welcome)).await;
+
+        let limits = &gw.limits;
+        let burst = NonZeroU32::new(limits.send_burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let rate = NonZeroU32::new(limits.sends_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        Conn {
+            handle: ConnHandle {
+                tx: out.clone(),
+                kick: kick.clone(),
+            },
+            gw: gw.clone(),
+            id,
+            user,
+            session_id,
+            out: out.clone(),
+            rooms: HashSet::new(),
+            member_of: HashMap::new(),
+            typing_at: HashMap::new(),
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            sends: None,
+            span,
+        }
+    }
+
+    /// Tear down: leave the hub, finish the queued sends (their acks go out first), then
+    /// say why we close, and wait for the writer to have written it.
+    async fn close(
+        self,
+        reason: Option<CloseReason>,
+        out: mpsc::Sender<Out>,
+        writer_task: tokio::task::JoinHandle<()>,
+    ) {
+        let gw = self.gw.clone();
+        for room in &self.rooms {
+            gw.hub.unsubscribe(*room, self.id);
+        }
+        // Drop the connection's own clones of the outbox sender now: the writer ends only
+        // when every sender is gone, and `..` would keep them alive until this function
+        // returns, i.e. past `writer_task.await` below: a client that went away first (no
+        // Close to send) left the session, its socket (CLOSE-WAIT) and its fd forever.
+        let Conn {
+            sends,
+            user,
+            session_id,
+            span,
+            out: conn_out,
+            handle,
+            ..
+        } = self;
+        drop((conn_out, handle));
+        gw.presence
+            .closed(gw.bus.as_ref(), gw.store.as_ref(), &user, &session_id)
+            .instrument(span.clone())
+            .await;
+        if let Some(sends) = sends {
+            let SendPipe { jobs, worker } = sends;
+            drop(jobs);
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, worker).await;
+        }
+        if let Some(reason) = reason {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), out.send(Out::close(reason))).await;
+        }
+        drop(out);
+        let _ = writer_task.await;
+        metrics::gauge!(names::CONNECTIONS).decrement(1.0);
+        tracing::debug!(parent: &span, "connection closed");
+    }
     /// Reads frames until the client goes, the connection is kicked or the gateway
     /// drains. Returns how to close (None: the socket is gone already).
     async fn read_loop(
@@ -231,6 +259,8 @@ impl Conn {
                         None => return None,
                         Some(Ok(AggregatedMessage::Text(text))) => {
                             metrics::counter!(names::FRAMES_IN).increment(1);
+                            // Boxed: inline, the largest frame handler would size the read
+                            // loop for the connection's life.
                             Box::pin(self.on_text(&text)).await;
                         }
                         Some(Ok(AggregatedMessage::Binary(_))) => {
