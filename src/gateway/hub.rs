@@ -14,7 +14,7 @@ use bytestring::ByteString;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::outbox::{Live, Out};
+use super::outbox::{Live, Out, OutTx, TrySendError};
 use crate::bus::{Bus, BusEvent};
 use crate::model::{Position, RoomId};
 use crate::protocol::ServerFrame;
@@ -24,7 +24,7 @@ pub type ConnId = u64;
 
 #[derive(Clone)]
 pub struct ConnHandle {
-    pub tx: mpsc::Sender<Out>,
+    pub tx: OutTx,
     pub kick: CancellationToken,
 }
 
@@ -32,12 +32,12 @@ impl ConnHandle {
     fn offer(&self, item: Out) -> bool {
         match self.tx.try_send(item) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(TrySendError::Full) => {
                 metrics::counter!(names::SLOW_CLIENTS).increment(1);
                 self.kick.cancel();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(TrySendError::Closed) => false,
         }
     }
 }
@@ -258,7 +258,7 @@ mod tests {
         }
     }
 
-    fn received(rx: &mut mpsc::Receiver<Out>) -> Vec<String> {
+    fn received(rx: &mut crate::gateway::outbox::OutRx) -> Vec<String> {
         let mut got = Vec::new();
         while let Ok(o) = rx.try_recv() {
             got.push(match o {
@@ -275,7 +275,7 @@ mod tests {
         let (bus, _notices) = LocalBus::new();
         let hub = Hub::new(Arc::new(bus));
         let room = Uuid::now_v7();
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = crate::gateway::outbox::channel(16);
         let handle = ConnHandle {
             tx,
             kick: CancellationToken::new(),

@@ -7,20 +7,19 @@
 //! above the backlog follow; after that a message not above the last delivered position
 //! is dropped (a duplicate from an overlapping relay or the seam).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_ws::{CloseCode, CloseReason, Session};
 use bytestring::ByteString;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{Position, RoomId};
 
-/// One item of a connection's queue. Every connection's queue has a first block of 32
-/// slots from the start, so the item is kept small (24 bytes): what is larger sits behind
-/// a pointer, and what goes to many connections (a message, a typing or presence event) is
+/// One item of a connection's queue, kept small (24 bytes): what is larger sits behind a
+/// pointer, and what goes to many connections (a message, a typing or presence event) is
 /// one allocation shared by all of them.
 #[derive(Debug)]
 pub enum Out {
@@ -49,6 +48,203 @@ impl Out {
 
     pub fn close(reason: CloseReason) -> Out {
         Out::Close(Box::new(reason))
+    }
+}
+
+/// A connection's outbox: a bounded queue from the hub, the session and its send worker to
+/// the writer. `tokio::sync::mpsc` allocates a block of 32 slots and a cache-padded header
+/// per channel up front (1.3 KiB); almost every connection of a chat is idle, so this one
+/// holds nothing while empty: a `VecDeque` that grows with what is queued and gives the
+/// memory back once drained.
+pub fn channel(capacity: usize) -> (OutTx, OutRx) {
+    let shared = Arc::new(Shared {
+        state: std::sync::Mutex::new(State {
+            items: VecDeque::new(),
+            capacity: capacity.max(1),
+            senders: 1,
+            receiver: true,
+            waiting: 0,
+        }),
+        ready: Notify::new(),
+        room: Notify::new(),
+    });
+    (OutTx(shared.clone()), OutRx(shared))
+}
+
+struct Shared {
+    state: std::sync::Mutex<State>,
+    /// The writer waits here for an item (or for the last sender to go).
+    ready: Notify,
+    /// Senders wait here for room (or for the writer to go).
+    room: Notify,
+}
+
+struct State {
+    items: VecDeque<Out>,
+    capacity: usize,
+    senders: usize,
+    receiver: bool,
+    /// Senders waiting for room: each item taken wakes one.
+    waiting: usize,
+}
+
+/// Counts a sender as waiting for room until it stops waiting (done or cancelled).
+struct Waiting<'a>(&'a Shared);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
+}
+
+/// A drained queue keeps at most this many slots.
+const KEEP: usize = 8;
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why `try_send` did not queue (the item is dropped).
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySendError {
+    /// At capacity: the client does not read fast enough.
+    Full,
+    /// The writer is gone.
+    Closed,
+}
+
+pub struct OutTx(Arc<Shared>);
+
+impl OutTx {
+    /// Queues without waiting.
+    pub fn try_send(&self, item: Out) -> Result<(), TrySendError> {
+        let mut st = self.0.lock();
+        if !st.receiver {
+            return Err(TrySendError::Closed);
+        }
+        if st.items.len() >= st.capacity {
+            return Err(TrySendError::Full);
+        }
+        st.items.push_back(item);
+        drop(st);
+        self.0.ready.notify_one();
+        Ok(())
+    }
+
+    /// Queues, waiting for room; gives the item back if the writer is gone.
+    pub async fn send(&self, item: Out) -> Result<(), Out> {
+        {
+            // The busy path touches only the queue's lock.
+            let mut st = self.0.lock();
+            if !st.receiver {
+                return Err(item);
+            }
+            if st.items.len() < st.capacity {
+                st.items.push_back(item);
+                drop(st);
+                self.0.ready.notify_one();
+                return Ok(());
+            }
+        }
+        loop {
+            let room = self.0.room.notified();
+            tokio::pin!(room);
+            // Registered before the check: a `notify_waiters` in between is not missed.
+            room.as_mut().enable();
+            {
+                let mut st = self.0.lock();
+                if !st.receiver {
+                    return Err(item);
+                }
+                if st.items.len() < st.capacity {
+                    st.items.push_back(item);
+                    drop(st);
+                    self.0.ready.notify_one();
+                    return Ok(());
+                }
+                st.waiting += 1;
+            }
+            let _waiting = Waiting(&self.0);
+            room.await;
+        }
+    }
+}
+
+impl Clone for OutTx {
+    fn clone(&self) -> Self {
+        self.0.lock().senders += 1;
+        OutTx(self.0.clone())
+    }
+}
+
+impl Drop for OutTx {
+    fn drop(&mut self) {
+        let last = {
+            let mut st = self.0.lock();
+            st.senders -= 1;
+            st.senders == 0
+        };
+        if last {
+            self.0.ready.notify_one();
+        }
+    }
+}
+
+pub struct OutRx(Arc<Shared>);
+
+impl OutRx {
+    /// The next item; None once every sender is gone and the queue is drained.
+    pub async fn recv(&mut self) -> Option<Out> {
+        loop {
+            // The busy path touches only the queue's lock.
+            match self.try_recv() {
+                Ok(item) => return Some(item),
+                Err(true) => return None,
+                Err(false) => {}
+            }
+            let ready = self.0.ready.notified();
+            tokio::pin!(ready);
+            // Registered before the second look: an item queued in between wakes it.
+            ready.as_mut().enable();
+            match self.try_recv() {
+                Ok(item) => return Some(item),
+                Err(true) => return None,
+                Err(false) => ready.await,
+            }
+        }
+    }
+
+    /// The next item if one is queued; `Err(true)` once every sender is gone.
+    pub fn try_recv(&self) -> Result<Out, bool> {
+        let mut st = self.0.lock();
+        match st.items.pop_front() {
+            Some(item) => {
+                if st.items.is_empty() && st.items.capacity() > KEEP {
+                    st.items.shrink_to(KEEP);
+                }
+                let wake = st.waiting > 0;
+                drop(st);
+                if wake {
+                    self.0.room.notify_one();
+                }
+                Ok(item)
+            }
+            None => Err(st.senders == 0),
+        }
+    }
+}
+
+impl Drop for OutRx {
+    fn drop(&mut self) {
+        let items = {
+            let mut st = self.0.lock();
+            st.receiver = false;
+            std::mem::take(&mut st.items)
+        };
+        drop(items);
+        self.0.room.notify_waiters();
     }
 }
 
@@ -86,7 +282,7 @@ enum RoomState {
 /// That loses nothing: the hub kicks only when the queue is full, so a kicked writer is
 /// never idle in `recv` (it sees the flag after its current item), and the queue's end
 /// (the session closing) wakes it as well.
-pub async fn writer(mut session: Session, mut rx: mpsc::Receiver<Out>, kick: CancellationToken) {
+pub async fn writer(mut session: Session, mut rx: OutRx, kick: CancellationToken) {
     let mut rooms: HashMap<RoomId, RoomState> = HashMap::new();
     while let Some(item) = rx.recv().await {
         if kick.is_cancelled() {
@@ -197,9 +393,80 @@ async fn write(session: &mut Session, text: ByteString) -> bool {
 mod tests {
     use super::*;
 
+    fn frame(i: usize) -> Out {
+        Out::frame(format!("f{i}"))
+    }
+
+    fn text(o: Out) -> String {
+        match o {
+            Out::Frame(f) => f.to_string(),
+            _ => "other".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_keeps_order_bounds_and_ends_with_its_senders() {
+        let (tx, mut rx) = channel(2);
+        tx.try_send(frame(1)).unwrap();
+        tx.send(frame(2)).await.unwrap();
+        assert_eq!(tx.try_send(frame(3)), Err(TrySendError::Full));
+        // A sender waiting for room gets it when the writer takes an item.
+        let waiting = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.send(frame(3)).await.is_ok() })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(text(rx.recv().await.unwrap()), "f1");
+        assert!(waiting.await.unwrap());
+        assert_eq!(text(rx.recv().await.unwrap()), "f2");
+        assert_eq!(text(rx.recv().await.unwrap()), "f3");
+        // Drained: nothing kept beyond a few slots.
+        assert!(rx.0.lock().items.capacity() <= KEEP);
+        drop(tx);
+        assert!(
+            rx.recv().await.is_none(),
+            "ends when the last sender is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn senders_learn_that_the_writer_is_gone() {
+        let (tx, rx) = channel(1);
+        tx.try_send(frame(1)).unwrap();
+        let blocked = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.send(frame(2)).await.is_err() })
+        };
+        tokio::task::yield_now().await;
+        drop(rx);
+        assert!(blocked.await.unwrap(), "a sender waiting for room is told");
+        assert_eq!(tx.try_send(frame(3)), Err(TrySendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn many_waiting_senders_all_get_through() {
+        let (tx, mut rx) = channel(1);
+        tx.try_send(frame(0)).unwrap();
+        let senders: Vec<_> = (1..=5)
+            .map(|i| {
+                let tx = tx.clone();
+                tokio::spawn(async move { tx.send(frame(i)).await.is_ok() })
+            })
+            .collect();
+        drop(tx);
+        let mut got = 0;
+        while rx.recv().await.is_some() {
+            got += 1;
+        }
+        assert_eq!(got, 6);
+        for s in senders {
+            assert!(s.await.unwrap());
+        }
+    }
+
     #[test]
     fn a_queue_slot_stays_small() {
-        // 32 slots of every connection's queue are allocated up front.
+        // A queue holds up to 1,024 of them for a slow client.
         assert!(
             std::mem::size_of::<Out>() <= 24,
             "{}",

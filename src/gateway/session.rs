@@ -17,7 +17,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::hub::{ConnHandle, ConnId};
-use super::outbox::{writer, Backlog, Out};
+use super::outbox::{self, writer, Backlog, Out, OutTx};
 use super::recovery::RecoveryError;
 use super::send::FLUSH_TIMEOUT;
 use super::Gateway;
@@ -64,7 +64,7 @@ struct Conn {
     user: User,
     /// This connection's presence entry.
     session_id: String,
-    out: mpsc::Sender<Out>,
+    out: OutTx,
     handle: ConnHandle,
     rooms: HashSet<RoomId>,
     /// Rooms this user was found to be a member of, and when: trusted for
@@ -97,7 +97,7 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
         .max_frame_size(limits.max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(limits.max_frame_bytes);
-    let (out, out_rx) = mpsc::channel::<Out>(limits.outbox_frames);
+    let (out, out_rx) = outbox::channel(limits.outbox_frames);
     let kick = CancellationToken::new();
     let writer_task = actix_web::rt::spawn(writer(session, out_rx, kick.clone()));
 
@@ -135,12 +135,7 @@ async fn hello(gw: &Gateway, stream: &mut actix_ws::AggregatedMessageStream) -> 
 
 impl Conn {
     /// An authenticated connection: online, welcomed, counted.
-    async fn open(
-        gw: &Arc<Gateway>,
-        user: User,
-        out: &mpsc::Sender<Out>,
-        kick: &CancellationToken,
-    ) -> Conn {
+    async fn open(gw: &Arc<Gateway>, user: User, out: &OutTx, kick: &CancellationToken) -> Conn {
         let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("conn", conn = id, user = %user.name);
         metrics::gauge!(names::CONNECTIONS).increment(1.0);
@@ -184,7 +179,7 @@ impl Conn {
     async fn close(
         self,
         reason: Option<CloseReason>,
-        out: mpsc::Sender<Out>,
+        out: OutTx,
         writer_task: tokio::task::JoinHandle<()>,
     ) {
         let gw = self.gw.clone();
@@ -518,12 +513,7 @@ const SEND_PIPELINE: usize = 32;
 /// queued in the log in turn (so positions follow that order), then up to
 /// [`SEND_PIPELINE`] wait for durability together; acks and errors go out in send order.
 /// One connection is not held to one broker round trip per message.
-async fn send_worker(
-    gw: Arc<Gateway>,
-    user: User,
-    mut rx: mpsc::Receiver<SendJob>,
-    out: mpsc::Sender<Out>,
-) {
+async fn send_worker(gw: Arc<Gateway>, user: User, mut rx: mpsc::Receiver<SendJob>, out: OutTx) {
     type Answer = (
         String,
         Result<crate::model::Message, super::send::SendError>,
