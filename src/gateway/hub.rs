@@ -158,22 +158,25 @@ impl Hub {
             .into(),
         };
         // One allocation shared by every local subscriber.
-        let item: Out = match event {
-            BusEvent::Message { message } => Out::Message(Arc::new(Live {
+        enum Shared {
+            Message(Arc<Live>),
+            Frame(Arc<ByteString>),
+        }
+        let shared = match event {
+            BusEvent::Message { message } => Shared::Message(Arc::new(Live {
                 room,
                 position: message.position,
                 text,
             })),
-            _ => Out::Frame(Arc::new(text)),
+            _ => Shared::Frame(Arc::new(text)),
         };
         let mut delivered = 0u64;
         for h in entry.conns.values() {
-            let copy = match &item {
-                Out::Message(live) => Out::Message(live.clone()),
-                Out::Frame(frame) => Out::Frame(frame.clone()),
-                _ => continue,
+            let item = match &shared {
+                Shared::Message(live) => Out::Message(live.clone()),
+                Shared::Frame(frame) => Out::Frame(frame.clone()),
             };
-            if h.offer(copy) {
+            if h.offer(item) {
                 delivered += 1;
             }
         }

@@ -121,55 +121,49 @@ pub struct OutTx(Arc<Shared>);
 impl OutTx {
     /// Queues without waiting.
     pub fn try_send(&self, item: Out) -> Result<(), TrySendError> {
-        let mut st = self.0.lock();
-        if !st.receiver {
-            return Err(TrySendError::Closed);
-        }
-        if st.items.len() >= st.capacity {
-            return Err(TrySendError::Full);
-        }
-        st.items.push_back(item);
-        drop(st);
-        self.0.ready.notify_one();
-        Ok(())
+        self.push(item, false).map_err(|(e, _)| e)
     }
 
     /// Queues, waiting for room; gives the item back if the writer is gone.
     pub async fn send(&self, item: Out) -> Result<(), Out> {
-        {
-            // The busy path touches only the queue's lock.
-            let mut st = self.0.lock();
-            if !st.receiver {
-                return Err(item);
-            }
-            if st.items.len() < st.capacity {
-                st.items.push_back(item);
-                drop(st);
-                self.0.ready.notify_one();
-                return Ok(());
-            }
-        }
+        // The busy path touches only the queue's lock.
+        let mut item = match self.push(item, false) {
+            Ok(()) => return Ok(()),
+            Err((TrySendError::Closed, item)) => return Err(item),
+            Err((TrySendError::Full, item)) => item,
+        };
         loop {
             let room = self.0.room.notified();
             tokio::pin!(room);
             // Registered before the check: a `notify_waiters` in between is not missed.
             room.as_mut().enable();
-            {
-                let mut st = self.0.lock();
-                if !st.receiver {
-                    return Err(item);
-                }
-                if st.items.len() < st.capacity {
-                    st.items.push_back(item);
-                    drop(st);
-                    self.0.ready.notify_one();
-                    return Ok(());
-                }
-                st.waiting += 1;
-            }
+            item = match self.push(item, true) {
+                Ok(()) => return Ok(()),
+                Err((TrySendError::Closed, item)) => return Err(item),
+                Err((TrySendError::Full, item)) => item,
+            };
             let _waiting = Waiting(&self.0);
             room.await;
         }
+    }
+
+    /// Queues if there is room, or gives the item back with the reason. A sender about to
+    /// wait for room (`waiter`) is counted under the same lock as the check that found none.
+    fn push(&self, item: Out, waiter: bool) -> Result<(), (TrySendError, Out)> {
+        let mut st = self.0.lock();
+        if !st.receiver {
+            return Err((TrySendError::Closed, item));
+        }
+        if st.items.len() >= st.capacity {
+            if waiter {
+                st.waiting += 1;
+            }
+            return Err((TrySendError::Full, item));
+        }
+        st.items.push_back(item);
+        drop(st);
+        self.0.ready.notify_one();
+        Ok(())
     }
 }
 
