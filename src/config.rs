@@ -74,6 +74,9 @@ pub struct Limits {
     pub send_burst: u32,
     /// Frames queued for one connection before it is cut off as too slow (close 1008).
     pub outbox_frames: usize,
+    /// Bytes of text queued for one connection before it is cut off as too slow; a
+    /// backlog is queued only while less than half of this is.
+    pub outbox_bytes: usize,
     pub max_subscriptions: usize,
     pub hello_timeout: Duration,
     /// A connection with no frame from the client for this long is closed.
@@ -90,6 +93,7 @@ impl Default for Limits {
             sends_per_second: 20,
             send_burst: 40,
             outbox_frames: 1024,
+            outbox_bytes: 1 << 20,
             max_subscriptions: 500,
             hello_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),

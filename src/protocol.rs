@@ -123,8 +123,11 @@ pub enum ServerFrame<'a> {
         room: RoomId,
         position: Option<Position>,
     },
+    /// The server ended a subscription: `reason` says why (`left`: the user's membership
+    /// ended, from this or another device).
     Unsubscribed {
         room: RoomId,
+        reason: &'a str,
     },
     Ack {
         client_msg_id: &'a str,

@@ -8,11 +8,11 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{Bus, BusError, BusEvent, BusNotice};
-use crate::model::{RoomId, UserId};
+use super::{Bus, BusError, BusEvent, BusNotice, Channel};
+use crate::model::UserId;
 
 pub struct LocalBus {
-    rooms: Mutex<HashSet<RoomId>>,
+    channels: Mutex<HashSet<Channel>>,
     tx: mpsc::UnboundedSender<BusNotice>,
     /// Each online user's open connections (one process: nothing can go stale).
     presence: Mutex<HashMap<UserId, HashSet<String>>>,
@@ -24,7 +24,7 @@ impl LocalBus {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             LocalBus {
-                rooms: Mutex::new(HashSet::new()),
+                channels: Mutex::new(HashSet::new()),
                 tx,
                 presence: Mutex::new(HashMap::new()),
             },
@@ -32,8 +32,8 @@ impl LocalBus {
         )
     }
 
-    fn rooms(&self) -> std::sync::MutexGuard<'_, HashSet<RoomId>> {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    fn channels(&self) -> std::sync::MutexGuard<'_, HashSet<Channel>> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn presence(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, HashSet<String>>> {
@@ -44,8 +44,8 @@ impl LocalBus {
 #[async_trait]
 impl Bus for LocalBus {
     async fn publish(&self, events: &[BusEvent]) -> Result<(), BusError> {
-        let rooms = self.rooms();
-        for e in events.iter().filter(|e| rooms.contains(&e.room())) {
+        let channels = self.channels();
+        for e in events.iter().filter(|e| channels.contains(&e.channel())) {
             self.tx
                 .send(BusNotice::Event(e.clone()))
                 .map_err(|_| BusError::Unavailable("the gateway has stopped".into()))?;
@@ -53,13 +53,13 @@ impl Bus for LocalBus {
         Ok(())
     }
 
-    async fn subscribe(&self, room: RoomId) -> Result<(), BusError> {
-        self.rooms().insert(room);
+    async fn subscribe(&self, channel: Channel) -> Result<(), BusError> {
+        self.channels().insert(channel);
         Ok(())
     }
 
-    async fn unsubscribe(&self, room: RoomId) -> Result<(), BusError> {
-        self.rooms().remove(&room);
+    async fn unsubscribe(&self, channel: Channel) -> Result<(), BusError> {
+        self.channels().remove(&channel);
         Ok(())
     }
 
@@ -103,7 +103,7 @@ impl Bus for LocalBus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::User;
+    use crate::model::{RoomId, User};
     use uuid::Uuid;
 
     fn typing(room: RoomId) -> BusEvent {
@@ -120,12 +120,12 @@ mod tests {
     async fn delivers_subscribed_rooms_in_order() {
         let (bus, mut rx) = LocalBus::new();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        bus.subscribe(a).await.unwrap();
+        bus.subscribe(Channel::Room(a)).await.unwrap();
         let events = [typing(a), typing(b), typing(a)];
         bus.publish(&events).await.unwrap();
         assert_eq!(rx.recv().await, Some(BusNotice::Event(events[0].clone())));
         assert_eq!(rx.recv().await, Some(BusNotice::Event(events[2].clone())));
-        bus.unsubscribe(a).await.unwrap();
+        bus.unsubscribe(Channel::Room(a)).await.unwrap();
         bus.publish(&[typing(a)]).await.unwrap();
         assert!(rx.try_recv().is_err());
     }

@@ -1,4 +1,5 @@
-//! The `Bus` seam: live fan-out between processes, one channel per room. Redis pub/sub
+//! The `Bus` seam: live fan-out between processes, one channel per room and one per user
+//! (notices about that user's access, for the gateways holding their sockets). Redis pub/sub
 //! (`redis.rs`) in distributed mode, an in-process channel (`local.rs`) in the embedded one.
 //!
 //! The bus is at-most-once: a subscriber that was disconnected may have missed events.
@@ -19,6 +20,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::model::{Message, RoomId, User, UserId};
+
 use crate::protocol::MemberEvent;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,15 +51,51 @@ pub enum BusEvent {
         user: User,
         online: bool,
     },
+    /// On the user's channel: the user lost access (to one room, or every session).
+    /// Every gateway holding a socket of theirs applies it at once.
+    Revoked { user: UserId, what: Revocation },
+}
+
+/// What a [`BusEvent::Revoked`] takes away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum Revocation {
+    /// Membership of a room ended (left; kick and ban will come this way too): live
+    /// delivery of the room stops, sends, subscribe, recovery and history are refused.
+    Room { room: RoomId, reason: RevokeReason },
+    /// Every token issued so far is void: the user's sockets close with 4401.
+    Sessions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    Left,
+}
+
+impl RevokeReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevokeReason::Left => "left",
+        }
+    }
+}
+
+/// A channel of the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Room(RoomId),
+    User(UserId),
 }
 
 impl BusEvent {
-    pub fn room(&self) -> RoomId {
+    pub fn channel(&self) -> Channel {
         match self {
-            BusEvent::Message { message } => message.room,
+            BusEvent::Message { message } => Channel::Room(message.room),
             BusEvent::Typing { room, .. }
             | BusEvent::Member { room, .. }
-            | BusEvent::Presence { room, .. } => *room,
+            | BusEvent::Presence { room, .. } => Channel::Room(*room),
+            BusEvent::Revoked { user, .. } => Channel::User(*user),
         }
     }
 }
@@ -82,8 +120,8 @@ pub const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
 pub trait Bus: Send + Sync + 'static {
     /// Publishes the events in order (one round trip for the batch).
     async fn publish(&self, events: &[BusEvent]) -> Result<(), BusError>;
-    async fn subscribe(&self, room: RoomId) -> Result<(), BusError>;
-    async fn unsubscribe(&self, room: RoomId) -> Result<(), BusError>;
+    async fn subscribe(&self, channel: Channel) -> Result<(), BusError>;
+    async fn unsubscribe(&self, channel: Channel) -> Result<(), BusError>;
     async fn ping(&self) -> Result<(), BusError>;
 
     /// Presence: a user is online while any of their connections, on any process, is.

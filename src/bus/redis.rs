@@ -11,8 +11,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::{Bus, BusError, BusEvent, BusNotice, PRESENCE_TTL};
-use crate::model::{RoomId, UserId};
+use super::{Bus, BusError, BusEvent, BusNotice, Channel, PRESENCE_TTL};
+use crate::model::UserId;
 
 /// Presence lives in one sorted set per user: member = connection id, score = the time
 /// (ms) it expires unless refreshed. Expired entries (a crashed gateway's) are ignored
@@ -87,7 +87,7 @@ impl RedisBus {
         )
         .map_err(unavailable)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let channel_prefix = format!("{prefix}:room:");
+        let channel_prefix = format!("{prefix}:");
         let probe_conn = subscriber.clone();
         // Drains the (unbounded) push channel promptly into typed notices.
         tokio::spawn(async move {
@@ -132,8 +132,11 @@ impl RedisBus {
         ))
     }
 
-    fn channel(&self, room: RoomId) -> String {
-        format!("{}:room:{room}", self.prefix)
+    fn channel(&self, channel: Channel) -> String {
+        match channel {
+            Channel::Room(room) => format!("{}:room:{room}", self.prefix),
+            Channel::User(user) => format!("{}:user:{user}", self.prefix),
+        }
     }
 
     fn presence_key(&self, user: UserId) -> String {
@@ -202,20 +205,20 @@ impl Bus for RedisBus {
         for e in events {
             let payload =
                 serde_json::to_vec(e).map_err(|e| BusError::Unavailable(e.to_string()))?;
-            pipe.publish(self.channel(e.room()), payload).ignore();
+            pipe.publish(self.channel(e.channel()), payload).ignore();
         }
         let mut c = self.commands.clone();
         pipe.query_async::<()>(&mut c).await.map_err(unavailable)
     }
 
-    async fn subscribe(&self, room: RoomId) -> Result<(), BusError> {
+    async fn subscribe(&self, channel: Channel) -> Result<(), BusError> {
         let mut c = self.subscriber.clone();
-        c.subscribe(self.channel(room)).await.map_err(unavailable)
+        c.subscribe(self.channel(channel)).await.map_err(unavailable)
     }
 
-    async fn unsubscribe(&self, room: RoomId) -> Result<(), BusError> {
+    async fn unsubscribe(&self, channel: Channel) -> Result<(), BusError> {
         let mut c = self.subscriber.clone();
-        c.unsubscribe(self.channel(room)).await.map_err(unavailable)
+        c.unsubscribe(self.channel(channel)).await.map_err(unavailable)
     }
 
     async fn presence_join(&self, user: UserId, conn: &str) -> Result<bool, BusError> {

@@ -1,4 +1,17 @@
-//! Room → local connections, and the bus subscription of each room that has any.
+//! Room → local connections, and the bus subscription of each room that has any; user →
+//! local connections, with the rooms the user was found to be a member of, and the bus
+//! subscription of each user that has any (the revocation path).
+//!
+//! **Revocation.** A membership looked up in the store is cached here, per user, while the
+//! user has a socket on this gateway. Whoever ends it (`leave` now; kick and ban later)
+//! publishes [`BusEvent::Revoked`] on the user's channel after the store changed, and
+//! applies it locally first; every gateway holding a socket of the user is subscribed to
+//! that channel and, on the notice, forgets the membership and removes the user's
+//! connections from the room (they get `unsubscribed`), so live delivery stops and the
+//! next send, subscribe or read goes to the store and is refused. Bound: the bus's delivery
+//! time. While the bus link is down, no cached membership is trusted (every check asks the
+//! store) and clients are sent to reconnect once it is back; a membership is re-checked
+//! after [`MEMBERSHIP_RECHECK`] in any case, in case a notice was never published.
 //!
 //! The hub never awaits a socket or a queue: delivery is `try_send` into each
 //! connection's bounded outbox, and a full outbox kicks the connection (close 1008).
@@ -6,18 +19,20 @@
 //! so "first in, last out" cannot race into a wrong subscription state.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use actix_ws::{CloseCode, CloseReason};
 
 use bytestring::ByteString;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::{Live, Out, OutTx, TrySendError};
-use crate::bus::{Bus, BusEvent};
-use crate::model::{Position, RoomId};
-use crate::protocol::ServerFrame;
+use crate::bus::{Bus, BusEvent, Channel, Revocation};
+use crate::model::{Position, RoomId, UserId};
+use crate::protocol::{close, ServerFrame};
 use crate::telemetry::names;
 
 pub type ConnId = u64;
@@ -26,7 +41,14 @@ pub type ConnId = u64;
 pub struct ConnHandle {
     pub tx: OutTx,
     pub kick: CancellationToken,
+    pub user: UserId,
 }
+
+/// A cached membership is checked against the store again after this long, whatever the
+/// bus said (a backstop: revocations arrive as bus notices in milliseconds).
+pub const MEMBERSHIP_RECHECK: Duration = Duration::from_secs(60);
+/// Memberships cached per user at most (beyond, each check asks the store).
+const MAX_CACHED_ROOMS: usize = 1_024;
 
 impl ConnHandle {
     fn offer(&self, item: Out) -> bool {
@@ -50,13 +72,25 @@ struct RoomEntry {
     ready: watch::Receiver<bool>,
 }
 
+struct UserEntry {
+    conns: HashMap<ConnId, ConnHandle>,
+    /// Rooms the store said the user is a member of, and when.
+    member_of: HashMap<RoomId, Instant>,
+    /// True once the user's bus channel is subscribed.
+    ready: watch::Receiver<bool>,
+}
+
 enum Ctl {
-    Subscribe(RoomId, watch::Sender<bool>),
-    Unsubscribe(RoomId),
+    Subscribe(Channel, watch::Sender<bool>),
+    Unsubscribe(Channel),
 }
 
 pub struct Hub {
     rooms: Mutex<HashMap<RoomId, RoomEntry>>,
+    users: Mutex<HashMap<UserId, UserEntry>>,
+    /// Moves on every revocation and bus loss: a membership read from the store before a
+    /// move is not cached (it may predate the revocation).
+    revision: AtomicU64,
     ctl: mpsc::UnboundedSender<Ctl>,
     /// Set while the bus subscription is broken (from the loss until every client has
     /// been told to resync): live messages are held off then, so no client sees one that
@@ -70,6 +104,8 @@ impl Hub {
         tokio::spawn(control(bus, rx));
         Arc::new(Hub {
             rooms: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
+            revision: AtomicU64::new(0),
             ctl,
             suspended: AtomicBool::new(false),
         })
@@ -79,13 +115,140 @@ impl Hub {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, UserEntry>> {
+        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a connection of its user; the receiver turns true once the user's bus
+    /// channel (revocations) is subscribed. Wait for it before trusting any cached
+    /// membership of the user.
+    pub fn open_user(&self, conn: ConnId, h: ConnHandle) -> watch::Receiver<bool> {
+        let mut users = self.users();
+        let user = h.user;
+        let entry = users.entry(user).or_insert_with(|| {
+            let (tx, rx) = watch::channel(false);
+            let _ = self.ctl.send(Ctl::Subscribe(Channel::User(user), tx));
+            UserEntry {
+                conns: HashMap::new(),
+                member_of: HashMap::new(),
+                ready: rx,
+            }
+        });
+        if !*entry.ready.borrow() && entry.ready.has_changed().is_err() {
+            let (tx, rx) = watch::channel(false);
+            let _ = self.ctl.send(Ctl::Subscribe(Channel::User(user), tx));
+            entry.ready = rx;
+        }
+        entry.conns.insert(conn, h);
+        entry.ready.clone()
+    }
+
+    pub fn close_user(&self, user: UserId, conn: ConnId) {
+        let mut users = self.users();
+        if let Some(entry) = users.get_mut(&user) {
+            entry.conns.remove(&conn);
+            if entry.conns.is_empty() {
+                users.remove(&user);
+                let _ = self.ctl.send(Ctl::Unsubscribe(Channel::User(user)));
+            }
+        }
+    }
+
+    /// The current revision: read it before asking the store, hand it to
+    /// [`Hub::remember_member`].
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// When the store last confirmed the user's membership of the room, if it is cached
+    /// and the bus link is intact (None: ask the store).
+    pub fn member_since(&self, user: UserId, room: RoomId) -> Option<Instant> {
+        if self.suspended.load(Ordering::Acquire) {
+            return None;
+        }
+        let users = self.users();
+        users.get(&user)?.member_of.get(&room).copied()
+    }
+
+    /// Caches a membership the store confirmed, unless a revocation (or bus loss) came in
+    /// since `revision` was read.
+    pub fn remember_member(&self, user: UserId, room: RoomId, revision: u64) {
+        let mut users = self.users();
+        if self.revision() != revision || self.suspended.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(e) = users.get_mut(&user) {
+            if e.member_of.len() < MAX_CACHED_ROOMS || e.member_of.contains_key(&room) {
+                e.member_of.insert(room, Instant::now());
+            }
+        }
+    }
+
+    /// Forgets a membership (the store said no).
+    pub fn forget_member(&self, user: UserId, room: RoomId) {
+        if let Some(e) = self.users().get_mut(&user) {
+            e.member_of.remove(&room);
+        }
+    }
+
+    /// Applies a revocation to this gateway's connections of the user: see the module
+    /// documentation. Idempotent.
+    pub fn revoke(&self, user: UserId, what: &Revocation) {
+        self.revision.fetch_add(1, Ordering::AcqRel);
+        let conns: Vec<(ConnId, ConnHandle)> = {
+            let mut users = self.users();
+            let Some(entry) = users.get_mut(&user) else {
+                return;
+            };
+            if let Revocation::Room { room, .. } = what {
+                entry.member_of.remove(room);
+            }
+            entry.conns.iter().map(|(id, h)| (*id, h.clone())).collect()
+        };
+        match what {
+            Revocation::Room { room, reason } => {
+                let mut rooms = self.lock();
+                let Some(entry) = rooms.get_mut(room) else {
+                    return;
+                };
+                let frame = Arc::new(ByteString::from(
+                    ServerFrame::Unsubscribed {
+                        room: *room,
+                        reason: reason.as_str(),
+                    }
+                    .to_text(),
+                ));
+                for (id, h) in &conns {
+                    if entry.conns.remove(id).is_some() {
+                        // The writer drops whatever of the room is still queued behind it.
+                        h.offer(Out::EndRoom { room: *room });
+                        h.offer(Out::Frame(frame.clone()));
+                    }
+                }
+                if entry.conns.is_empty() {
+                    rooms.remove(room);
+                    let _ = self.ctl.send(Ctl::Unsubscribe(Channel::Room(*room)));
+                }
+            }
+            Revocation::Sessions => {
+                for (_, h) in &conns {
+                    let reason = CloseReason {
+                        code: CloseCode::Other(close::UNAUTHENTICATED),
+                        description: Some("token revoked; log in again".into()),
+                    };
+                    h.offer(Out::close(reason));
+                }
+            }
+        }
+    }
+
     /// Adds a connection to a room; the receiver turns true once the room's bus
     /// subscription is active (at once if it already was).
     pub fn subscribe(&self, room: RoomId, conn: ConnId, h: ConnHandle) -> watch::Receiver<bool> {
         let mut rooms = self.lock();
         let entry = rooms.entry(room).or_insert_with(|| {
             let (tx, rx) = watch::channel(false);
-            let _ = self.ctl.send(Ctl::Subscribe(room, tx));
+            let _ = self.ctl.send(Ctl::Subscribe(Channel::Room(room), tx));
             RoomEntry {
                 conns: HashMap::new(),
                 last_position: None,
@@ -95,7 +258,7 @@ impl Hub {
         // A subscription attempt that gave up: try again.
         if !*entry.ready.borrow() && entry.ready.has_changed().is_err() {
             let (tx, rx) = watch::channel(false);
-            let _ = self.ctl.send(Ctl::Subscribe(room, tx));
+            let _ = self.ctl.send(Ctl::Subscribe(Channel::Room(room), tx));
             entry.ready = rx;
         }
         entry.conns.insert(conn, h);
@@ -108,7 +271,7 @@ impl Hub {
             entry.conns.remove(&conn);
             if entry.conns.is_empty() {
                 rooms.remove(&room);
-                let _ = self.ctl.send(Ctl::Unsubscribe(room));
+                let _ = self.ctl.send(Ctl::Unsubscribe(Channel::Room(room)));
             }
         }
     }
@@ -119,7 +282,15 @@ impl Hub {
 
     /// Delivers one bus event to the room's local connections.
     pub fn dispatch(&self, event: &BusEvent) {
-        let room = event.room();
+        let room = match event.channel() {
+            Channel::Room(room) => room,
+            Channel::User(_) => {
+                if let BusEvent::Revoked { user, what } = event {
+                    self.revoke(*user, what);
+                }
+                return;
+            }
+        };
         if matches!(event, BusEvent::Message { .. }) && self.suspended.load(Ordering::Acquire) {
             // After a gap: the client recovers it (and this message) from the log.
             return;
@@ -156,6 +327,7 @@ impl Hub {
             }
             .to_text()
             .into(),
+            BusEvent::Revoked { .. } => return,
         };
         // One allocation shared by every local subscriber.
         enum Shared {
@@ -189,6 +361,11 @@ impl Hub {
     /// held off until [`Hub::resync_all`].
     pub fn suspend(&self) {
         self.suspended.store(true, Ordering::Release);
+        // Revocations may be lost with the link: no membership cached so far is trusted.
+        self.revision.fetch_add(1, Ordering::AcqRel);
+        for e in self.users().values_mut() {
+            e.member_of.clear();
+        }
     }
 
     /// The bus is subscribed again after losing events: every client is told to reconnect
@@ -212,25 +389,25 @@ impl Hub {
 async fn control(bus: Arc<dyn Bus>, mut rx: mpsc::UnboundedReceiver<Ctl>) {
     while let Some(c) = rx.recv().await {
         match c {
-            Ctl::Subscribe(room, ready) => {
+            Ctl::Subscribe(channel, ready) => {
                 let mut delay = Duration::from_millis(50);
                 for attempt in 1..=5 {
-                    match bus.subscribe(room).await {
+                    match bus.subscribe(channel).await {
                         Ok(()) => {
                             let _ = ready.send(true);
                             break;
                         }
                         Err(e) => {
-                            tracing::warn!(%room, attempt, error = %e, "bus subscribe failed");
+                            tracing::warn!(?channel, attempt, error = %e, "bus subscribe failed");
                             tokio::time::sleep(delay).await;
                             delay = (delay * 2).min(Duration::from_secs(1));
                         }
                     }
                 }
             }
-            Ctl::Unsubscribe(room) => {
-                if let Err(e) = bus.unsubscribe(room).await {
-                    tracing::warn!(%room, error = %e, "bus unsubscribe failed");
+            Ctl::Unsubscribe(channel) => {
+                if let Err(e) = bus.unsubscribe(channel).await {
+                    tracing::warn!(?channel, error = %e, "bus unsubscribe failed");
                 }
             }
         }
@@ -278,10 +455,11 @@ mod tests {
         let (bus, _notices) = LocalBus::new();
         let hub = Hub::new(Arc::new(bus));
         let room = Uuid::now_v7();
-        let (tx, mut rx) = crate::gateway::outbox::channel(16);
+        let (tx, mut rx) = crate::gateway::outbox::channel(16, 1 << 20);
         let handle = ConnHandle {
             tx,
             kick: CancellationToken::new(),
+            user: Uuid::new_v4(),
         };
         let mut ready = hub.subscribe(room, 1, handle);
         ready.wait_for(|r| *r).await.unwrap();

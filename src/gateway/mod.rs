@@ -20,10 +20,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
-use crate::bus::{Bus, BusNotice};
+use crate::bus::{Bus, BusError, BusEvent, BusNotice, Revocation};
 use crate::config::Limits;
 use crate::http::error::ApiError;
 use crate::log::Log;
+use crate::model::UserId;
 use crate::protocol::ServerFrame;
 use crate::store::Store;
 pub use hub::Hub;
@@ -88,6 +89,17 @@ impl Gateway {
         });
         tokio::spawn(pump(hub, notices));
         gw
+    }
+
+    /// Ends the user's access (call it after the store changed): on this gateway before
+    /// it returns, on every other one when the bus delivers the notice (hub.rs). An
+    /// error means the other gateways may not have heard: the caller must not report
+    /// success (a retry publishes again; revoking twice is harmless).
+    pub async fn revoke(&self, user: UserId, what: Revocation) -> Result<(), BusError> {
+        self.hub.revoke(user, &what);
+        self.bus
+            .publish(&[BusEvent::Revoked { user, what }])
+            .await
     }
 
     /// Cross-site WebSocket hijacking guard: a browser's Origin must be the gateway's own

@@ -6,6 +6,11 @@
 //! its live messages are held back; then the backlog, `subscribed`, and the held messages
 //! above the backlog follow; after that a message not above the last delivered position
 //! is dropped (a duplicate from an overlapping relay or the seam).
+//!
+//! The queue is bounded in items and in bytes (the text it holds): a client that does not
+//! read is cut off once either bound is reached, and a backlog is queued a page at a time,
+//! each only while the queue holds less than half its bytes, so recovery can neither
+//! grow a connection's memory nor crowd out its live messages.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -27,11 +32,12 @@ pub enum Out {
     Frame(Arc<ByteString>),
     /// A live message of a room.
     Message(Arc<Live>),
-    /// Hold back the room's live messages until its `Backlog` arrives.
+    /// Hold back the room's live messages until the last page of its backlog.
     BeginRecovery {
         room: RoomId,
     },
-    /// The messages missed (ascending, all above `after`), then `subscribed`.
+    /// One page of the messages missed (ascending, above every earlier page); the last
+    /// page carries `subscribed`, after which the room is live.
     Backlog(Box<Backlog>),
     /// The room was unsubscribed: drop what still arrives for it.
     EndRoom {
@@ -49,6 +55,19 @@ impl Out {
     pub fn close(reason: CloseReason) -> Out {
         Out::Close(Box::new(reason))
     }
+
+    /// The bytes this item holds (text to be written), for the queue's byte bound.
+    fn cost(&self) -> usize {
+        match self {
+            Out::Frame(t) => t.len(),
+            Out::Message(live) => live.text.len(),
+            Out::Backlog(b) => {
+                b.messages.iter().map(|(_, t)| t.len()).sum::<usize>()
+                    + b.subscribed.as_ref().map_or(0, |t| t.len())
+            }
+            Out::BeginRecovery { .. } | Out::EndRoom { .. } | Out::Ping | Out::Close(_) => 0,
+        }
+    }
 }
 
 /// A connection's outbox: a bounded queue from the hub, the session and its send worker to
@@ -57,10 +76,12 @@ impl Out {
 /// is a `VecDeque` that allocates with its first item, grows with what is queued, and is
 /// cut back to 8 slots (192 bytes) once drained. A slot freed while senders wait goes to
 /// whoever queues first (tokio hands it to the oldest waiter); each freed slot wakes one.
-pub fn channel(capacity: usize) -> (OutTx, OutRx) {
+pub fn channel(capacity: usize, byte_capacity: usize) -> (OutTx, OutRx) {
     let shared = Arc::new(Shared {
         state: std::sync::Mutex::new(State {
             items: VecDeque::new(),
+            bytes: 0,
+            byte_capacity: byte_capacity.max(1),
             capacity: capacity.max(1),
             senders: 1,
             receiver: true,
@@ -82,6 +103,9 @@ struct Shared {
 
 struct State {
     items: VecDeque<Out>,
+    /// The text queued, in bytes (`Out::cost`).
+    bytes: usize,
+    byte_capacity: usize,
     capacity: usize,
     senders: usize,
     receiver: bool,
@@ -110,7 +134,7 @@ impl Shared {
 /// Why `try_send` did not queue (the item is dropped).
 #[derive(Debug, PartialEq, Eq)]
 pub enum TrySendError {
-    /// At capacity: the client does not read fast enough.
+    /// At capacity (items or bytes): the client does not read fast enough.
     Full,
     /// The writer is gone.
     Closed,
@@ -121,13 +145,29 @@ pub struct OutTx(Arc<Shared>);
 impl OutTx {
     /// Queues without waiting.
     pub fn try_send(&self, item: Out) -> Result<(), TrySendError> {
-        self.push(item, false).map_err(|(e, _)| e)
+        self.push(item, false, usize::MAX).map_err(|(e, _)| e)
     }
 
     /// Queues, waiting for room; gives the item back if the writer is gone.
     pub async fn send(&self, item: Out) -> Result<(), Out> {
+        self.send_within(item, usize::MAX).await
+    }
+
+    /// Queues once the queue holds at most half its bytes (waiting for the writer to
+    /// drain it): for a backlog page, which must leave room for live messages.
+    pub async fn send_bulk(&self, item: Out) -> Result<(), Out> {
+        let half = self.0.lock().byte_capacity / 2;
+        self.send_within(item, half).await
+    }
+
+    /// The byte capacity of the queue.
+    pub fn byte_capacity(&self) -> usize {
+        self.0.lock().byte_capacity
+    }
+
+    async fn send_within(&self, item: Out, max_bytes: usize) -> Result<(), Out> {
         // The busy path touches only the queue's lock.
-        let mut item = match self.push(item, false) {
+        let mut item = match self.push(item, false, max_bytes) {
             Ok(()) => return Ok(()),
             Err((TrySendError::Closed, item)) => return Err(item),
             Err((TrySendError::Full, item)) => item,
@@ -137,7 +177,7 @@ impl OutTx {
             tokio::pin!(room);
             // Registered before the check: a `notify_waiters` in between is not missed.
             room.as_mut().enable();
-            item = match self.push(item, true) {
+            item = match self.push(item, true, max_bytes) {
                 Ok(()) => return Ok(()),
                 Err((TrySendError::Closed, item)) => return Err(item),
                 Err((TrySendError::Full, item)) => item,
@@ -149,17 +189,24 @@ impl OutTx {
 
     /// Queues if there is room, or gives the item back with the reason. A sender about to
     /// wait for room (`waiter`) is counted under the same lock as the check that found none.
-    fn push(&self, item: Out, waiter: bool) -> Result<(), (TrySendError, Out)> {
+    /// Room means: fewer items than the capacity, and the bytes queued with this item
+    /// within the byte capacity and `max_bytes` (an item larger than that alone still
+    /// goes into an empty queue).
+    fn push(&self, item: Out, waiter: bool, max_bytes: usize) -> Result<(), (TrySendError, Out)> {
         let mut st = self.0.lock();
         if !st.receiver {
             return Err((TrySendError::Closed, item));
         }
-        if st.items.len() >= st.capacity {
+        let cost = item.cost();
+        let limit = st.byte_capacity.min(max_bytes);
+        let over = !st.items.is_empty() && st.bytes + cost > limit;
+        if st.items.len() >= st.capacity || over {
             if waiter {
                 st.waiting += 1;
             }
             return Err((TrySendError::Full, item));
         }
+        st.bytes += cost;
         st.items.push_back(item);
         drop(st);
         self.0.ready.notify_one();
@@ -216,6 +263,7 @@ impl OutRx {
         let mut st = self.0.lock();
         match st.items.pop_front() {
             Some(item) => {
+                st.bytes = st.bytes.saturating_sub(item.cost());
                 if st.items.is_empty() && st.items.capacity() > KEEP {
                     st.items.shrink_to(KEEP);
                 }
@@ -236,6 +284,7 @@ impl Drop for OutRx {
         let items = {
             let mut st = self.0.lock();
             st.receiver = false;
+            st.bytes = 0;
             std::mem::take(&mut st.items)
         };
         drop(items);
@@ -256,13 +305,19 @@ pub struct Live {
 #[derive(Debug)]
 pub struct Backlog {
     pub room: RoomId,
-    pub after: Option<Position>,
     pub messages: Vec<(Position, ByteString)>,
-    pub subscribed: ByteString,
+    /// On the last page: the `subscribed` frame, after which the room is live.
+    pub subscribed: Option<ByteString>,
 }
 
 enum RoomState {
-    Recovering(Vec<(Position, ByteString)>),
+    Recovering {
+        /// The newest position written from the backlog.
+        last: Option<Position>,
+        /// Live messages held back meanwhile, and their bytes.
+        held: Vec<(Position, ByteString)>,
+        held_bytes: usize,
+    },
     Live(Option<Position>),
 }
 
@@ -279,6 +334,9 @@ enum RoomState {
 /// (the session closing) wakes it as well.
 pub async fn writer(mut session: Session, mut rx: OutRx, kick: CancellationToken) {
     let mut rooms: HashMap<RoomId, RoomState> = HashMap::new();
+    // Live messages held back while rooms recover count against the same bound as the
+    // queue: they were in it a moment ago.
+    let max_held = rx.0.lock().byte_capacity;
     // `cooperative`: tokio's own channel spends the task's budget per item and so yields
     // now and then; ours does not, and items that are not written (held or dropped while a
     // room recovers) would otherwise never give the worker thread back.
@@ -293,7 +351,17 @@ pub async fn writer(mut session: Session, mut rx: OutRx, kick: CancellationToken
                 }
             }
             Out::Message(live) => match rooms.get_mut(&live.room) {
-                Some(RoomState::Recovering(held)) => held.push((live.position, live.text.clone())),
+                Some(RoomState::Recovering {
+                    held, held_bytes, ..
+                }) => {
+                    *held_bytes += live.text.len();
+                    if *held_bytes > max_held {
+                        metrics::counter!(crate::telemetry::names::SLOW_CLIENTS).increment(1);
+                        return Box::pin(close(session, policy("too slow: recovery overrun")))
+                            .await;
+                    }
+                    held.push((live.position, live.text.clone()))
+                }
                 Some(RoomState::Live(last)) if last.is_none_or(|l| live.position > l) => {
                     *last = Some(live.position);
                     if !write(&mut session, live.text.clone()).await {
@@ -303,34 +371,49 @@ pub async fn writer(mut session: Session, mut rx: OutRx, kick: CancellationToken
                 _ => {}
             },
             Out::BeginRecovery { room } => {
-                rooms.insert(room, RoomState::Recovering(Vec::new()));
+                // A second `subscribe` of a room replaces the first: recovery starts over.
+                rooms.insert(
+                    room,
+                    RoomState::Recovering {
+                        last: None,
+                        held: Vec::new(),
+                        held_bytes: 0,
+                    },
+                );
             }
             Out::Backlog(backlog) => {
                 let Backlog {
                     room,
-                    after,
                     messages,
                     subscribed,
                 } = *backlog;
+                // A page of a room no longer recovering (unsubscribed, access revoked) is
+                // dropped.
+                let Some(RoomState::Recovering { last, .. }) = rooms.get_mut(&room) else {
+                    continue;
+                };
                 let mut texts = Vec::with_capacity(messages.len() + 1);
-                let mut last = after;
                 for (p, t) in messages {
                     if last.is_none_or(|l| p > l) {
-                        last = Some(p);
+                        *last = Some(p);
                         texts.push(t);
                     }
                 }
-                texts.push(subscribed);
-                if let Some(RoomState::Recovering(mut held)) = rooms.remove(&room) {
-                    held.sort_by_key(|(p, _)| *p);
-                    for (p, t) in held {
-                        if last.is_none_or(|l| p > l) {
-                            last = Some(p);
-                            texts.push(t);
+                if let Some(subscribed) = subscribed {
+                    texts.push(subscribed);
+                    if let Some(RoomState::Recovering { mut last, mut held, .. }) =
+                        rooms.remove(&room)
+                    {
+                        held.sort_by_key(|(p, _)| *p);
+                        for (p, t) in held {
+                            if last.is_none_or(|l| p > l) {
+                                last = Some(p);
+                                texts.push(t);
+                            }
                         }
+                        rooms.insert(room, RoomState::Live(last));
                     }
                 }
-                rooms.insert(room, RoomState::Live(last));
                 for t in texts {
                     if !write(&mut session, t).await {
                         return;
@@ -404,7 +487,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_queue_keeps_order_bounds_and_ends_with_its_senders() {
-        let (tx, mut rx) = channel(2);
+        let (tx, mut rx) = channel(2, 1 << 20);
         tx.try_send(frame(1)).unwrap();
         tx.send(frame(2)).await.unwrap();
         assert_eq!(tx.try_send(frame(3)), Err(TrySendError::Full));
@@ -429,7 +512,7 @@ mod tests {
 
     #[tokio::test]
     async fn senders_learn_that_the_writer_is_gone() {
-        let (tx, rx) = channel(1);
+        let (tx, rx) = channel(1, 1 << 20);
         tx.try_send(frame(1)).unwrap();
         let blocked = {
             let tx = tx.clone();
@@ -443,7 +526,7 @@ mod tests {
 
     #[tokio::test]
     async fn many_waiting_senders_all_get_through() {
-        let (tx, mut rx) = channel(1);
+        let (tx, mut rx) = channel(1, 1 << 20);
         tx.try_send(frame(0)).unwrap();
         let senders: Vec<_> = (1..=5)
             .map(|i| {
@@ -460,6 +543,32 @@ mod tests {
         for s in senders {
             assert!(s.await.unwrap());
         }
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_and_bulk_leaves_half_for_live() {
+        let (tx, rx) = channel(100, 100);
+        let sized = |n: usize| Out::frame("x".repeat(n));
+        // An item larger than the bound alone still goes into an empty queue.
+        tx.try_send(sized(150)).unwrap();
+        assert_eq!(tx.try_send(sized(1)), Err(TrySendError::Full));
+        rx.try_recv().unwrap();
+        tx.try_send(sized(60)).unwrap();
+        tx.try_send(sized(40)).unwrap();
+        assert_eq!(tx.try_send(sized(1)), Err(TrySendError::Full), "100 bytes queued");
+        rx.try_recv().unwrap();
+        // 40 bytes queued: a bulk item waits until at most half (50) would be queued.
+        let bulk = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.send_bulk(sized(20)).await.is_ok() })
+        };
+        tokio::task::yield_now().await;
+        assert!(!bulk.is_finished(), "40 + 20 > 50: waits");
+        tx.try_send(sized(30)).unwrap(); // a live item still fits (70 <= 100)
+        rx.try_recv().unwrap();
+        rx.try_recv().unwrap();
+        assert!(bulk.await.unwrap(), "queued once drained");
+        assert_eq!(rx.0.lock().bytes, 20);
     }
 
     #[test]

@@ -2,6 +2,12 @@
 //! from the store up to what the persist worker has committed, and from the log's tail
 //! beyond it. Complete while the consumer lags, and while PostgreSQL is down (then the
 //! log alone is read from `since`).
+//!
+//! A backlog is never materialised whole: [`Recovery::start`] checks its size (counting
+//! ids, not reading bodies) and returns a [`Cursor`]; [`Recovery::next_page`] reads at
+//! most [`PAGE_MESSAGES`] messages at a time, and the session asks for the next page only
+//! once the client has drained the previous ones. What one `subscribe` makes the gateway
+//! hold is one page, however long the room's history.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -10,9 +16,12 @@ use std::time::Duration;
 use crate::log::{partition_of, Log, LogError, LogReader};
 use crate::model::{Message, Position, RoomId};
 use crate::store::Store;
+use uuid::Uuid;
 
 /// Log records scanned (all rooms of the partition) before giving up.
 const MAX_SCAN: usize = 200_000;
+/// Messages read (and queued for the client) at a time.
+pub const PAGE_MESSAGES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -31,6 +40,40 @@ pub struct Recovery {
     readers: Mutex<HashMap<i32, Vec<Box<dyn LogReader>>>>,
 }
 
+/// Where a recovery stands: the last position handed out, and which source comes next.
+pub struct Cursor {
+    room: RoomId,
+    partition: i32,
+    /// The newest position returned so far (`since` before the first page).
+    last: Position,
+    /// Messages returned so far, against `max_backlog`.
+    returned: usize,
+    /// Their ids: a retried produce can be in the log twice (the relay drops the second
+    /// copy, so must recovery). At most `max_backlog` of them.
+    seen: HashSet<Uuid>,
+    phase: Phase,
+}
+
+enum Phase {
+    /// Store rows below `committed` (every record below it is in the store).
+    Store { committed: i64 },
+    /// The log from `offset` up to `end` (the partition's end when this phase began).
+    Log {
+        reader: Box<dyn LogReader>,
+        offset: i64,
+        end: i64,
+        scanned: usize,
+    },
+    Done,
+}
+
+impl Cursor {
+    /// The newest position returned so far (the `since` it started from before any).
+    pub fn last(&self) -> Position {
+        self.last
+    }
+}
+
 impl Recovery {
     pub fn new(store: Arc<dyn Store>, log: Arc<dyn Log>, topic: &str, max_backlog: usize) -> Self {
         Recovery {
@@ -42,62 +85,164 @@ impl Recovery {
         }
     }
 
-    /// The room's messages with position > `after`, ascending, without duplicates.
-    pub async fn backlog(
-        &self,
-        room: RoomId,
-        after: Position,
-    ) -> Result<Vec<Message>, RecoveryError> {
+    /// Begins the recovery of the room's messages with position > `after`. Refuses a
+    /// store backlog over `max_backlog` here, before anything is sent; the log's tail
+    /// beyond what the store has committed (consumer lag) is counted as it is read.
+    pub async fn start(&self, room: RoomId, after: Position) -> Result<Cursor, RecoveryError> {
         let partition = partition_of(room, self.log.partitions());
-        let mut out: Vec<Message> = Vec::new();
-        let mut tail_start = after + 1;
+        let mut cursor = Cursor {
+            room,
+            partition,
+            last: after,
+            returned: 0,
+            seen: HashSet::new(),
+            phase: Phase::Done,
+        };
         match self.store.next_offset(&self.topic, partition).await {
             Ok(committed) => {
                 let committed = committed.unwrap_or(0);
                 if committed > after + 1 {
-                    let rows = self
+                    let cap = self.max_backlog as i64 + 1;
+                    let n = self
                         .store
-                        .messages_after(room, after, self.max_backlog as i64 + 1)
+                        .count_after(room, after, cap)
                         .await
                         .map_err(|e| RecoveryError::Unavailable(e.to_string()))?;
-                    if rows.len() > self.max_backlog {
+                    if n > self.max_backlog as i64 {
                         return Err(RecoveryError::TooFar(self.max_backlog));
                     }
-                    out = rows;
-                    tail_start = committed.max(after + 1);
+                    cursor.phase = Phase::Store { committed };
+                    return Ok(cursor);
                 }
             }
             Err(e) => {
                 tracing::debug!(error = %e, "store unavailable; recovering from the log alone")
             }
         }
-        let tail = self
-            .tail(partition, room, tail_start, self.max_backlog - out.len())
-            .await?;
-        let mut seen: HashSet<_> = out.iter().map(|m| m.id).collect();
-        let mut last = out.last().map_or(after, |m| m.position);
-        for m in tail {
-            if m.position > last && seen.insert(m.id) {
-                last = m.position;
-                out.push(m);
-            }
-        }
-        Ok(out)
+        cursor.phase = self.log_phase(partition, after + 1).await?;
+        Ok(cursor)
     }
 
-    async fn tail(
+    /// The next page of at most [`PAGE_MESSAGES`] messages, ascending and above every
+    /// earlier page; None when the recovery is complete.
+    pub async fn next_page(
         &self,
-        partition: i32,
-        room: RoomId,
-        from: i64,
-        budget: usize,
-    ) -> Result<Vec<Message>, RecoveryError> {
-        let reader = self.take_reader(partition).await?;
-        let r = read_room(reader.as_ref(), room, from, budget).await;
-        if r.is_ok() {
-            self.give_back(partition, reader);
+        cur: &mut Cursor,
+    ) -> Result<Option<Vec<Message>>, RecoveryError> {
+        loop {
+            let page = match &mut cur.phase {
+                Phase::Done => return Ok(None),
+                Phase::Store { committed } => {
+                    let committed = *committed;
+                    let rows = self
+                        .store
+                        .messages_after(cur.room, cur.last, PAGE_MESSAGES as i64)
+                        .await
+                        .map_err(|e| RecoveryError::Unavailable(e.to_string()))?;
+                    let full = rows.len() == PAGE_MESSAGES;
+                    // Rows at or beyond `committed` may be there too (persist moved on):
+                    // they are valid, and the log phase starts after the last one returned.
+                    if !full || rows.last().is_some_and(|m| m.position >= committed) {
+                        let from = committed.max(
+                            rows.last().map_or(cur.last, |m| m.position) + 1,
+                        );
+                        cur.phase = self.log_phase(cur.partition, from).await?;
+                    }
+                    rows
+                }
+                Phase::Log {
+                    reader,
+                    offset,
+                    end,
+                    scanned,
+                } => {
+                    let unavailable = |e: LogError| RecoveryError::Unavailable(e.to_string());
+                    let mut page = Vec::new();
+                    while *offset < *end && page.len() < PAGE_MESSAGES {
+                        let batch = reader
+                            .read(*offset, 1, Duration::from_millis(0))
+                            .await
+                            .map_err(unavailable)?;
+                        if batch.records.is_empty() {
+                            *offset = *end;
+                            break;
+                        }
+                        // A batch can begin before `offset` (Kafka returns whole record
+                        // batches) and end after a full page: `offset` moves record by
+                        // record, and to the batch's end only if all of it was read.
+                        let mut full = false;
+                        for r in batch.records {
+                            if r.offset < *offset {
+                                continue;
+                            }
+                            if r.offset >= *end {
+                                *offset = *end;
+                                break;
+                            }
+                            *scanned += 1;
+                            *offset = r.offset + 1;
+                            if let Some(m) = r.message {
+                                if m.room == cur.room && m.position > cur.last {
+                                    page.push(m);
+                                    if page.len() == PAGE_MESSAGES {
+                                        full = true;
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        if *scanned > MAX_SCAN {
+                            return Err(RecoveryError::TooFar(self.max_backlog));
+                        }
+                        if !full {
+                            *offset = (*offset).max(batch.next_offset.min(*end));
+                        }
+                    }
+                    if *offset >= *end {
+                        if let Phase::Log { reader, .. } =
+                            std::mem::replace(&mut cur.phase, Phase::Done)
+                        {
+                            self.give_back(cur.partition, reader);
+                        }
+                    }
+                    page
+                }
+            };
+            // Ascending, above everything returned, each id once (a retried produce can
+            // be in the log twice; a row can be in the store and the log's tail).
+            let mut out = Vec::with_capacity(page.len());
+            for m in page {
+                if m.position > cur.last && cur.seen.insert(m.id) {
+                    cur.last = m.position;
+                    out.push(m);
+                }
+            }
+            cur.returned += out.len();
+            if cur.returned > self.max_backlog {
+                return Err(RecoveryError::TooFar(self.max_backlog));
+            }
+            if !out.is_empty() {
+                return Ok(Some(out));
+            }
         }
-        r
+    }
+
+    async fn log_phase(&self, partition: i32, from: i64) -> Result<Phase, RecoveryError> {
+        let unavailable = |e: LogError| RecoveryError::Unavailable(e.to_string());
+        let reader = self.take_reader(partition).await?;
+        let bounds = async { Ok::<_, LogError>((reader.earliest().await?, reader.latest().await?)) };
+        let (earliest, end) = bounds.await.map_err(unavailable)?;
+        let offset = from.max(earliest);
+        if offset >= end {
+            self.give_back(partition, reader);
+            return Ok(Phase::Done);
+        }
+        Ok(Phase::Log {
+            reader,
+            offset,
+            end,
+            scanned: 0,
+        })
     }
 
     async fn take_reader(&self, partition: i32) -> Result<Box<dyn LogReader>, RecoveryError> {
@@ -124,45 +269,4 @@ impl Recovery {
             idle.push(reader);
         }
     }
-}
-
-async fn read_room(
-    reader: &dyn LogReader,
-    room: RoomId,
-    from: i64,
-    budget: usize,
-) -> Result<Vec<Message>, RecoveryError> {
-    let unavailable = |e: LogError| RecoveryError::Unavailable(e.to_string());
-    let end = reader.latest().await.map_err(unavailable)?;
-    let mut offset = from.max(reader.earliest().await.map_err(unavailable)?);
-    let mut out = Vec::new();
-    let mut scanned = 0usize;
-    while offset < end {
-        let batch = reader
-            .read(offset, 1, Duration::from_millis(0))
-            .await
-            .map_err(unavailable)?;
-        if batch.records.is_empty() {
-            break;
-        }
-        for r in batch.records {
-            if r.offset >= end {
-                break;
-            }
-            scanned += 1;
-            if let Some(m) = r.message {
-                if m.room == room {
-                    out.push(m);
-                    if out.len() > budget {
-                        return Err(RecoveryError::TooFar(budget));
-                    }
-                }
-            }
-        }
-        if scanned > MAX_SCAN {
-            return Err(RecoveryError::TooFar(budget));
-        }
-        offset = batch.next_offset;
-    }
-    Ok(out)
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::hub::{ConnHandle, ConnId};
+use super::hub::{ConnHandle, ConnId, MEMBERSHIP_RECHECK};
 use super::outbox::{self, writer, Backlog, Out, OutTx};
 use super::recovery::RecoveryError;
 use super::send::FLUSH_TIMEOUT;
@@ -31,8 +31,6 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Minimum time between two `typing` events of one connection in one room.
 const TYPING_EVERY: Duration = Duration::from_millis(1500);
-/// How long a membership check is trusted before the store is asked again.
-const MEMBERSHIP_TTL: Duration = Duration::from_secs(10);
 
 fn error_frame(code: ErrorCode, message: &str, reference: Option<&str>) -> ByteString {
     ServerFrame::Error {
@@ -67,10 +65,9 @@ struct Conn {
     out: OutTx,
     handle: ConnHandle,
     rooms: HashSet<RoomId>,
-    /// Rooms this user was found to be a member of, and when: trusted for
-    /// `MEMBERSHIP_TTL` (a member who left can go on sending at most that long), and
-    /// beyond it while the store is unavailable (chat goes on while PostgreSQL is down).
-    member_of: HashMap<RoomId, Instant>,
+    /// True once the user's bus channel is subscribed on this gateway: only then are
+    /// memberships cached in the hub trusted (a revocation could not reach us before).
+    revocations: tokio::sync::watch::Receiver<bool>,
     typing_at: HashMap<RoomId, Instant>,
     limiter: DefaultDirectRateLimiter,
     /// Started with the first send: an idle (reading-only) connection has no worker.
@@ -97,7 +94,7 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
         .max_frame_size(limits.max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(limits.max_frame_bytes);
-    let (out, out_rx) = outbox::channel(limits.outbox_frames);
+    let (out, out_rx) = outbox::channel(limits.outbox_frames, limits.outbox_bytes);
     let kick = CancellationToken::new();
     let writer_task = actix_web::rt::spawn(writer(session, out_rx, kick.clone()));
 
@@ -155,18 +152,21 @@ impl Conn {
         let limits = &gw.limits;
         let burst = NonZeroU32::new(limits.send_burst.max(1)).unwrap_or(NonZeroU32::MIN);
         let rate = NonZeroU32::new(limits.sends_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let handle = ConnHandle {
+            tx: out.clone(),
+            kick: kick.clone(),
+            user: user.id,
+        };
+        let revocations = gw.hub.open_user(id, handle.clone());
         Conn {
-            handle: ConnHandle {
-                tx: out.clone(),
-                kick: kick.clone(),
-            },
+            handle,
+            revocations,
             gw: gw.clone(),
             id,
             user,
             session_id,
             out: out.clone(),
             rooms: HashSet::new(),
-            member_of: HashMap::new(),
             typing_at: HashMap::new(),
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             sends: None,
@@ -186,6 +186,7 @@ impl Conn {
         for room in &self.rooms {
             gw.hub.unsubscribe(*room, self.id);
         }
+        gw.hub.close_user(self.user.id, self.id);
         // Drop the connection's own clones of the outbox sender now: the writer ends only
         // when every sender is gone, and `..` would keep them alive until this function
         // returns, i.e. past `writer_task.await` below: a client that went away first (no
@@ -323,14 +324,28 @@ impl Conn {
         }
     }
 
+    /// Whether the user may use the room: from the hub's cache (kept while no revocation
+    /// came, see `hub.rs`) or the store. While the store is unavailable, a membership
+    /// known before is trusted past its re-check time (chat goes on while PostgreSQL is
+    /// down); never while the bus link is down (a revocation could have been missed).
     async fn check_member(&mut self, room: RoomId) -> Result<(), (ErrorCode, String)> {
-        let known = self.member_of.get(&room).copied();
-        if known.is_some_and(|at| at.elapsed() < MEMBERSHIP_TTL) {
+        let hub = &self.gw.hub;
+        let user = self.user.id;
+        let trusted = *self.revocations.borrow();
+        let known = if trusted {
+            hub.member_since(user, room)
+        } else {
+            None
+        };
+        if known.is_some_and(|at| at.elapsed() < MEMBERSHIP_RECHECK) {
             return Ok(());
         }
-        match self.gw.store.is_member(room, self.user.id).await {
+        let revision = hub.revision();
+        match self.gw.store.is_member(room, user).await {
             Ok(true) => {
-                self.member_of.insert(room, Instant::now());
+                if trusted {
+                    hub.remember_member(user, room, revision);
+                }
                 Ok(())
             }
             Err(e) if e.retryable() && known.is_some() => {
@@ -338,7 +353,7 @@ impl Conn {
                 Ok(())
             }
             Ok(false) => {
-                self.member_of.remove(&room);
+                hub.forget_member(user, room);
                 match self.gw.store.room(room).await {
                     Ok(Some(_)) => Err((ErrorCode::NotMember, "join the room first".into())),
                     Ok(None) => Err((ErrorCode::RoomNotFound, "no such room".into())),
@@ -349,7 +364,20 @@ impl Conn {
         }
     }
 
+    /// Ends the connection's subscription of the room (the writer drops what is queued).
+    async fn end_room(&mut self, room: RoomId) {
+        self.rooms.remove(&room);
+        self.gw.hub.unsubscribe(room, self.id);
+        let _ = self.out.send(Out::EndRoom { room }).await;
+    }
+
+    /// Subscribes the connection to the room, replaying what it missed since `since`. A
+    /// second `subscribe` of a room replaces the first (recovery starts over from its
+    /// `since`). The backlog is read and queued a page at a time, each once the client
+    /// has drained the queue to half its bytes: this holds the connection's reads, so a
+    /// client that does not read cannot make the gateway read further.
     async fn subscribe(&mut self, room: RoomId, since: Option<Position>) {
+        let revision = self.gw.hub.revision();
         if let Err((code, msg)) = self.check_member(room).await {
             return self.refuse(code, &msg, Some("subscribe")).await;
         }
@@ -367,9 +395,7 @@ impl Conn {
         self.rooms.insert(room);
         let active = tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r)).await;
         if !matches!(active, Ok(Ok(_))) {
-            self.rooms.remove(&room);
-            self.gw.hub.unsubscribe(room, self.id);
-            let _ = self.out.send(Out::EndRoom { room }).await;
+            self.end_room(room).await;
             return self
                 .refuse(
                     ErrorCode::Unavailable,
@@ -378,19 +404,24 @@ impl Conn {
                 )
                 .await;
         }
+        // A revocation between the check and joining the hub's room would have missed
+        // this connection: ask the store once more.
+        if self.gw.hub.revision() != revision
+            && !matches!(self.gw.store.is_member(room, self.user.id).await, Ok(true))
+        {
+            self.end_room(room).await;
+            return self
+                .refuse(ErrorCode::NotMember, "join the room first", Some("subscribe"))
+                .await;
+        }
         // Live delivery is active (and held back by the writer) before the backlog is
         // read: nothing can fall between the two.
-        let (messages, latest) = match since {
-            None => (Vec::new(), None),
-            Some(after) => match self.gw.recovery.backlog(room, after).await {
-                Ok(ms) => {
-                    let latest = ms.last().map(|m| m.position).or(Some(after));
-                    (ms, latest)
-                }
+        let latest = match since {
+            None => None,
+            Some(after) => match self.replay(room, after).await {
+                Ok(last) => Some(last),
                 Err(e) => {
-                    self.rooms.remove(&room);
-                    self.gw.hub.unsubscribe(room, self.id);
-                    let _ = self.out.send(Out::EndRoom { room }).await;
+                    self.end_room(room).await;
                     let code = match e {
                         RecoveryError::TooFar(_) => ErrorCode::BacklogTooLarge,
                         RecoveryError::Unavailable(_) => ErrorCode::Unavailable,
@@ -399,15 +430,6 @@ impl Conn {
                 }
             },
         };
-        let messages = messages
-            .iter()
-            .map(|m| {
-                (
-                    m.position,
-                    ByteString::from(ServerFrame::Message { message: m }.to_text()),
-                )
-            })
-            .collect();
         let subscribed = ServerFrame::Subscribed {
             room,
             position: latest,
@@ -418,11 +440,35 @@ impl Conn {
             .out
             .send(Out::Backlog(Box::new(Backlog {
                 room,
-                after: since,
-                messages,
-                subscribed,
+                messages: Vec::new(),
+                subscribed: Some(subscribed),
             })))
             .await;
+    }
+
+    /// Queues the room's messages above `after`, page by page; returns the last position
+    /// queued (`after` if none).
+    async fn replay(&self, room: RoomId, after: Position) -> Result<Position, RecoveryError> {
+        let recovery = &self.gw.recovery;
+        let mut cursor = recovery.start(room, after).await?;
+        while let Some(page) = recovery.next_page(&mut cursor).await? {
+            let messages = page
+                .iter()
+                .map(|m| {
+                    let text = ServerFrame::Message { message: m }.to_text();
+                    (m.position, ByteString::from(text))
+                })
+                .collect();
+            let page = Out::Backlog(Box::new(Backlog {
+                room,
+                messages,
+                subscribed: None,
+            }));
+            if self.out.send_bulk(page).await.is_err() {
+                break; // the connection is gone
+            }
+        }
+        Ok(cursor.last())
     }
 
     async fn send(&mut self, room: RoomId, client_msg_id: String, body: String) {
@@ -477,7 +523,7 @@ impl Conn {
     }
 
     async fn typing(&mut self, room: RoomId) {
-        if !self.rooms.contains(&room) {
+        if !self.rooms.contains(&room) || self.check_member(room).await.is_err() {
             return self
                 .refuse(
                     ErrorCode::NotSubscribed,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::Authed;
-use crate::bus::BusEvent;
+use crate::bus::{BusEvent, Revocation, RevokeReason};
 use crate::gateway::Gateway;
 use crate::model::{parse_room_name, Position, RoomKind, RoomView, User};
 use crate::protocol::MemberEvent;
@@ -95,7 +95,22 @@ pub async fn leave(
         .room(*id)
         .await?
         .ok_or_else(ApiError::room_not_found)?;
-    if gw.store.leave(room.id, me.0.id).await? {
+    let was_member = gw.store.leave(room.id, me.0.id).await?;
+    // Access ends before the answer on this gateway, and on the others as the bus
+    // delivers the notice; not reported done until it is published (a retry revokes again).
+    let what = Revocation::Room {
+        room: room.id,
+        reason: RevokeReason::Left,
+    };
+    if let Err(e) = gw.revoke(me.0.id, what).await {
+        tracing::warn!(error = %e, "revocation not published");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "left the room, but not every connection could be told yet; retry",
+        ));
+    }
+    if was_member {
         announce(&gw, room.id, &me.0, MemberEvent::Left).await;
     }
     Ok(HttpResponse::Ok().json(view(&room, false)))

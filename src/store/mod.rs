@@ -108,6 +108,11 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<Message>, StoreError>;
 
+    /// How many of the room's messages have position > `after`, counting at most `cap`
+    /// (reads ids only: a size check before a backlog is replayed).
+    async fn count_after(&self, room: RoomId, after: Position, cap: i64)
+        -> Result<i64, StoreError>;
+
     /// Where the store's copy of a log partition ends: every record below this offset is
     /// in the store (None: nothing committed yet). For PostgreSQL, the persist worker's
     /// next offset; for SQLite, where the store is the log, the end of the table.

@@ -405,6 +405,25 @@ impl Store for Backend {
         Ok(rows.into_iter().map(Message::from).collect())
     }
 
+    async fn count_after(
+        &self,
+        room: RoomId,
+        after: Position,
+        cap: i64,
+    ) -> Result<i64, StoreError> {
+        let mut c = self.conn().await?;
+        let ids: Vec<Id> = messages::table
+            .filter(messages::room_id.eq(Id(room)))
+            .filter(messages::position.gt(after))
+            .select(messages::id)
+            .order(messages::position.asc())
+            .limit(cap)
+            .load(&mut c)
+            .await
+            .map_err(db_error)?;
+        Ok(ids.len() as i64)
+    }
+
     async fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
         let mut c = self.conn().await?;
         committed_offset(&mut c, topic, partition)

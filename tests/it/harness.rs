@@ -602,6 +602,17 @@ impl Ws {
         }
     }
 
+    /// Skips frames until an `error` arrives.
+    #[allow(dead_code)]
+    pub async fn expect_error(&mut self) -> Value {
+        loop {
+            let v = self.next().await;
+            if v["type"] == "error" {
+                return v;
+            }
+        }
+    }
+
     /// The close code the server sent, waiting up to `within`.
     pub async fn close_code(&mut self, within: Duration) -> Option<u16> {
         let deadline = tokio::time::Instant::now() + within;
