@@ -78,6 +78,8 @@ pub struct Limits {
     /// backlog is queued only while less than half of this is.
     pub outbox_bytes: usize,
     pub max_subscriptions: usize,
+    /// WebSocket connections one user may hold on one gateway.
+    pub max_connections_per_user: usize,
     pub hello_timeout: Duration,
     /// A connection with no frame from the client for this long is closed.
     pub idle_timeout: Duration,
@@ -95,6 +97,7 @@ impl Default for Limits {
             outbox_frames: 1024,
             outbox_bytes: 1 << 20,
             max_subscriptions: 500,
+            max_connections_per_user: 64,
             hello_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(20),

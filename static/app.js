@@ -626,6 +626,14 @@
         }
         break;
       }
+      case 'unsubscribed': {
+        // The server ended the subscription: our membership ended (on this or another device).
+        S.subscribed.delete(f.room);
+        S.subQueue = S.subQueue.filter((x) => x !== f.room);
+        forgetRoom(f.room);
+        loadRooms().then(() => renderAll()).catch(() => {});
+        break;
+      }
       case 'subscribed': {
         S.subQueue = S.subQueue.filter((x) => x !== f.room);
         if (f.position != null) {

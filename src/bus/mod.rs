@@ -53,7 +53,10 @@ pub enum BusEvent {
     },
     /// On the user's channel: the user lost access (to one room, or every session).
     /// Every gateway holding a socket of theirs applies it at once.
-    Revoked { user: UserId, what: Revocation },
+    Revoked {
+        user: UserId,
+        what: Revocation,
+    },
 }
 
 /// What a [`BusEvent::Revoked`] takes away.

@@ -213,12 +213,16 @@ impl Bus for RedisBus {
 
     async fn subscribe(&self, channel: Channel) -> Result<(), BusError> {
         let mut c = self.subscriber.clone();
-        c.subscribe(self.channel(channel)).await.map_err(unavailable)
+        c.subscribe(self.channel(channel))
+            .await
+            .map_err(unavailable)
     }
 
     async fn unsubscribe(&self, channel: Channel) -> Result<(), BusError> {
         let mut c = self.subscriber.clone();
-        c.unsubscribe(self.channel(channel)).await.map_err(unavailable)
+        c.unsubscribe(self.channel(channel))
+            .await
+            .map_err(unavailable)
     }
 
     async fn presence_join(&self, user: UserId, conn: &str) -> Result<bool, BusError> {

@@ -120,11 +120,19 @@ impl Hub {
     }
 
     /// Registers a connection of its user; the receiver turns true once the user's bus
-    /// channel (revocations) is subscribed. Wait for it before trusting any cached
-    /// membership of the user.
-    pub fn open_user(&self, conn: ConnId, h: ConnHandle) -> watch::Receiver<bool> {
+    /// channel (revocations) is subscribed: trust no cached membership of the user before.
+    /// None if the user has `max` connections here already.
+    pub fn open_user(
+        &self,
+        conn: ConnId,
+        h: ConnHandle,
+        max: usize,
+    ) -> Option<watch::Receiver<bool>> {
         let mut users = self.users();
         let user = h.user;
+        if users.get(&user).is_some_and(|e| e.conns.len() >= max) {
+            return None;
+        }
         let entry = users.entry(user).or_insert_with(|| {
             let (tx, rx) = watch::channel(false);
             let _ = self.ctl.send(Ctl::Subscribe(Channel::User(user), tx));
@@ -140,7 +148,7 @@ impl Hub {
             entry.ready = rx;
         }
         entry.conns.insert(conn, h);
-        entry.ready.clone()
+        Some(entry.ready.clone())
     }
 
     pub fn close_user(&self, user: UserId, conn: ConnId) {

@@ -97,9 +97,7 @@ impl Gateway {
     /// success (a retry publishes again; revoking twice is harmless).
     pub async fn revoke(&self, user: UserId, what: Revocation) -> Result<(), BusError> {
         self.hub.revoke(user, &what);
-        self.bus
-            .publish(&[BusEvent::Revoked { user, what }])
-            .await
+        self.bus.publish(&[BusEvent::Revoked { user, what }]).await
     }
 
     /// Cross-site WebSocket hijacking guard: a browser's Origin must be the gateway's own

@@ -401,8 +401,9 @@ pub async fn writer(mut session: Session, mut rx: OutRx, kick: CancellationToken
                 }
                 if let Some(subscribed) = subscribed {
                     texts.push(subscribed);
-                    if let Some(RoomState::Recovering { mut last, mut held, .. }) =
-                        rooms.remove(&room)
+                    if let Some(RoomState::Recovering {
+                        mut last, mut held, ..
+                    }) = rooms.remove(&room)
                     {
                         held.sort_by_key(|(p, _)| *p);
                         for (p, t) in held {
@@ -555,7 +556,11 @@ mod tests {
         rx.try_recv().unwrap();
         tx.try_send(sized(60)).unwrap();
         tx.try_send(sized(40)).unwrap();
-        assert_eq!(tx.try_send(sized(1)), Err(TrySendError::Full), "100 bytes queued");
+        assert_eq!(
+            tx.try_send(sized(1)),
+            Err(TrySendError::Full),
+            "100 bytes queued"
+        );
         rx.try_recv().unwrap();
         // 40 bytes queued: a bulk item waits until at most half (50) would be queued.
         let bulk = {

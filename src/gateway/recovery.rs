@@ -20,8 +20,10 @@ use uuid::Uuid;
 
 /// Log records scanned (all rooms of the partition) before giving up.
 const MAX_SCAN: usize = 200_000;
-/// Messages read (and queued for the client) at a time.
+/// Messages read (and queued for the client) at a time, at most.
 pub const PAGE_MESSAGES: usize = 64;
+/// Bytes of message bodies in a page, at most (a page holds at least one message).
+pub const PAGE_BYTES: usize = 128 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -56,7 +58,9 @@ pub struct Cursor {
 
 enum Phase {
     /// Store rows below `committed` (every record below it is in the store).
-    Store { committed: i64 },
+    Store {
+        committed: i64,
+    },
     /// The log from `offset` up to `end` (the partition's end when this phase began).
     Log {
         reader: Box<dyn LogReader>,
@@ -123,12 +127,9 @@ impl Recovery {
         Ok(cursor)
     }
 
-    /// The next page of at most [`PAGE_MESSAGES`] messages, ascending and above every
-    /// earlier page; None when the recovery is complete.
-    pub async fn next_page(
-        &self,
-        cur: &mut Cursor,
-    ) -> Result<Option<Vec<Message>>, RecoveryError> {
+    /// The next page of at most [`PAGE_MESSAGES`] messages and [`PAGE_BYTES`] of bodies,
+    /// ascending and above every earlier page; None when the recovery is complete.
+    pub async fn next_page(&self, cur: &mut Cursor) -> Result<Option<Vec<Message>>, RecoveryError> {
         loop {
             let page = match &mut cur.phase {
                 Phase::Done => return Ok(None),
@@ -139,13 +140,19 @@ impl Recovery {
                         .messages_after(cur.room, cur.last, PAGE_MESSAGES as i64)
                         .await
                         .map_err(|e| RecoveryError::Unavailable(e.to_string()))?;
-                    let full = rows.len() == PAGE_MESSAGES;
+                    let mut rows = rows;
+                    let mut bytes = 0;
+                    if let Some(n) = rows.iter().position(|m| {
+                        bytes += m.body.len();
+                        bytes > PAGE_BYTES
+                    }) {
+                        rows.truncate(n.max(1));
+                    }
+                    let full = rows.len() == PAGE_MESSAGES || bytes > PAGE_BYTES;
                     // Rows at or beyond `committed` may be there too (persist moved on):
                     // they are valid, and the log phase starts after the last one returned.
                     if !full || rows.last().is_some_and(|m| m.position >= committed) {
-                        let from = committed.max(
-                            rows.last().map_or(cur.last, |m| m.position) + 1,
-                        );
+                        let from = committed.max(rows.last().map_or(cur.last, |m| m.position) + 1);
                         cur.phase = self.log_phase(cur.partition, from).await?;
                     }
                     rows
@@ -158,7 +165,8 @@ impl Recovery {
                 } => {
                     let unavailable = |e: LogError| RecoveryError::Unavailable(e.to_string());
                     let mut page = Vec::new();
-                    while *offset < *end && page.len() < PAGE_MESSAGES {
+                    let mut bytes = 0;
+                    while *offset < *end && page.len() < PAGE_MESSAGES && bytes < PAGE_BYTES {
                         let batch = reader
                             .read(*offset, 1, Duration::from_millis(0))
                             .await
@@ -183,8 +191,9 @@ impl Recovery {
                             *offset = r.offset + 1;
                             if let Some(m) = r.message {
                                 if m.room == cur.room && m.position > cur.last {
+                                    bytes += m.body.len();
                                     page.push(m);
-                                    if page.len() == PAGE_MESSAGES {
+                                    if page.len() == PAGE_MESSAGES || bytes >= PAGE_BYTES {
                                         full = true;
                                         break;
                                     }
@@ -230,7 +239,8 @@ impl Recovery {
     async fn log_phase(&self, partition: i32, from: i64) -> Result<Phase, RecoveryError> {
         let unavailable = |e: LogError| RecoveryError::Unavailable(e.to_string());
         let reader = self.take_reader(partition).await?;
-        let bounds = async { Ok::<_, LogError>((reader.earliest().await?, reader.latest().await?)) };
+        let bounds =
+            async { Ok::<_, LogError>((reader.earliest().await?, reader.latest().await?)) };
         let (earliest, end) = bounds.await.map_err(unavailable)?;
         let offset = from.max(earliest);
         if offset >= end {

@@ -99,24 +99,25 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
     let writer_task = actix_web::rt::spawn(writer(session, out_rx, kick.clone()));
 
     let Some(user) = Box::pin(hello(&gw, &mut stream)).await else {
-        Box::pin(async move {
-            let _ = out
-                .send(Out::close(close_reason(
-                    CloseCode::Other(close::UNAUTHENTICATED),
-                    "expected hello with a valid token first",
-                )))
-                .await;
-            drop(out);
-            let _ = writer_task.await;
-        })
-        .await;
-        return;
+        let unauthenticated = CloseCode::Other(close::UNAUTHENTICATED);
+        let text = "expected hello with a valid token first";
+        return Box::pin(refuse(out, writer_task, unauthenticated, text)).await;
     };
-    let mut conn = Box::pin(Conn::open(&gw, user, &out, &kick)).await;
+    let Some(mut conn) = Box::pin(Conn::open(&gw, user, &out, &kick)).await else {
+        let text = "too many connections of this user on this server";
+        return Box::pin(refuse(out, writer_task, CloseCode::Policy, text)).await;
+    };
     let span = conn.span.clone();
     let reason = Box::pin(conn.read_loop(&mut stream, &kick).instrument(span)).await;
     drop(stream);
     Box::pin(conn.close(reason, out, writer_task)).await;
+}
+
+/// Closes a connection that never became a session.
+async fn refuse(out: OutTx, writer_task: tokio::task::JoinHandle<()>, code: CloseCode, text: &str) {
+    let _ = out.send(Out::close(close_reason(code, text))).await;
+    drop(out);
+    let _ = writer_task.await;
 }
 
 /// The first frame must be a `hello` with a valid token, within the deadline.
@@ -131,9 +132,23 @@ async fn hello(gw: &Gateway, stream: &mut actix_ws::AggregatedMessageStream) -> 
 }
 
 impl Conn {
-    /// An authenticated connection: online, welcomed, counted.
-    async fn open(gw: &Arc<Gateway>, user: User, out: &OutTx, kick: &CancellationToken) -> Conn {
+    /// An authenticated connection: online, welcomed, counted. None if the user has
+    /// `max_connections_per_user` here already.
+    async fn open(
+        gw: &Arc<Gateway>,
+        user: User,
+        out: &OutTx,
+        kick: &CancellationToken,
+    ) -> Option<Conn> {
         let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        let handle = ConnHandle {
+            tx: out.clone(),
+            kick: kick.clone(),
+            user: user.id,
+        };
+        let revocations =
+            gw.hub
+                .open_user(id, handle.clone(), gw.limits.max_connections_per_user)?;
         let span = tracing::info_span!("conn", conn = id, user = %user.name);
         metrics::gauge!(names::CONNECTIONS).increment(1.0);
         let session_id = Uuid::new_v4().to_string();
@@ -152,13 +167,7 @@ impl Conn {
         let limits = &gw.limits;
         let burst = NonZeroU32::new(limits.send_burst.max(1)).unwrap_or(NonZeroU32::MIN);
         let rate = NonZeroU32::new(limits.sends_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-        let handle = ConnHandle {
-            tx: out.clone(),
-            kick: kick.clone(),
-            user: user.id,
-        };
-        let revocations = gw.hub.open_user(id, handle.clone());
-        Conn {
+        Some(Conn {
             handle,
             revocations,
             gw: gw.clone(),
@@ -171,7 +180,7 @@ impl Conn {
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             sends: None,
             span,
-        }
+        })
     }
 
     /// Tear down: leave the hub, finish the queued sends (their acks go out first), then
@@ -411,7 +420,11 @@ impl Conn {
         {
             self.end_room(room).await;
             return self
-                .refuse(ErrorCode::NotMember, "join the room first", Some("subscribe"))
+                .refuse(
+                    ErrorCode::NotMember,
+                    "join the room first",
+                    Some("subscribe"),
+                )
                 .await;
         }
         // Live delivery is active (and held back by the writer) before the backlog is
