@@ -124,7 +124,15 @@ impl Gateway {
     /// a deleted user or of an older generation is `Revoked`.
     pub async fn authenticate(&self, token: &str) -> Result<User, TokenError> {
         let v = self.auth.verify(token).map_err(|_| TokenError::Invalid)?;
-        match self.store.token_generation(v.user.id).await {
+        // A task of its own, so that the look-up is never dropped half-way: the caller
+        // may be (actix drops an extractor's future when another extractor of the same
+        // handler fails), and a SQLite query dropped on an HTTP worker's current-thread
+        // runtime panics (diesel-async waits for it with `block_in_place`).
+        let (store, id) = (self.store.clone(), v.user.id);
+        let current = tokio::spawn(async move { store.token_generation(id).await })
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Unavailable(e.into())));
+        match current {
             Ok(Some(current)) if current == v.generation => Ok(v.user),
             Ok(_) => Err(TokenError::Revoked),
             Err(e) => Err(TokenError::Unavailable(e)),

@@ -90,13 +90,15 @@ pub async fn create(
     me: Authed,
     body: web::Json<NewRoom>,
 ) -> Result<HttpResponse, ApiError> {
+    // A refused name costs nothing and counts for nothing; every attempt on the store does.
+    let name = parse_room_name(&body.name)?;
     if let Err(not_until) = gw.room_creations.check_key(&me.0.id) {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         return Ok(rate_limited(wait, "too many rooms created; wait a moment"));
     }
     let room = Room {
         id: Uuid::now_v7(),
-        name: parse_room_name(&body.name)?,
+        name,
         kind: RoomKind::Room,
     };
     gw.store

@@ -8,4 +8,5 @@ mod consumer;
 mod delivery;
 mod embedded;
 mod features;
+mod rooms_tokens;
 mod sessions;
