@@ -1,5 +1,6 @@
-//! Passwords (argon2id) and session tokens (HS256 JWT with expiry). Knows nothing about
-//! HTTP: handlers and the WebSocket `hello` both call [`Auth::verify`].
+//! Passwords (argon2id) and session tokens (HS256 JWT with expiry and the user's token
+//! generation). Knows nothing about HTTP or the store: handlers and the WebSocket `hello`
+//! both call [`Auth::verify`], then `Gateway::authenticate` checks the generation.
 
 use std::time::Duration;
 
@@ -25,6 +26,18 @@ struct Claims {
     name: String,
     iat: u64,
     exp: u64,
+    /// The user's token generation when the token was issued; a token from before
+    /// generations existed has none and counts as 0.
+    #[serde(default)]
+    gen: i64,
+}
+
+/// What a valid signature vouches for: the user, and the token generation it was issued
+/// under (still to be compared with the user's current one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub user: User,
+    pub generation: i64,
 }
 
 #[derive(Clone)]
@@ -56,25 +69,36 @@ impl Auth {
         }
     }
 
+    /// A token of a new user (generation 0).
     pub fn issue(&self, user: &User) -> String {
+        self.issue_at(user, 0)
+    }
+
+    /// A token under the user's current token generation.
+    pub fn issue_at(&self, user: &User, generation: i64) -> String {
         let now = now_secs();
         let claims = Claims {
             sub: user.id,
             name: user.name.clone(),
             iat: now,
             exp: now + self.ttl.as_secs(),
+            gen: generation,
         };
         // HS256 over a serialisable struct does not fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .unwrap_or_default()
     }
 
-    pub fn verify(&self, token: &str) -> Result<User, AuthError> {
+    /// Checks the signature and expiry (not the generation: that needs the store).
+    pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|_| AuthError::BadToken)?;
-        Ok(User {
-            id: data.claims.sub,
-            name: data.claims.name,
+        Ok(Verified {
+            user: User {
+                id: data.claims.sub,
+                name: data.claims.name,
+            },
+            generation: data.claims.gen,
         })
     }
 }
@@ -139,7 +163,10 @@ mod tests {
             name: "ann".into(),
         };
         let t = auth.issue(&user);
-        assert_eq!(auth.verify(&t).unwrap(), user);
+        assert_eq!(auth.verify(&t).unwrap().user, user);
+        assert_eq!(auth.verify(&t).unwrap().generation, 0);
+        let t = auth.issue_at(&user, 7);
+        assert_eq!(auth.verify(&t).unwrap().generation, 7);
         let other = Auth::new(b"another-secret-another-secret-xx", Duration::from_secs(60));
         assert!(other.verify(&t).is_err());
         assert!(auth.verify("not.a.token").is_err());
@@ -153,10 +180,33 @@ mod tests {
             name: "ann".into(),
             iat: 1,
             exp: 2,
+            gen: 0,
         };
         let t =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &auth.encoding).unwrap();
         assert!(auth.verify(&t).is_err());
+    }
+
+    #[test]
+    fn tokens_without_a_generation_are_generation_0() {
+        #[derive(Serialize)]
+        struct OldClaims {
+            sub: Uuid,
+            name: String,
+            iat: u64,
+            exp: u64,
+        }
+        let auth = Auth::new(b"0123456789abcdef0123456789abcdef", Duration::from_secs(60));
+        let now = now_secs();
+        let old = OldClaims {
+            sub: Uuid::new_v4(),
+            name: "ann".into(),
+            iat: now,
+            exp: now + 60,
+        };
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &old, &auth.encoding).unwrap();
+        let v = auth.verify(&t).unwrap();
+        assert_eq!((v.user.id, v.generation), (old.sub, 0));
     }
 
     #[tokio::test]

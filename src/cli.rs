@@ -100,6 +100,13 @@ pub struct ServeArgs {
     /// Burst of sends allowed above the rate.
     #[arg(long, env = "SEND_RATE_BURST", default_value_t = 40)]
     pub send_rate_burst: u32,
+    /// Rooms one user may create per minute on one gateway, also the burst (then 429
+    /// `rate_limited`).
+    #[arg(long, env = "ROOM_CREATE_PER_MINUTE", default_value_t = 10)]
+    pub room_create_per_minute: u32,
+    /// Rooms one user may create in all (then 403 `too_many_rooms`); 0: no cap.
+    #[arg(long, env = "MAX_ROOMS_PER_USER", default_value_t = 200)]
+    pub max_rooms_per_user: u32,
     /// Maximum database connections of this process.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: usize,

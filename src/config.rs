@@ -86,6 +86,10 @@ pub struct Limits {
     pub heartbeat_interval: Duration,
     /// Messages `subscribe{since}` replays at most before answering `backlog_too_large`.
     pub max_backlog: usize,
+    /// Rooms one user may create per minute on one gateway (the burst is as large).
+    pub room_creations_per_minute: u32,
+    /// Rooms one user may have created in all (0: no cap).
+    pub max_rooms_per_user: u32,
 }
 
 impl Default for Limits {
@@ -102,6 +106,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(20),
             max_backlog: 2_000,
+            room_creations_per_minute: 10,
+            max_rooms_per_user: 200,
         }
     }
 }
@@ -196,6 +202,8 @@ impl Config {
             limits: Limits {
                 sends_per_second: a.send_rate_per_sec.max(1),
                 send_burst: a.send_rate_burst.max(1),
+                room_creations_per_minute: a.room_create_per_minute.max(1),
+                max_rooms_per_user: a.max_rooms_per_user,
                 ..Limits::default()
             },
         })

@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 
 pub type UserId = Uuid;
@@ -18,6 +19,7 @@ pub type Position = i64;
 /// Limits on user input; the defaults are the protocol's.
 pub const MAX_BODY_CHARS: usize = 4_000;
 pub const MAX_CLIENT_MSG_ID_CHARS: usize = 128;
+pub const MAX_ROOM_NAME_CHARS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
@@ -117,8 +119,17 @@ pub enum InputError {
     BadUsername,
     #[error("passwords are 8 to 128 characters")]
     BadPassword,
-    #[error("room names are 1 to 64 characters")]
+    #[error("room names are 1 to {MAX_ROOM_NAME_CHARS} characters")]
     BadRoomName,
+    /// A control, bidirectional-control, zero-width or other invisible character.
+    #[error(
+        "{field} may not contain control, bidirectional-control or invisible characters \
+         (found U+{code_point:04X})"
+    )]
+    InvisibleCharacter {
+        field: &'static str,
+        code_point: u32,
+    },
 }
 
 impl InputError {
@@ -130,6 +141,7 @@ impl InputError {
             InputError::BadUsername => "invalid_username",
             InputError::BadPassword => "invalid_password",
             InputError::BadRoomName => "invalid_room_name",
+            InputError::InvisibleCharacter { .. } => "invalid_characters",
         }
     }
 }
@@ -153,16 +165,24 @@ pub fn check_client_msg_id(id: &str) -> Result<(), InputError> {
     Ok(())
 }
 
-pub fn check_username(name: &str) -> Result<(), InputError> {
+/// Usernames: NFKC-normalised (so a full-width `ａｌｉｃｅ` is `alice`), then 3 to 32 of
+/// `[A-Za-z0-9._-]`. Returns the name to store. Unique by [`name_key`].
+pub fn parse_username(name: &str) -> Result<String, InputError> {
+    refuse_invisible("usernames", name)?;
+    let name: String = name.nfkc().collect();
     let ok_len = (3..=32).contains(&name.chars().count());
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok_len && ok_chars {
-        Ok(())
+        Ok(name)
     } else {
         Err(InputError::BadUsername)
     }
+}
+
+pub fn check_username(name: &str) -> Result<(), InputError> {
+    parse_username(name).map(|_| ())
 }
 
 pub fn check_password(pw: &str) -> Result<(), InputError> {
@@ -173,14 +193,63 @@ pub fn check_password(pw: &str) -> Result<(), InputError> {
     }
 }
 
-/// Trims the name and checks its length.
+/// Room names: NFKC-normalised, trimmed, inner runs of white space made one space, 1 to
+/// [`MAX_ROOM_NAME_CHARS`] characters, none of them invisible ([`is_invisible`]). Returns
+/// the name to store (and show). Unique by [`name_key`].
 pub fn parse_room_name(name: &str) -> Result<String, InputError> {
-    let t = name.trim();
+    refuse_invisible("room names", name)?;
+    let normal: String = name.nfkc().collect();
+    refuse_invisible("room names", &normal)?;
+    let t = normal.split_whitespace().collect::<Vec<_>>().join(" ");
     let n = t.chars().count();
-    if n == 0 || n > 64 || t.chars().any(|c| c.is_control()) {
+    if n == 0 || n > MAX_ROOM_NAME_CHARS {
         return Err(InputError::BadRoomName);
     }
-    Ok(t.to_owned())
+    Ok(t)
+}
+
+/// The key two names are the same by (for uniqueness and look-up), computed here, in Rust,
+/// for both backends (SQLite's `lower()` folds ASCII only): NFKC, case-folded (upper then
+/// lower case, which folds `ß`/`SS` and `ς`/`σ` together as full case folding does), NFKC
+/// again, without the emoji/text presentation selectors (U+FE0E, U+FE0F), which change
+/// no letter.
+pub fn name_key(name: &str) -> String {
+    let normal: String = name.nfkc().collect();
+    let folded = normal.to_uppercase().to_lowercase();
+    folded
+        .nfkc()
+        .filter(|c| !matches!(c, '\u{FE0E}' | '\u{FE0F}'))
+        .collect()
+}
+
+fn refuse_invisible(field: &'static str, s: &str) -> Result<(), InputError> {
+    match s.chars().find(|&c| is_invisible(c)) {
+        Some(c) => Err(InputError::InvisibleCharacter {
+            field,
+            code_point: c as u32,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Characters refused in names: controls (Cc), line and paragraph separators, the
+/// bidirectional controls (U+061C, U+200E/F, U+202A-202E, U+2066-2069), zero-width ones
+/// (U+200B-200D, U+2060, U+FEFF), every other Default_Ignorable_Code_Point of Unicode 16
+/// (soft hyphen, fillers, tags, variation selectors, …) except the two presentation
+/// selectors U+FE0E/U+FE0F that emoji need (left out of [`name_key`]), blank look-alikes
+/// (U+2800), invisible format characters (U+0600-0605, U+06DD, U+070F, U+0890-0891,
+/// U+08E2, U+110BD, U+110CD, U+FFF9-FFFB) and the non-characters U+FFFE/U+FFFF.
+pub fn is_invisible(c: char) -> bool {
+    if c.is_control() {
+        return true;
+    }
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F..=0x1160 | 0x17B4..=0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x2028..=0x202E | 0x2060..=0x206F | 0x3164
+        | 0xFE00..=0xFE0D | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFFB | 0xFFFE | 0xFFFF
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF
+        | 0x2800 | 0x0600..=0x0605 | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x110BD | 0x110CD)
 }
 
 #[cfg(test)]
@@ -208,5 +277,102 @@ mod tests {
         assert!(check_client_msg_id("").is_err());
         assert!(check_client_msg_id("a\u{0}b").is_err());
         assert!(check_client_msg_id("0b5f-uuid").is_ok());
+    }
+
+    #[test]
+    fn room_names_are_normalised_and_keyed_by_unicode_case() {
+        // SQLite's lower() folds ASCII only: the key is Rust's.
+        assert_eq!(name_key("Ärger"), name_key("ärger"));
+        assert_eq!(name_key("ÄRGER"), "ärger");
+        // NFKC: composed and decomposed, full-width, ligatures.
+        assert_eq!(name_key("A\u{0308}rger"), name_key("Ärger"));
+        assert_eq!(name_key("ＧＥＮＥＲＡＬ"), "general");
+        assert_eq!(name_key("ﬁsh"), "fish");
+        // Full case folding: ß/SS, final sigma.
+        assert_eq!(name_key("Straße"), name_key("STRASSE"));
+        assert_eq!(name_key("ΟΔΟΣ"), name_key("οδοσ"));
+        assert_eq!(name_key("οδος"), name_key("οδοσ"));
+        // Presentation selectors change no letter.
+        assert_eq!(name_key("love\u{2764}\u{FE0F}"), name_key("LOVE\u{2764}"));
+        assert_ne!(name_key("general"), name_key("generals"));
+
+        assert_eq!(parse_room_name("  general ").unwrap(), "general");
+        assert_eq!(parse_room_name("a\u{3000}\u{00A0} b").unwrap(), "a b");
+        assert_eq!(parse_room_name("A\u{0308}rger").unwrap(), "Ärger");
+        assert_eq!(parse_room_name("ＧＥＮＥＲＡＬ").unwrap(), "GENERAL");
+        assert!(parse_room_name("   ").is_err());
+        assert!(parse_room_name(&"é".repeat(MAX_ROOM_NAME_CHARS)).is_ok());
+        assert_eq!(
+            parse_room_name(&"x".repeat(MAX_ROOM_NAME_CHARS + 1)),
+            Err(InputError::BadRoomName)
+        );
+        assert!(parse_room_name("coffee \u{2615}\u{FE0F}").is_ok());
+    }
+
+    #[test]
+    fn invisible_and_bidi_characters_are_refused_in_names() {
+        for c in [
+            '\u{0}',
+            '\u{7}',
+            '\u{1B}',
+            '\u{7F}',
+            '\u{85}',
+            '\u{AD}',
+            '\u{34F}',
+            '\u{61C}',
+            '\u{115F}',
+            '\u{180E}',
+            '\u{200B}',
+            '\u{200C}',
+            '\u{200D}',
+            '\u{200E}',
+            '\u{200F}',
+            '\u{2028}',
+            '\u{202A}',
+            '\u{202B}',
+            '\u{202C}',
+            '\u{202D}',
+            '\u{202E}',
+            '\u{2060}',
+            '\u{2066}',
+            '\u{2067}',
+            '\u{2068}',
+            '\u{2069}',
+            '\u{2800}',
+            '\u{3164}',
+            '\u{FE00}',
+            '\u{FEFF}',
+            '\u{FFA0}',
+            '\u{E0041}',
+            '\u{E0100}',
+        ] {
+            for name in [c.to_string(), format!("ab{c}cd"), format!("{c}room")] {
+                let e = parse_room_name(&name).unwrap_err();
+                assert_eq!(e.code(), "invalid_characters", "U+{:04X}", c as u32);
+                assert_eq!(
+                    e,
+                    InputError::InvisibleCharacter {
+                        field: "room names",
+                        code_point: c as u32
+                    }
+                );
+                let e = check_username(&format!("alice{c}")).unwrap_err();
+                assert_eq!(e.code(), "invalid_characters", "U+{:04X}", c as u32);
+            }
+        }
+        assert!(!is_invisible('a'));
+        assert!(!is_invisible('Ä'));
+        assert!(!is_invisible('\u{FE0F}'));
+        assert!(!is_invisible(' '));
+    }
+
+    #[test]
+    fn usernames_are_normalised() {
+        assert_eq!(parse_username("ａｌｉｃｅ").unwrap(), "alice");
+        assert_eq!(parse_username("Alice_01").unwrap(), "Alice_01");
+        assert_eq!(name_key("ALICE_01"), name_key("alice_01"));
+        assert_eq!(name_key("ＡＬＩＣＥ_01"), "alice_01");
+        assert_eq!(parse_username("ärger"), Err(InputError::BadUsername));
+        assert_eq!(parse_username("al"), Err(InputError::BadUsername));
     }
 }

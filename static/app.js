@@ -43,6 +43,8 @@
     user: safeJson(localStorage.getItem('chat.user')),
     rooms: new Map(),      // id -> {id, name, kind, member, unread, last_position} (last list)
     roomOrder: [],
+    moreRooms: new Map(),  // other public rooms from the list's later pages ("More rooms")
+    nextCursor: null,      // where the next page of other public rooms starts (null: none)
     roomsLoaded: false,
     current: null,
     msgs: new Map(),       // room -> Map(message id -> message)
@@ -103,7 +105,8 @@
   class ApiError extends Error {
     constructor(status, code, message) { super(message); this.status = status; this.code = code; }
   }
-  async function api(method, path, body) {
+  /** `meta`, if given, receives `next`: the answer's X-Next-Cursor (room list pages). */
+  async function api(method, path, body, meta) {
     let r;
     try {
       r = await fetch(path, {
@@ -115,6 +118,7 @@
       throw new ApiError(0, 'network', 'The server cannot be reached.');
     }
     const data = await r.json().catch(() => ({}));
+    if (meta) meta.next = r.headers.get('x-next-cursor');
     // Only an authenticated request answered 401 means the session is over.
     if (r.status === 401 && S.token && !path.startsWith('/api/login') && !path.startsWith('/api/register')) {
       logout();
@@ -193,7 +197,15 @@
   async function fetchRooms() {
     clearTimeout(roomsTimer);
     try {
-      const list = await api('GET', '/api/rooms');
+      const meta = {};
+      const first = await api('GET', '/api/rooms', undefined, meta);
+      // The first page has all of our rooms and the first public others; the pages
+      // after it ("More rooms") are kept until the first page says there are no more.
+      const inFirst = new Set(first.map((r) => r.id));
+      if (!meta.next) { S.moreRooms.clear(); S.nextCursor = null; }
+      else if (!S.moreRooms.size) S.nextCursor = meta.next;
+      for (const id of inFirst) S.moreRooms.delete(id);
+      const list = first.concat([...S.moreRooms.values()]);
       roomsFailures = 0;
       $('rooms-error').hidden = true;
       const seen = new Set();
@@ -224,6 +236,25 @@
     }
     return S.rooms;
   }
+
+  /** Loads the next page of other public rooms (the list's first page has all of ours). */
+  async function loadMoreRooms() {
+    if (!S.nextCursor) return;
+    const btn = $('more-rooms');
+    btn.disabled = true;
+    try {
+      const meta = {};
+      const page = await api('GET', '/api/rooms?after=' + encodeURIComponent(S.nextCursor) + '&limit=200', undefined, meta);
+      for (const r of page) if (!S.rooms.get(r.id)?.member) S.moreRooms.set(r.id, r);
+      S.nextCursor = meta.next;
+      await loadRooms();
+    } catch (e) {
+      if (e.status !== 401) toast('Could not load more rooms: ' + e.message);
+    } finally {
+      btn.disabled = false;
+    }
+  }
+  $('more-rooms').addEventListener('click', loadMoreRooms);
 
   /** Drops what we hold of a room we are no longer a member of. */
   function forgetRoom(id) {
@@ -285,6 +316,7 @@
     if (!items.room.length) lists.room.append(h('li', { class: 'side-empty' }, 'No rooms yet: create one.'));
     if (!items.dm.length) lists.dm.append(h('li', { class: 'side-empty' }, 'No conversations yet.'));
     $('other-section').hidden = !items.other.length;
+    $('more-rooms').hidden = !S.nextCursor;
     document.title = total ? `(${total}) chat` : 'chat';
     $('menu-badge').hidden = !total;
   }

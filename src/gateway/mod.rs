@@ -11,7 +11,9 @@ mod recovery;
 mod send;
 mod session;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -24,9 +26,9 @@ use crate::bus::{Bus, BusError, BusEvent, BusNotice, Revocation};
 use crate::config::Limits;
 use crate::http::error::ApiError;
 use crate::log::Log;
-use crate::model::UserId;
+use crate::model::{User, UserId};
 use crate::protocol::ServerFrame;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 pub use hub::Hub;
 use presence::Presence;
 use recovery::Recovery;
@@ -42,9 +44,25 @@ pub struct Gateway {
     pub presence: Arc<Presence>,
     pub auth: Auth,
     pub limits: Limits,
+    /// Room creations per user on this gateway (`Limits::room_creations_per_minute`);
+    /// its idle entries are dropped every minute, so it holds only the recent creators.
+    pub room_creations: Arc<governor::DefaultKeyedRateLimiter<UserId>>,
     /// Cancelled when the gateway drains: sessions send `reconnect` and close.
     pub drain: CancellationToken,
     allowed_origins: Vec<String>,
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("invalid or expired token")]
+    Invalid,
+    /// The user is gone, or the token's generation is not the user's current one.
+    #[error("this token was revoked")]
+    Revoked,
+    /// The signature is valid but the store could not say whether it was revoked.
+    #[error("token generation unknown: {0}")]
+    Unavailable(StoreError),
 }
 
 pub struct GatewayParts {
@@ -64,6 +82,15 @@ impl Gateway {
     pub fn start(p: GatewayParts, notices: mpsc::UnboundedReceiver<BusNotice>) -> Arc<Gateway> {
         let hub = Hub::new(p.bus.clone());
         let presence = Arc::new(Presence::default());
+        let per_minute =
+            NonZeroU32::new(p.limits.room_creations_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let room_creations = Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(
+            per_minute,
+        )));
+        tokio::spawn(forget_idle_creators(
+            room_creations.clone(),
+            p.drain.clone(),
+        ));
         tokio::spawn(
             presence
                 .clone()
@@ -84,6 +111,7 @@ impl Gateway {
             sender: p.sender,
             auth: p.auth,
             limits: p.limits,
+            room_creations,
             drain: p.drain,
             allowed_origins: p.allowed_origins,
         });
@@ -100,6 +128,26 @@ impl Gateway {
         self.bus.publish(&[BusEvent::Revoked { user, what }]).await
     }
 
+    /// Checks a token: signature and expiry, then (one primary-key look-up, no cache) that
+    /// the user exists and the token's generation is the user's current one. A token of
+    /// a deleted user or of an older generation is `Revoked`.
+    pub async fn authenticate(&self, token: &str) -> Result<User, TokenError> {
+        let v = self.auth.verify(token).map_err(|_| TokenError::Invalid)?;
+        // A task of its own, so that the look-up is never dropped half-way: the caller
+        // may be (actix drops an extractor's future when another extractor of the same
+        // handler fails), and a SQLite query dropped on an HTTP worker's current-thread
+        // runtime panics (diesel-async waits for it with `block_in_place`).
+        let (store, id) = (self.store.clone(), v.user.id);
+        let current = tokio::spawn(async move { store.token_generation(id).await })
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Unavailable(e.into())));
+        match current {
+            Ok(Some(current)) if current == v.generation => Ok(v.user),
+            Ok(_) => Err(TokenError::Revoked),
+            Err(e) => Err(TokenError::Unavailable(e)),
+        }
+    }
+
     /// Cross-site WebSocket hijacking guard: a browser's Origin must be the gateway's own
     /// host or an allowed origin. Non-browser clients send no Origin.
     fn origin_allowed(&self, req: &HttpRequest) -> bool {
@@ -114,6 +162,24 @@ impl Gateway {
         origin
             .split_once("://")
             .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(&host))
+    }
+}
+
+/// Drops the rate-limiter state of users who have not created a room for a while (their
+/// state is the same as a new key's), so its memory follows the recent creators only.
+async fn forget_idle_creators(
+    limiter: Arc<governor::DefaultKeyedRateLimiter<UserId>>,
+    drain: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = drain.cancelled() => return,
+            _ = tick.tick() => {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+        }
     }
 }
 

@@ -64,7 +64,7 @@ impl Presence {
 }
 
 async fn announce(bus: &dyn Bus, store: &dyn Store, user: &User, online: bool) {
-    let rooms = match store.rooms_for(user.id).await {
+    let rooms = match store.member_rooms(user.id).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "presence not announced: rooms unknown");
@@ -73,9 +73,8 @@ async fn announce(bus: &dyn Bus, store: &dyn Store, user: &User, online: bool) {
     };
     let events: Vec<BusEvent> = rooms
         .into_iter()
-        .filter(|r| r.member)
-        .map(|r| BusEvent::Presence {
-            room: r.id,
+        .map(|room| BusEvent::Presence {
+            room,
             user: user.clone(),
             online,
         })

@@ -1,15 +1,16 @@
-//! `send`: claim the (sender, client_msg_id) pair, append to the log, remember the
+//! `send`: claim the (sender, room, client_msg_id) triple, append to the log, remember the
 //! result, ack. The claim makes a resend (same or another gateway, before or after the
 //! ack, while the first is in flight) yield the same message and never a second one.
 //!
-//! Claim states in Redis, one key per (sender, client_msg_id):
+//! Claim states in Redis, one key per (sender, room, client_msg_id): the same
+//! client_msg_id in another room is another message.
 //! - `pending:<id>` (short TTL): someone is producing it now → `in_flight`, retryable;
 //! - `retry:<id>`: a produce failed or timed out and may still have landed → the next
 //!   attempt reuses the same message id, so readers drop the copy by id;
 //! - `done:<message json>` (24 h): the ack is answered again from here.
 //!
 //! A log whose append is itself idempotent (the embedded SQLite log: a unique key on
-//! (sender, client_msg_id) inside the same write that makes the message durable) needs
+//! (sender, room, client_msg_id) inside the same write that makes the message durable) needs
 //! no claim: [`Sender::direct`].
 
 use std::future::Future;
@@ -106,7 +107,8 @@ impl Sender {
     /// Starts a send: claims it (once per `client_msg_id`) and queues it in the log.
     /// The returned future resolves with the durable message (the ack). Sends started
     /// one after the other keep that order in the log while their futures are awaited
-    /// together ([`Log::submit`]). A resend returns the first message.
+    /// together ([`Log::submit`]). A resend (same room and `client_msg_id`) returns the
+    /// first message.
     pub async fn start(
         &self,
         sender: &User,
@@ -166,8 +168,11 @@ async fn submit(
 }
 
 impl Claims {
-    fn key(&self, sender: &User, client_msg_id: &str) -> String {
-        format!("{}:sent:{}:{}", self.prefix, sender.id, client_msg_id)
+    fn key(&self, sender: &User, room: RoomId, client_msg_id: &str) -> String {
+        format!(
+            "{}:sent:{}:{}:{}",
+            self.prefix, sender.id, room, client_msg_id
+        )
     }
 
     async fn claim(&self, key: &str) -> Result<Claim, SendError> {
@@ -201,7 +206,7 @@ impl Claims {
         client_msg_id: &str,
         body: &str,
     ) -> Result<Pending, SendError> {
-        let key = self.key(sender, client_msg_id);
+        let key = self.key(sender, room, client_msg_id);
         let id = match self.claim(&key).await? {
             Claim::Done(m) => return Ok(Box::pin(futures_util::future::ready(Ok(m)))),
             Claim::InFlight => return Err(SendError::InFlight),

@@ -124,7 +124,16 @@ async fn refuse(out: OutTx, writer_task: tokio::task::JoinHandle<()>, code: Clos
 async fn hello(gw: &Gateway, stream: &mut actix_ws::AggregatedMessageStream) -> Option<User> {
     match tokio::time::timeout(gw.limits.hello_timeout, stream.recv()).await {
         Ok(Some(Ok(AggregatedMessage::Text(t)))) => match ClientFrame::parse(&t) {
-            Ok(ClientFrame::Hello { token }) => gw.auth.verify(&token).ok(),
+            Ok(ClientFrame::Hello { token }) => match gw.authenticate(&token).await {
+                Ok(user) => Some(user),
+                // Chat goes on while the store is away: a valid signature is accepted
+                // then, unchecked for revocation (docs/protocol.md).
+                Err(super::TokenError::Unavailable(e)) => {
+                    tracing::warn!(error = %e, "token generation unknown; hello accepted");
+                    gw.auth.verify(&token).ok().map(|v| v.user)
+                }
+                Err(_) => None,
+            },
             _ => None,
         },
         _ => None,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use crate::auth;
 use crate::gateway::Gateway;
-use crate::model::{check_password, check_username, User};
+use crate::model::{check_password, parse_username, User};
 
 #[derive(Deserialize)]
 pub struct Credentials {
@@ -24,7 +24,7 @@ pub async fn register(
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
     let Credentials { username, password } = body.into_inner();
-    check_username(&username)?;
+    let username = parse_username(&username)?;
     check_password(&password)?;
     let hash = auth::hash_password(password).await.map_err(|e| {
         tracing::error!(error = %e, "hashing failed");
@@ -61,6 +61,6 @@ pub async fn login(
     if !auth::verify_password(password, creds.password_hash).await {
         return Err(bad());
     }
-    let token = gw.auth.issue(&creds.user);
+    let token = gw.auth.issue_at(&creds.user, creds.token_generation);
     Ok(HttpResponse::Ok().json(json!({"user": creds.user, "token": token})))
 }

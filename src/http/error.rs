@@ -57,6 +57,14 @@ impl From<StoreError> for ApiError {
                 },
                 format!("that {what} is taken"),
             ),
+            StoreError::Limit(what) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                match what {
+                    "rooms" => "too_many_rooms",
+                    _ => "limit_reached",
+                },
+                format!("you have created too many {what}"),
+            ),
             StoreError::NotFound(what) => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",

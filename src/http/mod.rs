@@ -10,8 +10,9 @@ pub mod server;
 use std::sync::Arc;
 
 use actix_web::{web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, TokenError};
 use crate::model::User;
 use error::ApiError;
 
@@ -23,6 +24,7 @@ pub fn api(cfg: &mut web::ServiceConfig) {
             web::scope("/api")
                 .route("/register", web::post().to(accounts::register))
                 .route("/login", web::post().to(accounts::login))
+                .route("/logout-all", web::post().to(rooms::logout_all))
                 .route("/rooms", web::get().to(rooms::list))
                 .route("/rooms", web::post().to(rooms::create))
                 .route("/rooms/{id}/join", web::post().to(rooms::join))
@@ -40,22 +42,31 @@ pub fn api(cfg: &mut web::ServiceConfig) {
         );
 }
 
-/// The caller, from `Authorization: Bearer <token>`.
+/// The caller, from `Authorization: Bearer <token>`: a valid signature, and (one
+/// primary-key look-up per request) a user that exists with the token's generation.
+/// 401 otherwise; 503 if the store cannot tell (every API call needs the store anyway).
 pub struct Authed(pub User);
 
 impl FromRequest for Authed {
     type Error = ApiError;
-    type Future = std::future::Ready<Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let user = (|| {
-            let gw = req.app_data::<web::Data<Arc<Gateway>>>()?;
+        let found = (|| {
+            let gw = req.app_data::<web::Data<Arc<Gateway>>>()?.get_ref().clone();
             let header = req.headers().get("authorization")?.to_str().ok()?;
             let token = header
                 .strip_prefix("Bearer ")
                 .or_else(|| header.strip_prefix("bearer "))?;
-            gw.auth.verify(token.trim()).ok()
+            Some((gw, token.trim().to_owned()))
         })();
-        std::future::ready(user.map(Authed).ok_or_else(ApiError::unauthorized))
+        Box::pin(async move {
+            let (gw, token) = found.ok_or_else(ApiError::unauthorized)?;
+            match gw.authenticate(&token).await {
+                Ok(user) => Ok(Authed(user)),
+                Err(TokenError::Unavailable(e)) => Err(e.into()),
+                Err(TokenError::Invalid | TokenError::Revoked) => Err(ApiError::unauthorized()),
+            }
+        })
     }
 }

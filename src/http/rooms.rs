@@ -1,10 +1,12 @@
-//! Rooms, members, history and DMs. Joining and leaving announce a `member` event on the
-//! room's bus channel.
+//! Rooms, members, history and DMs, and revoking one's tokens. Joining and leaving (and
+//! re-opening a DM one had left) announce a `member` event on the room's bus channel.
 
 use std::sync::Arc;
 
+use actix_web::http::header::{HeaderValue, LINK, RETRY_AFTER};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpResponse, ResponseError};
+use governor::clock::{Clock, DefaultClock};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -28,8 +30,54 @@ fn view(room: &Room, member: bool) -> RoomView {
     }
 }
 
-pub async fn list(gw: web::Data<Arc<Gateway>>, me: Authed) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(gw.store.rooms_for(me.0.id).await?))
+/// Other public rooms per page of `GET /api/rooms`, unless `limit` says otherwise.
+const ROOMS_PAGE: i64 = 200;
+/// The largest `limit` of `GET /api/rooms`.
+const MAX_ROOMS_PAGE: i64 = 1_000;
+
+#[derive(Deserialize)]
+pub struct RoomsQuery {
+    after: Option<Uuid>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/rooms[?after=<cursor>&limit=N]`: a JSON array as in v1. The first page has
+/// every room the caller belongs to, then the first `limit` other public rooms (oldest
+/// first); when there are more, `X-Next-Cursor` holds the cursor and `Link` (rel="next")
+/// the URL of the next page, which holds only further public rooms.
+pub async fn list(
+    gw: web::Data<Arc<Gateway>>,
+    me: Authed,
+    q: web::Query<RoomsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = q.limit.unwrap_or(ROOMS_PAGE);
+    if !(1..=MAX_ROOMS_PAGE).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            format!("limit is 1 to {MAX_ROOMS_PAGE}"),
+        ));
+    }
+    let page = gw.store.rooms_for(me.0.id, q.after, limit).await?;
+    let mut resp = HttpResponse::Ok();
+    if let Some(next) = page.next {
+        resp.insert_header(("x-next-cursor", next.to_string()));
+        resp.insert_header((
+            LINK,
+            format!("</api/rooms?after={next}&limit={limit}>; rel=\"next\""),
+        ));
+    }
+    Ok(resp.json(page.rooms))
+}
+
+/// 429 `rate_limited` with `Retry-After` (whole seconds, at least 1).
+fn rate_limited(wait: std::time::Duration, message: &str) -> HttpResponse {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut resp =
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).error_response();
+    resp.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    resp
 }
 
 #[derive(Deserialize)]
@@ -42,12 +90,20 @@ pub async fn create(
     me: Authed,
     body: web::Json<NewRoom>,
 ) -> Result<HttpResponse, ApiError> {
+    // A refused name costs nothing and counts for nothing; every attempt on the store does.
+    let name = parse_room_name(&body.name)?;
+    if let Err(not_until) = gw.room_creations.check_key(&me.0.id) {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        return Ok(rate_limited(wait, "too many rooms created; wait a moment"));
+    }
     let room = Room {
         id: Uuid::now_v7(),
-        name: parse_room_name(&body.name)?,
+        name,
         kind: RoomKind::Room,
     };
-    gw.store.create_room(&room, me.0.id).await?;
+    gw.store
+        .create_room(&room, me.0.id, i64::from(gw.limits.max_rooms_per_user))
+        .await?;
     Ok(HttpResponse::Created().json(view(&room, true)))
 }
 
@@ -76,7 +132,7 @@ pub async fn join(
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "direct message rooms cannot be joined",
+            "direct message rooms cannot be joined; open the DM with POST /api/dms",
         ));
     }
     if gw.store.join(room.id, me.0.id).await? {
@@ -201,6 +257,11 @@ pub async fn dm(
         ));
     }
     let (room, created) = gw.store.dm_room(me.0.id, other.id).await?;
+    // Re-opening a DM one had left rejoins it (only the caller: the other user, if they
+    // left, comes back by opening it themselves).
+    if !created && gw.store.join(room.id, me.0.id).await? {
+        announce(&gw, room.id, &me.0, MemberEvent::Joined).await;
+    }
     let mut v = view(&room, true);
     v.name = other.name;
     let status = if created {
@@ -209,4 +270,22 @@ pub async fn dm(
         StatusCode::OK
     };
     Ok(HttpResponse::build(status).json(v))
+}
+
+/// `POST /api/logout-all`: revokes every token of the caller (this one too) by moving the
+/// user's token generation on. 204; the next request with any earlier token is 401.
+pub async fn logout_all(gw: web::Data<Arc<Gateway>>, me: Authed) -> Result<HttpResponse, ApiError> {
+    if gw.store.revoke_tokens(me.0.id).await?.is_none() {
+        return Err(ApiError::unauthorized());
+    }
+    // Open sockets of the user close with 4401, here and on every other gateway.
+    if let Err(e) = gw.revoke(me.0.id, Revocation::Sessions).await {
+        tracing::warn!(error = %e, "revocation not published");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "tokens revoked, but not every connection could be told yet; retry",
+        ));
+    }
+    Ok(HttpResponse::NoContent().finish())
 }

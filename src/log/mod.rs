@@ -82,7 +82,7 @@ pub trait Log: Send + Sync + 'static {
     /// lets one connection have several sends in flight and still keep its order. The
     /// default appends before it returns (no overlap).
     async fn submit(&self, msg: &NewMessage) -> Result<Appending, LogError>;
-    /// Whether `append` itself is idempotent by (sender, client_msg_id), returning the
+    /// Whether `append` itself is idempotent by (sender, room, client_msg_id), returning the
     /// first message for a resend. If not, the sender keeps its own dedup record.
     fn deduplicates(&self) -> bool {
         false

@@ -28,6 +28,9 @@ pub enum StoreError {
     Conflict(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A per-user cap was reached (e.g. rooms created).
+    #[error("too many {0}")]
+    Limit(&'static str),
     /// The partition's offset moved under us: another worker owns it now.
     #[error("offset of partition {partition} is no longer {expected}: another consumer owns it")]
     Fenced { partition: i32, expected: i64 },
@@ -46,6 +49,16 @@ impl StoreError {
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
+    /// The user's current token generation ([`Store::token_generation`]).
+    pub token_generation: i64,
+}
+
+/// One page of `GET /api/rooms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomsPage {
+    pub rooms: Vec<RoomView>,
+    /// Where the next page of other public rooms starts (None: this was the last).
+    pub next: Option<RoomId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,16 +79,41 @@ pub struct HistoryPage {
 pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// `Conflict("username")` if the name is taken (case-insensitively).
+    /// `Conflict("username")` if the name is taken (by [`crate::model::name_key`]: any
+    /// case or Unicode normalisation of it).
     async fn create_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError>;
+    /// The account whose name has the same [`crate::model::name_key`] as `name`.
     async fn credentials(&self, name: &str) -> Result<Option<Credentials>, StoreError>;
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
+    /// The user's token generation (a primary-key look-up): tokens issued under an
+    /// older one are revoked. None: no such user.
+    async fn token_generation(&self, user: UserId) -> Result<Option<i64>, StoreError>;
+    /// Moves the user's token generation on by one and returns the new one (None: no
+    /// such user): every token issued before is revoked.
+    async fn revoke_tokens(&self, user: UserId) -> Result<Option<i64>, StoreError>;
 
-    /// Every room the user belongs to, then the other public rooms.
-    async fn rooms_for(&self, user: UserId) -> Result<Vec<RoomView>, StoreError>;
+    /// One page of the user's room list. The first page (`after` None) holds every room
+    /// the user belongs to, all of them, then the first `limit` other public rooms; a
+    /// later page only the next `limit` other public rooms after the room `after`, in
+    /// creation order (a room created later never pushes an older one off a page).
+    async fn rooms_for(
+        &self,
+        user: UserId,
+        after: Option<RoomId>,
+        limit: i64,
+    ) -> Result<RoomsPage, StoreError>;
+    /// The ids of the rooms the user belongs to (DMs too).
+    async fn member_rooms(&self, user: UserId) -> Result<Vec<RoomId>, StoreError>;
     async fn room(&self, id: RoomId) -> Result<Option<Room>, StoreError>;
-    /// Creates a room with the creator as its first member. `Conflict("room name")`.
-    async fn create_room(&self, room: &Room, creator: UserId) -> Result<(), StoreError>;
+    /// Creates a room with the creator as its first member. `Conflict("room name")` if
+    /// its [`crate::model::name_key`] is taken; `Limit("rooms")` if the creator has
+    /// created `max_per_user` rooms already (0: no cap).
+    async fn create_room(
+        &self,
+        room: &Room,
+        creator: UserId,
+        max_per_user: i64,
+    ) -> Result<(), StoreError>;
     /// Returns whether the user was not a member before.
     async fn join(&self, room: RoomId, user: UserId) -> Result<bool, StoreError>;
     /// Returns whether the user was a member before.
@@ -119,7 +157,7 @@ pub trait Store: Send + Sync + 'static {
     async fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError>;
     /// Writes the batch and moves the partition's next offset from `from` (None: never
     /// committed) to `to`, in one transaction. Rows that exist already (same id, same
-    /// (sender, client_msg_id) or same log record) are skipped. Returns rows inserted.
+    /// (sender, room, client_msg_id) or same log record) are skipped. Returns rows inserted.
     /// `Fenced` if the stored offset is not `from`: nothing is written then.
     async fn commit_batch(
         &self,

@@ -19,6 +19,8 @@ mod queries;
 use super::schema;
 use diesel::sql_types::Uuid as SqlUuid;
 type Backend = PgStore;
+type MigrationConn =
+    diesel_async::async_connection_wrapper::AsyncConnectionWrapper<AsyncPgConnection>;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
@@ -45,14 +47,13 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
-    /// Runs the embedded migrations (under an advisory lock, so concurrent starts are safe).
+    /// Runs the embedded migrations (under an advisory lock, so concurrent starts are safe),
+    /// then fills the name keys of rows written before them (`backfill_name_keys`).
     pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
-        use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
         let url = url.to_owned();
         tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-            let mut conn =
-                <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
-                    .context("connecting to PostgreSQL to run migrations")?;
+            let mut conn = <MigrationConn as diesel::Connection>::establish(&url)
+                .context("connecting to PostgreSQL to run migrations")?;
             diesel::RunQueryDsl::execute(
                 diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")),
                 &mut conn,
@@ -64,6 +65,10 @@ impl PgStore {
                 .into_iter()
                 .map(|v| v.to_string())
                 .collect();
+            let filled = queries::backfill_name_keys(&mut conn).context("filling the name keys")?;
+            if filled > 0 {
+                tracing::info!(filled, "name keys filled");
+            }
             diesel::RunQueryDsl::execute(
                 diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")),
                 &mut conn,

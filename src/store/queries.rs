@@ -2,7 +2,8 @@
 //! twice, as `postgres::queries` and `sqlite::queries`: each parent module supplies
 //! `Backend` (the store type, with `conn()`), `schema` (its tables: the same names, the
 //! backend's column types), `SqlUuid` (how it stores a UUID), `db_error` (how it classifies
-//! errors) and `committed_offset` (where its persisted log ends). Nothing else differs,
+//! errors), `committed_offset` (where its persisted log ends) and `MigrationConn` (the
+//! synchronous connection migrations run on). Nothing else differs,
 //! so the two cannot drift apart.
 
 use async_trait::async_trait;
@@ -14,10 +15,10 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::{consumer_offsets, memberships, messages, rooms, users};
-use super::{committed_offset, db_error, insert_messages, Backend, SqlUuid};
-use crate::model::{Member, Message, Position, RoomId, RoomKind, RoomView, User, UserId};
+use super::{committed_offset, db_error, insert_messages, Backend, MigrationConn, SqlUuid};
+use crate::model::{name_key, Member, Message, Position, RoomId, RoomKind, RoomView, User, UserId};
 use crate::store::sql_types::Id;
-use crate::store::{Credentials, HistoryPage, Room, Store, StoreError};
+use crate::store::{Credentials, HistoryPage, Room, RoomsPage, Store, StoreError};
 
 fn is_unique_violation(e: &DieselError) -> bool {
     matches!(
@@ -86,7 +87,8 @@ struct RoomViewRow {
     last_position: Option<i64>,
 }
 
-const ROOMS_FOR: &str = "
+/// A room as user $1 sees it; `rooms_for` adds the WHERE, ORDER and LIMIT.
+const ROOM_VIEW: &str = "
 SELECT r.id,
        CASE WHEN r.kind = 'dm' THEN COALESCE(
             (SELECT u.name FROM memberships o JOIN users u ON u.id = o.user_id
@@ -100,10 +102,100 @@ SELECT r.id,
                 AND x.sender_id <> $1) END AS unread,
        (SELECT max(x.position) FROM messages x WHERE x.room_id = r.id) AS last_position
   FROM rooms r
-  LEFT JOIN memberships m ON m.room_id = r.id AND m.user_id = $1
- WHERE r.kind = 'room' OR m.user_id IS NOT NULL
- ORDER BY (m.user_id IS NOT NULL) DESC, r.kind, lower(r.name)
- LIMIT 1000";
+  LEFT JOIN memberships m ON m.room_id = r.id AND m.user_id = $1";
+
+/// Every room of the user: the whole list, whatever its length.
+fn member_rooms_sql() -> String {
+    format!("{ROOM_VIEW} WHERE m.user_id IS NOT NULL ORDER BY r.kind, lower(r.name), r.id")
+}
+
+/// Public rooms the user is not in, in creation order (ids are UUIDv7), from the start
+/// (`$2` the limit) or after the room `$2` (`$3` the limit).
+fn other_rooms_sql(after: bool) -> String {
+    let (cursor, limit) = if after {
+        ("AND r.id > $2", "$3")
+    } else {
+        ("", "$2")
+    };
+    format!(
+        "{ROOM_VIEW} WHERE r.kind = 'room' AND m.user_id IS NULL {cursor} \
+         ORDER BY r.id LIMIT {limit}"
+    )
+}
+
+fn room_view(r: RoomViewRow) -> RoomView {
+    RoomView {
+        id: r.id.0,
+        name: r.name,
+        kind: RoomKind::parse(&r.kind).unwrap_or(RoomKind::Room),
+        member: r.member,
+        unread: r.unread,
+        last_position: r.last_position,
+    }
+}
+
+/// Fills `name_key` ([`name_key`]) of the users and rooms written before the column
+/// existed: SQL cannot compute it (SQLite's `lower()` folds ASCII only). Run by the
+/// process that runs the migrations, right after them, on its migration connection
+/// (synchronous diesel). Rows whose key is taken already (two old rooms `Ärger` and
+/// `ärger`) keep their name and get the key with U+0001 and their id appended: unique,
+/// and never equal to a key of a new name (names hold no control characters).
+/// Returns how many rows it filled.
+pub(super) fn backfill_name_keys(c: &mut MigrationConn) -> QueryResult<usize> {
+    let mut filled = 0;
+    let old_users: Vec<(Id, String)> = diesel::RunQueryDsl::load(
+        users::table
+            .filter(users::name_key.is_null())
+            .select((users::id, users::name))
+            .order(users::id),
+        c,
+    )?;
+    for (id, name) in old_users {
+        let key = name_key(&name);
+        let taken: i64 = diesel::RunQueryDsl::get_result(
+            users::table.filter(users::name_key.eq(&key)).count(),
+            c,
+        )?;
+        let key = if taken == 0 {
+            key
+        } else {
+            format!("{key}\u{1}{}", id.0)
+        };
+        filled += diesel::RunQueryDsl::execute(
+            diesel::update(users::table.find(id)).set(users::name_key.eq(key)),
+            c,
+        )?;
+    }
+    let old_rooms: Vec<(Id, String)> = diesel::RunQueryDsl::load(
+        rooms::table
+            .filter(rooms::name_key.is_null())
+            .filter(rooms::kind.eq(RoomKind::Room.as_str()))
+            .select((rooms::id, rooms::name))
+            .order(rooms::id),
+        c,
+    )?;
+    for (id, name) in old_rooms {
+        let key = name_key(&name);
+        let taken: i64 = diesel::RunQueryDsl::get_result(
+            rooms::table
+                .filter(rooms::kind.eq(RoomKind::Room.as_str()))
+                .filter(rooms::name_key.eq(&key))
+                .count(),
+            c,
+        )?;
+        let key = if taken == 0 {
+            key
+        } else {
+            tracing::warn!(room = %id.0, %name, "an older room has the same name key; kept apart");
+            format!("{key}\u{1}{}", id.0)
+        };
+        filled += diesel::RunQueryDsl::execute(
+            diesel::update(rooms::table.find(id)).set(rooms::name_key.eq(key)),
+            c,
+        )?;
+    }
+    Ok(filled)
+}
 
 /// Chunk size for multi-row inserts: 9 binds a row stays far below PostgreSQL's 65,535.
 const INSERT_CHUNK: usize = 1_000;
@@ -125,6 +217,7 @@ impl Store for Backend {
             .values((
                 users::id.eq(Id(user.id)),
                 users::name.eq(&user.name),
+                users::name_key.eq(name_key(&user.name)),
                 users::password_hash.eq(password_hash),
             ))
             .execute(&mut c)
@@ -138,21 +231,47 @@ impl Store for Backend {
 
     async fn credentials(&self, name: &str) -> Result<Option<Credentials>, StoreError> {
         let mut c = self.conn().await?;
-        let row: Option<(Id, String, String)> = users::table
-            .filter(
-                diesel::dsl::sql::<Bool>("lower(name) = lower(")
-                    .bind::<Text, _>(name)
-                    .sql(")"),
-            )
-            .select((users::id, users::name, users::password_hash))
+        let row: Option<(Id, String, String, i64)> = users::table
+            .filter(users::name_key.eq(name_key(name)))
+            .select((
+                users::id,
+                users::name,
+                users::password_hash,
+                users::token_generation,
+            ))
             .first(&mut c)
             .await
             .optional()
             .map_err(db_error)?;
-        Ok(row.map(|(id, name, password_hash)| Credentials {
-            user: User { id: id.0, name },
-            password_hash,
-        }))
+        Ok(
+            row.map(|(id, name, password_hash, token_generation)| Credentials {
+                user: User { id: id.0, name },
+                password_hash,
+                token_generation,
+            }),
+        )
+    }
+
+    async fn token_generation(&self, user: UserId) -> Result<Option<i64>, StoreError> {
+        let mut c = self.conn().await?;
+        users::table
+            .find(Id(user))
+            .select(users::token_generation)
+            .first(&mut c)
+            .await
+            .optional()
+            .map_err(db_error)
+    }
+
+    async fn revoke_tokens(&self, user: UserId) -> Result<Option<i64>, StoreError> {
+        let mut c = self.conn().await?;
+        diesel::update(users::table.find(Id(user)))
+            .set(users::token_generation.eq(users::token_generation + 1))
+            .returning(users::token_generation)
+            .get_result(&mut c)
+            .await
+            .optional()
+            .map_err(db_error)
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
@@ -167,24 +286,65 @@ impl Store for Backend {
         Ok(row.map(|(id, name)| User { id: id.0, name }))
     }
 
-    async fn rooms_for(&self, user: UserId) -> Result<Vec<RoomView>, StoreError> {
+    async fn rooms_for(
+        &self,
+        user: UserId,
+        after: Option<RoomId>,
+        limit: i64,
+    ) -> Result<RoomsPage, StoreError> {
         let mut c = self.conn().await?;
-        let rows: Vec<RoomViewRow> = diesel::sql_query(ROOMS_FOR)
-            .bind::<SqlUuid, _>(Id(user))
+        let mut rooms = Vec::new();
+        if after.is_none() {
+            let mine: Vec<RoomViewRow> = diesel::sql_query(member_rooms_sql())
+                .bind::<SqlUuid, _>(Id(user))
+                .load(&mut c)
+                .await
+                .map_err(db_error)?;
+            rooms.extend(mine.into_iter().map(room_view));
+        }
+        // One more than asked: tells whether there is a next page.
+        let others: Vec<RoomViewRow> = match after {
+            None => {
+                diesel::sql_query(other_rooms_sql(false))
+                    .bind::<SqlUuid, _>(Id(user))
+                    .bind::<BigInt, _>(limit + 1)
+                    .load(&mut c)
+                    .await
+            }
+            Some(a) => {
+                diesel::sql_query(other_rooms_sql(true))
+                    .bind::<SqlUuid, _>(Id(user))
+                    .bind::<SqlUuid, _>(Id(a))
+                    .bind::<BigInt, _>(limit + 1)
+                    .load(&mut c)
+                    .await
+            }
+        }
+        .map_err(db_error)?;
+        let more = others.len() as i64 > limit;
+        let others: Vec<RoomView> = others
+            .into_iter()
+            .take(limit.max(0) as usize)
+            .map(room_view)
+            .collect();
+        let next = if more {
+            others.last().map(|r| r.id)
+        } else {
+            None
+        };
+        rooms.extend(others);
+        Ok(RoomsPage { rooms, next })
+    }
+
+    async fn member_rooms(&self, user: UserId) -> Result<Vec<RoomId>, StoreError> {
+        let mut c = self.conn().await?;
+        let ids: Vec<Id> = memberships::table
+            .filter(memberships::user_id.eq(Id(user)))
+            .select(memberships::room_id)
             .load(&mut c)
             .await
             .map_err(db_error)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| RoomView {
-                id: r.id.0,
-                name: r.name,
-                kind: RoomKind::parse(&r.kind).unwrap_or(RoomKind::Room),
-                member: r.member,
-                unread: r.unread,
-                last_position: r.last_position,
-            })
-            .collect())
+        Ok(ids.into_iter().map(|i| i.0).collect())
     }
 
     async fn room(&self, id: RoomId) -> Result<Option<Room>, StoreError> {
@@ -203,15 +363,42 @@ impl Store for Backend {
         }))
     }
 
-    async fn create_room(&self, room: &Room, creator: UserId) -> Result<(), StoreError> {
+    async fn create_room(
+        &self,
+        room: &Room,
+        creator: UserId,
+        max_per_user: i64,
+    ) -> Result<(), StoreError> {
+        enum TxError {
+            Limit,
+            Db(DieselError),
+        }
+        impl From<DieselError> for TxError {
+            fn from(e: DieselError) -> Self {
+                TxError::Db(e)
+            }
+        }
         let mut c = self.conn().await?;
         let room = room.clone();
+        let key = name_key(&room.name);
         let r = c
-            .transaction::<_, DieselError, _>(async move |c| {
+            .transaction::<_, TxError, _>(async move |c| {
+                if max_per_user > 0 {
+                    let mine: i64 = rooms::table
+                        .filter(rooms::created_by.eq(Id(creator)))
+                        .filter(rooms::kind.eq(RoomKind::Room.as_str()))
+                        .count()
+                        .get_result(c)
+                        .await?;
+                    if mine >= max_per_user {
+                        return Err(TxError::Limit);
+                    }
+                }
                 diesel::insert_into(rooms::table)
                     .values((
                         rooms::id.eq(Id(room.id)),
                         rooms::name.eq(&room.name),
+                        rooms::name_key.eq(&key),
                         rooms::kind.eq(room.kind.as_str()),
                         rooms::created_by.eq(Id(creator)),
                     ))
@@ -229,8 +416,11 @@ impl Store for Backend {
             .await;
         match r {
             Ok(()) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("room name")),
-            Err(e) => Err(db_error(e)),
+            Err(TxError::Limit) => Err(StoreError::Limit("rooms")),
+            Err(TxError::Db(e)) if is_unique_violation(&e) => {
+                Err(StoreError::Conflict("room name"))
+            }
+            Err(TxError::Db(e)) => Err(db_error(e)),
         }
     }
 

@@ -41,6 +41,7 @@ diesel::table! {
         dm_key -> Nullable<Text>,
         created_by -> Uuid,
         created_at -> Timestamptz,
+        name_key -> Nullable<Text>,
     }
 }
 
@@ -50,6 +51,8 @@ diesel::table! {
         name -> Text,
         password_hash -> Text,
         created_at -> Timestamptz,
+        token_generation -> Int8,
+        name_key -> Nullable<Text>,
     }
 }
 

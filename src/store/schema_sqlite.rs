@@ -56,6 +56,7 @@ diesel::table! {
         dm_key -> Nullable<Text>,
         created_by -> UuidText,
         created_at -> TimestamptzSqlite,
+        name_key -> Nullable<Text>,
     }
 }
 
@@ -68,6 +69,8 @@ diesel::table! {
         name -> Text,
         password_hash -> Text,
         created_at -> TimestamptzSqlite,
+        token_generation -> BigInt,
+        name_key -> Nullable<Text>,
     }
 }
 

@@ -36,6 +36,7 @@ use super::schema_sqlite as schema;
 type Backend = SqliteStore;
 type SqlUuid = UuidText;
 type Conn = SyncConnectionWrapper<SqliteConnection>;
+type MigrationConn = SqliteConnection;
 
 /// Per connection: wait for the write lock instead of failing at once, enforce the
 /// foreign keys, and fsync every commit (an ack promises the message survives a crash
@@ -100,8 +101,9 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs the embedded SQLite migrations and switches the file to WAL mode (readers
-    /// then never block the writer; the setting stays with the file).
+    /// Runs the embedded SQLite migrations, fills the name keys of rows written before
+    /// them (`backfill_name_keys`), and switches the file to WAL mode (readers then never
+    /// block the writer; the setting stays with the file).
     pub async fn migrate(path: &Path) -> anyhow::Result<Vec<String>> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -125,6 +127,10 @@ impl SqliteStore {
                 .into_iter()
                 .map(|v| v.to_string())
                 .collect();
+            let filled = queries::backfill_name_keys(&mut conn).context("filling the name keys")?;
+            if filled > 0 {
+                tracing::info!(filled, "name keys filled");
+            }
             Ok(applied)
         })
         .await
@@ -222,7 +228,7 @@ const READ_BATCH: i64 = 500;
 
 /// The store as the durable log of the embedded mode: one partition, position = the
 /// row's `position`. An append is one committed row (durable before the ack) and is
-/// idempotent by (sender, client_msg_id): a resend gets the first message back. SQLite
+/// idempotent by (sender, room, client_msg_id): a resend gets the first message back. SQLite
 /// runs one write transaction at a time and positions grow in commit order, so a reader
 /// of the table (the relay) sees them gap-free and in order.
 #[derive(Clone)]
@@ -311,6 +317,7 @@ impl Log for SqliteLog {
             None => {
                 let first: LogRow = messages::table
                     .filter(messages::sender_id.eq(Id(msg.sender.id)))
+                    .filter(messages::room_id.eq(Id(msg.room)))
                     .filter(messages::client_msg_id.eq(&msg.client_msg_id))
                     .select(LogRow::as_select())
                     .first(&mut c)

@@ -9,6 +9,7 @@ import path from 'node:path';
 import {
   TEST_TIMEOUT, embedded, checkAssets, launchBrowser, openPage, register, login, createRoom,
   joinRoom, openRoom, roomItem, send, messages, waitDelivered, online, uniq, Proxy, shot,
+  until, sleep,
 } from './harness.mjs';
 
 let browser; let server; let proxy; let dataDir;
@@ -76,4 +77,43 @@ test('embedded: two tabs chat; after a server restart on the same data dir users
   assert.deepEqual((await messages(b)).map((m) => m.body), all);
   await shot(a, '09-embedded-after-restart');
   assert.deepEqual([...a.errors, ...b.errors], []);
+});
+
+test('embedded: the room list reaches public rooms beyond its first page ("More rooms") and keeps them', { timeout: TEST_TIMEOUT }, async () => {
+  // 210 public rooms of two other users: the first page of the list holds 200 of them.
+  const api = async (method, p, token, body) => {
+    const r = await fetch(server.url + p, {
+      method,
+      headers: Object.assign({ 'content-type': 'application/json' }, token ? { authorization: 'Bearer ' + token } : {}),
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    assert.ok(r.ok, `${method} ${p}: ${r.status}`);
+    return r.json();
+  };
+  const prefix = uniq('many-');
+  const names = [];
+  for (let u = 0; u < 2; u++) {
+    const { token } = await api('POST', '/api/register', null, { username: uniq('maker'), password: 'correct horse battery' });
+    for (let i = 0; i < 105; i++) {
+      const name = `${prefix}-${u}-${String(i).padStart(3, '0')}`;
+      await api('POST', '/api/rooms', token, { name });
+      names.push(name);
+    }
+  }
+  const p = await openPage(browser, proxy.url); contexts.push(p.context());
+  await register(p, uniq('browser'));
+  const mine = () => p.locator(`[data-testid="other-room-list"] [data-testid="room-item"][data-room-name^="${prefix}"]`);
+  // (Rooms of the tests before come first: the oldest are on the first page.)
+  await until(async () => (await mine().count()) > 0, { what: 'the first page of rooms' });
+  assert.ok((await mine().count()) < 210);
+  await p.getByTestId('more-rooms').click();
+  await until(async () => (await mine().count()) === 210, { what: 'all 210 rooms after "More rooms"' });
+  assert.equal(await p.getByTestId('more-rooms').isVisible(), false);
+  // The next poll of the list keeps them; a room of the second page can be joined.
+  await p.evaluate(() => window.dispatchEvent(new Event('focus')));
+  await sleep(1000);
+  assert.equal(await mine().count(), 210);
+  await joinRoom(p, names[names.length - 1]);
+  await until(async () => (await p.locator(`[data-testid="room-list"] [data-room-name="${names[names.length - 1]}"]`).count()) === 1, { what: 'the joined room among my rooms' });
+  assert.deepEqual(p.errors, []);
 });

@@ -101,7 +101,7 @@ export class ChatProc {
   }
 }
 
-const limits = ['--send-rate-per-sec', '1000', '--send-rate-burst', '1000'];
+const limits = ['--send-rate-per-sec', '1000', '--send-rate-burst', '1000', '--room-create-per-minute', '1000'];
 
 /** Two gateways and a consumer with their own database, topic and Redis prefix. */
 export async function startDistributed(name, { gateways = 2 } = {}) {

@@ -333,6 +333,29 @@ impl Env {
         rows.into_iter().next().map_or(0, |r| r.n)
     }
 
+    /// Runs SQL statements against the test's database (either backend; the SQLite file
+    /// and its directory are created if they do not exist yet).
+    pub async fn exec(&self, sql: &str) {
+        if self.mode == Mode::Embedded {
+            let dir = self.log_dir.join("data");
+            let sql = sql.to_owned();
+            return tokio::task::spawn_blocking(move || {
+                use diesel::connection::SimpleConnection as _;
+                use diesel::Connection as _;
+                std::fs::create_dir_all(&dir).expect("data dir");
+                let path = dir.join("chat.db");
+                let mut c = diesel::SqliteConnection::establish(path.to_str().expect("utf-8"))
+                    .expect("open the test's SQLite file");
+                c.batch_execute(&sql).expect("exec");
+            })
+            .await
+            .expect("exec task");
+        }
+        use diesel_async::SimpleAsyncConnection as _;
+        let mut c = self.db().await;
+        c.batch_execute(sql).await.expect(sql);
+    }
+
     /// Polls until `sql` counts `want` (or the deadline passes) and returns the last count.
     pub async fn wait_count(&self, sql: &str, want: i64, within: Duration) -> i64 {
         let deadline = tokio::time::Instant::now() + within;

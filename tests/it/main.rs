@@ -9,4 +9,5 @@ mod delivery;
 mod embedded;
 mod features;
 mod hardening;
+mod rooms_tokens;
 mod sessions;
