@@ -101,7 +101,12 @@ export class ChatProc {
   }
 }
 
-const limits = ['--send-rate-per-sec', '1000', '--send-rate-burst', '1000'];
+// Relaxed: every test registers its users from 127.0.0.1.
+const limits = ['--send-rate-per-sec', '1000', '--send-rate-burst', '1000',
+  '--login-rate-per-account', '100000', '--login-burst-per-account', '100000',
+  '--login-rate-per-address', '100000', '--login-burst-per-address', '100000',
+  '--register-rate-per-address', '100000', '--register-burst-per-address', '100000',
+  '--hash-queue', '100000'];
 
 /** Two gateways and a consumer with their own database, topic and Redis prefix. */
 export async function startDistributed(name, { gateways = 2 } = {}) {
