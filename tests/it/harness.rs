@@ -229,6 +229,18 @@ impl Env {
     }
 
     pub async fn spawn_with(&self, role: &str, label: &str, extra: &[&str]) -> Proc {
+        self.spawn_with_env(role, label, extra, &[]).await
+    }
+
+    /// As [`Env::spawn_with`], with environment variables set for the process (after the
+    /// harness's own, e.g. `RUST_LOG`, so they win).
+    pub async fn spawn_with_env(
+        &self,
+        role: &str,
+        label: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Proc {
         // Only the first process of an Env migrates; the others could race it harmlessly
         // (migrations take an advisory lock), but this keeps start-up quick.
         let migrate = label.ends_with("-m");
@@ -266,6 +278,7 @@ impl Env {
         let mut child = cmd
             .args(&args)
             .env("RUST_LOG", "info,chat=debug")
+            .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
