@@ -240,6 +240,13 @@ export async function openPage(browser, url, opts = {}) {
   // Reduced motion: the client then slides no drawers, so what a test sees is settled.
   const ctx = await browser.newContext(Object.assign({ viewport: DESKTOP, reducedMotion: 'reduce' }, opts));
   ctx.setDefaultTimeout(15_000);
+  // Everything the page's Content-Security-Policy refuses, in window.__cspViolations.
+  await ctx.addInitScript(() => {
+    window.__cspViolations = [];
+    document.addEventListener('securitypolicyviolation', (e) => {
+      window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`);
+    });
+  });
   const page = await ctx.newPage();
   page.errors = [];
   page.on('pageerror', (e) => page.errors.push(String(e)));
