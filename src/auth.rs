@@ -240,7 +240,12 @@ mod tests {
     #[tokio::test]
     async fn passwords() {
         let pool = Hashing::new(4);
-        let h = pool.admit().unwrap().hash("correct horse".into()).await.unwrap();
+        let h = pool
+            .admit()
+            .unwrap()
+            .hash("correct horse".into())
+            .await
+            .unwrap();
         assert!(
             pool.admit()
                 .unwrap()

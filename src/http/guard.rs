@@ -257,7 +257,10 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let g = Guard::start(&limits, CancellationToken::new());
-            assert_eq!(g.client_address(&req), "10.0.0.9".parse::<IpAddr>().unwrap());
+            assert_eq!(
+                g.client_address(&req),
+                "10.0.0.9".parse::<IpAddr>().unwrap()
+            );
             limits.trust_forwarded_for = true;
             let g = Guard::start(&limits, CancellationToken::new());
             assert_eq!(g.client_address(&req), "2.2.2.2".parse::<IpAddr>().unwrap());
@@ -278,7 +281,10 @@ mod tests {
         }
         assert!(k.limiter.len() <= 100, "{}", k.limiter.len());
         // A key already over its limit is refused with how long to wait.
-        assert!(matches!(k.check(&"user0".into()), Err(Refused::Limited(_) | Refused::Full)));
+        assert!(matches!(
+            k.check(&"user0".into()),
+            Err(Refused::Limited(_) | Refused::Full)
+        ));
     }
 
     #[test]
@@ -293,7 +299,10 @@ mod tests {
         assert!(k.check(&"a".into()).is_ok());
         assert!(k.check(&"a".into()).is_ok());
         match k.check(&"a".into()) {
-            Err(Refused::Limited(d)) => assert!(d > Duration::from_secs(5) && d <= Duration::from_secs(10), "{d:?}"),
+            Err(Refused::Limited(d)) => assert!(
+                d > Duration::from_secs(5) && d <= Duration::from_secs(10),
+                "{d:?}"
+            ),
             _ => panic!("not limited"),
         }
         assert!(k.check(&"b".into()).is_ok());

@@ -76,14 +76,12 @@ const BASE: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
 /// `wss://host`): browsers before CSP level 3 do not count them as `'self'`. A Host header
 /// that is not a plain host\[:port\] names none.
 fn policy(host: Option<&HeaderValue>) -> HeaderValue {
-    let host = host
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.len() <= 255
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
-        });
+    let host = host.and_then(|h| h.to_str().ok()).filter(|h| {
+        !h.is_empty()
+            && h.len() <= 255
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+    });
     let connect = match host {
         Some(h) => format!("connect-src 'self' ws://{h} wss://{h}"),
         None => "connect-src 'self'".to_owned(),
@@ -100,7 +98,10 @@ mod tests {
     fn the_policy_names_the_host_only_when_plain() {
         let p = policy(Some(&HeaderValue::from_static("chat.example:8080")));
         let p = p.to_str().unwrap();
-        assert!(p.contains("connect-src 'self' ws://chat.example:8080 wss://chat.example:8080"), "{p}");
+        assert!(
+            p.contains("connect-src 'self' ws://chat.example:8080 wss://chat.example:8080"),
+            "{p}"
+        );
         assert!(p.contains("frame-ancestors 'none'"), "{p}");
         let p = policy(Some(&HeaderValue::from_static("evil; script-src *")));
         let p = p.to_str().unwrap();
