@@ -488,9 +488,32 @@ async fn pages_carry_security_headers_and_head_is_answered(mode: Mode) {
     assert_eq!(resp.status(), 401);
 }
 
+/// Runs one statement against the test's own database (either backend), behind the
+/// server's back.
+async fn execute(env: &Env, sql: &str) {
+    use diesel::Connection as _;
+    if env.mode == Mode::Embedded {
+        let path = env.log_dir.join("data/chat.db");
+        let sql = sql.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut c = diesel::SqliteConnection::establish(path.to_str().expect("utf-8"))
+                .expect("open the test's SQLite file");
+            diesel::RunQueryDsl::execute(diesel::sql_query(&sql), &mut c).expect("statement");
+        })
+        .await
+        .expect("statement task");
+        return;
+    }
+    let mut c = env.db().await;
+    diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), &mut c)
+        .await
+        .expect("statement");
+}
+
 both_modes!(malformed_requests_do_not_fill_the_log);
 /// With RUST_BACKTRACE=1 and RUST_LOG=info, 50 malformed requests add no ERROR line and no
-/// backtrace to the server's log: a client's mistakes are logged at debug.
+/// backtrace to the server's log: a client's mistakes are logged at debug. A server error
+/// (a table gone) is one ERROR line, without a backtrace.
 async fn malformed_requests_do_not_fill_the_log(mode: Mode) {
     let env = Env::with_mode("abuse-log", mode).await;
     let (role, label) = match mode {
@@ -601,6 +624,34 @@ async fn malformed_requests_do_not_fill_the_log(mode: Mode) {
         "50 malformed requests added {} log lines, {} of them errors:\n{}",
         added.len(),
         errors.len(),
+        added.join("\n")
+    );
+
+    // Five server errors: one line each.
+    let ann = Http::new(&gw).register("ann").await;
+    execute(&env, "ALTER TABLE rooms RENAME TO rooms_gone").await;
+    let before = text.lines().count();
+    for _ in 0..5 {
+        let r = client
+            .get(gw.url("/api/rooms"))
+            .bearer_auth(&ann.token)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 500);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    let added: Vec<&str> = text.lines().skip(before).collect();
+    let errors = added.iter().filter(|l| l.contains("ERROR")).count();
+    assert!(
+        errors >= 1
+            && added.len() <= 10
+            && !added
+                .iter()
+                .any(|l| l.to_ascii_lowercase().contains("backtrace")),
+        "5 server errors added {} log lines ({errors} ERROR):\n{}",
+        added.len(),
         added.join("\n")
     );
 }
