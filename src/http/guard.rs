@@ -40,7 +40,9 @@ struct Keyed<K: Hash + Eq + Clone> {
 enum Refused {
     /// The key's bucket is empty: retry after this long.
     Limited(Duration),
-    /// Every key in the limiter is live (a flood of distinct keys): nobody new gets in.
+    /// The limiter holds its cap of live keys (a flood of distinct names or addresses):
+    /// every attempt is refused until a sweep forgets some. (Concurrent checks can each add
+    /// a key past the cap: it is exceeded by at most the number of requests in flight.)
     Full,
 }
 
