@@ -18,7 +18,7 @@ use crate::cli::Role;
 use crate::config::{redact, Backend, Config, Services, SECRET_FILE};
 use crate::consumer::Consumer;
 use crate::gateway::{self, Gateway, GatewayParts, Sender};
-use crate::http::{self, ops::Readiness};
+use crate::http::{self, guard::Guard, ops::Readiness};
 use crate::log::kafka::KafkaSettings;
 use crate::log::{KafkaLog, Log};
 use crate::store::{PgStore, SqliteLog, SqliteStore, Store};
@@ -256,14 +256,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let static_dir = cfg.static_dir.clone();
     let gw_data = gateway.clone().map(web::Data::new);
+    let guard = gateway
+        .is_some()
+        .then(|| web::Data::new(Guard::start(&cfg.accounts, stop.clone())));
     let make_app = move || {
         let mut app = App::new()
             .app_data(readiness.clone())
             .wrap(actix_web::middleware::Compress::default())
+            .wrap(http::headers::Security)
             .configure(http::ops::routes);
-        if let Some(gw) = &gw_data {
+        if let (Some(gw), Some(guard)) = (&gw_data, &guard) {
             app = app
                 .app_data(gw.clone())
+                .app_data(guard.clone())
                 .configure(http::api)
                 .route("/ws", web::get().to(gateway::ws));
             app = match &static_dir {
@@ -271,10 +276,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                     app.service(actix_files::Files::new("/", dir).index_file("index.html"))
                 }
                 None => app
-                    .route("/", web::get().to(index))
-                    .route("/index.html", web::get().to(index))
-                    .route("/app.js", web::get().to(app_js))
-                    .route("/app.css", web::get().to(app_css)),
+                    .route("/", http::get_or_head().to(index))
+                    .route("/index.html", http::get_or_head().to(index))
+                    .route("/app.js", http::get_or_head().to(app_js))
+                    .route("/app.css", http::get_or_head().to(app_css)),
             };
         }
         app

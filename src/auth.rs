@@ -110,45 +110,123 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Argon2 takes tens of milliseconds and 19 MiB per hash by design: at most this many run
-/// at once (one per core), the rest wait their turn, so a burst of registrations or
-/// logins can neither take every blocking thread nor grow the heap by 19 MiB each.
-fn hashing_slots() -> &'static tokio::sync::Semaphore {
-    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    SLOTS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::sync::Semaphore::new(cores)
-    })
+/// Cores that hash passwords at once: one per core.
+pub fn hashing_cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-/// Hashes on a blocking thread, within the hashing slots.
-pub async fn hash_password(password: String) -> Result<String, AuthError> {
-    let _slot = hashing_slots()
-        .acquire()
+/// Refused at once: more hashes are waiting than the queue holds.
+#[derive(Debug, thiserror::Error)]
+#[error("too many password checks are waiting")]
+pub struct Busy;
+
+/// The password hashing pool. Argon2 takes tens of milliseconds and 19 MiB per hash by
+/// design: at most one runs per core, so a burst of registrations or logins can neither take
+/// every blocking thread nor grow the heap by 19 MiB each. At most `queue` more wait for a
+/// slot; beyond that [`Hashing::admit`] refuses at once ([`Busy`], answered 503 `busy`), so
+/// an honest login never queues behind hundreds of bogus ones.
+#[derive(Debug)]
+pub struct Hashing {
+    slots: tokio::sync::Semaphore,
+    /// Admitted tickets: hashing or waiting for a slot.
+    admitted: std::sync::atomic::AtomicUsize,
+    max_admitted: usize,
+}
+
+impl Hashing {
+    pub fn new(queue: usize) -> std::sync::Arc<Hashing> {
+        let cores = hashing_cores();
+        std::sync::Arc::new(Hashing {
+            slots: tokio::sync::Semaphore::new(cores),
+            admitted: std::sync::atomic::AtomicUsize::new(0),
+            max_admitted: cores + queue,
+        })
+    }
+
+    /// A place in the pool (a slot or the queue), or [`Busy`] when the queue is full. Take it
+    /// before anything slow (a database lookup) so a refusal costs nothing.
+    pub fn admit(self: &std::sync::Arc<Self>) -> Result<Ticket, Busy> {
+        use std::sync::atomic::Ordering;
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_admitted).then_some(n + 1)
+            })
+            .map_err(|_| Busy)?;
+        Ok(Ticket { pool: self.clone() })
+    }
+
+    /// Computes the dummy hash now, on a blocking thread, so the first unknown-user login
+    /// does not pay for it.
+    pub fn warm_up(&self) {
+        tokio::task::spawn_blocking(|| std::sync::LazyLock::force(&DUMMY_HASH));
+    }
+}
+
+/// Admission to the hashing pool; its place is given back when dropped.
+#[derive(Debug)]
+pub struct Ticket {
+    pool: std::sync::Arc<Hashing>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.pool
+            .admitted
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A hash with the parameters of every stored one, of a password nobody knows: a login for
+/// an unknown user is checked against it, so it takes as long as one for a known user.
+static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    Argon2::default()
+        .hash_password(secret.as_bytes())
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+});
+
+impl Ticket {
+    /// Hashes on a blocking thread, within a hashing slot.
+    pub async fn hash(self, password: String) -> Result<String, AuthError> {
+        let _slot = self
+            .pool
+            .slots
+            .acquire()
+            .await
+            .map_err(|e| AuthError::Hashing(e.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            Argon2::default()
+                .hash_password(password.as_bytes())
+                .map(|h| h.to_string())
+                .map_err(|e| AuthError::Hashing(e.to_string()))
+        })
         .await
-        .map_err(|e| AuthError::Hashing(e.to_string()))?;
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .hash_password(password.as_bytes())
-            .map(|h| h.to_string())
-            .map_err(|e| AuthError::Hashing(e.to_string()))
-    })
-    .await
-    .map_err(|e| AuthError::Hashing(e.to_string()))?
-}
+        .map_err(|e| AuthError::Hashing(e.to_string()))?
+    }
 
-/// False for a wrong password or an unreadable hash.
-pub async fn verify_password(password: String, hash: String) -> bool {
-    let Ok(_slot) = hashing_slots().acquire().await else {
-        return false;
-    };
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .verify_password(password.as_bytes(), hash.as_str())
-            .is_ok()
-    })
-    .await
-    .unwrap_or(false)
+    /// Whether `password` matches `hash`, within a hashing slot. `None` (no such user) is
+    /// checked against the dummy hash, as long as a real check, and is always false. False
+    /// too for an unreadable hash.
+    pub async fn verify(self, password: String, hash: Option<String>) -> bool {
+        let Ok(_slot) = self.pool.slots.acquire().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || {
+            let known = hash.is_some();
+            let hash = hash.as_deref().unwrap_or(DUMMY_HASH.as_str());
+            let ok = Argon2::default()
+                .verify_password(password.as_bytes(), hash)
+                .is_ok();
+            ok && known
+        })
+        .await
+        .unwrap_or(false)
+    }
 }
 
 #[cfg(test)]
@@ -211,8 +289,39 @@ mod tests {
 
     #[tokio::test]
     async fn passwords() {
-        let h = hash_password("correct horse".into()).await.unwrap();
-        assert!(verify_password("correct horse".into(), h.clone()).await);
-        assert!(!verify_password("wrong horse".into(), h).await);
+        let pool = Hashing::new(4);
+        let h = pool
+            .admit()
+            .unwrap()
+            .hash("correct horse".into())
+            .await
+            .unwrap();
+        assert!(
+            pool.admit()
+                .unwrap()
+                .verify("correct horse".into(), Some(h.clone()))
+                .await
+        );
+        assert!(
+            !pool
+                .admit()
+                .unwrap()
+                .verify("wrong horse".into(), Some(h))
+                .await
+        );
+        // An unknown user is checked against the dummy hash, and never matches.
+        assert!(!pool.admit().unwrap().verify("".into(), None).await);
+        assert!(DUMMY_HASH.starts_with("$argon2id$"), "{}", *DUMMY_HASH);
+    }
+
+    #[test]
+    fn the_queue_is_bounded() {
+        let pool = Hashing::new(3);
+        let held: Vec<Ticket> = (0..hashing_cores() + 3)
+            .map(|_| pool.admit().unwrap())
+            .collect();
+        assert!(pool.admit().is_err());
+        drop(held);
+        assert!(pool.admit().is_ok());
     }
 }

@@ -40,6 +40,15 @@ pub enum Role {
     All,
 }
 
+/// Who may create an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Registration {
+    /// Anyone (within the per-address limit).
+    Open,
+    /// Nobody: `POST /api/register` answers 403 `registration_closed`.
+    Closed,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -107,6 +116,37 @@ pub struct ServeArgs {
     /// Rooms one user may create in all (then 403 `too_many_rooms`); 0: no cap.
     #[arg(long, env = "MAX_ROOMS_PER_USER", default_value_t = 200)]
     pub max_rooms_per_user: u32,
+    /// Login attempts per minute for one account name, from any address (then 429
+    /// `rate_limited` with Retry-After).
+    #[arg(long, env = "LOGIN_RATE_PER_ACCOUNT", default_value_t = 5)]
+    pub login_rate_per_account: u32,
+    /// Burst of login attempts for one account name above its rate.
+    #[arg(long, env = "LOGIN_BURST_PER_ACCOUNT", default_value_t = 10)]
+    pub login_burst_per_account: u32,
+    /// Login attempts per minute from one client address (IPv6: one /64).
+    #[arg(long, env = "LOGIN_RATE_PER_ADDRESS", default_value_t = 20)]
+    pub login_rate_per_address: u32,
+    /// Burst of login attempts from one client address above its rate.
+    #[arg(long, env = "LOGIN_BURST_PER_ADDRESS", default_value_t = 30)]
+    pub login_burst_per_address: u32,
+    /// Registrations per minute from one client address (IPv6: one /64).
+    #[arg(long, env = "REGISTER_RATE_PER_ADDRESS", default_value_t = 5)]
+    pub register_rate_per_address: u32,
+    /// Burst of registrations from one client address above its rate.
+    #[arg(long, env = "REGISTER_BURST_PER_ADDRESS", default_value_t = 10)]
+    pub register_burst_per_address: u32,
+    /// Take the client address from the last entry of `X-Forwarded-For` (the one the proxy
+    /// in front appended). Only behind a proxy that sets it: otherwise clients choose
+    /// their own address and escape the per-address limits.
+    #[arg(long, env = "TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+    /// Whether anyone may register (`closed`: `POST /api/register` answers 403).
+    #[arg(long, value_enum, env = "REGISTRATION", default_value_t = Registration::Open)]
+    pub registration: Registration,
+    /// Password hashes (logins, registrations) that may wait for a hashing slot (one slot
+    /// per core); more are refused at once with 503 `busy`. Default: 4 per core.
+    #[arg(long, env = "HASH_QUEUE")]
+    pub hash_queue: Option<usize>,
     /// Maximum database connections of this process.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: usize,

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{Role, ServeArgs};
+use crate::cli::{Registration, Role, ServeArgs};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{setting}: {problem}")]
@@ -112,6 +112,51 @@ impl Default for Limits {
     }
 }
 
+/// A rate: `per_minute` on average, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+/// What protects logins and registrations (protocol.md, "Limits on accounts").
+#[derive(Debug, Clone)]
+pub struct AccountLimits {
+    /// Login attempts for one account name, from anywhere.
+    pub login_per_account: Rate,
+    /// Login attempts from one client address.
+    pub login_per_address: Rate,
+    /// Registrations from one client address.
+    pub register_per_address: Rate,
+    /// Whether the client address comes from `X-Forwarded-For` (behind a proxy).
+    pub trust_forwarded_for: bool,
+    pub registration: Registration,
+    /// Hashes that may wait for a hashing slot before more are refused with `busy`.
+    pub hash_queue: usize,
+}
+
+impl Default for AccountLimits {
+    fn default() -> Self {
+        AccountLimits {
+            login_per_account: Rate {
+                per_minute: 5,
+                burst: 10,
+            },
+            login_per_address: Rate {
+                per_minute: 20,
+                burst: 30,
+            },
+            register_per_address: Rate {
+                per_minute: 5,
+                burst: 10,
+            },
+            trust_forwarded_for: false,
+            registration: Registration::Open,
+            hash_queue: 4 * crate::auth::hashing_cores(),
+        }
+    }
+}
+
 /// Which implementations the three seams get.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -143,6 +188,7 @@ pub struct Config {
     pub http_workers: Option<std::num::NonZeroUsize>,
     pub produce_timeout: Duration,
     pub limits: Limits,
+    pub accounts: AccountLimits,
 }
 
 impl Config {
@@ -173,6 +219,35 @@ impl Config {
                 "at least 1",
             ));
         }
+        let rate = |setting: &'static str, per_minute: u32, burst: u32| {
+            if per_minute == 0 || burst == 0 {
+                Err(bad(setting, "at least 1"))
+            } else {
+                Ok(Rate { per_minute, burst })
+            }
+        };
+        let accounts = AccountLimits {
+            login_per_account: rate(
+                "--login-rate-per-account / --login-burst-per-account",
+                a.login_rate_per_account,
+                a.login_burst_per_account,
+            )?,
+            login_per_address: rate(
+                "--login-rate-per-address / --login-burst-per-address",
+                a.login_rate_per_address,
+                a.login_burst_per_address,
+            )?,
+            register_per_address: rate(
+                "--register-rate-per-address / --register-burst-per-address",
+                a.register_rate_per_address,
+                a.register_burst_per_address,
+            )?,
+            trust_forwarded_for: a.trust_forwarded_for,
+            registration: a.registration,
+            hash_queue: a
+                .hash_queue
+                .unwrap_or_else(|| AccountLimits::default().hash_queue),
+        };
         if let Some(dir) = &a.static_dir {
             if !dir.join("index.html").is_file() {
                 return Err(bad(
@@ -206,6 +281,7 @@ impl Config {
                 max_rooms_per_user: a.max_rooms_per_user,
                 ..Limits::default()
             },
+            accounts,
         })
     }
 }

@@ -18,8 +18,19 @@ fn tune_malloc() {
     }
 }
 
+/// With `RUST_BACKTRACE=1`, anyhow (and `std::backtrace`) capture a backtrace for every error
+/// created, and a client can cause errors at will: each would cost a stack walk. Backtraces of
+/// errors are off unless `RUST_LIB_BACKTRACE` asks for them; panics keep theirs.
+fn no_error_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // Before any other thread exists (the runtime is built after this).
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+}
+
 fn main() -> ExitCode {
     tune_malloc();
+    no_error_backtraces();
     let cli = Cli::parse();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();

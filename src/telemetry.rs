@@ -6,8 +6,29 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
+/// actix-http logs every request it cannot parse (a client's malformed HTTP) as an ERROR
+/// (`stream error: request parse error: …`), so any client could fill the log with errors.
+/// Its connection-level events are off unless RUST_LOG names `actix_http`.
+const QUIET: [&str; 2] = [
+    "actix_http::h1::dispatcher=off",
+    "actix_http::h1::decoder=off",
+];
+
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = EnvFilter::try_new(if spec.trim().is_empty() {
+        "info"
+    } else {
+        &spec
+    })
+    .unwrap_or_else(|_| EnvFilter::new("info"));
+    if !spec.contains("actix_http") {
+        for quiet in QUIET {
+            if let Ok(d) = quiet.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -24,6 +24,8 @@
       if (k === 'class') e.className = v;
       else if (k === 'text') e.textContent = v;
       else if (k === 'dataset') for (const [dk, dv] of Object.entries(v)) { if (dv != null) e.dataset[dk] = String(dv); }
+      // Style properties through the CSSOM: the Content-Security-Policy refuses style attributes.
+      else if (k === 'style') for (const [sk, sv] of Object.entries(v)) e.style.setProperty(sk, String(sv));
       else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
       else e.setAttribute(k, v === true ? '' : String(v));
     }
@@ -776,7 +778,7 @@
 
   // ---------------------------------------------------------------- rendering
   function hue(id) { let x = 0; for (const c of String(id)) x = (x * 31 + c.charCodeAt(0)) >>> 0; return x % 360; }
-  function avatarStyle(id) { return `--hue:${hue(id)}`; }
+  function avatarStyle(id) { return { '--hue': hue(id) }; }
   function initial(name) { return (name || '?').trim().charAt(0).toUpperCase() || '?'; }
 
   const timeFmt = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
@@ -1003,7 +1005,7 @@
     $('login').hidden = true; $('app').hidden = false;
     $('me-name').textContent = S.user.name;
     $('me-avatar').textContent = initial(S.user.name);
-    $('me-avatar').setAttribute('style', avatarStyle(S.user.id));
+    $('me-avatar').style.setProperty('--hue', String(hue(S.user.id)));
     loadOutbox();
     setConn('connecting');
     renderAll(true);

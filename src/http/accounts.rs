@@ -3,15 +3,15 @@
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use crate::auth;
+use super::guard::Guard;
 use crate::gateway::Gateway;
-use crate::model::{check_password, parse_username, User};
+use crate::model::{check_password, name_key, parse_username, User};
 
 #[derive(Deserialize)]
 pub struct Credentials {
@@ -21,12 +21,15 @@ pub struct Credentials {
 
 pub async fn register(
     gw: web::Data<Arc<Gateway>>,
+    guard: web::Data<Arc<Guard>>,
+    req: HttpRequest,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
+    guard.register(guard.client_address(&req))?;
     let Credentials { username, password } = body.into_inner();
     let username = parse_username(&username)?;
     check_password(&password)?;
-    let hash = auth::hash_password(password).await.map_err(|e| {
+    let hash = guard.hashing()?.hash(password).await.map_err(|e| {
         tracing::error!(error = %e, "hashing failed");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -43,8 +46,14 @@ pub async fn register(
     Ok(HttpResponse::Created().json(json!({"user": user, "token": token})))
 }
 
+/// Checked in this order, cheapest refusal first: the address's limit, then (for a name and
+/// password that could exist at all) the account's limit, a place in the hashing pool, and
+/// only then the database and the hash. An unknown user's password is checked against a
+/// dummy hash, so the answer takes as long as for a known user with a wrong password.
 pub async fn login(
     gw: web::Data<Arc<Gateway>>,
+    guard: web::Data<Arc<Guard>>,
+    req: HttpRequest,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
     let Credentials { username, password } = body.into_inner();
@@ -55,12 +64,28 @@ pub async fn login(
             "wrong username or password",
         )
     };
-    let Some(creds) = gw.store.credentials(&username).await? else {
-        return Err(bad());
-    };
-    if !auth::verify_password(password, creds.password_hash).await {
+    // No account has such a name or password: nothing to guess, nothing to hash (and an
+    // account key is at most 32 bytes).
+    // The account is counted by its name's key: every case and normal form of a name is
+    // one account.
+    let account = parse_username(&username)
+        .ok()
+        .filter(|_| check_password(&password).is_ok())
+        .map(|name| name_key(&name));
+    guard.login(guard.client_address(&req), account.as_deref())?;
+    if account.is_none() {
         return Err(bad());
     }
-    let token = gw.auth.issue_at(&creds.user, creds.token_generation);
-    Ok(HttpResponse::Ok().json(json!({"user": creds.user, "token": token})))
+    let ticket = guard.hashing()?;
+    let creds = gw.store.credentials(&username).await?;
+    let (user, hash) = match creds {
+        Some(c) => (Some((c.user, c.token_generation)), Some(c.password_hash)),
+        None => (None, None),
+    };
+    if !ticket.verify(password, hash).await {
+        return Err(bad());
+    }
+    let (user, generation) = user.ok_or_else(bad)?;
+    let token = gw.auth.issue_at(&user, generation);
+    Ok(HttpResponse::Ok().json(json!({"user": user, "token": token})))
 }

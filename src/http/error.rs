@@ -14,6 +14,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,7 +24,12 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
     }
     pub fn unauthorized() -> Self {
         Self::new(
@@ -79,7 +86,8 @@ impl From<StoreError> for ApiError {
                 )
             }
             e => {
-                tracing::error!(error = ?e, "store error");
+                // One line: the Debug form of an anyhow error carries its backtrace.
+                tracing::error!(error = %e, "store error");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
@@ -95,8 +103,16 @@ impl ResponseError for ApiError {
         self.status
     }
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status)
-            .json(json!({"error": {"code": self.code, "message": self.message}}))
+        // A client's mistake is no server error; server errors are logged where they
+        // happen, with their cause.
+        if self.status.is_client_error() {
+            tracing::debug!(status = self.status.as_u16(), code = self.code, message = %self.message, "refused");
+        }
+        let mut res = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after {
+            res.insert_header((actix_web::http::header::RETRY_AFTER, secs));
+        }
+        res.json(json!({"error": {"code": self.code, "message": self.message}}))
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod accounts;
 pub mod error;
+pub mod guard;
+pub mod headers;
 pub mod ops;
 mod rooms;
 pub mod server;
@@ -25,12 +27,12 @@ pub fn api(cfg: &mut web::ServiceConfig) {
                 .route("/register", web::post().to(accounts::register))
                 .route("/login", web::post().to(accounts::login))
                 .route("/logout-all", web::post().to(rooms::logout_all))
-                .route("/rooms", web::get().to(rooms::list))
+                .route("/rooms", get_or_head().to(rooms::list))
                 .route("/rooms", web::post().to(rooms::create))
                 .route("/rooms/{id}/join", web::post().to(rooms::join))
                 .route("/rooms/{id}/leave", web::post().to(rooms::leave))
-                .route("/rooms/{id}/members", web::get().to(rooms::members))
-                .route("/rooms/{id}/messages", web::get().to(rooms::messages))
+                .route("/rooms/{id}/members", get_or_head().to(rooms::members))
+                .route("/rooms/{id}/messages", get_or_head().to(rooms::messages))
                 .route("/dms", web::post().to(rooms::dm))
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::new(
@@ -40,6 +42,12 @@ pub fn api(cfg: &mut web::ServiceConfig) {
                     ))
                 })),
         );
+}
+
+/// A route for GET that answers HEAD too (the same status and headers, no body: actix-http
+/// leaves the body out of an answer to HEAD).
+pub fn get_or_head() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
 }
 
 /// The caller, from `Authorization: Bearer <token>`: a valid signature, and (one

@@ -23,9 +23,9 @@ pub struct Readiness {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+    cfg.route("/healthz", super::get_or_head().to(healthz))
+        .route("/readyz", super::get_or_head().to(readyz))
+        .route("/metrics", super::get_or_head().to(metrics));
 }
 
 async fn healthz() -> HttpResponse {

@@ -32,6 +32,25 @@ test('embedded: the binary serves the client in static/', { timeout: TEST_TIMEOU
   await checkAssets(server.url);
 });
 
+test('embedded: the page runs under its Content-Security-Policy with nothing refused', { timeout: TEST_TIMEOUT }, async () => {
+  const r = await fetch(server.url + '/');
+  const csp = r.headers.get('content-security-policy') || '';
+  assert.match(csp, /default-src 'self'/);
+  assert.match(csp, /frame-ancestors 'none'/);
+  assert.doesNotMatch(csp, /unsafe-inline/);
+  assert.equal(r.headers.get('x-content-type-options'), 'nosniff');
+  const a = await openPage(browser, server.url); contexts.push(a.context());
+  await register(a, uniq('csp'));
+  await createRoom(a, uniq('csp-'));
+  await send(a, 'styled by the CSSOM');
+  await waitDelivered(a, 'styled by the CSSOM');
+  // Avatars get their colour through a CSS custom property, set without a style attribute.
+  const hues = await a.evaluate(() => [...document.querySelectorAll('.avatar')].map((e) => e.style.getPropertyValue('--hue')));
+  assert.ok(hues.length >= 2 && hues.every((h) => h !== ''), `avatar hues: ${hues}`);
+  assert.deepEqual(await a.evaluate(() => window.__cspViolations), []);
+  assert.deepEqual(a.errors, []);
+});
+
 test('embedded: two tabs chat; after a server restart on the same data dir users, room and history remain', { timeout: TEST_TIMEOUT }, async () => {
   const a = await openPage(browser, proxy.url); contexts.push(a.context());
   const b = await openPage(browser, proxy.url); contexts.push(b.context());

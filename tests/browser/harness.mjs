@@ -101,7 +101,12 @@ export class ChatProc {
   }
 }
 
-const limits = ['--send-rate-per-sec', '1000', '--send-rate-burst', '1000', '--room-create-per-minute', '1000'];
+// Relaxed: every test registers its users from 127.0.0.1.
+const limits = ['--send-rate-per-sec', '1000', '--send-rate-burst', '1000',
+  '--login-rate-per-account', '100000', '--login-burst-per-account', '100000',
+  '--login-rate-per-address', '100000', '--login-burst-per-address', '100000',
+  '--register-rate-per-address', '100000', '--register-burst-per-address', '100000',
+  '--hash-queue', '100000', '--room-create-per-minute', '1000'];
 
 /** Two gateways and a consumer with their own database, topic and Redis prefix. */
 export async function startDistributed(name, { gateways = 2 } = {}) {
@@ -235,6 +240,13 @@ export async function openPage(browser, url, opts = {}) {
   // Reduced motion: the client then slides no drawers, so what a test sees is settled.
   const ctx = await browser.newContext(Object.assign({ viewport: DESKTOP, reducedMotion: 'reduce' }, opts));
   ctx.setDefaultTimeout(15_000);
+  // Everything the page's Content-Security-Policy refuses, in window.__cspViolations.
+  await ctx.addInitScript(() => {
+    window.__cspViolations = [];
+    document.addEventListener('securitypolicyviolation', (e) => {
+      window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`);
+    });
+  });
   const page = await ctx.newPage();
   page.errors = [];
   page.on('pageerror', (e) => page.errors.push(String(e)));

@@ -21,6 +21,25 @@ use uuid::Uuid;
 
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
+/// Tests register and log in many users from 127.0.0.1 at once: the harness relaxes the
+/// login and registration limits (tests of those limits pass their own, which replace these).
+pub const RELAXED_ACCOUNT_LIMITS: &[&str] = &[
+    "--login-rate-per-account",
+    "100000",
+    "--login-burst-per-account",
+    "100000",
+    "--login-rate-per-address",
+    "100000",
+    "--login-burst-per-address",
+    "100000",
+    "--register-rate-per-address",
+    "100000",
+    "--register-burst-per-address",
+    "100000",
+    "--hash-queue",
+    "100000",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// PostgreSQL, Redis, Kafka; gateways and consumers as separate processes.
@@ -163,6 +182,7 @@ impl Env {
                 "1000",
             ]
             .iter()
+            .chain(RELAXED_ACCOUNT_LIMITS)
             .map(|s| s.to_string())
             .collect();
         }
@@ -194,6 +214,7 @@ impl Env {
             "1000",
         ]
         .iter()
+        .chain(RELAXED_ACCOUNT_LIMITS)
         .map(|s| s.to_string())
         .collect();
         if !migrate {
@@ -208,6 +229,18 @@ impl Env {
     }
 
     pub async fn spawn_with(&self, role: &str, label: &str, extra: &[&str]) -> Proc {
+        self.spawn_with_env(role, label, extra, &[]).await
+    }
+
+    /// As [`Env::spawn_with`], with environment variables set for the process (after the
+    /// harness's own, e.g. `RUST_LOG`, so they win).
+    pub async fn spawn_with_env(
+        &self,
+        role: &str,
+        label: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Proc {
         // Only the first process of an Env migrates; the others could race it harmlessly
         // (migrations take an advisory lock), but this keeps start-up quick.
         let migrate = label.ends_with("-m");
@@ -245,6 +278,7 @@ impl Env {
         let mut child = cmd
             .args(&args)
             .env("RUST_LOG", "info,chat=debug")
+            .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true)

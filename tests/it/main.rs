@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod abuse;
 mod consumer;
 mod delivery;
 mod embedded;
