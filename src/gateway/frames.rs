@@ -260,7 +260,7 @@ impl Frames {
         let p = self
             .partial
             .as_mut()
-            .ok_or_else(|| FrameError::Protocol(ProtocolError::ContinuationNotStarted))?;
+            .ok_or(FrameError::Protocol(ProtocolError::ContinuationNotStarted))?;
         if p.data.len() + bytes.len() > max {
             return Err(FrameError::TooBig(max));
         }
