@@ -34,6 +34,8 @@ use super::outbox::{Out, OutTx};
 #[derive(Debug)]
 pub enum Inbound {
     Text(ByteString),
+    /// Read by the echo route (feature `autobahn`); `/ws` refuses binary frames.
+    #[cfg_attr(not(feature = "autobahn"), allow(dead_code))]
     Binary(Bytes),
     /// A ping's payload (at most 125 bytes): answer with a pong that carries it.
     Ping(Bytes),

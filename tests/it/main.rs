@@ -3,7 +3,9 @@
 //! `scripts/test.sh`, which starts the services.
 
 mod harness;
+mod rawws;
 
+mod conformance;
 mod consumer;
 mod delivery;
 mod embedded;
