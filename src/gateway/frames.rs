@@ -324,3 +324,124 @@ impl Pongs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame.
+    fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut f = vec![first];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    /// Frames over the given chunks of bytes (then the end of the input).
+    fn frames(chunks: Vec<Vec<u8>>, max: usize) -> Frames {
+        let stream = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, actix_http::error::PayloadError>(Bytes::from(c))),
+        );
+        let stream: actix_http::BoxedPayloadStream = Box::pin(stream);
+        Frames::new(actix_http::Payload::from(stream), max)
+    }
+
+    async fn all(mut f: Frames) -> Vec<Result<Inbound, FrameError>> {
+        let mut out = Vec::new();
+        while let Some(m) = f.recv().await {
+            out.push(m);
+        }
+        out
+    }
+
+    fn code(r: &Result<Inbound, FrameError>) -> Option<u16> {
+        match r {
+            Err(e) => e.close_reason().map(|r| r.code.into()),
+            Ok(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn fragments_are_joined_and_control_frames_pass_between() {
+        let input = [
+            frame(0x01, b"h\xc3"), // text, not final, a character cut in two
+            frame(0x89, b"p"),     // ping between fragments
+            frame(0x00, b"\xa4l"),
+            frame(0x80, b"lo"),
+        ]
+        .concat();
+        let got = all(frames(vec![input], 1024)).await;
+        assert!(matches!(&got[0], Ok(Inbound::Ping(p)) if &p[..] == b"p"));
+        assert!(matches!(&got[1], Ok(Inbound::Text(t)) if &t[..] == "hällo"));
+        assert_eq!(got.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn each_error_has_its_close_code() {
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (frame(0x81 | 0x40, b"x"), 1002),     // RSV1
+            (frame(0x83, b"x"), 1002),            // reserved opcode
+            (frame(0x81, b"\xff"), 1007),         // invalid UTF-8
+            (frame(0x01, b"\xed\xa0\x80"), 1007), // invalid, first fragment
+            (frame(0x81, &[b'a'; 200]), 1009),    // over the limit
+            (frame(0x80, b"x"), 1002),            // continuation, no start
+            (
+                [frame(0x01, &[b'a'; 60]), frame(0x80, &[b'b'; 60])].concat(),
+                1009,
+            ),
+            (frame(0x89, &[0; 126]), 1002), // control frame over 125
+            (frame(0x09, b"x"), 1002),      // fragmented ping
+            ([frame(0x01, b"a"), frame(0x81, b"b")].concat(), 1002), // new message inside one
+        ];
+        for (input, want) in cases {
+            let got = all(frames(vec![input.clone()], 100)).await;
+            assert_eq!(got.len(), 1, "{input:x?}: {got:?}");
+            assert_eq!(code(&got[0]), Some(want), "{input:x?}: {got:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversize_frame_is_refused_on_its_header() {
+        // 1 GiB announced, nothing of it sent: refused at once, without waiting for it.
+        let mut header = vec![0x81, 0x80 | 127];
+        header.extend_from_slice(&(1u64 << 30).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        let got = all(frames(vec![header], 64 * 1024)).await;
+        assert_eq!(code(&got[0]), Some(1009));
+    }
+
+    #[tokio::test]
+    async fn frames_split_across_reads_and_a_close() {
+        let input = [frame(0x81, b"hello"), frame(0x88, &1000u16.to_be_bytes())].concat();
+        let chunks = input.iter().map(|b| vec![*b]).collect();
+        let got = all(frames(chunks, 1024)).await;
+        assert!(matches!(&got[0], Ok(Inbound::Text(t)) if &t[..] == "hello"));
+        assert!(matches!(&got[1], Ok(Inbound::Close(Some(r))) if r.code == CloseCode::Normal));
+        assert_eq!(got.len(), 2, "nothing is read after a close");
+    }
+
+    #[test]
+    fn the_pong_slot_answers_the_latest_ping_once() {
+        let (tx, rx) = super::super::outbox::channel(4);
+        let mut pongs = Pongs::default();
+        pongs.answer(&tx, b"one");
+        pongs.answer(&tx, b"two");
+        let Ok(Out::Pong(slot)) = rx.try_recv() else {
+            panic!("a pong queued")
+        };
+        assert!(rx.try_recv().is_err(), "one pong queued for two pings");
+        assert_eq!(slot.take().as_deref(), Some(&b"two"[..]));
+        pongs.answer(&tx, b"three");
+        assert!(matches!(rx.try_recv(), Ok(Out::Pong(_))));
+    }
+}

@@ -91,7 +91,10 @@ async fn fragments_are_reassembled_with_control_frames_between(mode: Mode) {
     // answered before the message is complete.
     ws.frame(false, TEXT, b"{\"type\":\"d\xc3").await;
     ws.frame(true, PING, b"between").await;
-    let pong = ws.expect(PONG, T).await.expect("the ping between fragments");
+    let pong = ws
+        .expect(PONG, T)
+        .await
+        .expect("the ping between fragments");
     assert_eq!(pong.payload, b"between");
     ws.frame(false, CONTINUATION, b"\xa4n").await;
     ws.frame(true, CONTINUATION, b"ce\"}").await;
@@ -202,7 +205,9 @@ async fn protocol_errors_and_the_close_handshake_have_their_codes(mode: Mode) {
         if got != Closed::Code(bad.code()) {
             wrong.push(format!("{bad:?}: {got:?}, want {}", bad.code()));
         } else if !ws.eof(T).await {
-            wrong.push(format!("{bad:?}: the connection stayed open after the close"));
+            wrong.push(format!(
+                "{bad:?}: the connection stayed open after the close"
+            ));
         }
     }
     // Before hello the framing rules are the same (a binary frame is not a hello: 4401).

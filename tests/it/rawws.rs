@@ -55,7 +55,10 @@ impl RawWs {
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        stream.write_all(req.as_bytes()).await.expect("upgrade request");
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .expect("upgrade request");
         let mut buf = Vec::new();
         let end = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
