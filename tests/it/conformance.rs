@@ -120,7 +120,7 @@ async fn fragments_are_reassembled_with_control_frames_between(mode: Mode) {
 #[derive(Debug, Clone, Copy)]
 enum Bad {
     ReservedBits,
-    BadOpcode,
+    ReservedOpcode,
     InvalidUtf8,
     InvalidUtf8InFirstFragment,
     OversizeFrame,
@@ -149,7 +149,7 @@ impl Bad {
         let ping = br#"{"type":"ping"}"#;
         match self {
             Bad::ReservedBits => ws.frame_raw(0x80 | 0x40 | TEXT, true, ping).await,
-            Bad::BadOpcode => ws.frame_raw(0x80 | 0x3, true, ping).await,
+            Bad::ReservedOpcode => ws.frame_raw(0x80 | 0x3, true, ping).await,
             Bad::InvalidUtf8 => ws.frame(true, TEXT, b"{\"type\":\"\xff\xfe\"}").await,
             // Never finished: found without waiting for the end of the message.
             Bad::InvalidUtf8InFirstFragment => ws.frame(false, TEXT, b"ok \xed\xa0\x80").await,
@@ -183,7 +183,7 @@ async fn protocol_errors_and_the_close_handshake_have_their_codes(mode: Mode) {
 
     let all = [
         Bad::ReservedBits,
-        Bad::BadOpcode,
+        Bad::ReservedOpcode,
         Bad::InvalidUtf8,
         Bad::InvalidUtf8InFirstFragment,
         Bad::OversizeFrame,
