@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (what the README and CI run), from any directory:
 #
-#   scripts/test.sh               services, fmt, clippy, build, cargo tests, browser tests
+#   scripts/test.sh               services, fmt, clippy, build, cargo tests, client-library
+#                                 tests, browser tests, Autobahn WebSocket suite
 #   scripts/test.sh --no-browser  the same without the browser tests
 #
 # Starts PostgreSQL, Redis and Kafka through scripts/services.sh (they stay up afterwards; stop
@@ -105,6 +106,20 @@ banner "cargo test --all-targets ${LOCKED[*]}"
 cargo test --all-targets "${LOCKED[@]}"
 
 # ---------------------------------------------------------------------------------------------
+banner "client libraries: Python websockets keepalive (tests/clients)"
+# A virtualenv outside the clone; recreated when the pins change.
+CLIENTS_VENV="${CHAT_CACHE:-$HOME/.cache/chat}/venv-clients"
+CLIENT_PINS="websockets==17.4 pytest==9.2.0"
+if [ "$(cat "$CLIENTS_VENV/.pins" 2>/dev/null)" != "$CLIENT_PINS" ]; then
+  rm -rf "$CLIENTS_VENV"
+  python3 -m venv "$CLIENTS_VENV"
+  # shellcheck disable=SC2086 # (the pins are words)
+  "$CLIENTS_VENV/bin/pip" install -q --disable-pip-version-check $CLIENT_PINS
+  echo "$CLIENT_PINS" > "$CLIENTS_VENV/.pins"
+fi
+CHAT_BIN="$CARGO_TARGET_DIR/debug/chat" "$CLIENTS_VENV/bin/python" -m pytest -q tests/clients
+
+# ---------------------------------------------------------------------------------------------
 if [ "$RUN_BROWSER" -eq 1 ]; then
   banner "browser tests: npm install ($BROWSER_DIR)"
   export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 PUPPETEER_SKIP_DOWNLOAD=1
@@ -142,6 +157,19 @@ elif [ "$BROWSER" -eq 0 ]; then
   banner "browser tests: skipped (--no-browser)"
 else
   banner "browser tests: skipped (no $BROWSER_DIR/package.json)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+banner "Autobahn WebSocket test suite (scripts/autobahn.sh)"
+# About a minute: the suite's Python 2.7 virtualenv (once), a build with the feature
+# `autobahn`, ~260 cases in ~15 s. Skipped, loudly, where there is no Python 2.7; the raw-frame
+# tests in tests/it/conformance.rs cover its ping, fragmentation, close-code and UTF-8 cases.
+ab_rc=0
+bash scripts/autobahn.sh || ab_rc=$?
+if [ "$ab_rc" -eq 3 ]; then
+  echo "SKIPPED: no Python 2.7 on this machine, so no Autobahn run (tests/it/conformance.rs ran)"
+elif [ "$ab_rc" -ne 0 ]; then
+  exit "$ab_rc"
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -271,6 +271,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 .app_data(guard.clone())
                 .configure(http::api)
                 .route("/ws", web::get().to(gateway::ws));
+            #[cfg(feature = "autobahn")]
+            {
+                app = app.route("/autobahn-echo", web::get().to(gateway::echo::echo));
+            }
             app = match &static_dir {
                 Some(dir) => {
                     app.service(actix_files::Files::new("/", dir).index_file("index.html"))

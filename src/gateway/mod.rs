@@ -4,6 +4,9 @@
 //! Invariant: the gateway never publishes a chat message to the bus; it appends to the
 //! log, and the relay (consumer role) publishes in log order.
 
+#[cfg(feature = "autobahn")]
+pub mod echo;
+mod frames;
 mod hub;
 mod outbox;
 mod presence;
@@ -226,10 +229,24 @@ pub async fn ws(
         )
         .into());
     }
-    let (resp, session, stream) = actix_ws::handle(&req, body)?;
+    let (resp, session, frames) = upgrade(&req, body, gw.limits.max_frame_bytes).await?;
     let gw = gw.get_ref().clone();
-    actix_web::rt::spawn(session::run(gw, session, stream));
+    actix_web::rt::spawn(session::run(gw, session, frames));
     Ok(resp)
+}
+
+/// The WebSocket handshake (actix-ws: the answer, and the `Session` that encodes what we
+/// send), with the client's frames read by [`frames::Frames`] rather than actix-ws's
+/// stream (which is given an empty payload and dropped). `max`: the largest message.
+async fn upgrade(
+    req: &HttpRequest,
+    body: web::Payload,
+    max: usize,
+) -> Result<(HttpResponse, actix_ws::Session, frames::Frames), actix_web::Error> {
+    use actix_web::FromRequest;
+    let none = web::Payload::extract(req).await?;
+    let (resp, session, _unused) = actix_ws::handle(req, none)?;
+    Ok((resp, session, frames::Frames::new(body.into_inner(), max)))
 }
 
 /// The browser client, built into the binary (or read from `--static-dir`).

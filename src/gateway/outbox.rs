@@ -21,6 +21,7 @@ use bytestring::ByteString;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::frames::PongSlot;
 use crate::model::{Position, RoomId};
 
 /// One item of a connection's queue, kept small (24 bytes): what is larger sits behind a
@@ -44,6 +45,8 @@ pub enum Out {
         room: RoomId,
     },
     Ping,
+    /// Answer the client's latest ping (the slot holds its payload; see `frames::Pongs`).
+    Pong(Arc<PongSlot>),
     Close(Box<CloseReason>),
 }
 
@@ -65,7 +68,11 @@ impl Out {
                 b.messages.iter().map(|(_, t)| t.len()).sum::<usize>()
                     + b.subscribed.as_ref().map_or(0, |t| t.len())
             }
-            Out::BeginRecovery { .. } | Out::EndRoom { .. } | Out::Ping | Out::Close(_) => 0,
+            Out::BeginRecovery { .. }
+            | Out::EndRoom { .. }
+            | Out::Ping
+            | Out::Pong(_)
+            | Out::Close(_) => 0,
         }
     }
 }
@@ -426,6 +433,14 @@ pub async fn writer(mut session: Session, mut rx: OutRx, kick: CancellationToken
             }
             Out::Ping => {
                 match Box::pin(tokio::time::timeout(WRITE_WAIT, session.ping(b""))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => return Box::pin(close(session, policy("too slow"))).await,
+                }
+            }
+            Out::Pong(slot) => {
+                let Some(payload) = slot.take() else { continue };
+                match Box::pin(tokio::time::timeout(WRITE_WAIT, session.pong(&payload))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
                     Err(_) => return Box::pin(close(session, policy("too slow"))).await,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
+use actix_ws::{CloseCode, CloseReason, Session};
 use bytestring::ByteString;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::frames::{self, Frames, Inbound, Pongs};
 use super::hub::{ConnHandle, ConnId, MEMBERSHIP_RECHECK};
 use super::outbox::{self, writer, Backlog, Out, OutTx};
 use super::recovery::RecoveryError;
@@ -88,24 +89,20 @@ const SEND_QUEUE: usize = 64;
 /// and a future is as large as its largest await (plus what it holds across it), so each
 /// phase here is its own boxed future: what stays allocated while the connection idles is
 /// the connection's state and the read loop, not the larger hello, open and close phases.
-pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageStream) {
+pub async fn run(gw: Arc<Gateway>, session: Session, mut stream: Frames) {
     let limits = &gw.limits;
-    let mut stream = stream
-        .max_frame_size(limits.max_frame_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(limits.max_frame_bytes);
     let (out, out_rx) = outbox::channel(limits.outbox_frames, limits.outbox_bytes);
     let kick = CancellationToken::new();
     let writer_task = actix_web::rt::spawn(writer(session, out_rx, kick.clone()));
 
-    let Some(user) = Box::pin(hello(&gw, &mut stream)).await else {
-        let unauthenticated = CloseCode::Other(close::UNAUTHENTICATED);
-        let text = "expected hello with a valid token first";
-        return Box::pin(refuse(out, writer_task, unauthenticated, text)).await;
+    let user = match Box::pin(hello(&gw, &mut stream, &out)).await {
+        Ok(user) => user,
+        Err(reason) => return Box::pin(refuse(out, writer_task, reason)).await,
     };
     let Some(mut conn) = Box::pin(Conn::open(&gw, user, &out, &kick)).await else {
         let text = "too many connections of this user on this server";
-        return Box::pin(refuse(out, writer_task, CloseCode::Policy, text)).await;
+        let reason = close_reason(CloseCode::Policy, text);
+        return Box::pin(refuse(out, writer_task, Some(reason))).await;
     };
     let span = conn.span.clone();
     let reason = Box::pin(conn.read_loop(&mut stream, &kick).instrument(span)).await;
@@ -113,30 +110,61 @@ pub async fn run(gw: Arc<Gateway>, session: Session, stream: actix_ws::MessageSt
     Box::pin(conn.close(reason, out, writer_task)).await;
 }
 
-/// Closes a connection that never became a session.
-async fn refuse(out: OutTx, writer_task: tokio::task::JoinHandle<()>, code: CloseCode, text: &str) {
-    let _ = out.send(Out::close(close_reason(code, text))).await;
+/// Closes a connection that never became a session (None: the client is gone already).
+async fn refuse(out: OutTx, writer_task: tokio::task::JoinHandle<()>, reason: Option<CloseReason>) {
+    if let Some(reason) = reason {
+        let _ = out.send(Out::close(reason)).await;
+    }
     drop(out);
     let _ = writer_task.await;
 }
 
-/// The first frame must be a `hello` with a valid token, within the deadline.
-async fn hello(gw: &Gateway, stream: &mut actix_ws::AggregatedMessageStream) -> Option<User> {
-    match tokio::time::timeout(gw.limits.hello_timeout, stream.recv()).await {
-        Ok(Some(Ok(AggregatedMessage::Text(t)))) => match ClientFrame::parse(&t) {
-            Ok(ClientFrame::Hello { token }) => match gw.authenticate(&token).await {
-                Ok(user) => Some(user),
-                // Chat goes on while the store is away: a valid signature is accepted
-                // then, unchecked for revocation (docs/protocol.md).
-                Err(super::TokenError::Unavailable(e)) => {
-                    tracing::warn!(error = %e, "token generation unknown; hello accepted");
-                    gw.auth.verify(&token).ok().map(|v| v.user)
-                }
-                Err(_) => None,
-            },
-            _ => None,
-        },
-        _ => None,
+/// The first message must be a `hello` with a valid token, within the deadline. Pings
+/// before it are answered (a client library may ping as soon as it is connected). Err: how
+/// to close (None: the client is gone).
+async fn hello(
+    gw: &Gateway,
+    stream: &mut Frames,
+    out: &OutTx,
+) -> Result<User, Option<CloseReason>> {
+    let unauthenticated = || {
+        Some(close_reason(
+            CloseCode::Other(close::UNAUTHENTICATED),
+            "expected hello with a valid token first",
+        ))
+    };
+    let deadline = tokio::time::Instant::now() + gw.limits.hello_timeout;
+    let mut pongs = Pongs::default();
+    loop {
+        let Ok(msg) = tokio::time::timeout_at(deadline, stream.recv()).await else {
+            return Err(unauthenticated());
+        };
+        match msg {
+            Some(Ok(Inbound::Text(t))) => {
+                let Ok(ClientFrame::Hello { token }) = ClientFrame::parse(&t) else {
+                    return Err(unauthenticated());
+                };
+                return match gw.authenticate(&token).await {
+                    Ok(user) => Ok(user),
+                    // Chat goes on while the store is away: a valid signature is accepted
+                    // then, unchecked for revocation (docs/protocol.md).
+                    Err(super::TokenError::Unavailable(e)) => {
+                        tracing::warn!(error = %e, "token generation unknown; hello accepted");
+                        gw.auth
+                            .verify(&token)
+                            .map(|v| v.user)
+                            .map_err(|_| unauthenticated())
+                    }
+                    Err(_) => Err(unauthenticated()),
+                };
+            }
+            Some(Ok(Inbound::Ping(p))) => pongs.answer(out, &p),
+            Some(Ok(Inbound::Pong)) => {}
+            Some(Ok(Inbound::Binary(_))) => return Err(unauthenticated()),
+            Some(Ok(Inbound::Close(theirs))) => return Err(Some(frames::close_reply(theirs))),
+            Some(Err(e)) => return Err(e.close_reason()),
+            None => return Err(None),
+        }
     }
 }
 
@@ -241,10 +269,11 @@ impl Conn {
     /// drains. Returns how to close (None: the socket is gone already).
     async fn read_loop(
         &mut self,
-        stream: &mut actix_ws::AggregatedMessageStream,
+        stream: &mut Frames,
         kick: &CancellationToken,
     ) -> Option<CloseReason> {
         let limits = self.gw.limits.clone();
+        let mut pongs = Pongs::default();
         let mut heartbeat = tokio::time::interval(limits.heartbeat_interval);
         heartbeat.tick().await;
         let mut last_seen = Instant::now();
@@ -268,21 +297,23 @@ impl Conn {
                     let _ = self.out.try_send(Out::Ping);
                 }
                 msg = stream.recv() => {
+                    // Any frame counts, pings and pongs included.
                     last_seen = Instant::now();
                     match msg {
                         None => return None,
-                        Some(Ok(AggregatedMessage::Text(text))) => {
+                        Some(Ok(Inbound::Text(text))) => {
                             metrics::counter!(names::FRAMES_IN).increment(1);
                             // Boxed: inline, the largest frame handler would size the read
                             // loop for the connection's life.
                             Box::pin(self.on_text(&text)).await;
                         }
-                        Some(Ok(AggregatedMessage::Binary(_))) => {
+                        Some(Ok(Inbound::Binary(_))) => {
                             return Some(close_reason(CloseCode::Unsupported, "text frames only"));
                         }
-                        Some(Ok(AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_))) => {}
-                        Some(Ok(AggregatedMessage::Close(_))) => return Some(CloseCode::Normal.into()),
-                        Some(Err(e)) => return protocol_close(e),
+                        Some(Ok(Inbound::Ping(p))) => pongs.answer(&self.out, &p),
+                        Some(Ok(Inbound::Pong)) => {}
+                        Some(Ok(Inbound::Close(theirs))) => return Some(frames::close_reply(theirs)),
+                        Some(Err(e)) => return e.close_reason(),
                     }
                 }
             }
@@ -637,16 +668,5 @@ fn store_code(e: &StoreError) -> ErrorCode {
         ErrorCode::Unavailable
     } else {
         ErrorCode::Internal
-    }
-}
-
-fn protocol_close(e: ProtocolError) -> Option<CloseReason> {
-    match e {
-        ProtocolError::Overflow => Some(close_reason(CloseCode::Size, "frame too large")),
-        ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Some(
-            close_reason(CloseCode::Invalid, "text frame is not valid UTF-8"),
-        ),
-        ProtocolError::Io(_) => None,
-        other => Some(close_reason(CloseCode::Protocol, &other.to_string())),
     }
 }

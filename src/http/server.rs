@@ -209,6 +209,8 @@ where
         let (req, _) = req.replace_payload(Payload::from(stream));
         let response = Box::pin(self.app.call(req));
         Box::pin(async move {
+            // However this ends, the handler's payload ends with it.
+            let inbox = EndOfInput(inbox);
             // Boxed: its state is gone before the pump starts.
             let answered = tokio::time::timeout(
                 ANSWER_TIMEOUT,
@@ -229,7 +231,7 @@ where
                     return Ok(());
                 }
             };
-            if let Err(e) = pump(io, inbox, body).await {
+            if let Err(e) = pump(io, &inbox.0, body).await {
                 // Clients vanish all the time; that is no server error.
                 tracing::debug!(error = %e, "upgraded connection ended");
             }
@@ -321,6 +323,23 @@ impl Inbox {
 
 struct InboxStream(Rc<RefCell<Inbox>>);
 
+/// The connection's side of its [`Inbox`]: when the connection ends (the pump is done, or
+/// the upgrade was never answered), the handler's payload ends too, so the session that reads
+/// it learns that the socket is gone even when the client sent no FIN (actix-ws's own
+/// stream learned it from its response body being dropped; the session reads the payload
+/// itself, `gateway/frames.rs`).
+struct EndOfInput(Rc<RefCell<Inbox>>);
+
+impl Drop for EndOfInput {
+    fn drop(&mut self) {
+        let mut inbox = self.0.borrow_mut();
+        inbox.eof = true;
+        if let Some(w) = inbox.reader.take() {
+            w.wake();
+        }
+    }
+}
+
 impl Stream for InboxStream {
     type Item = Result<Bytes, PayloadError>;
 
@@ -363,7 +382,7 @@ impl Drop for InboxStream {
 /// session is over) and its bytes are written. Holds no buffer while idle.
 async fn pump<B: MessageBody>(
     mut io: TcpStream,
-    inbox: Rc<RefCell<Inbox>>,
+    inbox: &Rc<RefCell<Inbox>>,
     body: B,
 ) -> Result<(), UpgradeError> {
     let mut body = pin!(body);
@@ -414,7 +433,7 @@ async fn pump<B: MessageBody>(
             }
             // Socket → payload.
             if reading {
-                if Rc::strong_count(&inbox) == 1 {
+                if Rc::strong_count(inbox) == 1 {
                     // The handler dropped its payload: nobody reads any more.
                     reading = false;
                 } else if inbox.borrow().len >= INBOX_LIMIT {

@@ -3,8 +3,10 @@
 //! `scripts/test.sh`, which starts the services.
 
 mod harness;
+mod rawws;
 
 mod abuse;
+mod conformance;
 mod consumer;
 mod delivery;
 mod embedded;
