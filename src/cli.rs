@@ -109,6 +109,14 @@ pub struct ServeArgs {
     /// Burst of sends allowed above the rate.
     #[arg(long, env = "SEND_RATE_BURST", default_value_t = 40)]
     pub send_rate_burst: u32,
+    /// MiB that all WebSocket connections of this gateway may hold queued together (their
+    /// outgoing queues and held-back live messages); past it, connections with something
+    /// queued are cut off as too slow and backlog replays wait.
+    #[arg(long, env = "MAX_QUEUED_MIB", default_value_t = 256)]
+    pub max_queued_mib: usize,
+    /// WebSocket connections one user may hold on one gateway (then close 1008).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    pub max_connections_per_user: usize,
     /// Rooms one user may create per minute on one gateway, also the burst (then 429
     /// `rate_limited`).
     #[arg(long, env = "ROOM_CREATE_PER_MINUTE", default_value_t = 10)]

@@ -77,6 +77,8 @@ pub struct Limits {
     /// Bytes of text queued for one connection before it is cut off as too slow; a
     /// backlog is queued only while less than half of this is.
     pub outbox_bytes: usize,
+    /// Bytes all connections of a gateway may hold queued together (`--max-queued-bytes`).
+    pub max_queued_bytes: usize,
     pub max_subscriptions: usize,
     /// WebSocket connections one user may hold on one gateway.
     pub max_connections_per_user: usize,
@@ -100,8 +102,9 @@ impl Default for Limits {
             send_burst: 40,
             outbox_frames: 1024,
             outbox_bytes: 1 << 20,
+            max_queued_bytes: 256 << 20,
             max_subscriptions: 500,
-            max_connections_per_user: 64,
+            max_connections_per_user: 32,
             hello_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(20),
@@ -279,6 +282,8 @@ impl Config {
                 send_burst: a.send_rate_burst.max(1),
                 room_creations_per_minute: a.room_create_per_minute.max(1),
                 max_rooms_per_user: a.max_rooms_per_user,
+                max_queued_bytes: a.max_queued_mib.max(1).saturating_mul(1 << 20),
+                max_connections_per_user: a.max_connections_per_user.max(1),
                 ..Limits::default()
             },
             accounts,

@@ -664,8 +664,11 @@
         // The server ended the subscription: our membership ended (on this or another device).
         S.subscribed.delete(f.room);
         S.subQueue = S.subQueue.filter((x) => x !== f.room);
-        forgetRoom(f.room);
-        loadRooms().then(() => renderAll()).catch(() => {});
+        // `resync`: the server lost its bus link; a `reconnect` came first and resubscribes.
+        if (f.reason !== 'resync') {
+          forgetRoom(f.room);
+          loadRooms().then(() => renderAll()).catch(() => {});
+        }
         break;
       }
       case 'subscribed': {

@@ -202,17 +202,26 @@ impl Hub {
     /// Applies a revocation to this gateway's connections of the user: see the module
     /// documentation. Idempotent.
     pub fn revoke(&self, user: UserId, what: &Revocation) {
-        self.revision.fetch_add(1, Ordering::AcqRel);
         let conns: Vec<(ConnId, ConnHandle)> = {
             let mut users = self.users();
-            let Some(entry) = users.get_mut(&user) else {
-                return;
+            // The cache first, then the revision, under the lock `remember_member` takes:
+            // a check that saw the old revision either found no cached membership or will
+            // see the new revision after joining the room (and ask the store again).
+            let conns = match users.get_mut(&user) {
+                Some(entry) => {
+                    if let Revocation::Room { room, .. } = what {
+                        entry.member_of.remove(room);
+                    }
+                    entry.conns.iter().map(|(id, h)| (*id, h.clone())).collect()
+                }
+                None => Vec::new(),
             };
-            if let Revocation::Room { room, .. } = what {
-                entry.member_of.remove(room);
-            }
-            entry.conns.iter().map(|(id, h)| (*id, h.clone())).collect()
+            self.revision.fetch_add(1, Ordering::AcqRel);
+            conns
         };
+        if conns.is_empty() {
+            return;
+        }
         match what {
             Revocation::Room { room, reason } => {
                 let mut rooms = self.lock();
@@ -380,16 +389,30 @@ impl Hub {
     /// and resubscribe with `since`, which recovers the gap from the log; live delivery
     /// resumes behind that frame.
     pub fn resync_all(&self, frame: &ByteString) {
-        let rooms = self.lock();
+        let mut rooms = self.lock();
         self.suspended.store(false, Ordering::Release);
         let frame = Arc::new(frame.clone());
         let mut told = std::collections::HashSet::new();
-        for entry in rooms.values() {
+        // Every subscription ends here (the client resubscribes, which asks the store
+        // again): a revocation published while the link was down never reached this
+        // gateway, and a client that ignores `reconnect` must not go on receiving a room
+        // it may have lost.
+        for (room, entry) in rooms.drain() {
+            let ended = Arc::new(ByteString::from(
+                ServerFrame::Unsubscribed {
+                    room,
+                    reason: "resync",
+                }
+                .to_text(),
+            ));
             for (id, h) in &entry.conns {
                 if told.insert(*id) {
                     h.offer(Out::Frame(frame.clone()));
                 }
+                h.offer(Out::EndRoom { room });
+                h.offer(Out::Frame(ended.clone()));
             }
+            let _ = self.ctl.send(Ctl::Unsubscribe(Channel::Room(room)));
         }
     }
 }
@@ -469,7 +492,7 @@ mod tests {
             kick: CancellationToken::new(),
             user: Uuid::new_v4(),
         };
-        let mut ready = hub.subscribe(room, 1, handle);
+        let mut ready = hub.subscribe(room, 1, handle.clone());
         ready.wait_for(|r| *r).await.unwrap();
 
         hub.dispatch(&message(room, 1));
@@ -477,9 +500,15 @@ mod tests {
         // Published after the gap, before every client was told: held off.
         hub.dispatch(&message(room, 5));
         hub.resync_all(&ByteString::from_static("resync"));
+        // The subscription ended with the resync (the client resubscribes with `since`).
         hub.dispatch(&message(room, 6));
+        let ended = format!(r#"{{"type":"unsubscribed","room":"{room}","reason":"resync"}}"#);
+        assert_eq!(received(&mut rx), ["message 1", "resync", "other", &ended]);
+        let mut ready = hub.subscribe(room, 1, handle);
+        ready.wait_for(|r| *r).await.unwrap();
+        hub.dispatch(&message(room, 7));
         // A record relayed twice is dropped.
-        hub.dispatch(&message(room, 6));
-        assert_eq!(received(&mut rx), ["message 1", "resync", "message 6"]);
+        hub.dispatch(&message(room, 7));
+        assert_eq!(received(&mut rx), ["message 7"]);
     }
 }

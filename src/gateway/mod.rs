@@ -47,6 +47,8 @@ pub struct Gateway {
     pub presence: Arc<Presence>,
     pub auth: Auth,
     pub limits: Limits,
+    /// What this gateway's connections hold queued, together (`Limits::max_queued_bytes`).
+    pub queued: Arc<outbox::Budget>,
     /// Room creations per user on this gateway (`Limits::room_creations_per_minute`);
     /// its idle entries are dropped every minute, so it holds only the recent creators.
     pub room_creations: Arc<governor::DefaultKeyedRateLimiter<UserId>>,
@@ -113,6 +115,7 @@ impl Gateway {
             hub: hub.clone(),
             sender: p.sender,
             auth: p.auth,
+            queued: outbox::Budget::new(p.limits.max_queued_bytes),
             limits: p.limits,
             room_creations,
             drain: p.drain,
@@ -124,11 +127,30 @@ impl Gateway {
 
     /// Ends the user's access (call it after the store changed): on this gateway before
     /// it returns, on every other one when the bus delivers the notice (hub.rs). An
-    /// error means the other gateways may not have heard: the caller must not report
-    /// success (a retry publishes again; revoking twice is harmless).
+    /// error means the other gateways may not have heard yet: the notice is published
+    /// again in the background (for a minute), and the caller should not report success
+    /// where a retry is possible (revoking twice is harmless).
     pub async fn revoke(&self, user: UserId, what: Revocation) -> Result<(), BusError> {
         self.hub.revoke(user, &what);
-        self.bus.publish(&[BusEvent::Revoked { user, what }]).await
+        let event = BusEvent::Revoked { user, what };
+        let first = self.bus.publish(std::slice::from_ref(&event)).await;
+        if first.is_err() {
+            let bus = self.bus.clone();
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(250);
+                let until = tokio::time::Instant::now() + Duration::from_secs(60);
+                while tokio::time::Instant::now() < until {
+                    tokio::time::sleep(delay).await;
+                    match bus.publish(std::slice::from_ref(&event)).await {
+                        Ok(()) => return,
+                        Err(e) => tracing::debug!(error = %e, "revocation not published yet"),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                tracing::error!(?event, "revocation never published to the bus");
+            });
+        }
+        first
     }
 
     /// Checks a token: signature and expiry, then (one primary-key look-up, no cache) that

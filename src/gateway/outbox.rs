@@ -83,8 +83,47 @@ impl Out {
 /// is a `VecDeque` that allocates with its first item, grows with what is queued, and is
 /// cut back to 8 slots (192 bytes) once drained. A slot freed while senders wait goes to
 /// whoever queues first (tokio hands it to the oldest waiter); each freed slot wakes one.
+#[cfg(test)]
 pub fn channel(capacity: usize, byte_capacity: usize) -> (OutTx, OutRx) {
+    channel_in(capacity, byte_capacity, Budget::new(usize::MAX))
+}
+
+/// What the queues of a gateway (and the live messages their writers hold back) may hold
+/// together, in bytes. A queue that is not empty takes no more once it is spent: live
+/// delivery then cuts off the connections that have something queued (the ones not
+/// keeping up), and a backlog page waits.
+#[derive(Debug)]
+pub struct Budget {
+    used: std::sync::atomic::AtomicUsize,
+    cap: usize,
+}
+
+impl Budget {
+    pub fn new(cap: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            used: std::sync::atomic::AtomicUsize::new(0),
+            cap,
+        })
+    }
+
+    /// Bytes held now, across the gateway.
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn take(&self, n: usize) {
+        self.used.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A queue whose bytes also count against a gateway-wide [`Budget`].
+pub fn channel_in(capacity: usize, byte_capacity: usize, budget: Arc<Budget>) -> (OutTx, OutRx) {
     let shared = Arc::new(Shared {
+        budget,
         state: std::sync::Mutex::new(State {
             items: VecDeque::new(),
             bytes: 0,
@@ -101,6 +140,7 @@ pub fn channel(capacity: usize, byte_capacity: usize) -> (OutTx, OutRx) {
 }
 
 struct Shared {
+    budget: Arc<Budget>,
     state: std::sync::Mutex<State>,
     /// The writer waits here for an item (or for the last sender to go).
     ready: Notify,
@@ -206,7 +246,9 @@ impl OutTx {
         }
         let cost = item.cost();
         let limit = st.byte_capacity.min(max_bytes);
-        let over = !st.items.is_empty() && st.bytes + cost > limit;
+        let budget = &self.0.budget;
+        let over =
+            !st.items.is_empty() && (st.bytes + cost > limit || budget.used() + cost > budget.cap);
         if st.items.len() >= st.capacity || over {
             if waiter {
                 st.waiting += 1;
@@ -214,6 +256,7 @@ impl OutTx {
             return Err((TrySendError::Full, item));
         }
         st.bytes += cost;
+        budget.take(cost);
         st.items.push_back(item);
         drop(st);
         self.0.ready.notify_one();
@@ -270,7 +313,9 @@ impl OutRx {
         let mut st = self.0.lock();
         match st.items.pop_front() {
             Some(item) => {
-                st.bytes = st.bytes.saturating_sub(item.cost());
+                let cost = item.cost();
+                st.bytes = st.bytes.saturating_sub(cost);
+                self.0.budget.give(cost);
                 if st.items.is_empty() && st.items.capacity() > KEEP {
                     st.items.shrink_to(KEEP);
                 }
@@ -291,6 +336,7 @@ impl Drop for OutRx {
         let items = {
             let mut st = self.0.lock();
             st.receiver = false;
+            self.0.budget.give(st.bytes);
             st.bytes = 0;
             std::mem::take(&mut st.items)
         };
@@ -312,6 +358,8 @@ pub struct Live {
 #[derive(Debug)]
 pub struct Backlog {
     pub room: RoomId,
+    /// The `since` of the subscribe: nothing at or below it is written.
+    pub after: Option<Position>,
     pub messages: Vec<(Position, ByteString)>,
     /// On the last page: the `subscribed` frame, after which the room is live.
     pub subscribed: Option<ByteString>,
@@ -339,11 +387,24 @@ enum RoomState {
 /// That loses nothing: the hub kicks only when the queue is full, so a kicked writer is
 /// never idle in `recv` (it sees the flag after its current item), and the queue's end
 /// (the session closing) wakes it as well.
-pub async fn writer(mut session: Session, mut rx: OutRx, kick: CancellationToken) {
+///
+/// `done` is cancelled when the writer ends, however it ends (the session's read loop
+/// stops then: a connection that can no longer be written to is not read either).
+pub async fn writer(
+    mut session: Session,
+    mut rx: OutRx,
+    kick: CancellationToken,
+    done: CancellationToken,
+) {
+    let _done = done.drop_guard();
     let mut rooms: HashMap<RoomId, RoomState> = HashMap::new();
-    // Live messages held back while rooms recover count against the same bound as the
-    // queue: they were in it a moment ago.
+    // Live messages held back while rooms recover count against the same bounds as the
+    // queue (the connection's and the gateway's): they were in it a moment ago.
     let max_held = rx.0.lock().byte_capacity;
+    let mut holding = Held {
+        budget: rx.0.budget.clone(),
+        bytes: 0,
+    };
     // `cooperative`: tokio's own channel spends the task's budget per item and so yields
     // now and then; ours does not, and items that are not written (held or dropped while a
     // room recovers) would otherwise never give the worker thread back.
@@ -362,7 +423,8 @@ pub async fn writer(mut session: Session, mut rx: OutRx, kick: CancellationToken
                     held, held_bytes, ..
                 }) => {
                     *held_bytes += live.text.len();
-                    if *held_bytes > max_held {
+                    holding.take(live.text.len());
+                    if holding.bytes > max_held || holding.budget.used() > holding.budget.cap {
                         metrics::counter!(crate::telemetry::names::SLOW_CLIENTS).increment(1);
                         return Box::pin(close(session, policy("too slow: recovery overrun")))
                             .await;
@@ -379,7 +441,7 @@ pub async fn writer(mut session: Session, mut rx: OutRx, kick: CancellationToken
             },
             Out::BeginRecovery { room } => {
                 // A second `subscribe` of a room replaces the first: recovery starts over.
-                rooms.insert(
+                let before = rooms.insert(
                     room,
                     RoomState::Recovering {
                         last: None,
@@ -387,10 +449,12 @@ pub async fn writer(mut session: Session, mut rx: OutRx, kick: CancellationToken
                         held_bytes: 0,
                     },
                 );
+                holding.release(before);
             }
             Out::Backlog(backlog) => {
                 let Backlog {
                     room,
+                    after,
                     messages,
                     subscribed,
                 } = *backlog;
@@ -399,6 +463,9 @@ pub async fn writer(mut session: Session, mut rx: OutRx, kick: CancellationToken
                 let Some(RoomState::Recovering { last, .. }) = rooms.get_mut(&room) else {
                     continue;
                 };
+                if last.is_none() {
+                    *last = after;
+                }
                 let mut texts = Vec::with_capacity(messages.len() + 1);
                 for (p, t) in messages {
                     if last.is_none_or(|l| p > l) {
@@ -409,9 +476,17 @@ pub async fn writer(mut session: Session, mut rx: OutRx, kick: CancellationToken
                 if let Some(subscribed) = subscribed {
                     texts.push(subscribed);
                     if let Some(RoomState::Recovering {
-                        mut last, mut held, ..
+                        mut last,
+                        mut held,
+                        held_bytes,
                     }) = rooms.remove(&room)
                     {
+                        // Leaves the budget now: written next, not held any more.
+                        holding.release(Some(RoomState::Recovering {
+                            last,
+                            held: Vec::new(),
+                            held_bytes,
+                        }));
                         held.sort_by_key(|(p, _)| *p);
                         for (p, t) in held {
                             if last.is_none_or(|l| p > l) {
@@ -429,7 +504,7 @@ pub async fn writer(mut session: Session, mut rx: OutRx, kick: CancellationToken
                 }
             }
             Out::EndRoom { room } => {
-                rooms.remove(&room);
+                holding.release(rooms.remove(&room));
             }
             Out::Ping => {
                 match Box::pin(tokio::time::timeout(WRITE_WAIT, session.ping(b""))).await {
@@ -450,6 +525,35 @@ pub async fn writer(mut session: Session, mut rx: OutRx, kick: CancellationToken
         }
     }
     Box::pin(close(session, CloseCode::Normal.into())).await;
+}
+
+/// The bytes a writer holds back (live messages of recovering rooms), counted against
+/// the gateway's budget until released, and at the latest when the writer ends.
+struct Held {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Held {
+    fn take(&mut self, n: usize) {
+        self.bytes += n;
+        self.budget.take(n);
+    }
+
+    /// Gives back what a room's state held (if it was recovering).
+    fn release(&mut self, state: Option<RoomState>) {
+        if let Some(RoomState::Recovering { held_bytes, .. }) = state {
+            let n = held_bytes.min(self.bytes);
+            self.bytes -= n;
+            self.budget.give(n);
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
 }
 
 /// How long one frame may wait for room in the socket's queue before the client counts
@@ -589,6 +693,33 @@ mod tests {
         rx.try_recv().unwrap();
         assert!(bulk.await.unwrap(), "queued once drained");
         assert_eq!(rx.0.lock().bytes, 20);
+    }
+
+    #[tokio::test]
+    async fn queues_share_the_gateway_budget() {
+        let budget = Budget::new(100);
+        let (a, ra) = channel_in(100, 1_000, budget.clone());
+        let (b, rb) = channel_in(100, 1_000, budget.clone());
+        let sized = |n: usize| Out::frame("x".repeat(n));
+        a.try_send(sized(50)).unwrap();
+        a.try_send(sized(30)).unwrap();
+        b.try_send(sized(10)).unwrap();
+        assert_eq!(budget.used(), 90);
+        // Over the budget: a queue with something in it takes no more...
+        assert_eq!(b.try_send(sized(20)), Err(TrySendError::Full));
+        assert_eq!(a.try_send(sized(20)), Err(TrySendError::Full));
+        // ...an empty one still takes one item (a client that keeps up is not cut off).
+        rb.try_recv().unwrap();
+        b.try_send(sized(20)).unwrap();
+        assert_eq!(budget.used(), 100);
+        ra.try_recv().unwrap();
+        a.try_send(sized(20)).unwrap();
+        assert_eq!(budget.used(), 70);
+        // What a queue holds goes back when its writer goes.
+        drop(ra);
+        assert_eq!(budget.used(), 20);
+        drop(rb);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

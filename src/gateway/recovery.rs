@@ -23,7 +23,7 @@ const MAX_SCAN: usize = 200_000;
 /// Messages read (and queued for the client) at a time, at most.
 pub const PAGE_MESSAGES: usize = 64;
 /// Bytes of message bodies in a page, at most (a page holds at least one message).
-pub const PAGE_BYTES: usize = 128 * 1024;
+pub const PAGE_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -56,12 +56,19 @@ pub struct Cursor {
     phase: Phase,
 }
 
+/// The recovery ends at the partition's end when it started (`end`): what comes later
+/// reaches the connection live (held back meanwhile), so a busy room cannot keep a replay
+/// going, nor push it over `max_backlog` half-way.
 enum Phase {
-    /// Store rows below `committed` (every record below it is in the store).
+    /// Store rows below `committed` (every record below it is in the store), then the
+    /// log from there.
     Store {
         committed: i64,
+        reader: Box<dyn LogReader>,
+        earliest: i64,
+        end: i64,
     },
-    /// The log from `offset` up to `end` (the partition's end when this phase began).
+    /// The log from `offset` up to `end`.
     Log {
         reader: Box<dyn LogReader>,
         offset: i64,
@@ -102,9 +109,15 @@ impl Recovery {
             seen: HashSet::new(),
             phase: Phase::Done,
         };
+        let reader = self.take_reader(partition).await?;
+        let bounds =
+            async { Ok::<_, LogError>((reader.earliest().await?, reader.latest().await?)) };
+        let (earliest, end) = bounds
+            .await
+            .map_err(|e| RecoveryError::Unavailable(e.to_string()))?;
         match self.store.next_offset(&self.topic, partition).await {
             Ok(committed) => {
-                let committed = committed.unwrap_or(0);
+                let committed = committed.unwrap_or(0).min(end);
                 if committed > after + 1 {
                     let cap = self.max_backlog as i64 + 1;
                     let n = self
@@ -115,7 +128,12 @@ impl Recovery {
                     if n > self.max_backlog as i64 {
                         return Err(RecoveryError::TooFar(self.max_backlog));
                     }
-                    cursor.phase = Phase::Store { committed };
+                    cursor.phase = Phase::Store {
+                        committed,
+                        reader,
+                        earliest,
+                        end,
+                    };
                     return Ok(cursor);
                 }
             }
@@ -123,7 +141,7 @@ impl Recovery {
                 tracing::debug!(error = %e, "store unavailable; recovering from the log alone")
             }
         }
-        cursor.phase = self.log_phase(partition, after + 1).await?;
+        cursor.phase = self.log_phase(partition, reader, (after + 1).max(earliest), end);
         Ok(cursor)
     }
 
@@ -133,27 +151,41 @@ impl Recovery {
         loop {
             let page = match &mut cur.phase {
                 Phase::Done => return Ok(None),
-                Phase::Store { committed } => {
+                Phase::Store { committed, .. } => {
                     let committed = *committed;
-                    let rows = self
+                    let mut rows = self
                         .store
                         .messages_after(cur.room, cur.last, PAGE_MESSAGES as i64)
                         .await
                         .map_err(|e| RecoveryError::Unavailable(e.to_string()))?;
-                    let mut rows = rows;
+                    // Rows from `committed` on (persisted meanwhile) are the log phase's.
+                    // The store may hold more below `committed` unless this page reached
+                    // it or came back short (and was not cut for its size).
+                    let beyond = rows.iter().position(|m| m.position >= committed);
+                    if let Some(n) = beyond {
+                        rows.truncate(n);
+                    }
+                    let mut more = beyond.is_none() && rows.len() == PAGE_MESSAGES;
                     let mut bytes = 0;
                     if let Some(n) = rows.iter().position(|m| {
                         bytes += m.body.len();
                         bytes > PAGE_BYTES
                     }) {
                         rows.truncate(n.max(1));
+                        more = true;
                     }
-                    let full = rows.len() == PAGE_MESSAGES || bytes > PAGE_BYTES;
-                    // Rows at or beyond `committed` may be there too (persist moved on):
-                    // they are valid, and the log phase starts after the last one returned.
-                    if !full || rows.last().is_some_and(|m| m.position >= committed) {
+                    if !more {
                         let from = committed.max(rows.last().map_or(cur.last, |m| m.position) + 1);
-                        cur.phase = self.log_phase(cur.partition, from).await?;
+                        if let Phase::Store {
+                            reader,
+                            earliest,
+                            end,
+                            ..
+                        } = std::mem::replace(&mut cur.phase, Phase::Done)
+                        {
+                            cur.phase =
+                                self.log_phase(cur.partition, reader, from.max(earliest), end);
+                        }
                     }
                     rows
                 }
@@ -236,23 +268,18 @@ impl Recovery {
         }
     }
 
-    async fn log_phase(&self, partition: i32, from: i64) -> Result<Phase, RecoveryError> {
-        let unavailable = |e: LogError| RecoveryError::Unavailable(e.to_string());
-        let reader = self.take_reader(partition).await?;
-        let bounds =
-            async { Ok::<_, LogError>((reader.earliest().await?, reader.latest().await?)) };
-        let (earliest, end) = bounds.await.map_err(unavailable)?;
-        let offset = from.max(earliest);
-        if offset >= end {
+    /// The log phase from `from` to `end` (none if empty: the reader goes back).
+    fn log_phase(&self, partition: i32, reader: Box<dyn LogReader>, from: i64, end: i64) -> Phase {
+        if from >= end {
             self.give_back(partition, reader);
-            return Ok(Phase::Done);
+            return Phase::Done;
         }
-        Ok(Phase::Log {
+        Phase::Log {
             reader,
-            offset,
+            offset: from,
             end,
             scanned: 0,
-        })
+        }
     }
 
     async fn take_reader(&self, partition: i32) -> Result<Box<dyn LogReader>, RecoveryError> {

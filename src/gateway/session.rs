@@ -91,21 +91,24 @@ const SEND_QUEUE: usize = 64;
 /// the connection's state and the read loop, not the larger hello, open and close phases.
 pub async fn run(gw: Arc<Gateway>, session: Session, mut stream: Frames) {
     let limits = &gw.limits;
-    let (out, out_rx) = outbox::channel(limits.outbox_frames, limits.outbox_bytes);
+    let (out, out_rx) =
+        outbox::channel_in(limits.outbox_frames, limits.outbox_bytes, gw.queued.clone());
     let kick = CancellationToken::new();
-    let writer_task = actix_web::rt::spawn(writer(session, out_rx, kick.clone()));
+    let writer_done = CancellationToken::new();
+    let writer_task =
+        actix_web::rt::spawn(writer(session, out_rx, kick.clone(), writer_done.clone()));
 
-    let user = match Box::pin(hello(&gw, &mut stream, &out)).await {
-        Ok(user) => user,
+    let (user, token) = match Box::pin(hello(&gw, &mut stream, &out)).await {
+        Ok(hello) => hello,
         Err(reason) => return Box::pin(refuse(out, writer_task, reason)).await,
     };
-    let Some(mut conn) = Box::pin(Conn::open(&gw, user, &out, &kick)).await else {
-        let text = "too many connections of this user on this server";
-        let reason = close_reason(CloseCode::Policy, text);
-        return Box::pin(refuse(out, writer_task, Some(reason))).await;
+    let mut conn = match Box::pin(Conn::open(&gw, user, &token, &out, &kick)).await {
+        Ok(conn) => conn,
+        Err(reason) => return Box::pin(refuse(out, writer_task, Some(reason))).await,
     };
     let span = conn.span.clone();
-    let reason = Box::pin(conn.read_loop(&mut stream, &kick).instrument(span)).await;
+    let read = conn.read_loop(&mut stream, &kick, &writer_done);
+    let reason = Box::pin(read.instrument(span)).await;
     drop(stream);
     Box::pin(conn.close(reason, out, writer_task)).await;
 }
@@ -119,14 +122,15 @@ async fn refuse(out: OutTx, writer_task: tokio::task::JoinHandle<()>, reason: Op
     let _ = writer_task.await;
 }
 
-/// The first message must be a `hello` with a valid token, within the deadline. Pings
+/// The first message must be a `hello` with a validly signed token, within the deadline;
+/// returns its user and the token (its generation is checked by `Conn::open`). Pings
 /// before it are answered (a client library may ping as soon as it is connected). Err: how
 /// to close (None: the client is gone).
 async fn hello(
     gw: &Gateway,
     stream: &mut Frames,
     out: &OutTx,
-) -> Result<User, Option<CloseReason>> {
+) -> Result<(User, String), Option<CloseReason>> {
     let unauthenticated = || {
         Some(close_reason(
             CloseCode::Other(close::UNAUTHENTICATED),
@@ -144,17 +148,10 @@ async fn hello(
                 let Ok(ClientFrame::Hello { token }) = ClientFrame::parse(&t) else {
                     return Err(unauthenticated());
                 };
-                return match gw.authenticate(&token).await {
-                    Ok(user) => Ok(user),
-                    // Chat goes on while the store is away: a valid signature is accepted
-                    // then, unchecked for revocation (docs/protocol.md).
-                    Err(super::TokenError::Unavailable(e)) => {
-                        tracing::warn!(error = %e, "token generation unknown; hello accepted");
-                        gw.auth
-                            .verify(&token)
-                            .map(|v| v.user)
-                            .map_err(|_| unauthenticated())
-                    }
+                // The signature here; the token's generation once the connection listens
+                // for revocations (`Conn::open`).
+                return match gw.auth.verify(&token) {
+                    Ok(v) => Ok((v.user, token)),
                     Err(_) => Err(unauthenticated()),
                 };
             }
@@ -169,23 +166,49 @@ async fn hello(
 }
 
 impl Conn {
-    /// An authenticated connection: online, welcomed, counted. None if the user has
-    /// `max_connections_per_user` here already.
+    /// An authenticated connection: online, welcomed, counted. Err: how to close (the
+    /// user has `max_connections_per_user` here already, or the token was revoked).
+    ///
+    /// The token's generation is checked once the user's bus channel is subscribed here,
+    /// not before: a `logout-all` in between would otherwise reach neither the check nor
+    /// this connection.
     async fn open(
         gw: &Arc<Gateway>,
         user: User,
+        token: &str,
         out: &OutTx,
         kick: &CancellationToken,
-    ) -> Option<Conn> {
+    ) -> Result<Conn, CloseReason> {
         let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
         let handle = ConnHandle {
             tx: out.clone(),
             kick: kick.clone(),
             user: user.id,
         };
-        let revocations =
+        let Some(mut revocations) =
             gw.hub
-                .open_user(id, handle.clone(), gw.limits.max_connections_per_user)?;
+                .open_user(id, handle.clone(), gw.limits.max_connections_per_user)
+        else {
+            let text = "too many connections of this user on this server";
+            return Err(close_reason(CloseCode::Policy, text));
+        };
+        let listening = revocations.wait_for(|r| *r);
+        let _ = tokio::time::timeout(Duration::from_secs(5), listening).await;
+        match gw.authenticate(token).await {
+            Ok(_) => {}
+            // Chat goes on while the store is away: a valid signature is accepted then,
+            // unchecked for revocation (docs/protocol.md).
+            Err(super::TokenError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "token generation unknown; hello accepted");
+            }
+            Err(_) => {
+                gw.hub.close_user(user.id, id);
+                return Err(close_reason(
+                    CloseCode::Other(close::UNAUTHENTICATED),
+                    "expected hello with a valid token first",
+                ));
+            }
+        }
         let span = tracing::info_span!("conn", conn = id, user = %user.name);
         metrics::gauge!(names::CONNECTIONS).increment(1.0);
         let session_id = Uuid::new_v4().to_string();
@@ -204,7 +227,7 @@ impl Conn {
         let limits = &gw.limits;
         let burst = NonZeroU32::new(limits.send_burst.max(1)).unwrap_or(NonZeroU32::MIN);
         let rate = NonZeroU32::new(limits.sends_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-        Some(Conn {
+        Ok(Conn {
             handle,
             revocations,
             gw: gw.clone(),
@@ -271,6 +294,7 @@ impl Conn {
         &mut self,
         stream: &mut Frames,
         kick: &CancellationToken,
+        writer_done: &CancellationToken,
     ) -> Option<CloseReason> {
         let limits = self.gw.limits.clone();
         let mut pongs = Pongs::default();
@@ -279,8 +303,9 @@ impl Conn {
         let mut last_seen = Instant::now();
         let drain = self.gw.drain.clone();
         // Made once, not per frame (each would take a lock and register a waiter).
-        let (drained, kicked) = (drain.cancelled(), kick.cancelled());
-        tokio::pin!(drained, kicked);
+        let (drained, kicked, unwritable) =
+            (drain.cancelled(), kick.cancelled(), writer_done.cancelled());
+        tokio::pin!(drained, kicked, unwritable);
         loop {
             tokio::select! {
                 biased;
@@ -290,6 +315,7 @@ impl Conn {
                     return Some(close_reason(CloseCode::Restart, "server draining; reconnect"));
                 }
                 _ = &mut kicked => return None,
+                _ = &mut unwritable => return None,
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() > limits.idle_timeout {
                         return Some(close_reason(CloseCode::Away, "idle timeout"));
@@ -403,6 +429,16 @@ impl Conn {
             }
             Ok(false) => {
                 hub.forget_member(user, room);
+                // Still subscribed (a revocation that never reached this gateway): the
+                // subscription ends here too.
+                if self.rooms.contains(&room) {
+                    self.end_room(room).await;
+                    let frame = ServerFrame::Unsubscribed {
+                        room,
+                        reason: "not_member",
+                    };
+                    self.reply(frame.to_text().into()).await;
+                }
                 match self.gw.store.room(room).await {
                     Ok(Some(_)) => Err((ErrorCode::NotMember, "join the room first".into())),
                     Ok(None) => Err((ErrorCode::RoomNotFound, "no such room".into())),
@@ -426,6 +462,21 @@ impl Conn {
     /// has drained the queue to half its bytes: this holds the connection's reads, so a
     /// client that does not read cannot make the gateway read further.
     async fn subscribe(&mut self, room: RoomId, since: Option<Position>) {
+        // Live delivery only once a revocation can reach this connection: the user's bus
+        // channel is subscribed.
+        let listening = self.revocations.wait_for(|r| *r);
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(5), listening).await,
+            Ok(Ok(_))
+        ) {
+            return self
+                .refuse(
+                    ErrorCode::Unavailable,
+                    "the fan-out bus is unavailable",
+                    Some("subscribe"),
+                )
+                .await;
+        }
         let revision = self.gw.hub.revision();
         if let Err((code, msg)) = self.check_member(room).await {
             return self.refuse(code, &msg, Some("subscribe")).await;
@@ -493,6 +544,7 @@ impl Conn {
             .out
             .send(Out::Backlog(Box::new(Backlog {
                 room,
+                after: since,
                 messages: Vec::new(),
                 subscribed: Some(subscribed),
             })))
@@ -514,6 +566,7 @@ impl Conn {
                 .collect();
             let page = Out::Backlog(Box::new(Backlog {
                 room,
+                after: Some(after),
                 messages,
                 subscribed: None,
             }));
@@ -576,7 +629,7 @@ impl Conn {
     }
 
     async fn typing(&mut self, room: RoomId) {
-        if !self.rooms.contains(&room) || self.check_member(room).await.is_err() {
+        if !self.rooms.contains(&room) {
             return self
                 .refuse(
                     ErrorCode::NotSubscribed,
@@ -584,6 +637,9 @@ impl Conn {
                     Some("typing"),
                 )
                 .await;
+        }
+        if let Err((code, msg)) = self.check_member(room).await {
+            return self.refuse(code, &msg, Some("typing")).await;
         }
         let now = Instant::now();
         if self

@@ -278,14 +278,11 @@ pub async fn logout_all(gw: web::Data<Arc<Gateway>>, me: Authed) -> Result<HttpR
     if gw.store.revoke_tokens(me.0.id).await?.is_none() {
         return Err(ApiError::unauthorized());
     }
-    // Open sockets of the user close with 4401, here and on every other gateway.
+    // Open sockets of the user close with 4401, here and on every other gateway. If the
+    // bus cannot take the notice now, it is published again in the background: the
+    // caller cannot retry (this token is revoked too), and every token is void already.
     if let Err(e) = gw.revoke(me.0.id, Revocation::Sessions).await {
-        tracing::warn!(error = %e, "revocation not published");
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "tokens revoked, but not every connection could be told yet; retry",
-        ));
+        tracing::warn!(error = %e, "revocation not published yet; retrying in the background");
     }
     Ok(HttpResponse::NoContent().finish())
 }
