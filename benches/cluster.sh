@@ -71,12 +71,15 @@ start() {
   # `chat bench` registers all its users from this machine at once: lift the per-address
   # registration limit and the hashing queue (defaults 5/min burst 10, 4 per core).
   export REGISTER_RATE_PER_ADDRESS=1000000 REGISTER_BURST_PER_ADDRESS=1000000 HASH_QUEUE=100000
+  # Its connections share --users users (the `connections` scenario: 100 per user): lift the
+  # per-user connection cap (default 32 per gateway) and the room creation limit.
+  export MAX_CONNECTIONS_PER_USER=1000000 ROOM_CREATE_PER_MINUTE=1000000
   # Two gateways share the 2 cores with everything else: one HTTP worker thread each
   # (the server's default is one per core). Paired runs: lower p99 in every pair
   # (benches/README.md, "Multi-partition requests"). HTTP_WORKERS=2 for the default.
   export HTTP_WORKERS="${HTTP_WORKERS:-1}"
   export REDIS_URL KAFKA_BROKERS
-  export -p | grep -E ' (DATABASE_URL|REDIS_URL|KAFKA_BROKERS|KAFKA_TOPIC|REDIS_PREFIX|NO_MIGRATE|JWT_SECRET|SEND_RATE_PER_SEC|SEND_RATE_BURST|REGISTER_RATE_PER_ADDRESS|REGISTER_BURST_PER_ADDRESS|HASH_QUEUE|RUST_LOG|HTTP_WORKERS)=' >"$DIR/env"
+  export -p | grep -E ' (DATABASE_URL|REDIS_URL|KAFKA_BROKERS|KAFKA_TOPIC|REDIS_PREFIX|NO_MIGRATE|JWT_SECRET|SEND_RATE_PER_SEC|SEND_RATE_BURST|REGISTER_RATE_PER_ADDRESS|REGISTER_BURST_PER_ADDRESS|HASH_QUEUE|MAX_CONNECTIONS_PER_USER|ROOM_CREATE_PER_MINUTE|RUST_LOG|HTTP_WORKERS)=' >"$DIR/env"
   # 20,000 connections need more than the default open-file limit.
   ulimit -Hn 1048576 2>/dev/null || true
   ulimit -n "$(ulimit -Hn)"
