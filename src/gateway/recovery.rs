@@ -85,6 +85,31 @@ impl Cursor {
     }
 }
 
+/// Cuts a page of store rows (ascending, as read: at most [`PAGE_MESSAGES`]) to what the
+/// store phase returns: rows below `committed` only (those from it on, persisted
+/// meanwhile, are the log phase's), and at most [`PAGE_BYTES`] of bodies (at least one
+/// row). Returns whether the store may hold more rows below `committed` after these:
+/// false once the page reached `committed` or came back short without being cut.
+fn store_page(rows: &mut Vec<Message>, committed: i64) -> bool {
+    let beyond = rows.iter().position(|m| m.position >= committed);
+    if let Some(n) = beyond {
+        rows.truncate(n);
+    }
+    let mut more = beyond.is_none() && rows.len() == PAGE_MESSAGES;
+    let mut bytes = 0;
+    if let Some(n) = rows.iter().position(|m| {
+        bytes += m.body.len();
+        bytes > PAGE_BYTES
+    }) {
+        let keep = n.max(1);
+        if keep < rows.len() {
+            more = true;
+        }
+        rows.truncate(keep);
+    }
+    more
+}
+
 impl Recovery {
     pub fn new(store: Arc<dyn Store>, log: Arc<dyn Log>, topic: &str, max_backlog: usize) -> Self {
         Recovery {
@@ -158,22 +183,7 @@ impl Recovery {
                         .messages_after(cur.room, cur.last, PAGE_MESSAGES as i64)
                         .await
                         .map_err(|e| RecoveryError::Unavailable(e.to_string()))?;
-                    // Rows from `committed` on (persisted meanwhile) are the log phase's.
-                    // The store may hold more below `committed` unless this page reached
-                    // it or came back short (and was not cut for its size).
-                    let beyond = rows.iter().position(|m| m.position >= committed);
-                    if let Some(n) = beyond {
-                        rows.truncate(n);
-                    }
-                    let mut more = beyond.is_none() && rows.len() == PAGE_MESSAGES;
-                    let mut bytes = 0;
-                    if let Some(n) = rows.iter().position(|m| {
-                        bytes += m.body.len();
-                        bytes > PAGE_BYTES
-                    }) {
-                        rows.truncate(n.max(1));
-                        more = true;
-                    }
+                    let more = store_page(&mut rows, committed);
                     if !more {
                         let from = committed.max(rows.last().map_or(cur.last, |m| m.position) + 1);
                         if let Phase::Store {
@@ -304,6 +314,108 @@ impl Recovery {
         let idle = readers.entry(partition).or_default();
         if idle.len() < 4 {
             idle.push(reader);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::User;
+
+    fn rows(positions: &[i64], body: usize) -> Vec<Message> {
+        positions
+            .iter()
+            .map(|&p| Message {
+                id: Uuid::now_v7(),
+                room: Uuid::nil(),
+                sender: User {
+                    id: Uuid::nil(),
+                    name: "ann".into(),
+                },
+                body: "x".repeat(body),
+                client_msg_id: format!("c{p}"),
+                position: p,
+                sent_at: chrono::Utc::now(),
+            })
+            .collect()
+    }
+
+    fn positions(rows: &[Message]) -> Vec<i64> {
+        rows.iter().map(|m| m.position).collect()
+    }
+
+    #[test]
+    fn store_pages_stop_at_committed_and_at_their_size() {
+        let full: Vec<i64> = (0..PAGE_MESSAGES as i64).collect();
+        let cases: &[(&str, Vec<i64>, usize, i64, Vec<i64>, bool)] = &[
+            // (case, rows read, body bytes each, committed, rows returned, more in store)
+            ("short page", vec![1, 2, 3], 10, 100, vec![1, 2, 3], false),
+            ("empty", vec![], 10, 100, vec![], false),
+            (
+                "full page below committed",
+                full.clone(),
+                10,
+                1_000,
+                full.clone(),
+                true,
+            ),
+            (
+                "reaches committed",
+                vec![5, 6, 7, 8],
+                10,
+                7,
+                vec![5, 6],
+                false,
+            ),
+            (
+                "full page reaching committed",
+                full.clone(),
+                10,
+                10,
+                (0..10).collect(),
+                false,
+            ),
+            (
+                "cut for its size, below committed",
+                vec![1, 2, 3, 4],
+                PAGE_BYTES / 2,
+                100,
+                vec![1, 2],
+                true,
+            ),
+            (
+                // The rows cut off for size lie below `committed`: the store phase goes on
+                // (the bug this table was written for: they were skipped).
+                "cut for its size before reaching committed",
+                vec![1, 2, 3, 4, 5],
+                PAGE_BYTES / 2,
+                5,
+                vec![1, 2],
+                true,
+            ),
+            (
+                "one row over the size alone",
+                vec![1, 2],
+                PAGE_BYTES * 2,
+                100,
+                vec![1],
+                true,
+            ),
+            (
+                "the last row over the size alone",
+                vec![1],
+                PAGE_BYTES * 2,
+                100,
+                vec![1],
+                false,
+            ),
+        ];
+        for (case, read, body, committed, want, want_more) in cases {
+            let mut page = rows(read, *body);
+            let more = store_page(&mut page, *committed);
+            assert_eq!(positions(&page), *want, "{case}");
+            assert_eq!(more, *want_more, "{case}");
         }
     }
 }
