@@ -348,8 +348,9 @@ mod tests {
     #[test]
     fn store_pages_stop_at_committed_and_at_their_size() {
         let full: Vec<i64> = (0..PAGE_MESSAGES as i64).collect();
-        let cases: &[(&str, Vec<i64>, usize, i64, Vec<i64>, bool)] = &[
-            // (case, rows read, body bytes each, committed, rows returned, more in store)
+        // (case, rows read, body bytes each, committed, rows returned, more in store)
+        type Case = (&'static str, Vec<i64>, usize, i64, Vec<i64>, bool);
+        let cases: &[Case] = &[
             ("short page", vec![1, 2, 3], 10, 100, vec![1, 2, 3], false),
             ("empty", vec![], 10, 100, vec![], false),
             (

@@ -12,6 +12,17 @@ use serde_json::{json, Value};
 use crate::both_modes;
 use crate::harness::{Account, Env, Http, Mode, Ws, SECRET};
 
+/// `POST /api/rooms` with that name: the status and the answer.
+async fn new_room(h: &Http, who: &Account, name: impl std::fmt::Display) -> (u16, Value) {
+    h.call(
+        Method::POST,
+        "/api/rooms",
+        Some(&who.token),
+        Some(json!({"name": name.to_string()})),
+    )
+    .await
+}
+
 /// A request that also returns the answer's headers.
 async fn raw(
     h: &Http,
@@ -160,14 +171,7 @@ async fn room_creation_is_limited_per_user(mode: Mode) {
     for i in 0..3 {
         h.create_room(&alice, &format!("cap-{i}")).await;
     }
-    let (s, v) = h
-        .call(
-            Method::POST,
-            "/api/rooms",
-            Some(&alice.token),
-            Some(json!({"name": "cap-3"})),
-        )
-        .await;
+    let (s, v) = new_room(&h, &alice, "cap-3").await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (403, Some("too_many_rooms")),
@@ -313,14 +317,7 @@ async fn a_token_of_a_user_that_no_longer_exists_is_refused(mode: Mode) {
     assert_eq!(hello_refused(chat.gw(0), &dave.token).await, None);
     env.exec(&format!("DELETE FROM users WHERE id = '{}'", dave.id))
         .await;
-    let (s, v) = h
-        .call(
-            Method::POST,
-            "/api/rooms",
-            Some(&dave.token),
-            Some(json!({"name": "ghost"})),
-        )
-        .await;
+    let (s, v) = new_room(&h, &dave, "ghost").await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (401, Some("unauthorized")),
@@ -596,14 +593,7 @@ async fn names_are_unique_by_unicode_case_and_invisible_characters_refused(mode:
     let alice = h.register("alice").await;
     h.create_room(&alice, "Ärger").await;
     for same in ["ärger", "ÄRGER", "A\u{308}rger", " ärger  "] {
-        let (s, v) = h
-            .call(
-                Method::POST,
-                "/api/rooms",
-                Some(&alice.token),
-                Some(json!({"name": same})),
-            )
-            .await;
+        let (s, v) = new_room(&h, &alice, same).await;
         assert_eq!(
             (s, v["error"]["code"].as_str()),
             (409, Some("room_name_taken")),
@@ -611,14 +601,7 @@ async fn names_are_unique_by_unicode_case_and_invisible_characters_refused(mode:
         );
     }
     h.create_room(&alice, "ﬁsh").await;
-    let (s, _) = h
-        .call(
-            Method::POST,
-            "/api/rooms",
-            Some(&alice.token),
-            Some(json!({"name": "FISH"})),
-        )
-        .await;
+    let (s, _) = new_room(&h, &alice, "FISH").await;
     assert_eq!(s, 409);
     for bad in [
         "\u{202E}evil",
@@ -633,14 +616,7 @@ async fn names_are_unique_by_unicode_case_and_invisible_characters_refused(mode:
         "tab\there",
         "soft\u{AD}hyphen",
     ] {
-        let (s, v) = h
-            .call(
-                Method::POST,
-                "/api/rooms",
-                Some(&alice.token),
-                Some(json!({"name": bad})),
-            )
-            .await;
+        let (s, v) = new_room(&h, &alice, bad).await;
         assert_eq!(
             (s, v["error"]["code"].as_str()),
             (400, Some("invalid_characters")),
@@ -777,14 +753,7 @@ async fn the_migration_keys_the_names_of_existing_rows(mode: Mode) {
         .collect();
     assert_eq!(names, HashSet::from(["ﬁsh", "FISH", "Zürich"]));
     for taken in ["ZÜRICH", "zürich", "fish", "Fish"] {
-        let (s, v) = h
-            .call(
-                Method::POST,
-                "/api/rooms",
-                Some(&alice.token),
-                Some(json!({"name": taken})),
-            )
-            .await;
+        let (s, v) = new_room(&h, &alice, taken).await;
         assert_eq!(
             (s, v["error"]["code"].as_str()),
             (409, Some("room_name_taken")),
