@@ -1,6 +1,5 @@
 """Measures login abuse against a chat binary (embedded mode, its default limits unless given):
-guesses per second for one account, the time of a login for an unknown and a known user,
-and an honest login's wait under a flood of 400 bogus ones (issue 15, item 4).
+guesses per second for one account, and an honest login's wait under a flood of 400 bogus ones (issue 15, item 4).
 usage: python3 benches/auth-abuse.py BIN [extra serve flags...]
   e.g. python3 benches/auth-abuse.py ~/.cache/chat/target/debug/chat
        python3 benches/auth-abuse.py BIN --login-rate-per-address 100000 --login-burst-per-address 100000"""
