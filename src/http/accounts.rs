@@ -25,7 +25,8 @@ pub async fn register(
     req: HttpRequest,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
-    guard.register(guard.client_address(&req))?;
+    let address = guard.client_address(&req);
+    guard.register(address)?;
     let Credentials { username, password } = body.into_inner();
     let username = parse_username(&username)?;
     check_password(&password)?;
@@ -42,6 +43,7 @@ pub async fn register(
         name: username,
     };
     gw.store.create_user(&user, &hash).await?;
+    guard.succeeded(address, &name_key(&user.name));
     let token = gw.auth.issue(&user);
     Ok(HttpResponse::Created().json(json!({"user": user, "token": token})))
 }
@@ -72,10 +74,11 @@ pub async fn login(
         .ok()
         .filter(|_| check_password(&password).is_ok())
         .map(|name| name_key(&name));
-    guard.login(guard.client_address(&req), account.as_deref())?;
-    if account.is_none() {
+    let address = guard.client_address(&req);
+    guard.login(address, account.as_deref())?;
+    let Some(account) = account else {
         return Err(bad());
-    }
+    };
     let ticket = guard.hashing()?;
     let creds = gw.store.credentials(&username).await?;
     let (user, hash) = match creds {
@@ -86,6 +89,7 @@ pub async fn login(
         return Err(bad());
     }
     let (user, generation) = user.ok_or_else(bad)?;
+    guard.succeeded(address, &account);
     let token = gw.auth.issue_at(&user, generation);
     Ok(HttpResponse::Ok().json(json!({"user": user, "token": token})))
 }

@@ -92,9 +92,18 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
     }
 }
 
+/// How long an address an account logged in from (or registered from) stays exempt from
+/// the account's limit.
+const KNOWN_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The login and registration guard of one gateway (limits are per gateway process).
 pub struct Guard {
     login_per_account: Keyed<String>,
+    /// (account, address) pairs that logged in (or registered) lately: an account's
+    /// limit does not apply at its own known addresses, so whoever guesses a name from
+    /// elsewhere cannot lock its owner out (the address's own limit still does). At most
+    /// [`MAX_KEYS`] pairs; expired ones are swept.
+    known: std::sync::Mutex<std::collections::HashMap<(String, IpAddr), std::time::Instant>>,
     login_per_address: Keyed<IpAddr>,
     register_per_address: Keyed<IpAddr>,
     trust_forwarded_for: bool,
@@ -116,6 +125,7 @@ impl Guard {
     pub fn start(limits: &AccountLimits, stop: CancellationToken) -> Arc<Guard> {
         let guard = Arc::new(Guard {
             login_per_account: Keyed::new(limits.login_per_account, MAX_KEYS),
+            known: std::sync::Mutex::new(std::collections::HashMap::new()),
             login_per_address: Keyed::new(limits.login_per_address, MAX_KEYS),
             register_per_address: Keyed::new(limits.register_per_address, MAX_KEYS),
             trust_forwarded_for: limits.trust_forwarded_for,
@@ -134,6 +144,7 @@ impl Guard {
                 }
                 let Some(g) = weak.upgrade() else { return };
                 g.login_per_account.sweep();
+                g.known().retain(|_, at| at.elapsed() < KNOWN_FOR);
                 g.login_per_address.sweep();
                 g.register_per_address.sweep();
             }
@@ -155,13 +166,42 @@ impl Guard {
         address_key(ip)
     }
 
-    /// A login attempt for `account` from `address`: 429 when either is over its limit.
+    /// A login attempt for `account` from `address`: 429 when either is over its limit
+    /// (the account's does not apply at an address it is known from).
     pub fn login(&self, address: IpAddr, account: Option<&str>) -> Result<(), ApiError> {
         refused(self.login_per_address.check(&address))?;
         if let Some(account) = account {
-            refused(self.login_per_account.check(&account.to_ascii_lowercase()))?;
+            let account = account.to_ascii_lowercase();
+            if !self.is_known(&account, address) {
+                refused(self.login_per_account.check(&account))?;
+            }
         }
         Ok(())
+    }
+
+    /// The account logged in (or registered) from `address`: exempt it there from the
+    /// account's limit for a while.
+    pub fn succeeded(&self, address: IpAddr, account: &str) {
+        let mut known = self.known();
+        if known.len() < MAX_KEYS {
+            known.insert(
+                (account.to_ascii_lowercase(), address),
+                std::time::Instant::now(),
+            );
+        }
+    }
+
+    fn is_known(&self, account: &str, address: IpAddr) -> bool {
+        self.known()
+            .get(&(account.to_owned(), address))
+            .is_some_and(|at| at.elapsed() < KNOWN_FOR)
+    }
+
+    fn known(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, IpAddr), std::time::Instant>>
+    {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A registration from `address`: 403 when registration is closed, 429 over the limit.

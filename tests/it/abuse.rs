@@ -83,7 +83,12 @@ async fn wrong_passwords_for_one_account_get_429(mode: Mode) {
     let chat = env.start_with(1, &ACCOUNT_DEFAULTS).await;
     let gw = chat.gw(0);
     let h = Http::new(gw);
-    let victim = h.register("victim").await;
+    // The victim registered from 127.0.0.3 (an address the account is known from); the
+    // guessing comes from 127.0.0.1.
+    let victim = unique("victim");
+    let home = client_from("127.0.0.3");
+    let a = post(&home, gw, "/api/register", login(&victim, PASSWORD)).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
     let other = h.register("other").await;
     let client = reqwest::Client::new();
     let mut first_429 = None;
@@ -92,7 +97,7 @@ async fn wrong_passwords_for_one_account_get_429(mode: Mode) {
             &client,
             gw,
             "/api/login",
-            login(&victim.name, &format!("guess{i:04}xx")),
+            login(&victim, &format!("guess{i:04}xx")),
         )
         .await;
         if a.status == StatusCode::TOO_MANY_REQUESTS {
@@ -108,9 +113,21 @@ async fn wrong_passwords_for_one_account_get_429(mode: Mode) {
     let first = first_429.expect("100 wrong passwords for one account were never limited");
     // Burst 10 (a token comes back every 12 s): limited from about the 11th guess.
     assert!(first <= 15, "first 429 only at guess {first}");
-    // The account's limit holds for the right password too, from anywhere: guessing on.
-    let a = post(&client, gw, "/api/login", login(&victim.name, PASSWORD)).await;
+    // The account's limit holds for the right password too, from any address the account
+    // is not known from: guessing goes no further.
+    let a = post(&client, gw, "/api/login", login(&victim, PASSWORD)).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.body);
+    let a = post(
+        &client_from("127.0.0.4"),
+        gw,
+        "/api/login",
+        login(&victim, PASSWORD),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.body);
+    // But the guesser cannot lock the owner out where the owner logs in from.
+    let a = post(&home, gw, "/api/login", login(&victim, PASSWORD)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     // Another account is not affected; names count case-insensitively.
     let a = post(&client, gw, "/api/login", login(&other.name, PASSWORD)).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
@@ -118,7 +135,7 @@ async fn wrong_passwords_for_one_account_get_429(mode: Mode) {
         &client,
         gw,
         "/api/login",
-        login(&victim.name.to_uppercase(), PASSWORD),
+        login(&victim.to_uppercase(), PASSWORD),
     )
     .await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.body);
