@@ -47,6 +47,9 @@ pub struct ConnHandle {
 /// A cached membership is checked against the store again after this long, whatever the
 /// bus said (a backstop: revocations arrive as bus notices in milliseconds).
 pub const MEMBERSHIP_RECHECK: Duration = Duration::from_secs(60);
+/// Shards of the room map.
+const SHARDS: usize = 16;
+
 /// Memberships cached per user at most (beyond, each check asks the store).
 const MAX_CACHED_ROOMS: usize = 1_024;
 
@@ -86,7 +89,9 @@ enum Ctl {
 }
 
 pub struct Hub {
-    rooms: Mutex<HashMap<RoomId, RoomEntry>>,
+    /// Rooms in shards (by room id): a fan-out locks its room's shard only, so rooms on
+    /// other shards are served meanwhile.
+    rooms: Vec<Mutex<HashMap<RoomId, RoomEntry>>>,
     users: Mutex<HashMap<UserId, UserEntry>>,
     /// Moves on every revocation and bus loss: a membership read from the store before a
     /// move is not cached (it may predate the revocation).
@@ -103,7 +108,7 @@ impl Hub {
         let (ctl, rx) = mpsc::unbounded_channel();
         tokio::spawn(control(bus, rx));
         Arc::new(Hub {
-            rooms: Mutex::new(HashMap::new()),
+            rooms: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             users: Mutex::new(HashMap::new()),
             revision: AtomicU64::new(0),
             ctl,
@@ -111,8 +116,10 @@ impl Hub {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, RoomEntry>> {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    /// The shard of the room.
+    fn lock(&self, room: RoomId) -> std::sync::MutexGuard<'_, HashMap<RoomId, RoomEntry>> {
+        let i = (room.as_u128() % SHARDS as u128) as usize;
+        self.rooms[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn users(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, UserEntry>> {
@@ -224,7 +231,7 @@ impl Hub {
         }
         match what {
             Revocation::Room { room, reason } => {
-                let mut rooms = self.lock();
+                let mut rooms = self.lock(*room);
                 let Some(entry) = rooms.get_mut(room) else {
                     return;
                 };
@@ -262,7 +269,7 @@ impl Hub {
     /// Adds a connection to a room; the receiver turns true once the room's bus
     /// subscription is active (at once if it already was).
     pub fn subscribe(&self, room: RoomId, conn: ConnId, h: ConnHandle) -> watch::Receiver<bool> {
-        let mut rooms = self.lock();
+        let mut rooms = self.lock(room);
         let entry = rooms.entry(room).or_insert_with(|| {
             let (tx, rx) = watch::channel(false);
             let _ = self.ctl.send(Ctl::Subscribe(Channel::Room(room), tx));
@@ -283,7 +290,7 @@ impl Hub {
     }
 
     pub fn unsubscribe(&self, room: RoomId, conn: ConnId) {
-        let mut rooms = self.lock();
+        let mut rooms = self.lock(room);
         if let Some(entry) = rooms.get_mut(&room) {
             entry.conns.remove(&conn);
             if entry.conns.is_empty() {
@@ -294,7 +301,7 @@ impl Hub {
     }
 
     pub fn local_connections(&self, room: RoomId) -> usize {
-        self.lock().get(&room).map_or(0, |e| e.conns.len())
+        self.lock(room).get(&room).map_or(0, |e| e.conns.len())
     }
 
     /// Delivers one bus event to the room's local connections.
@@ -312,7 +319,7 @@ impl Hub {
             // After a gap: the client recovers it (and this message) from the log.
             return;
         }
-        let mut rooms = self.lock();
+        let mut rooms = self.lock(room);
         let Some(entry) = rooms.get_mut(&room) else {
             return;
         };
@@ -389,15 +396,18 @@ impl Hub {
     /// and resubscribe with `since`, which recovers the gap from the log; live delivery
     /// resumes behind that frame.
     pub fn resync_all(&self, frame: &ByteString) {
-        let mut rooms = self.lock();
-        self.suspended.store(false, Ordering::Release);
         let frame = Arc::new(frame.clone());
         let mut told = std::collections::HashSet::new();
         // Every subscription ends here (the client resubscribes, which asks the store
         // again): a revocation published while the link was down never reached this
         // gateway, and a client that ignores `reconnect` must not go on receiving a room
-        // it may have lost.
-        for (room, entry) in rooms.drain() {
+        // it may have lost. Live delivery resumes once every shard is through.
+        let mut ended_rooms = Vec::new();
+        for shard in &self.rooms {
+            let mut rooms = shard.lock().unwrap_or_else(|p| p.into_inner());
+            ended_rooms.extend(rooms.drain());
+        }
+        for (room, entry) in ended_rooms {
             let ended = Arc::new(ByteString::from(
                 ServerFrame::Unsubscribed {
                     room,
@@ -414,6 +424,7 @@ impl Hub {
             }
             let _ = self.ctl.send(Ctl::Unsubscribe(Channel::Room(room)));
         }
+        self.suspended.store(false, Ordering::Release);
     }
 }
 

@@ -8,8 +8,10 @@
 pub mod echo;
 mod frames;
 mod hub;
+mod order;
 mod outbox;
 mod presence;
+mod queue;
 mod recovery;
 mod send;
 mod session;
