@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A distributed chat for `chat bench` on this machine: 2 gateways + 1 consumer (release
+# A distributed chat for `chat-bench` on this machine: 2 gateways + 1 consumer (release
 # build) against benchmark-only PostgreSQL, Redis and Kafka
 # (CHAT_SERVICES_PROFILE=bench scripts/services.sh; SERVICES=shared: the default set), on a fresh database, Kafka topic and
 # Redis prefix each start.
@@ -46,7 +46,7 @@ wait_up() { # port log
 
 start() {
   stop
-  [ -x "$BIN" ] || { echo "no $BIN: cargo build --release --locked" >&2; exit 1; }
+  [ -x "$BIN" ] || { echo "no $BIN: cargo build --release --locked --features bench" >&2; exit 1; }
   local profile=bench
   [ "${SERVICES:-private}" = shared ] && profile=default
   CHAT_SERVICES_PROFILE=$profile bash scripts/services.sh start >/dev/null
@@ -65,10 +65,13 @@ start() {
   local url="${DATABASE_URL%/*}/$db"
   echo "$url" >"$DIR/database_url"
   "$BIN" migrate --database-url "$url" >/dev/null
+  # Mark it as the bench's own, so that chat-bench's persist scenario accepts it even after
+  # other scenarios filled it (src/bench/persist.rs, `claim`: the same statement).
+  psql -Xq "$url" -c "CREATE TABLE IF NOT EXISTS chat_bench_marker (marked_at timestamptz NOT NULL DEFAULT now())"
   export DATABASE_URL="$url" KAFKA_TOPIC="chat.bench.$tag" REDIS_PREFIX="$tag" NO_MIGRATE=true
   export JWT_SECRET="${JWT_SECRET:-$(head -c 48 /dev/urandom | base64 | tr -d '\n')}"
   export SEND_RATE_PER_SEC="$SEND_RATE" SEND_RATE_BURST="$SEND_RATE" RUST_LOG="${RUST_LOG:-warn}"
-  # `chat bench` registers all its users from this machine at once: lift the per-address
+  # `chat-bench` registers all its users from this machine at once: lift the per-address
   # registration limit and the hashing queue (defaults 5/min burst 10, 4 per core).
   export REGISTER_RATE_PER_ADDRESS=1000000 REGISTER_BURST_PER_ADDRESS=1000000 HASH_QUEUE=100000
   # Its connections share --users users (the `connections` scenario: 100 per user): lift the

@@ -99,11 +99,19 @@ bash scripts/check-deploy.sh | tail -n 3
 banner "cargo clippy --all-targets ${LOCKED[*]} -- -D warnings"
 cargo clippy --all-targets "${LOCKED[@]}" -- -D warnings
 
+# The load generator `chat-bench` (src/bench) is built only with the feature `bench`.
+banner "cargo clippy --all-targets --features bench ${LOCKED[*]} -- -D warnings"
+cargo clippy --all-targets --features bench "${LOCKED[@]}" -- -D warnings
+
 banner "cargo build --bins ${LOCKED[*]}"
 cargo build --bins "${LOCKED[@]}"
 
 banner "cargo test --all-targets ${LOCKED[*]}"
 cargo test --all-targets "${LOCKED[@]}"
+
+# Only the bench's own tests: its unit tests and tests/bench.rs (real PostgreSQL).
+banner "cargo test --features bench ${LOCKED[*]} --lib --bins --test bench -- bench persist_"
+cargo test --features bench "${LOCKED[@]}" --lib --bins --test bench -- bench persist_
 
 # ---------------------------------------------------------------------------------------------
 banner "client libraries: Python websockets keepalive (tests/clients)"

@@ -1,5 +1,6 @@
-//! Command line: `chat serve`, `chat migrate`, `chat bench`. Every setting is a flag with an
-//! environment fallback (12-factor); `config` turns them into a validated `Config`.
+//! Command line: `chat serve`, `chat migrate`. Every setting is a flag with an environment
+//! fallback (12-factor); `config` turns them into a validated `Config`. (The load generator
+//! is its own binary, `chat-bench`: `bench::cli`.)
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,8 +27,6 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit.
     Migrate(MigrateArgs),
-    /// Drive real WebSocket clients against running gateways and measure (benches/README.md).
-    Bench(Box<BenchArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -178,83 +177,6 @@ pub struct MigrateArgs {
     pub database_url: String,
 }
 
-/// Named load shapes of `chat bench`; every number is overridable by a flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scenario {
-    /// 1 room, 1 sender, 1000 readers (1001 connections), 50 sends/s.
-    Fanout,
-    /// 2000 connections in 200 rooms, every connection sends, 3000 sends/s in total.
-    Chatty,
-    /// 20000 idle subscribed connections held for the duration; RSS per connection (--pid).
-    Connections,
-    /// A burst of 50000 sends, then the time until PostgreSQL holds them, against a raw
-    /// multi-row INSERT of the same rows (--database-url).
-    Persist,
-}
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Load shape; the flags below override its numbers.
-    #[arg(long, value_enum, default_value_t = Scenario::Chatty)]
-    pub scenario: Scenario,
-    /// Gateway base URL; repeat for several (connections are spread round-robin).
-    #[arg(long = "gateway", default_value = "http://127.0.0.1:8080")]
-    pub gateways: Vec<String>,
-    /// WebSocket connections to open (in total, over all gateways).
-    #[arg(long)]
-    pub connections: Option<usize>,
-    /// Rooms; connection i subscribes to room i mod rooms.
-    #[arg(long)]
-    pub rooms: Option<usize>,
-    /// How many of the connections send (the first ones, spread over the rooms).
-    #[arg(long)]
-    pub senders: Option<usize>,
-    /// Registered users; connection i logs in as user i mod users.
-    #[arg(long)]
-    pub users: Option<usize>,
-    /// Total sends per second over all senders, scheduled by the clock (open loop).
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Seconds measured (connections: seconds the idle connections are held).
-    #[arg(long)]
-    pub duration: Option<f64>,
-    /// Seconds of sending before the measurement starts (not recorded).
-    #[arg(long)]
-    pub warmup: Option<f64>,
-    /// Bytes of each message body (at least the timestamp header, about 40).
-    #[arg(long, default_value_t = 64)]
-    pub body_bytes: usize,
-    /// Bind client sockets to 127.0.0.2 .. 127.0.0.(N+1), round-robin (more ephemeral ports);
-    /// 0: let the kernel choose.
-    #[arg(long)]
-    pub source_ips: Option<usize>,
-    /// Connections being opened at the same time.
-    #[arg(long, default_value_t = 200)]
-    pub connect_concurrency: usize,
-    /// Seconds to wait after the last send for outstanding acks and deliveries.
-    #[arg(long, default_value_t = 5.0)]
-    pub drain: f64,
-    /// A server process to sample (CPU% from /proc/PID/stat, RSS from /proc/PID/status).
-    #[arg(long = "pid")]
-    pub pids: Vec<u32>,
-    /// Write the report as JSON to this file.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Compare two JSON reports side by side (B/A ratios) instead of running.
-    #[arg(long, num_args = 2, value_names = ["A", "B"])]
-    pub compare: Option<Vec<PathBuf>>,
-    /// persist: PostgreSQL of the gateways and consumer (the messages table is polled).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// persist: rows per multi-row INSERT of the raw ceiling.
-    #[arg(long, default_value_t = 1000)]
-    pub persist_chunk: usize,
-    /// persist: seconds to wait for PostgreSQL to hold every acked message.
-    #[arg(long, default_value_t = 300.0)]
-    pub persist_timeout: f64,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,33 +195,5 @@ mod tests {
         };
         assert_eq!(a.role, Role::All);
         assert_eq!(a.kafka_topic, "chat.messages");
-    }
-
-    #[test]
-    fn bench_takes_repeated_gateways_and_a_compare_pair() {
-        let cli = Cli::try_parse_from([
-            "chat",
-            "bench",
-            "--scenario",
-            "fanout",
-            "--gateway",
-            "http://127.0.0.1:1",
-            "--gateway",
-            "http://127.0.0.1:2",
-            "--pid",
-            "7",
-        ])
-        .unwrap();
-        let Command::Bench(a) = cli.command else {
-            panic!("not bench")
-        };
-        assert_eq!(a.scenario, Scenario::Fanout);
-        assert_eq!(a.gateways.len(), 2);
-        assert_eq!(a.pids, vec![7]);
-        let cli = Cli::try_parse_from(["chat", "bench", "--compare", "a.json", "b.json"]).unwrap();
-        let Command::Bench(a) = cli.command else {
-            panic!("not bench")
-        };
-        assert_eq!(a.compare.map(|c| c.len()), Some(2));
     }
 }

@@ -6,10 +6,12 @@
 //! - `gateway`: WebSocket sessions, hub, send path, recovery; `http`: the REST API.
 //! - `consumer`: relay (log → bus) and persist (log → store) per partition.
 //! - `app`: wiring and drain; `cli`/`config`: settings; `auth`; `telemetry`.
-//! - `bench`: `chat bench`, a load generator speaking the public protocol.
+//! - `bench` (cargo feature `bench`, off by default): the `chat-bench` binary, a load
+//!   generator speaking the public protocol; not part of the server build.
 
 pub mod app;
 pub mod auth;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod bus;
 pub mod cli;

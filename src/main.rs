@@ -4,7 +4,7 @@ use clap::Parser;
 
 use chat::cli::{Cli, Command};
 use chat::config::{check_database_url, sqlite_path, Config};
-use chat::{app, bench, store, telemetry};
+use chat::{app, store, telemetry};
 
 /// glibc raises its mmap threshold to the size of the largest block freed, so after the first
 /// password hash (argon2: a 19 MiB block) every later one comes from a per-thread arena that
@@ -58,7 +58,6 @@ async fn run(cli: Cli) -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Command::Bench(args) => bench::run(*args).await.map_err(anyhow::Error::from),
         Command::Migrate(args) => match sqlite_path(&args.database_url) {
             Some(path) => store::SqliteStore::migrate(&path)
                 .await

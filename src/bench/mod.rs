@@ -1,5 +1,6 @@
-//! `chat bench`: a load generator that speaks the public protocol (protocol.md) to one or
-//! more running gateways and measures what a client sees.
+//! `chat-bench` (src/bin/chat-bench.rs, built only with the cargo feature `bench`): a load
+//! generator that speaks the public protocol (protocol.md) to one or more running gateways
+//! and measures what a client sees. Not in the server binary or its image.
 //!
 //! A run registers users and creates rooms over HTTP, opens the connections
 //! (round-robin over gateways, rooms and users), subscribes them, then sends on a
@@ -8,12 +9,13 @@
 //! Each body carries its scheduled time; every ack and delivery is recorded in HDR
 //! histograms. Server processes given by `--pid` are sampled from /proc.
 //!
-//! - `scenario`: presets and flags → [`scenario::Spec`], and each connection's plan.
+//! - `cli`: the flags; `scenario`: presets and flags → [`scenario::Spec`], and each connection's plan.
 //! - `client`: the HTTP set-up calls and one connection's life.
 //! - `stats`: counters and sharded histograms; `procs`: CPU and RSS sampling;
 //!   `persist`: the PostgreSQL side of the `persist` scenario; `report`: JSON, summary
 //!   table, `--compare`.
 
+pub mod cli;
 pub mod client;
 pub mod persist;
 pub mod procs;
@@ -30,7 +32,7 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{BenchArgs, Scenario};
+use cli::{BenchArgs, Scenario};
 use client::{Account, Api, ConnPlan, Gateway, Shared, Times};
 use report::{Connections, Latency, Persist, Report};
 use scenario::Spec;
@@ -50,6 +52,8 @@ pub enum BenchError {
     Protocol(String),
     #[error("database: {0}")]
     Db(String),
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("{path}: {source}")]
     File {
         path: String,
@@ -72,10 +76,19 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         return Ok(());
     }
     let spec = Spec::from_args(&args)?;
-    if spec.scenario == Scenario::Persist && args.database_url.is_none() {
-        return Err(BenchError::Setup(
-            "the persist scenario needs --database-url (or DATABASE_URL)".into(),
-        ));
+    if spec.scenario == Scenario::Persist {
+        // Before anything is registered or sent: only a database of the bench's own.
+        let Some(url) = &args.database_url else {
+            return Err(BenchError::Setup(
+                "the persist scenario needs --database-url, a database of its own \
+                 (benches/cluster.sh creates one; DATABASE_URL is not read)"
+                    .into(),
+            ));
+        };
+        let mut db = persist::connect(url).await?;
+        if persist::claim(&mut db).await? == persist::Claim::Marked {
+            println!("database marked as the bench's own ({})", persist::MARKER);
+        }
     }
     raise_fd_limit(spec.connections as u64 + 1024);
     let report = execute(&spec, &args).await?;

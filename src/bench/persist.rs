@@ -1,6 +1,9 @@
 //! The `persist` scenario's PostgreSQL side: poll the `messages` table until it holds the
 //! burst the gateways acked, then time raw multi-row INSERTs of the same rows into a
 //! scratch table (same columns, indexes and constraints) as the ceiling.
+//!
+//! It writes only to a database of its own ([`claim`]): the URL is given explicitly and a
+//! database holding chat data the bench did not create is refused.
 
 use std::time::{Duration, Instant};
 
@@ -48,12 +51,97 @@ struct N {
     n: i64,
 }
 
+/// The `n` of a one-row answer (0 for none).
+fn n_of(rows: Vec<N>) -> i64 {
+    rows.into_iter().next().map_or(0, |r| r.n)
+}
+
 fn db(e: impl std::fmt::Display) -> BenchError {
     BenchError::Db(e.to_string())
 }
 
 pub async fn connect(url: &str) -> Result<AsyncPgConnection, BenchError> {
     AsyncPgConnection::establish(url).await.map_err(db)
+}
+
+/// The table that marks a database as the bench's own. benches/cluster.sh creates it with
+/// the database (same statement as below).
+pub const MARKER: &str = "chat_bench_marker";
+
+/// How [`claim`] found the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// It was marked already.
+    Ours,
+    /// A migrated chat database where no table held a row: marked now.
+    Marked,
+}
+
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+}
+
+/// Whether `c` is a database the persist scenario may write to (it creates and drops a
+/// scratch table, and its run registers users and fills `messages`): one marked with
+/// [`MARKER`], or a migrated chat database in which no table (but the migrations' own)
+/// holds a row yet, which is then marked. Anything else, above all a deployment's database
+/// with its users and messages, is refused before the bench touches it.
+pub async fn claim(c: &mut AsyncPgConnection) -> Result<Claim, BenchError> {
+    let exists = |table: &str| {
+        diesel::sql_query("SELECT (to_regclass($1) IS NOT NULL)::int::int8 AS n")
+            .bind::<diesel::sql_types::Text, _>(table.to_owned())
+    };
+    if n_of(exists(MARKER).load(c).await.map_err(db)?) == 1 {
+        return Ok(Claim::Ours);
+    }
+    if n_of(exists("messages").load(c).await.map_err(db)?) != 1 {
+        return Err(BenchError::Refused(
+            "the database has no chat schema (no messages table): give the persist scenario \
+             a database of its own, migrated with `chat migrate` (benches/cluster.sh does both)"
+                .into(),
+        ));
+    }
+    // Every table the connection can see, quoted by PostgreSQL itself.
+    let tables: Vec<Name> = diesel::sql_query(
+        "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name) AS name \
+         FROM information_schema.tables \
+         WHERE table_type = 'BASE TABLE' \
+           AND table_schema NOT IN ('pg_catalog', 'information_schema') \
+           AND table_name <> '__diesel_schema_migrations' \
+         ORDER BY 1",
+    )
+    .load(c)
+    .await
+    .map_err(db)?;
+    let mut holding = Vec::new();
+    for t in &tables {
+        let rows: Vec<N> = diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM (SELECT 1 FROM {} LIMIT 1) AS t",
+            t.name
+        ))
+        .load(c)
+        .await
+        .map_err(db)?;
+        if n_of(rows) > 0 {
+            holding.push(t.name.as_str());
+        }
+    }
+    if !holding.is_empty() {
+        return Err(BenchError::Refused(format!(
+            "the database holds data the bench did not create (rows in {}): give the \
+             persist scenario a database of its own (benches/cluster.sh creates one)",
+            holding.join(", ")
+        )));
+    }
+    diesel::sql_query(format!(
+        "CREATE TABLE IF NOT EXISTS {MARKER} (marked_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .execute(c)
+    .await
+    .map_err(db)?;
+    Ok(Claim::Marked)
 }
 
 /// Rows of `messages` in these rooms.

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::cli::{BenchArgs, Scenario};
 use super::BenchError;
-use crate::cli::{BenchArgs, Scenario};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Spec {
@@ -159,14 +159,10 @@ impl Spec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, Command};
     use clap::Parser;
 
     fn spec(args: &[&str]) -> Spec {
-        let cli = Cli::try_parse_from(["chat", "bench"].iter().chain(args)).unwrap();
-        let Command::Bench(a) = cli.command else {
-            panic!("not bench")
-        };
+        let a = BenchArgs::try_parse_from(["chat-bench"].iter().chain(args)).unwrap();
         Spec::from_args(&a).unwrap()
     }
 
