@@ -506,17 +506,16 @@ impl Conn {
         }
         // A revocation between the check and joining the hub's room would have missed
         // this connection: ask the store once more.
-        if self.gw.hub.revision() != revision
-            && !matches!(self.gw.store.is_member(room, self.user.id).await, Ok(true))
-        {
-            self.end_room(room).await;
-            return self
-                .refuse(
-                    ErrorCode::NotMember,
-                    "join the room first",
-                    Some("subscribe"),
-                )
-                .await;
+        if self.gw.hub.revision() != revision {
+            let refusal = match self.gw.store.is_member(room, self.user.id).await {
+                Ok(true) => None,
+                Ok(false) => Some((ErrorCode::NotMember, "join the room first".to_owned())),
+                Err(e) => Some((store_code(&e), e.to_string())),
+            };
+            if let Some((code, message)) = refusal {
+                self.end_room(room).await;
+                return self.refuse(code, &message, Some("subscribe")).await;
+            }
         }
         // Live delivery is active (and held back by the writer) before the backlog is
         // read: nothing can fall between the two.
