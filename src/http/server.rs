@@ -98,7 +98,7 @@ where
         let upgrade = fn_factory(move || {
             let factory = upgrade_app().into_factory();
             async move {
-                let service = factory.new_service(config(addr)).await.map_err(|()| {
+                let service = factory.new_service(config()).await.map_err(|()| {
                     tracing::error!("the app service for upgrades could not be built");
                 })?;
                 Ok::<_, ()>(Upgraded {
@@ -120,14 +120,20 @@ where
                 let _ = io.set_nodelay(true);
             })
             .upgrade(upgrade)
-            .finish(map_config(app().into_factory(), move |()| config(addr)))
+            .finish(map_config(app().into_factory(), |()| config()))
             .tcp()
     })?;
     Ok((builder.run(), addr))
 }
 
-fn config(addr: SocketAddr) -> AppConfig {
-    AppConfig::__priv_test_new(false, addr.to_string(), addr)
+/// The app's connection config. actix-web's `HttpServer` fills in the listening address,
+/// but the constructor it uses is crate-private (its doc-hidden public twin is
+/// semver-exempt), so this is the public default. Nothing here reads it: the host comes
+/// from each request's `Host` header (`ConnectionInfo`), which every HTTP/1.1 client
+/// sends; only URL generation (unused) and a request without `Host` would see
+/// `localhost:8080`.
+fn config() -> AppConfig {
+    AppConfig::default()
 }
 
 /// A listening socket as `HttpServer::bind` makes it (address reuse, backlog 1024).
