@@ -122,6 +122,20 @@ impl Hub {
         self.rooms[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Asks the control task to subscribe the channel; the receiver turns true once it is.
+    fn request(&self, channel: Channel) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        let _ = self.ctl.send(Ctl::Subscribe(channel, tx));
+        rx
+    }
+
+    /// A subscription attempt that gave up (never ready, its sender gone): try again.
+    fn renew(&self, channel: Channel, ready: &mut watch::Receiver<bool>) {
+        if !*ready.borrow() && ready.has_changed().is_err() {
+            *ready = self.request(channel);
+        }
+    }
+
     fn users(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, UserEntry>> {
         self.users.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -140,20 +154,13 @@ impl Hub {
         if users.get(&user).is_some_and(|e| e.conns.len() >= max) {
             return None;
         }
-        let entry = users.entry(user).or_insert_with(|| {
-            let (tx, rx) = watch::channel(false);
-            let _ = self.ctl.send(Ctl::Subscribe(Channel::User(user), tx));
-            UserEntry {
-                conns: HashMap::new(),
-                member_of: HashMap::new(),
-                ready: rx,
-            }
+        let channel = Channel::User(user);
+        let entry = users.entry(user).or_insert_with(|| UserEntry {
+            conns: HashMap::new(),
+            member_of: HashMap::new(),
+            ready: self.request(channel),
         });
-        if !*entry.ready.borrow() && entry.ready.has_changed().is_err() {
-            let (tx, rx) = watch::channel(false);
-            let _ = self.ctl.send(Ctl::Subscribe(Channel::User(user), tx));
-            entry.ready = rx;
-        }
+        self.renew(channel, &mut entry.ready);
         entry.conns.insert(conn, h);
         Some(entry.ready.clone())
     }
@@ -270,21 +277,13 @@ impl Hub {
     /// subscription is active (at once if it already was).
     pub fn subscribe(&self, room: RoomId, conn: ConnId, h: ConnHandle) -> watch::Receiver<bool> {
         let mut rooms = self.lock(room);
-        let entry = rooms.entry(room).or_insert_with(|| {
-            let (tx, rx) = watch::channel(false);
-            let _ = self.ctl.send(Ctl::Subscribe(Channel::Room(room), tx));
-            RoomEntry {
-                conns: HashMap::new(),
-                last_position: None,
-                ready: rx,
-            }
+        let channel = Channel::Room(room);
+        let entry = rooms.entry(room).or_insert_with(|| RoomEntry {
+            conns: HashMap::new(),
+            last_position: None,
+            ready: self.request(channel),
         });
-        // A subscription attempt that gave up: try again.
-        if !*entry.ready.borrow() && entry.ready.has_changed().is_err() {
-            let (tx, rx) = watch::channel(false);
-            let _ = self.ctl.send(Ctl::Subscribe(Channel::Room(room), tx));
-            entry.ready = rx;
-        }
+        self.renew(channel, &mut entry.ready);
         entry.conns.insert(conn, h);
         entry.ready.clone()
     }

@@ -35,6 +35,20 @@ const ROOMS_PAGE: i64 = 200;
 /// The largest `limit` of `GET /api/rooms`.
 const MAX_ROOMS_PAGE: i64 = 1_000;
 
+/// A page's `limit`: `default` when not given, else 1 to `max` (400 `invalid_limit`).
+fn page_limit(given: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let limit = given.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            format!("limit is 1 to {max}"),
+        ))
+    }
+}
+
 #[derive(Deserialize)]
 pub struct RoomsQuery {
     after: Option<Uuid>,
@@ -50,14 +64,7 @@ pub async fn list(
     me: Authed,
     q: web::Query<RoomsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = q.limit.unwrap_or(ROOMS_PAGE);
-    if !(1..=MAX_ROOMS_PAGE).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_limit",
-            format!("limit is 1 to {MAX_ROOMS_PAGE}"),
-        ));
-    }
+    let limit = page_limit(q.limit, ROOMS_PAGE, MAX_ROOMS_PAGE)?;
     let page = gw.store.rooms_for(me.0.id, q.after, limit).await?;
     let mut resp = HttpResponse::Ok();
     if let Some(next) = page.next {
@@ -212,14 +219,7 @@ pub async fn messages(
     page: web::Query<Page>,
 ) -> Result<HttpResponse, ApiError> {
     require_member(&gw, *id, me.0.id).await?;
-    let limit = page.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_limit",
-            "limit is 1 to 200",
-        ));
-    }
+    let limit = page_limit(page.limit, 50, 200)?;
     let page = gw.store.history(*id, page.before, limit).await?;
     Ok(HttpResponse::Ok().json(json!({"messages": page.messages, "has_more": page.has_more})))
 }
