@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse};
 use anyhow::Context as _;
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +16,7 @@ use crate::bus::{Bus, BusNotice, LocalBus, RedisBus};
 use crate::cli::Role;
 use crate::config::{redact, Backend, Config, Services, SECRET_FILE};
 use crate::consumer::Consumer;
+use crate::coord::{Coord, LocalCoord, RedisCoord, Timings};
 use crate::gateway::{self, Gateway, GatewayParts, Sender};
 use crate::http::{self, guard::Guard, ops::Readiness};
 use crate::log::kafka::KafkaSettings;
@@ -43,17 +43,13 @@ impl Running {
     }
 }
 
-/// The three seams and what goes with them, for one mode.
+/// The four seams, for one mode.
 struct Seams {
     store: Arc<dyn Store>,
     log: Arc<dyn Log>,
     bus: Arc<dyn Bus>,
     notices: mpsc::UnboundedReceiver<BusNotice>,
-    sender: Sender,
-    /// Where relays keep their positions (distributed mode).
-    redis: Option<ConnectionManager>,
-    topic: String,
-    prefix: String,
+    coord: Arc<dyn Coord>,
     /// Whether persist workers copy the log into the store (not when the store is the log).
     persist: bool,
 }
@@ -71,8 +67,14 @@ async fn distributed(cfg: &Config, s: &Services) -> anyhow::Result<Seams> {
         Arc::new(PgStore::connect(&s.database_url, cfg.database_pool_size)?);
     let (redis_bus, notices) = RedisBus::connect(&s.redis_url, &s.redis_prefix)
         .with_context(|| format!("connecting to Redis at {}", redact(&s.redis_url)))?;
-    let redis = redis_bus.commands();
     let bus: Arc<dyn Bus> = Arc::new(redis_bus);
+    let coord = RedisCoord::connect(
+        &s.redis_url,
+        &s.redis_prefix,
+        &s.kafka_topic,
+        Timings::default(),
+    )
+    .with_context(|| format!("connecting to Redis at {}", redact(&s.redis_url)))?;
     let settings = KafkaSettings {
         brokers: s.kafka_brokers.clone(),
         topic: s.kafka_topic.clone(),
@@ -97,19 +99,17 @@ async fn distributed(cfg: &Config, s: &Services) -> anyhow::Result<Seams> {
         }
     };
     Ok(Seams {
-        sender: Sender::new(log.clone(), redis.clone(), &s.redis_prefix),
         store,
         log,
         bus,
         notices,
-        redis: Some(redis),
-        topic: s.kafka_topic.clone(),
-        prefix: s.redis_prefix.clone(),
+        coord: Arc::new(coord),
         persist: true,
     })
 }
 
-/// Embedded: one SQLite file is the store and the log; the bus is in-process.
+/// Embedded: one SQLite file is the store and the log; the bus and the coordination state
+/// are in-process.
 async fn embedded(cfg: &Config, database: &Path) -> anyhow::Result<Seams> {
     if cfg.migrate {
         let applied = SqliteStore::migrate(database)
@@ -126,13 +126,10 @@ async fn embedded(cfg: &Config, database: &Path) -> anyhow::Result<Seams> {
     let (bus, notices) = LocalBus::new();
     Ok(Seams {
         store: Arc::new(sqlite),
-        sender: Sender::direct(log.clone()),
         log,
         bus: Arc::new(bus),
         notices,
-        redis: None,
-        topic: "embedded".into(),
-        prefix: String::new(),
+        coord: Arc::new(LocalCoord::new(Timings::default())),
         persist: false,
     })
 }
@@ -185,10 +182,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         log,
         bus,
         notices,
-        sender,
-        redis,
-        topic,
-        prefix,
+        coord,
         persist,
     } = match &cfg.backend {
         Backend::Distributed(s) => distributed(&cfg, s).await?,
@@ -230,8 +224,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 store: store.clone(),
                 log: log.clone(),
                 bus: bus.clone(),
-                sender,
-                topic: topic.clone(),
+                sender: Sender::new(log.clone(), coord.clone()),
                 auth: Auth::new(&secret, cfg.token_ttl),
                 limits: cfg.limits.clone(),
                 drain: drain.clone(),
@@ -242,15 +235,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     });
     let consumer_stop = CancellationToken::new();
     let consumer = matches!(cfg.role, Role::Consumer | Role::All).then(|| {
-        let c = Arc::new(Consumer {
-            store: store.clone(),
-            log: log.clone(),
-            bus: bus.clone(),
-            redis,
-            topic,
-            prefix,
-            persist,
-        });
+        let c = Arc::new(Consumer::new(
+            log.clone(),
+            bus.clone(),
+            coord.clone(),
+            persist.then(|| store.clone()),
+        ));
         tokio::spawn(c.run(consumer_stop.clone()))
     });
 

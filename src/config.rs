@@ -422,9 +422,7 @@ pub fn check_database_url(url: &str) -> Result<(), ConfigError> {
 }
 
 fn check_redis_url(url: &str) -> Result<(), ConfigError> {
-    redis::Client::open(url)
-        .map(|_| ())
-        .map_err(|e| bad("--redis-url / REDIS_URL", e.to_string()))
+    crate::bus::check_redis_url(url).map_err(|e| bad("--redis-url / REDIS_URL", e))
 }
 
 fn parse_brokers(s: &str) -> Result<Vec<String>, ConfigError> {

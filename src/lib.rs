@@ -17,6 +17,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod coord;
 pub mod gateway;
 pub mod http;
 pub mod log;

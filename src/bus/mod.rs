@@ -11,7 +11,8 @@ mod local;
 mod redis;
 
 pub use self::local::LocalBus;
-pub use self::redis::RedisBus;
+pub(crate) use self::redis::config as redis_connection_config;
+pub use self::redis::{check_url as check_redis_url, RedisBus};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

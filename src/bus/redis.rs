@@ -14,23 +14,9 @@ use tokio::sync::mpsc;
 use super::{Bus, BusError, BusEvent, BusNotice, Channel, PRESENCE_TTL};
 use crate::model::UserId;
 
-/// Presence lives in one sorted set per user: member = connection id, score = the time
-/// (ms) it expires unless refreshed. Expired entries (a crashed gateway's) are ignored
-/// and swept on the next write; the key itself expires when nobody refreshes it.
-/// KEYS[1] set; ARGV: conn, now, expires, key ttl. Returns the live count before.
-const PRESENCE_JOIN: &str = r"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-local before = redis.call('ZCARD', KEYS[1])
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return before
-";
-/// KEYS[1] set; ARGV: conn, now. Returns {removed, live count after}.
-const PRESENCE_LEAVE: &str = r"
-local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-return {removed, redis.call('ZCARD', KEYS[1])}
-";
+/// Presence lives in one sorted set per user (see `lua/presence_join.lua`).
+const PRESENCE_JOIN: &str = include_str!("lua/presence_join.lua");
+const PRESENCE_LEAVE: &str = include_str!("lua/presence_leave.lua");
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -56,7 +42,16 @@ pub fn resp3_url(url: &str) -> String {
     }
 }
 
-fn config() -> ConnectionManagerConfig {
+/// Checks that `url` is a Redis URL this client understands (no connection is made).
+pub fn check_url(url: &str) -> Result<(), String> {
+    redis::Client::open(url)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// How every Redis connection of the process behaves: it starts while Redis is down,
+/// reconnects forever with a short delay, and fails a command after 2 s without answer.
+pub(crate) fn config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
@@ -141,11 +136,6 @@ impl RedisBus {
 
     fn presence_key(&self, user: UserId) -> String {
         format!("{}:presence:{user}", self.prefix)
-    }
-
-    /// A plain command connection, for other Redis users in the process.
-    pub fn commands(&self) -> ConnectionManager {
-        self.commands.clone()
     }
 }
 

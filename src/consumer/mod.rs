@@ -3,7 +3,8 @@
 //! separate log connections, so chat stays live while PostgreSQL is down.
 //!
 //! Invariant: a persist worker never moves its offset past a batch that failed.
-//! Partitions are leased (lease.rs): one consumer works a partition at a time.
+//! Partitions are leased (lease.rs, on the `Coord` seam): one consumer works a partition
+//! at a time, in both modes.
 
 pub mod lease;
 mod persist;
@@ -13,26 +14,25 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::Bus;
-use crate::log::{Log, LogReader};
+use crate::coord::{Coord, Lease};
+use crate::log::{Log, LogReader, Pace};
 use crate::store::Store;
 use crate::telemetry::names;
-use lease::{Lease, Leases};
 
 /// The workers of one partition.
 struct Workers {
-    lease: Option<Lease>,
+    lease: Lease,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Workers {
     /// Stops them after their current batch; returns the lease they worked under.
-    async fn stop(self) -> Option<Lease> {
+    async fn stop(self) -> Lease {
         self.stop.cancel();
         self.tasks.wait().await;
         self.lease
@@ -40,81 +40,75 @@ impl Workers {
 }
 
 pub struct Consumer {
-    pub store: Arc<dyn Store>,
     pub log: Arc<dyn Log>,
     pub bus: Arc<dyn Bus>,
-    /// Where relays keep their position (none in the embedded mode: a relay starts at the
-    /// log's end, since nobody can have subscribed before the process started).
-    pub redis: Option<ConnectionManager>,
-    pub topic: String,
-    pub prefix: String,
-    /// Run persist workers (not when the log is the store itself).
-    pub persist: bool,
+    /// Partition leases and relay positions.
+    pub coord: Arc<dyn Coord>,
+    /// The store persist workers copy the log into; none when the log is the store
+    /// itself (the embedded mode's SQLite file).
+    pub persist: Option<Arc<dyn Store>>,
+    /// This consumer's id among the live ones.
+    pub me: String,
 }
 
 impl Consumer {
-    /// Runs until `stop` is cancelled, then lets each worker finish its current batch.
-    /// With Redis, the partitions are leased (shared fairly among live consumers, taken
-    /// over when one dies); without it (embedded mode) this process works all of them.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        match self.redis.clone() {
-            Some(redis) => {
-                let leases = Leases::new(redis, &self.prefix, &self.topic);
-                self.run_leased(leases, stop).await
-            }
-            None => {
-                let all: Vec<Workers> = (0..self.log.partitions())
-                    .map(|p| self.start(p, None))
-                    .collect();
-                tracing::info!(partitions = all.len(), "consumer running");
-                stop.cancelled().await;
-                for w in all {
-                    w.stop().await;
-                }
-                tracing::info!("consumer stopped");
-            }
+    pub fn new(
+        log: Arc<dyn Log>,
+        bus: Arc<dyn Bus>,
+        coord: Arc<dyn Coord>,
+        persist: Option<Arc<dyn Store>>,
+    ) -> Self {
+        Consumer {
+            log,
+            bus,
+            coord,
+            persist,
+            me: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
 
     /// Starts the relay and (unless the log is the store) the persist worker of one
-    /// partition.
-    fn start(self: &Arc<Self>, partition: i32, fence: Option<(Leases, Lease)>) -> Workers {
+    /// partition, under `lease`.
+    fn start(self: &Arc<Self>, lease: Lease) -> Workers {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let lease = fence.as_ref().map(|(_, l)| l.clone());
-        {
-            let (me, s) = (self.clone(), stop.clone());
-            tasks.spawn(async move { relay::run(&me, partition, s, fence).await });
+        if let Some(store) = &self.persist {
+            let (me, s, store) = (self.clone(), stop.clone(), store.clone());
+            let partition = lease.partition;
+            tasks.spawn(async move { persist::run(&me, &*store, partition, s).await });
         }
-        if self.persist {
-            let (me, s) = (self.clone(), stop.clone());
-            tasks.spawn(async move { persist::run(&me, partition, s).await });
+        {
+            let (me, s, lease) = (self.clone(), stop.clone(), lease.clone());
+            tasks.spawn(async move { relay::run(&me, lease, s).await });
         }
         tasks.close();
         Workers { lease, stop, tasks }
     }
 
-    async fn run_leased(self: Arc<Self>, leases: Leases, stop: CancellationToken) {
+    /// Runs until `stop` is cancelled, then lets each worker finish its current batch and
+    /// gives its leases back. The partitions are shared fairly among the live consumers
+    /// and taken over when one dies (lease.rs).
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let coord = &self.coord;
         let partitions = self.log.partitions();
         let mut owned: BTreeMap<i32, Workers> = BTreeMap::new();
         let mut tick = tokio::time::interval(lease::TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tracing::info!(consumer = %leases.me, partitions, "consumer running (leased partitions)");
+        tracing::info!(consumer = %self.me, partitions, "consumer running (leased partitions)");
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
             // Renew; a lease someone else holds now means our workers must stop. While
-            // Redis is unreachable nobody can take a lease over, so work goes on.
+            // the coordination store is unreachable nobody can take a lease over, so
+            // work goes on.
             let mut lost = Vec::new();
             for (p, w) in &owned {
-                if let Some(l) = &w.lease {
-                    match leases.renew(l).await {
-                        Ok(true) => {}
-                        Ok(false) => lost.push(*p),
-                        Err(e) => tracing::warn!(partition = p, error = %e, "lease not renewed"),
-                    }
+                match coord.renew(&w.lease).await {
+                    Ok(true) => {}
+                    Ok(false) => lost.push(*p),
+                    Err(e) => tracing::warn!(partition = p, error = %e, "lease not renewed"),
                 }
             }
             for p in lost {
@@ -123,14 +117,14 @@ impl Consumer {
                     w.stop().await;
                 }
             }
-            let live = match leases.heartbeat().await {
+            let live = match coord.heartbeat(&self.me).await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(error = %e, "consumer heartbeat failed");
                     continue;
                 }
             };
-            let index = live.iter().position(|m| *m == leases.me).unwrap_or(0);
+            let index = live.iter().position(|m| *m == self.me).unwrap_or(0);
             let share = lease::fair_share(partitions, live.len(), index);
             // Above the share (another consumer joined): hand the extras over.
             while owned.len() > share {
@@ -138,9 +132,7 @@ impl Consumer {
                     break;
                 };
                 let l = w.stop().await;
-                if let Some(l) = l {
-                    let _ = leases.release(&l).await;
-                }
+                let _ = coord.release(&l).await;
                 tracing::info!(
                     partition = p,
                     share,
@@ -159,10 +151,10 @@ impl Consumer {
                     if owned.contains_key(&p) {
                         continue;
                     }
-                    match leases.acquire(p).await {
+                    match coord.acquire(&self.me, p).await {
                         Ok(Some(l)) => {
                             tracing::info!(partition = p, epoch = l.epoch, "partition leased");
-                            owned.insert(p, self.start(p, Some((leases.clone(), l))));
+                            owned.insert(p, self.start(l));
                         }
                         Ok(None) => {}
                         Err(e) => {
@@ -176,11 +168,10 @@ impl Consumer {
         }
         // Drain: finish the current batches, then give the leases back at once.
         for (_, w) in std::mem::take(&mut owned) {
-            if let Some(l) = w.stop().await {
-                let _ = leases.release(&l).await;
-            }
+            let l = w.stop().await;
+            let _ = coord.release(&l).await;
         }
-        let _ = leases.leave().await;
+        let _ = coord.leave(&self.me).await;
         metrics::gauge!(names::PARTITIONS_OWNED).set(0.0);
         tracing::info!("consumer stopped; leases released");
     }
@@ -190,13 +181,12 @@ impl Consumer {
     async fn tail(
         &self,
         partition: i32,
-        min_bytes: usize,
-        max_wait: Duration,
+        pace: Pace,
         stop: &CancellationToken,
     ) -> Option<Box<dyn LogReader>> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            match self.log.tail(partition, min_bytes, max_wait).await {
+            match self.log.tail(partition, pace).await {
                 Ok(r) => return Some(r),
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "cannot open the log; retrying");

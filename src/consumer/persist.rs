@@ -9,27 +9,28 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, Consumer};
-use crate::log::{LogError, LogReader};
+use crate::log::{LogError, LogReader, Pace};
 use crate::model::Message;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 use crate::telemetry::names;
 
-/// A fetch returns once this much is there or after [`BATCH_WAIT`]: the relay keeps live
-/// delivery immediate, so persistence can take fewer, larger transactions (at 3,000
-/// messages/s over 8 partitions, ~75 rows per commit instead of one or two), which costs
-/// PostgreSQL and Kafka far less per message and keeps rows at most this far behind.
-const BATCH_BYTES: usize = 256 * 1024;
+/// A read returns once a batch's worth is there ([`Pace::Batch`]) or after this: the
+/// relay keeps live delivery immediate, so persistence can take fewer, larger
+/// transactions (at 3,000 messages/s over 8 partitions, ~75 rows per commit instead of
+/// one or two), which costs PostgreSQL and Kafka far less per message and keeps rows at
+/// most this far behind.
 const BATCH_WAIT: Duration = Duration::from_millis(200);
 
-pub async fn run(c: &Consumer, partition: i32, stop: CancellationToken) {
-    let Some(reader) = c.tail(partition, BATCH_BYTES, BATCH_WAIT, &stop).await else {
+pub async fn run(c: &Consumer, store: &dyn Store, partition: i32, stop: CancellationToken) {
+    let topic = c.log.topic();
+    let Some(reader) = c.tail(partition, Pace::Batch, &stop).await else {
         return;
     };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
     'resume: loop {
         // Where to continue: the committed offset, or the log's start.
         let committed = loop {
-            match c.store.next_offset(&c.topic, partition).await {
+            match store.next_offset(topic, partition).await {
                 Ok(o) => break o,
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "persist: offset unreadable; retrying");
@@ -51,7 +52,7 @@ pub async fn run(c: &Consumer, partition: i32, stop: CancellationToken) {
         loop {
             let batch = tokio::select! {
                 _ = stop.cancelled() => return,
-                b = reader.read(offset, BATCH_BYTES, BATCH_WAIT) => b,
+                b = reader.read(offset, BATCH_WAIT) => b,
             };
             let batch = match batch {
                 Ok(b) => b,
@@ -91,9 +92,8 @@ pub async fn run(c: &Consumer, partition: i32, stop: CancellationToken) {
             // The commit is never raced against `stop`: a cancelled transaction future
             // could leave the connection mid-transaction.
             loop {
-                match c
-                    .store
-                    .commit_batch(&c.topic, partition, from, batch.next_offset, &messages)
+                match store
+                    .commit_batch(topic, partition, from, batch.next_offset, &messages)
                     .await
                 {
                     Ok(inserted) => {

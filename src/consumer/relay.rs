@@ -1,18 +1,19 @@
 //! Relay: tails a partition and publishes each message on its room's bus channel, in
 //! offset order, dropping a message id it has relayed already (rskafka can write a
-//! retried produce twice). Its position is kept in Redis so a restart continues where it
-//! stopped (without one it replays the recent tail); readers drop what they have seen by
-//! position.
+//! retried produce twice). Its position is kept in the `Coord` seam
+//! ([`Positions`](crate::coord::Positions)), saved under the partition's lease, so the
+//! next relay of the partition continues where this one stopped (without one it replays
+//! the recent tail); readers drop what they have seen by position.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::lease::{Lease, Leases};
 use super::{Backoff, Consumer};
 use crate::bus::BusEvent;
-use crate::log::{LogError, LogReader};
+use crate::coord::Lease;
+use crate::log::{LogError, LogReader, Pace};
 use crate::model::MessageId;
 use crate::telemetry::names;
 
@@ -42,7 +43,7 @@ impl Recent {
     }
 }
 
-/// A relay's fetch returns as soon as there is a record, or after this.
+/// A relay's read returns as soon as there is a record, or after this.
 const RELAY_WAIT: Duration = Duration::from_millis(500);
 
 /// How far back a relay without a saved position replays (see [`start`]).
@@ -50,26 +51,24 @@ const UNKNOWN_REPLAY_AGE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// Where a relay starts, and the oldest message it publishes. With a saved position (the
 /// last relay of the partition stopped there): that position. Without one (a new
-/// deployment, or Redis lost its data) nobody knows what was relayed, and a message
-/// skipped here is one a subscribed reader never gets live; so it replays the recent
-/// tail, up to `MAX_REPLAY` records and no older than `UNKNOWN_REPLAY_AGE`. Readers drop
-/// what they have by position. In the embedded mode the log's end: nobody can have
-/// subscribed before the process started.
+/// deployment, Redis lost its data, or the embedded mode's first relay of the process)
+/// nobody knows what was relayed, and a message skipped here is one a subscribed reader
+/// never gets live; so it replays the recent tail, up to `MAX_REPLAY` records and no older
+/// than `UNKNOWN_REPLAY_AGE`. Readers drop what they have by position. A position that
+/// cannot be read now counts as unknown.
 async fn start(
     c: &Consumer,
+    partition: i32,
     reader: &dyn LogReader,
-    key: &str,
     end: i64,
 ) -> Result<(i64, Option<chrono::DateTime<chrono::Utc>>), LogError> {
-    let Some(mut redis) = c.redis.clone() else {
-        return Ok((end, None));
+    let saved = match c.coord.position(partition).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(partition, error = %e, "relay: saved position unreadable");
+            None
+        }
     };
-    let saved: Option<i64> = redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut redis)
-        .await
-        .ok()
-        .flatten();
     match saved {
         Some(s) if s <= end && end - s <= MAX_REPLAY => Ok((s, None)),
         _ => {
@@ -79,18 +78,13 @@ async fn start(
     }
 }
 
-/// `fence`: the lease this relay works under; its position is saved only while the
+/// `lease`: the lease this relay works under; its position is saved only while the
 /// lease is current, and the relay stops when it is not.
-pub async fn run(
-    c: &Consumer,
-    partition: i32,
-    stop: CancellationToken,
-    fence: Option<(Leases, Lease)>,
-) {
-    let Some(reader) = c.tail(partition, 1, RELAY_WAIT, &stop).await else {
+pub async fn run(c: &Consumer, lease: Lease, stop: CancellationToken) {
+    let partition = lease.partition;
+    let Some(reader) = c.tail(partition, Pace::Live, &stop).await else {
         return;
     };
-    let key = format!("{}:relay:{}:{}", c.prefix, c.topic, partition);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let (mut offset, not_before) = loop {
         let end = match reader.latest().await {
@@ -103,7 +97,7 @@ pub async fn run(
                 continue;
             }
         };
-        match start(c, reader.as_ref(), &key, end).await {
+        match start(c, partition, reader.as_ref(), end).await {
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!(partition, error = %e, "relay: no log start offset; retrying");
@@ -121,7 +115,7 @@ pub async fn run(
     loop {
         let batch = tokio::select! {
             _ = stop.cancelled() => return,
-            b = reader.read(offset, 1, RELAY_WAIT) => b,
+            b = reader.read(offset, RELAY_WAIT) => b,
         };
         let batch = match batch {
             Ok(b) => {
@@ -166,24 +160,13 @@ pub async fn run(
         }
         if batch.next_offset != offset {
             offset = batch.next_offset;
-            match &fence {
-                Some((leases, lease)) => match leases.save_offset(lease, &key, offset).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(partition, "relay: lease moved on; stopping");
-                        return;
-                    }
-                    Err(e) => tracing::debug!(partition, error = %e, "relay: position not saved"),
-                },
-                None => {
-                    if let Some(mut redis) = c.redis.clone() {
-                        let _: redis::RedisResult<()> = redis::cmd("SET")
-                            .arg(&key)
-                            .arg(offset)
-                            .query_async(&mut redis)
-                            .await;
-                    }
+            match c.coord.save(&lease, offset).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(partition, "relay: lease moved on; stopping");
+                    return;
                 }
+                Err(e) => tracing::debug!(partition, error = %e, "relay: position not saved"),
             }
         }
     }

@@ -77,7 +77,6 @@ pub struct GatewayParts {
     pub log: Arc<dyn Log>,
     pub bus: Arc<dyn Bus>,
     pub sender: Sender,
-    pub topic: String,
     pub auth: Auth,
     pub limits: Limits,
     pub drain: CancellationToken,
@@ -105,12 +104,7 @@ impl Gateway {
         );
         let gw = Arc::new(Gateway {
             presence,
-            recovery: Recovery::new(
-                p.store.clone(),
-                p.log.clone(),
-                &p.topic,
-                p.limits.max_backlog,
-            ),
+            recovery: Recovery::new(p.store.clone(), p.log.clone(), p.limits.max_backlog),
             store: p.store,
             log: p.log,
             bus: p.bus,

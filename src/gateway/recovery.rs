@@ -36,7 +36,6 @@ pub enum RecoveryError {
 pub struct Recovery {
     store: Arc<dyn Store>,
     log: Arc<dyn Log>,
-    topic: String,
     max_backlog: usize,
     /// Idle log readers per partition (each owns a broker connection).
     readers: Mutex<HashMap<i32, Vec<Box<dyn LogReader>>>>,
@@ -111,11 +110,10 @@ fn store_page(rows: &mut Vec<Message>, committed: i64) -> bool {
 }
 
 impl Recovery {
-    pub fn new(store: Arc<dyn Store>, log: Arc<dyn Log>, topic: &str, max_backlog: usize) -> Self {
+    pub fn new(store: Arc<dyn Store>, log: Arc<dyn Log>, max_backlog: usize) -> Self {
         Recovery {
             store,
             log,
-            topic: topic.to_owned(),
             max_backlog,
             readers: Mutex::new(HashMap::new()),
         }
@@ -140,7 +138,7 @@ impl Recovery {
         let (earliest, end) = bounds
             .await
             .map_err(|e| RecoveryError::Unavailable(e.to_string()))?;
-        match self.store.next_offset(&self.topic, partition).await {
+        match self.store.next_offset(self.log.topic(), partition).await {
             Ok(committed) => {
                 let committed = committed.unwrap_or(0).min(end);
                 if committed > after + 1 {
@@ -210,7 +208,7 @@ impl Recovery {
                     let mut bytes = 0;
                     while *offset < *end && page.len() < PAGE_MESSAGES && bytes < PAGE_BYTES {
                         let batch = reader
-                            .read(*offset, 1, Duration::from_millis(0))
+                            .read(*offset, Duration::from_millis(0))
                             .await
                             .map_err(unavailable)?;
                         if batch.records.is_empty() {

@@ -1,49 +1,25 @@
 //! `send`: claim the (sender, room, client_msg_id) triple, append to the log, remember the
-//! result, ack. The claim makes a resend (same or another gateway, before or after the
-//! ack, while the first is in flight) yield the same message and never a second one.
-//!
-//! Claim states in Redis, one key per (sender, room, client_msg_id): the same
-//! client_msg_id in another room is another message.
-//! - `pending:<id>` (short TTL): someone is producing it now → `in_flight`, retryable;
-//! - `retry:<id>`: a produce failed or timed out and may still have landed → the next
-//!   attempt reuses the same message id, so readers drop the copy by id;
-//! - `done:<message json>` (24 h): the ack is answered again from here.
-//!
-//! A log whose append is itself idempotent (the embedded SQLite log: a unique key on
-//! (sender, room, client_msg_id) inside the same write that makes the message durable) needs
-//! no claim: [`Sender::direct`].
+//! result, ack. The claim ([`SendClaims`], in the `Coord` seam) makes a resend (same or
+//! another gateway, before or after the ack, while the first is in flight) yield the same
+//! message and never a second one:
+//! - pending (someone is producing it now) → `in_flight`, retryable;
+//! - a produce failed or timed out and may still have landed → the next attempt reuses
+//!   the same message id, so readers drop the copy by id;
+//! - done → the ack is answered again from the record.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
 use futures_util::future::BoxFuture;
 
+use crate::coord::{Claim, Coord, CoordError, SendKey, Settled};
 use crate::log::{Log, LogError};
 use crate::model::{Message, NewMessage, RoomId, User};
 use crate::protocol::ErrorCode;
 use crate::telemetry::names;
-
-const PENDING_TTL_SECS: u64 = 30;
-const RETRY_TTL_SECS: u64 = 3_600;
-const DONE_TTL_SECS: u64 = 86_400;
-
-const CLAIM: &str = r"
-local v = redis.call('GET', KEYS[1])
-if not v then
-  redis.call('SET', KEYS[1], 'pending:' .. ARGV[1], 'EX', ARGV[2])
-  return 'claimed:' .. ARGV[1]
-end
-if string.sub(v, 1, 6) == 'retry:' then
-  local id = string.sub(v, 7)
-  redis.call('SET', KEYS[1], 'pending:' .. id, 'EX', ARGV[2])
-  return 'claimed:' .. id
-end
-return v
-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -68,40 +44,19 @@ impl SendError {
 #[derive(Clone)]
 pub struct Sender {
     log: Arc<dyn Log>,
-    claims: Option<Claims>,
+    claims: Arc<dyn Coord>,
 }
 
-/// The Redis dedup records in front of a log that does not deduplicate (Kafka).
-#[derive(Clone)]
-struct Claims {
-    redis: ConnectionManager,
-    prefix: String,
-    script: Arc<redis::Script>,
-}
-
-enum Claim {
-    Mine(Uuid),
-    Done(Message),
-    InFlight,
+fn coord_error(e: CoordError) -> SendError {
+    match e {
+        CoordError::Unavailable(m) => SendError::Unavailable(format!("dedup store: {m}")),
+        CoordError::Corrupt(m) => SendError::Internal(m),
+    }
 }
 
 impl Sender {
-    /// A sender that keeps its dedup records in Redis (for Kafka).
-    pub fn new(log: Arc<dyn Log>, redis: ConnectionManager, prefix: &str) -> Self {
-        Sender {
-            log,
-            claims: Some(Claims {
-                redis,
-                prefix: prefix.to_owned(),
-                script: Arc::new(redis::Script::new(CLAIM)),
-            }),
-        }
-    }
-
-    /// A sender for a log that deduplicates by itself ([`Log::deduplicates`]).
-    pub fn direct(log: Arc<dyn Log>) -> Self {
-        debug_assert!(log.deduplicates());
-        Sender { log, claims: None }
+    pub fn new(log: Arc<dyn Log>, claims: Arc<dyn Coord>) -> Self {
+        Sender { log, claims }
     }
 
     /// Starts a send: claims it (once per `client_msg_id`) and queues it in the log.
@@ -116,24 +71,56 @@ impl Sender {
         client_msg_id: &str,
         body: &str,
     ) -> Result<Pending, SendError> {
-        match &self.claims {
-            Some(claims) => {
-                claims
-                    .start(&self.log, sender, room, client_msg_id, body)
-                    .await
+        let key = SendKey {
+            sender: sender.id,
+            room,
+            client_msg_id: client_msg_id.to_owned(),
+        };
+        let id = match self
+            .claims
+            .claim(&key, Uuid::now_v7())
+            .await
+            .map_err(coord_error)?
+        {
+            Claim::Done(m) => return Ok(Box::pin(futures_util::future::ready(Ok(m)))),
+            Claim::InFlight => return Err(SendError::InFlight),
+            Claim::Mine(id) => id,
+        };
+        let new = NewMessage {
+            id,
+            room,
+            sender: sender.clone(),
+            body: body.to_owned(),
+            client_msg_id: key.client_msg_id.clone(),
+            sent_at: chrono::Utc::now(),
+        };
+        let claims = self.claims.clone();
+        let durable = match submit(&self.log, &new).await {
+            Ok(d) => d,
+            Err(e) => {
+                settle(&*claims, &key, Settled::Retry(id)).await;
+                return Err(e);
             }
-            None => {
-                let new = NewMessage {
-                    id: Uuid::now_v7(),
-                    room,
-                    sender: sender.clone(),
-                    body: body.to_owned(),
-                    client_msg_id: client_msg_id.to_owned(),
-                    sent_at: chrono::Utc::now(),
-                };
-                Ok(Box::pin(submit(&self.log, &new).await?))
+        };
+        Ok(Box::pin(async move {
+            match durable.await {
+                Ok(msg) => {
+                    // The message is durable: ack it now and record the result beside
+                    // it. A resend that comes before this record finds the claim pending
+                    // and is answered `in_flight` (retryable); the next attempt gets the
+                    // ack again.
+                    let done = Settled::Done(msg.clone());
+                    tokio::spawn(async move { settle(&*claims, &key, done).await });
+                    Ok(msg)
+                }
+                Err(e) => {
+                    // Recorded before the error is answered, so that the client's retry
+                    // reuses this message id (readers drop a copy that landed after all).
+                    settle(&*claims, &key, Settled::Retry(id)).await;
+                    Err(e)
+                }
             }
-        }
+        }))
     }
 }
 
@@ -167,99 +154,9 @@ async fn submit(
     })
 }
 
-impl Claims {
-    fn key(&self, sender: &User, room: RoomId, client_msg_id: &str) -> String {
-        format!(
-            "{}:sent:{}:{}:{}",
-            self.prefix, sender.id, room, client_msg_id
-        )
-    }
-
-    async fn claim(&self, key: &str) -> Result<Claim, SendError> {
-        let mut c = self.redis.clone();
-        let v: String = self
-            .script
-            .key(key)
-            .arg(Uuid::now_v7().to_string())
-            .arg(PENDING_TTL_SECS)
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| SendError::Unavailable(format!("dedup store unavailable: {e}")))?;
-        if let Some(id) = v.strip_prefix("claimed:") {
-            return Uuid::parse_str(id)
-                .map(Claim::Mine)
-                .map_err(|e| SendError::Internal(e.to_string()));
-        }
-        if let Some(json) = v.strip_prefix("done:") {
-            return serde_json::from_str(json)
-                .map(Claim::Done)
-                .map_err(|e| SendError::Internal(e.to_string()));
-        }
-        Ok(Claim::InFlight)
-    }
-
-    async fn start(
-        &self,
-        log: &Arc<dyn Log>,
-        sender: &User,
-        room: RoomId,
-        client_msg_id: &str,
-        body: &str,
-    ) -> Result<Pending, SendError> {
-        let key = self.key(sender, room, client_msg_id);
-        let id = match self.claim(&key).await? {
-            Claim::Done(m) => return Ok(Box::pin(futures_util::future::ready(Ok(m)))),
-            Claim::InFlight => return Err(SendError::InFlight),
-            Claim::Mine(id) => id,
-        };
-        let new = NewMessage {
-            id,
-            room,
-            sender: sender.clone(),
-            body: body.to_owned(),
-            client_msg_id: client_msg_id.to_owned(),
-            sent_at: chrono::Utc::now(),
-        };
-        let redis = self.redis.clone();
-        let durable = match submit(log, &new).await {
-            Ok(d) => d,
-            Err(e) => {
-                settle(redis, key, format!("retry:{id}"), RETRY_TTL_SECS).await;
-                return Err(e);
-            }
-        };
-        Ok(Box::pin(async move {
-            match durable.await {
-                Ok(msg) => {
-                    // The message is durable: ack it now and record the result beside
-                    // it. A resend that comes before this record finds the claim pending
-                    // and is answered `in_flight` (retryable); the next attempt gets the
-                    // ack again.
-                    let json = serde_json::to_string(&msg).unwrap_or_default();
-                    tokio::spawn(settle(redis, key, format!("done:{json}"), DONE_TTL_SECS));
-                    Ok(msg)
-                }
-                Err(e) => {
-                    // Recorded before the error is answered, so that the client's retry
-                    // reuses this message id (readers drop a copy that landed after all).
-                    settle(redis, key, format!("retry:{id}"), RETRY_TTL_SECS).await;
-                    Err(e)
-                }
-            }
-        }))
-    }
-}
-
-/// Records how a claimed send ended (`done:` or `retry:`).
-async fn settle(mut redis: ConnectionManager, key: String, value: String, ttl: u64) {
-    let r: redis::RedisResult<()> = redis::cmd("SET")
-        .arg(&key)
-        .arg(value)
-        .arg("EX")
-        .arg(ttl)
-        .query_async(&mut redis)
-        .await;
-    if let Err(e) = r {
+/// Records how a claimed send ended.
+async fn settle(claims: &dyn Coord, key: &SendKey, outcome: Settled) {
+    if let Err(e) = claims.settle(key, &outcome).await {
         // The pending claim expires by itself; a resend then reuses nothing and the
         // store's unique key still keeps one row.
         tracing::warn!(error = %e, "could not record the send result");

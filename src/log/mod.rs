@@ -1,7 +1,7 @@
 //! The `Log` seam: the durable, ordered record of every message. An append that returns
 //! a position is the proof of durability the sender's ack stands on.
 //!
-//! Kafka (`kafka.rs`, rskafka) is the distributed backend: a room maps to one partition
+//! Kafka (`kafka/`, rskafka) is the distributed backend: a room maps to one partition
 //! ([`partition_of`]), and a message's position is its offset there. The embedded mode
 //! uses the SQLite store's messages table (`store::SqliteLog`): one partition, position =
 //! the row's order.
@@ -69,8 +69,24 @@ pub struct LogBatch {
     pub high_watermark: i64,
 }
 
+/// How a tailing reader ([`Log::tail`]) paces its reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pace {
+    /// On the real-time path (relay): a read returns as soon as there is a record.
+    Live,
+    /// Off it (persist): a read may wait (up to its `max_wait`) until about
+    /// [`BATCH_BYTES`] are there, so its worker takes fewer, larger batches.
+    Batch,
+}
+
+/// What a [`Pace::Batch`] read waits for.
+pub const BATCH_BYTES: usize = 256 * 1024;
+
 #[async_trait]
 pub trait Log: Send + Sync + 'static {
+    /// The log's name: the Kafka topic, or `embedded`. The store keeps its persisted
+    /// positions under it.
+    fn topic(&self) -> &str;
     fn partitions(&self) -> i32;
     /// Durable once this returns: the message's position is the proof.
     async fn append(&self, msg: &NewMessage) -> Result<Message, LogError> {
@@ -79,44 +95,22 @@ pub trait Log: Send + Sync + 'static {
     /// Queues the message and returns the wait for its position. Messages submitted one
     /// after the other (each `submit` awaited before the next) take positions in that
     /// order, even while their [`Appending`] futures are awaited together: this is what
-    /// lets one connection have several sends in flight and still keep its order. The
-    /// default appends before it returns (no overlap).
+    /// lets one connection have several sends in flight and still keep its order.
     async fn submit(&self, msg: &NewMessage) -> Result<Appending, LogError>;
-    /// Whether `append` itself is idempotent by (sender, room, client_msg_id), returning the
-    /// first message for a resend. If not, the sender keeps its own dedup record.
-    fn deduplicates(&self) -> bool {
-        false
-    }
-    /// A reader of one partition with its own connection.
+    /// A reader of one partition with its own connection (recovery).
     async fn reader(&self, partition: i32) -> Result<Box<dyn LogReader>, LogError>;
-    /// A reader for a worker that follows one partition in order (relay, persist). The
-    /// tails made with the same `min_bytes` and `max_wait` may share their fetches (Kafka:
-    /// one request for many partitions), which is why these are fixed here; a read's own
-    /// `max_wait` only bounds how long that read waits. By default, [`Log::reader`].
-    async fn tail(
-        &self,
-        partition: i32,
-        min_bytes: usize,
-        max_wait: Duration,
-    ) -> Result<Box<dyn LogReader>, LogError> {
-        let _ = (min_bytes, max_wait);
-        self.reader(partition).await
-    }
+    /// A reader for a worker that follows one partition in order (relay, persist). Tails
+    /// of the same pace may share their fetches (Kafka: one request for many partitions).
+    async fn tail(&self, partition: i32, pace: Pace) -> Result<Box<dyn LogReader>, LogError>;
     async fn ping(&self) -> Result<(), LogError>;
 }
 
 #[async_trait]
 pub trait LogReader: Send + Sync {
-    /// Records from `offset` on, waiting up to `max_wait` until at least `min_bytes` of
-    /// them are there (1: return as soon as there is any). `min_bytes` is a hint that
-    /// lets a reader that is not on the real-time path (persist) take fewer, larger
-    /// batches; a log without byte accounting returns as soon as there is a record.
-    async fn read(
-        &self,
-        offset: i64,
-        min_bytes: usize,
-        max_wait: Duration,
-    ) -> Result<LogBatch, LogError>;
+    /// Records from `offset` on, waiting up to `max_wait` until there are any (a tail of
+    /// [`Pace::Batch`] may wait longer within `max_wait` for a fuller batch). An empty
+    /// batch after `max_wait` is not an error.
+    async fn read(&self, offset: i64, max_wait: Duration) -> Result<LogBatch, LogError>;
     /// The oldest offset still held.
     async fn earliest(&self) -> Result<i64, LogError>;
     /// The offset the next appended record will get.

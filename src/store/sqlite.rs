@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use super::sql_types::{Id, UuidText};
 use super::StoreError;
-use crate::log::{Appending, Log, LogBatch, LogError, LogReader, LogRecord};
+use crate::log::{Appending, Log, LogBatch, LogError, LogReader, LogRecord, Pace};
 use crate::model::{Message, NewMessage, User};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -275,12 +275,12 @@ fn log_error(e: DieselError) -> LogError {
 
 #[async_trait]
 impl Log for SqliteLog {
-    fn partitions(&self) -> i32 {
-        1
+    fn topic(&self) -> &str {
+        "embedded"
     }
 
-    fn deduplicates(&self) -> bool {
-        true
+    fn partitions(&self) -> i32 {
+        1
     }
 
     /// One write per message; the caller's next submit comes after it is committed.
@@ -332,6 +332,12 @@ impl Log for SqliteLog {
         Ok(Box::new(self.clone()))
     }
 
+    /// Both paces read the same way: the SQLite file is local, and its rows are not
+    /// copied anywhere (no persist worker), so there is no batch to gather.
+    async fn tail(&self, _partition: i32, _pace: Pace) -> Result<Box<dyn LogReader>, LogError> {
+        Ok(Box::new(self.clone()))
+    }
+
     async fn ping(&self) -> Result<(), LogError> {
         use super::Store as _;
         self.store.ping().await.map_err(unavailable)
@@ -340,12 +346,7 @@ impl Log for SqliteLog {
 
 #[async_trait]
 impl LogReader for SqliteLog {
-    async fn read(
-        &self,
-        offset: i64,
-        _min_bytes: usize,
-        max_wait: Duration,
-    ) -> Result<LogBatch, LogError> {
+    async fn read(&self, offset: i64, max_wait: Duration) -> Result<LogBatch, LogError> {
         use schema::messages;
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut head = self.head.subscribe();

@@ -89,7 +89,7 @@ impl Cluster {
     }
 }
 
-fn service(var: &str) -> String {
+pub fn service(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!("{var} is not set: run the tests with scripts/test.sh (it starts PostgreSQL, Redis and Kafka)")
     })

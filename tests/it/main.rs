@@ -8,6 +8,7 @@ mod rawws;
 mod abuse;
 mod conformance;
 mod consumer;
+mod coord;
 mod delivery;
 mod embedded;
 mod features;

@@ -51,6 +51,23 @@ pub(super) struct Profile {
     pub max_wait: Duration,
 }
 
+impl Profile {
+    /// The fetches of a tail of this pace: a live one returns at the first record, a
+    /// batch one waits up to 200 ms for [`BATCH_BYTES`](crate::log::BATCH_BYTES).
+    pub fn of(pace: crate::log::Pace) -> Profile {
+        match pace {
+            crate::log::Pace::Live => Profile {
+                min_bytes: 1,
+                max_wait: Duration::from_millis(500),
+            },
+            crate::log::Pace::Batch => Profile {
+                min_bytes: i32::try_from(crate::log::BATCH_BYTES).unwrap_or(i32::MAX),
+                max_wait: Duration::from_millis(200),
+            },
+        }
+    }
+}
+
 type Out = mpsc::Sender<Result<LogBatch, LogError>>;
 
 enum Cmd {
@@ -427,14 +444,9 @@ impl TailReader {
 
 #[async_trait]
 impl LogReader for TailReader {
-    /// `min_bytes` is the [`Tailer`]'s; `max_wait` bounds how long this read waits
-    /// (an empty batch then).
-    async fn read(
-        &self,
-        offset: i64,
-        _min_bytes: usize,
-        max_wait: Duration,
-    ) -> Result<LogBatch, LogError> {
+    /// The batch size is the [`Tailer`]'s pace; `max_wait` bounds how long this read
+    /// waits (an empty batch then).
+    async fn read(&self, offset: i64, max_wait: Duration) -> Result<LogBatch, LogError> {
         let mut guard = self.state.lock().await;
         let st = &mut *guard;
         let (next, rx) = match &mut st.open {

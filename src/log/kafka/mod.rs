@@ -22,7 +22,7 @@ use rskafka::BackoffConfig;
 use tokio::sync::oneshot;
 
 use super::{
-    decode, encode, partition_of, Appending, Log, LogBatch, LogError, LogReader, LogRecord,
+    decode, encode, partition_of, Appending, Log, LogBatch, LogError, LogReader, LogRecord, Pace,
 };
 use crate::model::NewMessage;
 
@@ -199,6 +199,10 @@ impl KafkaLog {
 
 #[async_trait]
 impl Log for KafkaLog {
+    fn topic(&self) -> &str {
+        &self.settings.topic
+    }
+
     fn partitions(&self) -> i32 {
         self.partitions
     }
@@ -241,18 +245,8 @@ impl Log for KafkaLog {
         }))
     }
 
-    async fn tail(
-        &self,
-        partition: i32,
-        min_bytes: usize,
-        max_wait: Duration,
-    ) -> Result<Box<dyn LogReader>, LogError> {
-        let profile = Profile {
-            min_bytes: i32::try_from(min_bytes)
-                .unwrap_or(i32::MAX)
-                .clamp(1, MAX_FETCH_BYTES / 2),
-            max_wait: max_wait.min(Duration::from_secs(30)),
-        };
+    async fn tail(&self, partition: i32, pace: Pace) -> Result<Box<dyn LogReader>, LogError> {
+        let profile = Profile::of(pace);
         let tailer = {
             let mut tailers = self.tailers.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(
@@ -293,21 +287,12 @@ struct KafkaReader {
 
 #[async_trait]
 impl LogReader for KafkaReader {
-    async fn read(
-        &self,
-        offset: i64,
-        min_bytes: usize,
-        max_wait: Duration,
-    ) -> Result<LogBatch, LogError> {
+    async fn read(&self, offset: i64, max_wait: Duration) -> Result<LogBatch, LogError> {
         let wait_ms = max_wait.as_millis().min(30_000) as i32;
-        let min_bytes = i32::try_from(min_bytes)
-            .unwrap_or(i32::MAX)
-            .clamp(1, MAX_FETCH_BYTES / 2);
         let r = with_timeout(
             max_wait + Duration::from_secs(10),
             "fetching",
-            self.pc
-                .fetch_records(offset, min_bytes..MAX_FETCH_BYTES, wait_ms),
+            self.pc.fetch_records(offset, 1..MAX_FETCH_BYTES, wait_ms),
         )
         .await;
         let (records, high_watermark) = match r {

@@ -1,0 +1,247 @@
+//! [`Coord`](super::Coord) on Redis, shared by every gateway and consumer of a deployment.
+//!
+//! Keys (all under the deployment's prefix; unchanged from earlier versions, so a rolling
+//! upgrade keeps its claims, leases and positions):
+//! - `{prefix}:sent:{sender}:{room}:{client_msg_id}` = `pending:<id>` | `retry:<id>` |
+//!   `done:<message json>`, with the TTL of its state;
+//! - `{prefix}:lease:{topic}:{partition}` = `owner:epoch` (PX lease TTL), its counter
+//!   `…:epoch`, and the live consumers `{prefix}:lease:{topic}:consumers` (sorted set,
+//!   score = expiry);
+//! - `{prefix}:relay:{topic}:{partition}` = the relay position.
+//!
+//! Every multi-step change is one Lua script (in `lua/`), so it is atomic.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+
+use super::{Claim, CoordError, Lease, Leases, Positions, SendClaims, SendKey, Settled, Timings};
+use crate::model::MessageId;
+
+struct Scripts {
+    claim: redis::Script,
+    acquire: redis::Script,
+    renew: redis::Script,
+    release: redis::Script,
+    heartbeat: redis::Script,
+    save: redis::Script,
+}
+
+#[derive(Clone)]
+pub struct RedisCoord {
+    conn: ConnectionManager,
+    prefix: String,
+    /// `{prefix}:lease:{topic}`.
+    leases: String,
+    /// `{prefix}:relay:{topic}`.
+    positions: String,
+    timings: Timings,
+    scripts: Arc<Scripts>,
+}
+
+fn unavailable(e: redis::RedisError) -> CoordError {
+    CoordError::Unavailable(e.to_string())
+}
+
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl RedisCoord {
+    /// Connects lazily (it starts while Redis is down, like the bus) on a connection of
+    /// its own, so claims do not queue behind the bus's publishes.
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+        topic: &str,
+        timings: Timings,
+    ) -> Result<RedisCoord, CoordError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, crate::bus::redis_connection_config())
+                .map_err(unavailable)?;
+        Ok(RedisCoord {
+            conn,
+            prefix: prefix.to_owned(),
+            leases: format!("{prefix}:lease:{topic}"),
+            positions: format!("{prefix}:relay:{topic}"),
+            timings,
+            scripts: Arc::new(Scripts {
+                claim: redis::Script::new(include_str!("lua/claim.lua")),
+                acquire: redis::Script::new(include_str!("lua/lease_acquire.lua")),
+                renew: redis::Script::new(include_str!("lua/lease_renew.lua")),
+                release: redis::Script::new(include_str!("lua/lease_release.lua")),
+                heartbeat: redis::Script::new(include_str!("lua/lease_heartbeat.lua")),
+                save: redis::Script::new(include_str!("lua/position_save.lua")),
+            }),
+        })
+    }
+
+    fn send_key(&self, k: &SendKey) -> String {
+        format!(
+            "{}:sent:{}:{}:{}",
+            self.prefix, k.sender, k.room, k.client_msg_id
+        )
+    }
+
+    fn lease_key(&self, partition: i32) -> String {
+        format!("{}:{partition}", self.leases)
+    }
+}
+
+fn token(lease: &Lease) -> String {
+    format!("{}:{}", lease.owner, lease.epoch)
+}
+
+fn parse_id(s: &str) -> Result<MessageId, CoordError> {
+    MessageId::parse_str(s).map_err(|e| CoordError::Corrupt(format!("message id {s:?}: {e}")))
+}
+
+#[async_trait]
+impl SendClaims for RedisCoord {
+    async fn claim(&self, key: &SendKey, fresh: MessageId) -> Result<Claim, CoordError> {
+        let v: String = self
+            .scripts
+            .claim
+            .key(self.send_key(key))
+            .arg(fresh.to_string())
+            .arg(self.timings.pending.as_secs().max(1))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        if let Some(id) = v.strip_prefix("claimed:") {
+            return parse_id(id).map(Claim::Mine);
+        }
+        if let Some(json) = v.strip_prefix("done:") {
+            return serde_json::from_str(json)
+                .map(Claim::Done)
+                .map_err(|e| CoordError::Corrupt(format!("finished send: {e}")));
+        }
+        if v.starts_with("pending:") {
+            return Ok(Claim::InFlight);
+        }
+        Err(CoordError::Corrupt(format!("send claim {v:?}")))
+    }
+
+    async fn settle(&self, key: &SendKey, outcome: &Settled) -> Result<(), CoordError> {
+        let (value, ttl) = match outcome {
+            Settled::Done(m) => {
+                let json =
+                    serde_json::to_string(m).map_err(|e| CoordError::Corrupt(e.to_string()))?;
+                (format!("done:{json}"), self.timings.done)
+            }
+            Settled::Retry(id) => (format!("retry:{id}"), self.timings.retry),
+        };
+        redis::cmd("SET")
+            .arg(self.send_key(key))
+            .arg(value)
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl Leases for RedisCoord {
+    async fn heartbeat(&self, me: &str) -> Result<Vec<String>, CoordError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let ttl = millis(self.timings.lease);
+        let mut live: Vec<String> = self
+            .scripts
+            .heartbeat
+            .key(format!("{}:consumers", self.leases))
+            .arg(me)
+            .arg(now.saturating_add(ttl))
+            .arg(now)
+            .arg(ttl.saturating_mul(4))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        if !live.iter().any(|m| m == me) {
+            live.push(me.to_owned());
+        }
+        live.sort();
+        Ok(live)
+    }
+
+    async fn leave(&self, me: &str) -> Result<(), CoordError> {
+        redis::cmd("ZREM")
+            .arg(format!("{}:consumers", self.leases))
+            .arg(me)
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn acquire(&self, me: &str, partition: i32) -> Result<Option<Lease>, CoordError> {
+        let key = self.lease_key(partition);
+        let epoch: Option<i64> = self
+            .scripts
+            .acquire
+            .key(&key)
+            .key(format!("{key}:epoch"))
+            .arg(me)
+            .arg(millis(self.timings.lease))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(epoch.map(|epoch| Lease {
+            partition,
+            epoch,
+            owner: me.to_owned(),
+        }))
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<bool, CoordError> {
+        let n: i64 = self
+            .scripts
+            .renew
+            .key(self.lease_key(lease.partition))
+            .arg(token(lease))
+            .arg(millis(self.timings.lease))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool, CoordError> {
+        let n: i64 = self
+            .scripts
+            .release
+            .key(self.lease_key(lease.partition))
+            .arg(token(lease))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+}
+
+#[async_trait]
+impl Positions for RedisCoord {
+    async fn position(&self, partition: i32) -> Result<Option<i64>, CoordError> {
+        redis::cmd("GET")
+            .arg(format!("{}:{partition}", self.positions))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn save(&self, lease: &Lease, offset: i64) -> Result<bool, CoordError> {
+        let n: i64 = self
+            .scripts
+            .save
+            .key(self.lease_key(lease.partition))
+            .key(format!("{}:{}", self.positions, lease.partition))
+            .arg(token(lease))
+            .arg(offset)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+}
