@@ -411,6 +411,52 @@ mod tests {
         assert!(check(&argv(&["config", "--list"])).is_err());
     }
 
+    /// README.md's configuration table names every flag with its variable and, where it
+    /// shows one in backticks, the same default; the variables read outside clap are named
+    /// there too.
+    #[test]
+    fn the_readme_table_matches() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let rows: Vec<Vec<&str>> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `--"))
+            .map(|l| l.split('|').map(str::trim).collect())
+            .collect();
+        let ticked = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut checked_defaults = 0;
+        for s in list() {
+            let env = s.env.clone().unwrap_or_default();
+            let Some(flag) = &s.flag else {
+                assert!(readme.contains(&format!("`{env}")), "README lacks {env}");
+                continue;
+            };
+            let row = rows
+                .iter()
+                .find(|r| ticked(r[1]).contains(flag))
+                .unwrap_or_else(|| panic!("README's configuration table lacks {flag}"));
+            let flags = ticked(row[1]);
+            let i = flags.iter().position(|f| f == flag).unwrap_or_default();
+            assert_eq!(
+                ticked(row[2]).get(i),
+                Some(&env),
+                "README: {flag} is not shown with {env}"
+            );
+            let defaults = ticked(row[3]);
+            if let (Some(default), true) = (&s.default, defaults.len() == flags.len()) {
+                assert_eq!(&defaults[i], default, "README: default of {flag}");
+                checked_defaults += 1;
+            }
+        }
+        assert!(checked_defaults >= 20, "{checked_defaults}");
+    }
+
     /// Environment variables are read through [`env`], so [`PROCESS_ENV`] lists them all.
     #[test]
     fn no_environment_read_on_a_literal_name() {
