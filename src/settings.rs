@@ -5,7 +5,7 @@
 //!
 //! The flags come from clap's own description of the command line ([`Cli::command`]), so the
 //! list cannot drift from what `chat serve` parses. The environment variables read outside
-//! clap are [`PROCESS_ENV`]; code that reads one names it through [`env`] (a unit test
+//! clap are [`PROCESS_ENV`]; code that reads one names it through [`env`](mod@env) (a unit test
 //! below refuses `std::env::var` on a literal anywhere in `src/`).
 
 use clap::builder::{Arg, ArgAction};
@@ -457,7 +457,7 @@ mod tests {
         assert!(checked_defaults >= 20, "{checked_defaults}");
     }
 
-    /// Environment variables are read through [`env`], so [`PROCESS_ENV`] lists them all.
+    /// Environment variables are read through [`env`](mod@env), so [`PROCESS_ENV`] lists them all.
     #[test]
     fn no_environment_read_on_a_literal_name() {
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
