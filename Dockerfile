@@ -4,11 +4,12 @@
 #
 #   docker build -t chat:local .            (BuildKit, the default builder since Docker 23)
 #   docker run --rm chat:local --help
+#   docker run --rm chat:local config --list     (every flag and environment variable)
 #   docker run --rm -p 8080:8080 -e DATABASE_URL=... -e REDIS_URL=... \
 #       -e KAFKA_BROKERS=... -e JWT_SECRET=... chat:local serve --role gateway
 #
 # The build needs only a C compiler besides Rust (diesel's `postgres_backend` talks to
-# PostgreSQL through tokio-postgres, no libpq; the later SQLite mode bundles its C source),
+# PostgreSQL through tokio-postgres, no libpq; the embedded mode's SQLite is bundled C source),
 # so the binary links just libc and the runtime image needs no database client libraries.
 
 ARG RUST_VERSION=1.95.0

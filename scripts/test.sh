@@ -93,9 +93,6 @@ LOCKED=()
 banner "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
-banner "deploy files (scripts/check-deploy.sh)"
-bash scripts/check-deploy.sh | tail -n 3
-
 banner "cargo clippy --all-targets ${LOCKED[*]} -- -D warnings"
 cargo clippy --all-targets "${LOCKED[@]}" -- -D warnings
 
@@ -105,6 +102,10 @@ cargo clippy --all-targets --features bench "${LOCKED[@]}" -- -D warnings
 
 banner "cargo build --bins ${LOCKED[*]}"
 cargo build --bins "${LOCKED[@]}"
+
+# Against what the binary just built accepts (`chat config --list`, `chat config --check`).
+banner "deploy files (scripts/check-deploy.sh --self-test)"
+bash scripts/check-deploy.sh --self-test --chat-bin "$CARGO_TARGET_DIR/debug/chat" | tail -n 3
 
 banner "cargo test --all-targets ${LOCKED[*]}"
 cargo test --all-targets "${LOCKED[@]}"

@@ -1,6 +1,7 @@
-//! Command line: `chat serve`, `chat migrate`. Every setting is a flag with an environment
-//! fallback (12-factor); `config` turns them into a validated `Config`. (The load generator
-//! is its own binary, `chat-bench`: `bench::cli`.)
+//! Command line: `chat serve`, `chat migrate`, `chat config`. Every setting is a flag with an
+//! environment fallback (12-factor); `config` turns them into a validated `Config`;
+//! `chat config --list` prints them all (`settings`). (The load generator is its own binary,
+//! `chat-bench`: `bench::cli`.)
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +28,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit.
     Migrate(MigrateArgs),
+    /// List every setting (flag, environment variable, default), or check a command line
+    /// and the environment without starting anything.
+    Config(ConfigArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -175,6 +179,34 @@ pub struct MigrateArgs {
     /// PostgreSQL URL, or sqlite://FILE.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
+}
+
+/// `chat config`: what the binary accepts, read by tools (scripts/check_deploy.py).
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["list", "check"])))]
+pub struct ConfigArgs {
+    /// Print every setting, one a line: scope, flag, environment variable, kind, values,
+    /// default, help (tab separated), or JSON with --format json.
+    #[arg(long)]
+    pub list: bool,
+    /// Output format of --list.
+    #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+    pub format: ListFormat,
+    /// Parse the command after `--` (e.g. `-- serve --role gateway`) with the current
+    /// environment and validate it as a start would, without connecting to anything.
+    #[arg(long)]
+    pub check: bool,
+    /// The command line to check (after `--`).
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// Tab separated, one setting a line.
+    Text,
+    /// A JSON array of objects.
+    Json,
 }
 
 #[cfg(test)]

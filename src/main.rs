@@ -4,6 +4,7 @@ use clap::Parser;
 
 use chat::cli::{Cli, Command};
 use chat::config::{check_database_url, sqlite_path, Config};
+use chat::settings::{self, env};
 use chat::{app, store, telemetry};
 
 /// glibc raises its mmap threshold to the size of the largest block freed, so after the first
@@ -22,9 +23,9 @@ fn tune_malloc() {
 /// created, and a client can cause errors at will: each would cost a stack walk. Backtraces of
 /// errors are off unless `RUST_LIB_BACKTRACE` asks for them; panics keep theirs.
 fn no_error_backtraces() {
-    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+    if std::env::var_os(env::RUST_LIB_BACKTRACE).is_none() {
         // Before any other thread exists (the runtime is built after this).
-        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+        std::env::set_var(env::RUST_LIB_BACKTRACE, "0");
     }
 }
 
@@ -32,6 +33,19 @@ fn main() -> ExitCode {
     tune_malloc();
     no_error_backtraces();
     let cli = Cli::parse();
+    if let Command::Config(args) = &cli.command {
+        // Prints and exits: no runtime, no logging.
+        return match settings::run(args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("chat: invalid setting {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Command::Serve(args) = &cli.command {
@@ -58,6 +72,7 @@ async fn run(cli: Cli) -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        Command::Config(_) => return ExitCode::SUCCESS, // handled in main
         Command::Migrate(args) => match sqlite_path(&args.database_url) {
             Some(path) => store::SqliteStore::migrate(&path)
                 .await

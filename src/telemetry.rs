@@ -15,7 +15,7 @@ const QUIET: [&str; 2] = [
 ];
 
 pub fn init_logging(format: LogFormat) {
-    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let spec = std::env::var(crate::settings::env::RUST_LOG).unwrap_or_default();
     let mut filter = EnvFilter::try_new(if spec.trim().is_empty() {
         "info"
     } else {

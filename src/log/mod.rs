@@ -1,9 +1,9 @@
 //! The `Log` seam: the durable, ordered record of every message. An append that returns
 //! a position is the proof of durability the sender's ack stands on.
 //!
-//! Kafka (`kafka/`, rskafka) is the distributed backend: a room maps to one partition
-//! ([`partition_of`]), and a message's position is its offset there. The embedded mode
-//! uses the SQLite store's messages table (`store::SqliteLog`): one partition, position =
+//! Kafka (`kafka/`: `KafkaLog`, on rskafka) is the distributed backend: a room maps to one
+//! partition ([`partition_of`]), and a message's position is its offset there. The
+//! embedded mode uses the SQLite store's messages table (`store::SqliteLog`): one partition, position =
 //! the row's order.
 //!
 //! Readers (relay, persist, recovery) each get their own [`LogReader`] with its own broker

@@ -216,7 +216,8 @@ async fn subscribe_since_recovers_the_missed_messages(mode: Mode) {
 both_modes!(concurrent_senders_reach_every_reader_in_position_order);
 /// Several senders at once, on different gateways: every reader gets every message once,
 /// in strictly increasing position order, and the store holds each once. (In the
-/// embedded mode this is the "commit 10 and 11, publish 11 then 10" race of design.md.)
+/// embedded mode this is the "commit rows 10 and 11, publish 11 then 10" race of
+/// ARCHITECTURE.md, "Two modes, one path".)
 async fn concurrent_senders_reach_every_reader_in_position_order(mode: Mode) {
     const SENDERS: usize = 4;
     const EACH: usize = 50;

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Self-test of scripts/check_deploy.py: the repository's files pass, and each kind of
+mistake in a copy of them is caught, judged by what the chat binary accepts.
+
+Usage: scripts/check_deploy_test.py [--chat-bin PATH]   (or $CHAT_BIN; default: cargo build)
+"""
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import check_deploy as cd  # noqa: E402
+
+CLI = None  # set in main(): one binary for every test
+FILES = ["Cargo.toml", "Cargo.lock", "Dockerfile", ".dockerignore", "compose.yaml", "deploy",
+         "diesel.toml", "migrations", "static", "src"]
+
+
+class DeployCheck(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="check-deploy-")
+        for f in FILES:
+            src = os.path.join(cd.REPO, f)
+            dst = os.path.join(self.dir, f)
+            if f in ("src", "static", "migrations"):
+                # Only their existence matters (COPY sources): never edited here.
+                os.symlink(src, dst)
+            elif os.path.isdir(src):
+                shutil.copytree(src, dst)
+            elif os.path.exists(src):
+                shutil.copy(src, dst)
+
+    def tearDown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def edit(self, path, old, new, count=1):
+        p = os.path.join(self.dir, path)
+        with open(p, encoding="utf-8") as f:
+            text = f.read()
+        self.assertIn(old, text, f"{path} no longer has {old!r}: update the test")
+        with open(p, "w", encoding="utf-8") as f:
+            f.write(text.replace(old, new, count))
+
+    def run_checks(self, cli=None):
+        return cd.run_checks(self.dir, cli or CLI, tools=False, out=lambda _: None)
+
+    def assertFails(self, pattern, cli=None):
+        c = self.run_checks(cli)
+        self.assertTrue(any(re.search(pattern, f) for f in c.failures),
+                        f"no failure matching {pattern!r}; failures: {c.failures}")
+        return c
+
+    def test_the_repository_passes(self):
+        c = self.run_checks()
+        self.assertEqual(c.failures, [])
+        self.assertGreater(c.passed, 300)
+        # Every chat workload was judged by the binary itself.
+        self.assertFalse([n for n in c.notes if "not validated" in n], c.notes)
+
+    def test_any_setting_the_binary_reads_is_accepted(self):
+        # Names the old copied list lacked (it failed on these).
+        self.edit("compose.yaml", "    LOG_FORMAT: json\n",
+                  "    LOG_FORMAT: json\n    DRAIN_TIMEOUT_SECS: \"15\"\n    MAX_QUEUED_MIB: \"128\"\n")
+        self.edit("deploy/k8s/gateway.yaml", '"--no-migrate"]',
+                  '"--no-migrate", "--max-connections-per-user", "8", "--registration=closed"]')
+        self.assertEqual(self.run_checks().failures, [])
+
+    def test_an_unknown_env_name_fails(self):
+        self.edit("compose.yaml", "    LOG_FORMAT: json\n", "    LOG_FORMAT: json\n    DRAIN_TIMEOUT: \"15\"\n")
+        self.assertFails(r"compose.yaml: gateway-1: env DRAIN_TIMEOUT is not one chat reads")
+        self.edit("deploy/k8s/config.yaml", "  RUST_LOG: info\n", "  RUSTLOG: info\n")
+        self.assertFails(r"deploy/k8s: chat-config: env RUSTLOG is not one chat reads")
+
+    def test_an_unknown_flag_or_value_fails(self):
+        self.edit("deploy/k8s/gateway.yaml", '"--no-migrate"]', '"--no-migrate", "--max-queued-mb", "9"]')
+        self.assertFails(r"gateway.yaml.*unknown argument '--max-queued-mb'")
+        self.edit("compose.yaml", '["serve", "--role", "consumer"', '["serve", "--role", "relay"')
+        self.assertFails(r"compose.yaml: consumer: --role 'relay' not in \['gateway', 'consumer', 'all'\]")
+
+    def test_migrate_takes_only_its_flags(self):
+        self.edit("deploy/k8s/migrate-job.yaml", 'args: ["migrate"]', 'args: ["migrate", "--role", "all"]')
+        self.assertFails(r"migrate-job.yaml.*chat migrate takes only .*not --role")
+
+    def test_the_binary_validates_each_workload(self):
+        # Parses, but chat refuses to start with it: a secret too short.
+        self.edit("deploy/k8s/config.yaml", "JWT_SECRET: CHANGE-ME-to-at-least-32-random-bytes-0123456789",
+                  "JWT_SECRET: too-short")
+        self.assertFails(r"gateway.yaml.*chat config --check -- serve --role gateway --no-migrate "
+                         r"refuses it: .*JWT_SECRET")
+        self.tearDown()
+        self.setUp()
+        # A broker list chat cannot parse.
+        self.edit("deploy/k8s/config.yaml", "KAFKA_BROKERS: kafka-0.kafka:9092,", "KAFKA_BROKERS: kafka-0.kafka,")
+        self.assertFails(r"consumer.yaml.*refuses it: .*KAFKA_BROKERS")
+
+    def test_a_missing_required_setting_fails(self):
+        self.edit("compose.yaml", "    REDIS_URL: redis://redis:6379\n", "")
+        c = self.assertFails(r"compose.yaml: gateway-1: chat serve needs REDIS_URL")
+        self.assertTrue(any(re.search(r"gateway-1: chat config --check .*REDIS_URL", f) for f in c.failures),
+                        c.failures)
+
+    def test_the_grace_period_must_cover_the_drain(self):
+        self.edit("deploy/k8s/config.yaml", "  RUST_LOG: info\n", "  RUST_LOG: info\n  DRAIN_TIMEOUT_SECS: \"60\"\n")
+        self.assertFails(r"gateway.yaml.*terminationGracePeriodSeconds 40 .*not more than the drain "
+                         r"\(DRAIN_TIMEOUT_SECS=60\)")
+
+    def test_the_names_come_from_the_binary(self):
+        # A binary that no longer reads DATA_DIR: the Dockerfile's ENV DATA_DIR is now wrong.
+        settings = [s for s in CLI.settings if s.get("env") != "DATA_DIR"]
+        self.assertFails(r"Dockerfile ENV: env DATA_DIR is not one chat reads", cd.Cli(settings, CLI.chat_bin))
+
+    def test_a_service_url_without_a_compose_service_fails(self):
+        self.edit("compose.yaml", "REDIS_URL: redis://redis:6379", "REDIS_URL: redis://cache:6379")
+        self.assertFails(r"REDIS_URL host cache is not a compose service")
+
+
+def main():
+    global CLI
+    args = sys.argv[1:]
+    chat_bin = None
+    if args[:1] == ["--chat-bin"] and len(args) >= 2:
+        chat_bin, args = args[1], args[2:]
+    CLI = cd.load_cli(cd.chat_binary(chat_bin))
+    unittest.main(argv=[sys.argv[0], *args])
+
+
+if __name__ == "__main__":
+    main()
