@@ -1,4 +1,4 @@
-//! Partition leasing (design.md, decided): rskafka has no consumer groups, so consumers
+//! Partition leasing (ARCHITECTURE.md, "partition leasing"): rskafka has no consumer groups, so consumers
 //! share the partitions through the `Coord` seam's [`Leases`](crate::coord::Leases)
 //! (Redis in the distributed mode; in memory in the embedded one, with one consumer).
 //!

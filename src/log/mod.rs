@@ -3,8 +3,8 @@
 //!
 //! Kafka (`kafka/`: `KafkaLog`, on rskafka) is the distributed backend: a room maps to one
 //! partition ([`partition_of`]), and a message's position is its offset there. The
-//! embedded mode uses the SQLite store's messages table (`store::SqliteLog`): one partition, position =
-//! the row's order.
+//! embedded mode uses the SQLite store's messages table (`store::SqliteLog`): one
+//! partition, position = the row's order.
 //!
 //! Readers (relay, persist, recovery) each get their own [`LogReader`] with its own broker
 //! connection: Kafka answers the requests of one connection in order, so a long-polling
