@@ -10,12 +10,12 @@ export class ApiError extends Error {
  * `api(method, path, body, meta)` resolves to the answer's JSON; `meta`, if given, receives
  * `next`: the answer's X-Next-Cursor (room list pages).
  */
-export function createApi({ fetch, token, onUnauthorized }) {
+export function createApi({ fetch: request, token, onUnauthorized }) {
   return async function api(method, path, body, meta) {
     const t = token();
     let r;
     try {
-      r = await fetch(path, {
+      r = await request(path, {
         method,
         headers: Object.assign({ 'content-type': 'application/json' }, t ? { authorization: 'Bearer ' + t } : {}),
         body: body ? JSON.stringify(body) : undefined,
