@@ -2,7 +2,8 @@
 # The project's test command (what the README and CI run), from any directory:
 #
 #   scripts/test.sh               services, fmt, clippy, build, cargo tests, client-library
-#                                 tests, browser tests, Autobahn WebSocket suite
+#                                 tests, client core unit tests (node), browser tests,
+#                                 Autobahn WebSocket suite
 #   scripts/test.sh --no-browser  the same without the browser tests
 #
 # Starts PostgreSQL, Redis and Kafka through scripts/services.sh (they stay up afterwards; stop
@@ -11,7 +12,7 @@
 # browser tests use Debian's chromium.
 set -euo pipefail
 
-usage() { sed -n '2,10s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 BROWSER=1
 for arg in "$@"; do
@@ -61,9 +62,11 @@ echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 # ---------------------------------------------------------------------------------------------
 banner "OS packages"
 pkgs=(build-essential pkg-config)
+# Node runs the client core's unit tests (tests/client-unit, no npm packages) and the browser tests.
+command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 if [ "$RUN_BROWSER" -eq 1 ]; then
   pkgs+=(chromium)
-  command -v node >/dev/null 2>&1 || pkgs+=(nodejs npm)
+  command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 fi
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -127,6 +130,14 @@ if [ "$(cat "$CLIENTS_VENV/.pins" 2>/dev/null)" != "$CLIENT_PINS" ]; then
   echo "$CLIENT_PINS" > "$CLIENTS_VENV/.pins"
 fi
 CHAT_BIN="$CARGO_TARGET_DIR/debug/chat" "$CLIENTS_VENV/bin/python" -m pytest -q tests/clients
+
+# ---------------------------------------------------------------------------------------------
+# The browser client's DOM-free core (static/js/core) under Node: no binary, no browser, no
+# npm packages (node:test and fakes in tests/client-unit/fakes.mjs).
+banner "client core unit tests: node --test (tests/client-unit)"
+mapfile -t unit_files < <(find tests/client-unit -type f -name '*.test.mjs' | sort)
+[ "${#unit_files[@]}" -gt 0 ] || { echo "no *.test.mjs under tests/client-unit" >&2; exit 1; }
+node --test "${unit_files[@]}"
 
 # ---------------------------------------------------------------------------------------------
 if [ "$RUN_BROWSER" -eq 1 ]; then

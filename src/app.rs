@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpResponse};
+use actix_web::{web, App};
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -265,16 +265,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             {
                 app = app.route("/autobahn-echo", web::get().to(gateway::echo::echo));
             }
-            app = match &static_dir {
-                Some(dir) => {
-                    app.service(actix_files::Files::new("/", dir).index_file("index.html"))
-                }
-                None => app
-                    .route("/", http::get_or_head().to(index))
-                    .route("/index.html", http::get_or_head().to(index))
-                    .route("/app.js", http::get_or_head().to(app_js))
-                    .route("/app.css", http::get_or_head().to(app_css)),
-            };
+            app = app.configure(|c| http::assets::routes(c, static_dir.as_deref()));
         }
         app
     };
@@ -349,25 +340,4 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-async fn index() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .insert_header(("cache-control", "no-cache"))
-        .body(gateway::assets::INDEX_HTML)
-}
-
-async fn app_js() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/javascript; charset=utf-8")
-        .insert_header(("cache-control", "no-cache"))
-        .body(gateway::assets::APP_JS)
-}
-
-async fn app_css() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/css; charset=utf-8")
-        .insert_header(("cache-control", "no-cache"))
-        .body(gateway::assets::APP_CSS)
 }

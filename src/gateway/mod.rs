@@ -266,10 +266,3 @@ async fn upgrade(
     let (resp, session, _unused) = actix_ws::handle(req, none)?;
     Ok((resp, session, frames::Frames::new(body.into_inner(), max)))
 }
-
-/// The browser client, built into the binary (or read from `--static-dir`).
-pub mod assets {
-    pub const INDEX_HTML: &str = include_str!("../../static/index.html");
-    pub const APP_JS: &str = include_str!("../../static/app.js");
-    pub const APP_CSS: &str = include_str!("../../static/app.css");
-}

@@ -2,6 +2,7 @@
 //! endpoints (healthz, readyz, metrics).
 
 mod accounts;
+pub mod assets;
 pub mod error;
 pub mod guard;
 pub mod headers;

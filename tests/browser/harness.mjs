@@ -163,7 +163,12 @@ export function psql(url, sql) {
 /** Fails when the binary's built-in client differs from static/ (a stale build). */
 export async function checkAssets(baseUrl) {
   const stale = [];
-  for (const [route, file] of [['/', 'index.html'], ['/app.js', 'app.js'], ['/app.css', 'app.css']]) {
+  // `/` and every file under static/ (the page's ES modules too), at its own path.
+  const files = fs.readdirSync(path.join(ROOT, 'static'), { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => path.relative(path.join(ROOT, 'static'), path.join(e.parentPath ?? e.path, e.name)).split(path.sep).join('/'))
+    .sort();
+  for (const [route, file] of [['/', 'index.html'], ...files.map((f) => ['/' + f, f])]) {
     const r = await fetch(baseUrl + route, { headers: { 'accept-encoding': 'identity' } });
     if (!r.ok) throw new Error(`GET ${route}: ${r.status}`);
     const served = await r.text();

@@ -1,0 +1,466 @@
+// The page: login, the room list, opening rooms and their history, the composer, drawers,
+// and the wiring of the DOM-free core (core/sync.js) to the view (view/render.js).
+// Protocol: docs/protocol.md.
+import { createApi } from './core/api.js';
+import { bodyTooLong, MAX_BODY_CHARS } from './core/protocol.js';
+import { Sync } from './core/sync.js';
+import { $, toast, hue, initial, uuid } from './view/dom.js';
+import { createRender } from './view/render.js';
+
+const PAGE = 50;
+const TYPING_SEND_EVERY = 2000;
+const TYPING_SHOW_MS = 4000;
+const ROOMS_REFRESH_MS = 4000;
+
+function safeJson(s) { try { return JSON.parse(s); } catch { return null; } }
+
+/** The view's state; what the delivery guarantees need lives in `sync`. */
+const S = {
+  token: localStorage.getItem('chat.token'),
+  user: safeJson(localStorage.getItem('chat.user')),
+  rooms: new Map(), // id -> {id, name, kind, member, unread, last_position} (last list)
+  roomOrder: [],
+  moreRooms: new Map(), // other public rooms from the list's later pages ("More rooms")
+  nextCursor: null, // where the next page of other public rooms starts (null: none)
+  roomsLoaded: false,
+  current: null,
+  loadingOlder: false,
+  members: new Map(), // room -> Map(user id -> {id, name, online})
+  online: new Map(), // user id -> bool (newest presence known)
+  typing: new Map(), // room -> Map(user id -> {name, until})
+  typingSentAt: 0,
+  drawnNewest: null,
+};
+
+const api = createApi({ fetch: (...a) => fetch(...a), token: () => S.token, onUnauthorized: logout });
+
+const sync = new Sync({
+  rooms: S.rooms,
+  storage: localStorage,
+  uuid,
+  url: () => (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws',
+  token: () => S.token,
+  openSocket: (url) => new WebSocket(url),
+  timers: {
+    setTimeout: (f, ms) => setTimeout(f, ms), clearTimeout: (t) => clearTimeout(t),
+    setInterval: (f, ms) => setInterval(f, ms), clearInterval: (t) => clearInterval(t),
+  },
+  now: () => Date.now(),
+  random: () => Math.random(),
+  on: onSync,
+});
+
+const view = createRender({
+  S, sync,
+  actions: {
+    openRoom, startDm, toast, fillViewport,
+    retry: (o) => { sync.retry(o); view.renderMessages({}); },
+    discard: (o) => { sync.discard(o); view.renderMessages({}); },
+  },
+});
+const room = (id) => S.rooms.get(id);
+
+// ---------------------------------------------------------------- login
+async function auth(kind) {
+  const err = $('login-error');
+  err.textContent = '';
+  const username = $('username').value.trim();
+  const password = $('password').value;
+  if (!username || !password) { err.textContent = 'Enter a username and a password.'; return; }
+  const buttons = document.querySelectorAll('#login-form button');
+  buttons.forEach((b) => { b.disabled = true; });
+  try {
+    const d = await api('POST', '/api/' + kind, { username, password });
+    S.token = d.token; S.user = d.user;
+    localStorage.setItem('chat.token', d.token);
+    localStorage.setItem('chat.user', JSON.stringify(d.user));
+    $('password').value = '';
+    start();
+  } catch (e) {
+    err.textContent = e.message;
+  } finally {
+    buttons.forEach((b) => { b.disabled = false; });
+  }
+}
+$('login-form').addEventListener('submit', (e) => { e.preventDefault(); auth('login'); });
+$('register').addEventListener('click', () => auth('register'));
+
+function logout() {
+  localStorage.removeItem('chat.token');
+  localStorage.removeItem('chat.user');
+  S.token = null;
+  sync.stop();
+  location.hash = '';
+  location.reload();
+}
+$('logout').addEventListener('click', logout);
+
+// ---------------------------------------------------------------- rooms
+let roomsTimer = null;
+let roomsFailures = 0;
+let roomsRun = null;
+let roomsQueued = null;
+/** Reloads the room list. One request at a time; a caller always gets a list fetched
+ * after its call (a join must not be answered by a list from before it). */
+function loadRooms() {
+  if (!roomsRun) {
+    roomsRun = fetchRooms().finally(() => { roomsRun = null; });
+    return roomsRun;
+  }
+  if (!roomsQueued) roomsQueued = roomsRun.then(() => { roomsQueued = null; return loadRooms(); });
+  return roomsQueued;
+}
+
+async function fetchRooms() {
+  clearTimeout(roomsTimer);
+  try {
+    const meta = {};
+    const first = await api('GET', '/api/rooms', undefined, meta);
+    // The first page has all of our rooms and the first public others; the pages
+    // after it ("More rooms") are kept until the first page says there are no more.
+    const inFirst = new Set(first.map((r) => r.id));
+    if (!meta.next) { S.moreRooms.clear(); S.nextCursor = null; }
+    else if (!S.moreRooms.size) S.nextCursor = meta.next;
+    for (const id of inFirst) S.moreRooms.delete(id);
+    const list = first.concat([...S.moreRooms.values()]);
+    roomsFailures = 0;
+    $('rooms-error').hidden = true;
+    const seen = new Set();
+    for (const r of list) {
+      seen.add(r.id);
+      const old = S.rooms.get(r.id);
+      S.rooms.set(r.id, r);
+      if (old && old.member && !r.member) forgetRoom(r.id);
+    }
+    for (const id of [...S.rooms.keys()]) if (!seen.has(id)) { forgetRoom(id); S.rooms.delete(id); }
+    S.roomOrder = list.map((r) => r.id);
+    S.roomsLoaded = true; sync.roomsLoaded = true;
+    for (const r of list) if (r.kind === 'dm' && r.member && !S.members.has(r.id)) loadMembers(r.id);
+    sync.syncSubscriptions();
+    view.renderRooms();
+    if (S.current) view.renderHeader();
+  } catch (e) {
+    if (e.status === 401) return;
+    roomsFailures++;
+    const box = $('rooms-error');
+    box.textContent = 'Could not load rooms (' + e.message + '). Retrying…';
+    box.hidden = false;
+  } finally {
+    // The protocol announces no new rooms or DMs to a user who is not in them yet: poll.
+    const wait = roomsFailures ? Math.min(30000, 1000 * 2 ** roomsFailures) : document.hidden ? 30000 : ROOMS_REFRESH_MS;
+    clearTimeout(roomsTimer);
+    if (S.token) roomsTimer = setTimeout(loadRooms, wait);
+  }
+  return S.rooms;
+}
+
+/** Loads the next page of other public rooms (the list's first page has all of ours). */
+async function loadMoreRooms() {
+  if (!S.nextCursor) return;
+  const btn = $('more-rooms');
+  btn.disabled = true;
+  try {
+    const meta = {};
+    const page = await api('GET', '/api/rooms?after=' + encodeURIComponent(S.nextCursor) + '&limit=200', undefined, meta);
+    for (const r of page) if (!S.rooms.get(r.id)?.member) S.moreRooms.set(r.id, r);
+    S.nextCursor = meta.next;
+    await loadRooms();
+  } catch (e) {
+    if (e.status !== 401) toast('Could not load more rooms: ' + e.message);
+  } finally {
+    btn.disabled = false;
+  }
+}
+$('more-rooms').addEventListener('click', loadMoreRooms);
+
+/** Drops what we hold of a room we are no longer a member of. */
+function forgetRoom(id) {
+  sync.forget(id);
+  S.members.delete(id); S.typing.delete(id);
+}
+
+$('new-room').addEventListener('click', () => {
+  const f = $('create-form'); f.hidden = !f.hidden; if (!f.hidden) $('create-name').focus();
+});
+$('create-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const name = $('create-name').value.trim(); if (!name) return;
+  try {
+    const r = await api('POST', '/api/rooms', { name });
+    $('create-name').value = ''; $('create-form').hidden = true;
+    S.rooms.set(r.id, Object.assign({ unread: 0, last_position: null }, r));
+    await loadRooms();
+    openRoom(r.id);
+  } catch (err) { toast(err.message); }
+});
+
+$('new-dm').addEventListener('click', () => {
+  const f = $('dm-form'); f.hidden = !f.hidden; $('dm-error').hidden = true; if (!f.hidden) $('dm-name').focus();
+});
+$('dm-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const name = $('dm-name').value.trim(); if (!name) return;
+  const box = $('dm-error'); box.hidden = true;
+  try {
+    if (name.toLowerCase() === S.user.name.toLowerCase()) throw new Error('That is you.');
+    await startDm({ username: name });
+    $('dm-name').value = ''; $('dm-form').hidden = true;
+  } catch (err) {
+    box.textContent = err.code === 'user_not_found' ? `No user named “${name}”.` : err.message;
+    box.hidden = false;
+  }
+});
+
+/** `who`: `{ user: id }`, or `{ username }` (this server's extension of the protocol). */
+async function startDm(who) {
+  const r = await api('POST', '/api/dms', who);
+  S.rooms.set(r.id, Object.assign({ unread: 0, last_position: null }, r));
+  if (!S.roomOrder.includes(r.id)) S.roomOrder.push(r.id);
+  await loadRooms();
+  openRoom(r.id);
+}
+
+$('join').addEventListener('click', async () => {
+  const id = S.current; if (!id) return;
+  try {
+    await api('POST', '/api/rooms/' + id + '/join');
+    await loadRooms();
+    if (S.current === id) openRoom(id);
+  } catch (err) { toast(err.message); }
+});
+$('leave').addEventListener('click', async () => {
+  const id = S.current; const r = room(id); if (!r) return;
+  try {
+    await api('POST', '/api/rooms/' + id + '/leave');
+    forgetRoom(id);
+    await loadRooms();
+    const next = S.roomOrder.find((x) => x !== id && S.rooms.get(x)?.member);
+    if (next) openRoom(next); else { S.current = null; location.hash = ''; view.renderAll(); }
+  } catch (err) { toast(err.message); }
+});
+
+// ---------------------------------------------------------------- open room, history
+async function openRoom(id) {
+  closeDrawers();
+  const changed = S.current !== id;
+  S.current = id;
+  if (location.hash.slice(1) !== id) history.replaceState(null, '', '#' + id);
+  if (changed) { $('composer').value = ''; S.loadingOlder = false; $('jump').hidden = true; }
+  view.renderAll(changed);
+  const r = room(id);
+  if (!r || !r.member) return;
+  if (!sync.timeline(id).loaded) {
+    try { await loadHistory(id); } catch (e) { if (S.current === id) $('history-state').textContent = 'Could not load history: ' + e.message; }
+    if (S.current !== id) return;
+    view.drawNow({ toBottom: true });
+  }
+  loadMembers(id).then(() => { if (S.current === id) view.renderMembers(); }).catch(() => {});
+  sync.markRead(id);
+  view.renderRooms();
+}
+
+async function loadHistory(id, before) {
+  const q = before != null ? '&before=' + encodeURIComponent(before) : '';
+  const d = await api('GET', `/api/rooms/${id}/messages?limit=${PAGE}${q}`);
+  sync.addHistory(id, d);
+}
+
+async function loadOlder() {
+  const id = S.current;
+  const t = id && sync.timelines.get(id);
+  if (!t || S.loadingOlder || !t.hasMore || !t.loaded) return;
+  const before = t.oldest(); if (before === null) return;
+  S.loadingOlder = true;
+  $('history-state').textContent = 'Loading older messages…';
+  const sc = $('scroller');
+  try {
+    await loadHistory(id, before);
+    if (S.current !== id) return;
+    const fromBottom = sc.scrollHeight - sc.scrollTop;
+    S.loadingOlder = false;
+    view.drawNow({});
+    sc.scrollTop = sc.scrollHeight - fromBottom;
+  } catch (e) {
+    toast('Could not load older messages: ' + e.message);
+  } finally {
+    S.loadingOlder = false;
+    if (S.current === id) view.renderHistoryState();
+  }
+}
+
+/** Loads older pages until the view can scroll (or there are none). */
+function fillViewport() {
+  const sc = $('scroller');
+  const t = S.current && sync.timelines.get(S.current);
+  if (t && t.hasMore && !S.loadingOlder && sc.scrollHeight <= sc.clientHeight + 100) setTimeout(loadOlder, 0);
+}
+$('scroller').addEventListener('scroll', () => {
+  const sc = $('scroller');
+  if (sc.scrollTop < 120) loadOlder();
+  if (sc.scrollHeight - sc.scrollTop - sc.clientHeight < 80) $('jump').hidden = true;
+}, { passive: true });
+$('jump').addEventListener('click', () => { const sc = $('scroller'); sc.scrollTop = sc.scrollHeight; $('jump').hidden = true; });
+
+async function loadMembers(id) {
+  const list = await api('GET', `/api/rooms/${id}/members`);
+  const map = new Map();
+  for (const m of list) {
+    map.set(m.id, { id: m.id, name: m.name, online: !!m.online });
+    S.online.set(m.id, !!m.online);
+  }
+  S.members.set(id, map);
+  if (room(id) && room(id).kind === 'dm') view.renderRooms();
+  return map;
+}
+
+function markRead() { if (S.current) sync.markRead(S.current); }
+
+// ---------------------------------------------------------------- composer
+const composer = $('composer');
+composer.addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); $('composer-form').requestSubmit(); }
+});
+composer.addEventListener('input', () => {
+  autosize();
+  const now = Date.now();
+  if (composer.value.trim() && S.current && now - S.typingSentAt > TYPING_SEND_EVERY) {
+    if (sync.typing(S.current)) S.typingSentAt = now;
+  }
+});
+function autosize() { composer.style.height = 'auto'; composer.style.height = Math.min(composer.scrollHeight, 160) + 'px'; }
+
+$('composer-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const body = composer.value;
+  const id = S.current;
+  if (!body.trim() || !id || !room(id)?.member) return;
+  if (bodyTooLong(body)) { toast(`A message is at most ${MAX_BODY_CHARS.toLocaleString('en')} characters.`); return; }
+  sync.submit(id, body);
+  composer.value = ''; autosize(); S.typingSentAt = 0;
+  view.renderMessages({ toBottom: true });
+});
+
+// ---------------------------------------------------------------- what the core reports
+function clearTyping(roomId, userId) {
+  const t = S.typing.get(roomId);
+  if (t && t.delete(userId) && roomId === S.current) view.renderTyping();
+}
+
+function onSync(event, d) {
+  switch (event) {
+    case 'conn': view.setConn(d.state, d.detail); break;
+    case 'closed':
+      // The token was refused: ask the API whether the session is still valid (a 401 logs out).
+      if (d.code === 4401) api('GET', '/api/rooms').catch(() => {});
+      view.renderMessages({});
+      break;
+    case 'welcome':
+      S.user = d.user;
+      markRead();
+      view.renderMessages({});
+      if (d.again) {
+        // Presence changes while we were away were not seen: ask again.
+        for (const id of S.members.keys()) {
+          if (id === S.current || room(id)?.kind === 'dm') loadMembers(id).then(() => { if (id === S.current) view.renderMembers(); }).catch(() => {});
+        }
+        loadRooms();
+      }
+      break;
+    case 'subscribed': if (d.room === S.current) markRead(); break;
+    case 'unsubscribed':
+      if (d.reason !== 'resync') {
+        forgetRoom(d.room);
+        loadRooms().then(() => view.renderAll()).catch(() => {});
+      }
+      break;
+    case 'message': {
+      const m = d.message;
+      clearTyping(m.room, m.sender.id);
+      if (m.room === S.current) { view.renderMessages({}); markRead(); view.renderTyping(); }
+      view.scheduleRenderRooms();
+      break;
+    }
+    case 'ack':
+      if (!d.room || d.room === S.current) { view.renderMessages({ toBottom: true }); markRead(); }
+      break;
+    case 'outbox': view.renderMessages({}); break;
+    case 'reset': if (d.room === S.current) openRoom(d.room); break;
+    case 'rooms-stale': loadRooms(); break;
+    case 'typing': {
+      const f = d;
+      if (!f.user || f.user.id === S.user.id) break;
+      if (!S.typing.has(f.room)) S.typing.set(f.room, new Map());
+      S.typing.get(f.room).set(f.user.id, { name: f.user.name, until: Date.now() + TYPING_SHOW_MS });
+      if (f.room === S.current) view.renderTyping();
+      setTimeout(view.renderTyping, TYPING_SHOW_MS + 50);
+      break;
+    }
+    case 'presence': {
+      const f = d;
+      if (!f.user) break;
+      S.online.set(f.user.id, !!f.online);
+      for (const ms of S.members.values()) { const m = ms.get(f.user.id); if (m) m.online = !!f.online; }
+      if (!f.online) clearTyping(f.room, f.user.id);
+      if (f.room === S.current) view.renderMembers();
+      view.scheduleRenderRooms();
+      break;
+    }
+    case 'member': {
+      const f = d;
+      if (!f.user) break;
+      const ms = S.members.get(f.room);
+      if (ms) {
+        if (f.event === 'joined') ms.set(f.user.id, { id: f.user.id, name: f.user.name, online: S.online.get(f.user.id) ?? false });
+        else ms.delete(f.user.id);
+      }
+      if (f.user.id === S.user.id || !ms) loadRooms();
+      else loadMembers(f.room).then(() => { if (f.room === S.current) view.renderMembers(); }).catch(() => {});
+      if (f.room === S.current) view.renderMembers();
+      break;
+    }
+    case 'error': console.warn('chat: error frame', d); break;
+    default: break;
+  }
+}
+
+$('banner-retry').addEventListener('click', () => sync.reconnectNow());
+window.addEventListener('online', () => { if (!sync.conn.active && S.token) sync.reconnectNow(); });
+// Coming back to the tab refreshes the room list at once (new rooms and DMs).
+document.addEventListener('visibilitychange', () => { if (!document.hidden && S.token && S.roomsLoaded) loadRooms(); });
+window.addEventListener('focus', () => { if (S.token && S.roomsLoaded) loadRooms(); });
+
+// ---------------------------------------------------------------- drawers (phone)
+function closeDrawers() { document.body.classList.remove('nav-open', 'members-open'); }
+$('open-rooms').addEventListener('click', () => { document.body.classList.toggle('nav-open'); document.body.classList.remove('members-open'); });
+$('open-members').addEventListener('click', () => {
+  document.body.classList.remove('nav-open');
+  // On a wide screen the panel toggles; on a phone it slides in.
+  if (window.matchMedia('(max-width: 1100px)').matches) document.body.classList.toggle('members-open');
+  else document.body.classList.toggle('members-hidden');
+});
+$('close-members').addEventListener('click', () => {
+  if (window.matchMedia('(max-width: 1100px)').matches) document.body.classList.remove('members-open');
+  else document.body.classList.add('members-hidden');
+});
+$('scrim').addEventListener('click', closeDrawers);
+window.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeDrawers(); });
+window.addEventListener('hashchange', () => { const id = location.hash.slice(1); if (id && id !== S.current && S.roomsLoaded) openRoom(id); });
+
+// ---------------------------------------------------------------- start
+async function start() {
+  $('login').hidden = true; $('app').hidden = false;
+  $('me-name').textContent = S.user.name;
+  $('me-avatar').textContent = initial(S.user.name);
+  $('me-avatar').style.setProperty('--hue', String(hue(S.user.id)));
+  view.setConn('connecting');
+  sync.start(S.user);
+  view.renderAll(true);
+  await loadRooms();
+  while (!S.roomsLoaded && S.token) await new Promise((res) => setTimeout(res, 500));
+  if (!S.token) return;
+  const wanted = location.hash.slice(1);
+  const first = (wanted && S.rooms.has(wanted) && wanted) || S.roomOrder.find((x) => S.rooms.get(x).member) || null;
+  if (first) openRoom(first); else view.renderAll(true);
+}
+
+if (S.token && S.user) start(); else $('login').hidden = false;
