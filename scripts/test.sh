@@ -96,6 +96,9 @@ LOCKED=()
 banner "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
+banner "rust-version covers the locked dependencies (scripts/check_msrv.py)"
+python3 scripts/check_msrv.py
+
 banner "cargo clippy --all-targets ${LOCKED[*]} -- -D warnings"
 cargo clippy --all-targets "${LOCKED[@]}" -- -D warnings
 
