@@ -5,7 +5,8 @@
 //!   each a small trait with one real implementation.
 //! - `gateway`: WebSocket sessions, hub, send path, recovery; `http`: the REST API.
 //! - `consumer`: relay (log → bus) and persist (log → store) per partition.
-//! - `app`: wiring and drain; `cli`/`config`: settings; `auth`; `telemetry`.
+//! - `app`: wiring and drain; `shutdown`: the token tree, task tracker and deadline of the
+//!   drain; `cli`/`config`: settings; `auth`; `telemetry`.
 //! - `bench` (cargo feature `bench`, off by default): the `chat-bench` binary, a load
 //!   generator speaking the public protocol; not part of the server build.
 
@@ -22,5 +23,6 @@ pub mod http;
 pub mod log;
 pub mod model;
 pub mod protocol;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;

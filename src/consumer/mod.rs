@@ -15,25 +15,25 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::bus::Bus;
 use crate::log::{Log, LogReader};
+use crate::shutdown::Shutdown;
 use crate::store::Store;
 use crate::telemetry::names;
 use lease::{Lease, Leases};
 
-/// The workers of one partition.
+/// The workers of one partition: a group of the consumer's shutdown node (their own
+/// token and tracker; the process's tracker counts them too).
 struct Workers {
     lease: Option<Lease>,
-    stop: CancellationToken,
-    tasks: TaskTracker,
+    tasks: Shutdown,
 }
 
 impl Workers {
     /// Stops them after their current batch; returns the lease they worked under.
     async fn stop(self) -> Option<Lease> {
-        self.stop.cancel();
+        self.tasks.cancel();
         self.tasks.wait().await;
         self.lease
     }
@@ -56,7 +56,7 @@ impl Consumer {
     /// Runs until `stop` is cancelled, then lets each worker finish its current batch.
     /// With Redis, the partitions are leased (shared fairly among live consumers, taken
     /// over when one dies); without it (embedded mode) this process works all of them.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    pub async fn run(self: Arc<Self>, stop: Shutdown) {
         match self.redis.clone() {
             Some(redis) => {
                 let leases = Leases::new(redis, &self.prefix, &self.topic);
@@ -64,7 +64,7 @@ impl Consumer {
             }
             None => {
                 let all: Vec<Workers> = (0..self.log.partitions())
-                    .map(|p| self.start(p, None))
+                    .map(|p| self.start(p, None, &stop))
                     .collect();
                 tracing::info!(partitions = all.len(), "consumer running");
                 stop.cancelled().await;
@@ -78,23 +78,26 @@ impl Consumer {
 
     /// Starts the relay and (unless the log is the store) the persist worker of one
     /// partition.
-    fn start(self: &Arc<Self>, partition: i32, fence: Option<(Leases, Lease)>) -> Workers {
-        let stop = CancellationToken::new();
-        let tasks = TaskTracker::new();
+    fn start(
+        self: &Arc<Self>,
+        partition: i32,
+        fence: Option<(Leases, Lease)>,
+        stop: &Shutdown,
+    ) -> Workers {
+        let tasks = stop.group();
         let lease = fence.as_ref().map(|(_, l)| l.clone());
         {
-            let (me, s) = (self.clone(), stop.clone());
+            let (me, s) = (self.clone(), tasks.token().clone());
             tasks.spawn(async move { relay::run(&me, partition, s, fence).await });
         }
         if self.persist {
-            let (me, s) = (self.clone(), stop.clone());
+            let (me, s) = (self.clone(), tasks.token().clone());
             tasks.spawn(async move { persist::run(&me, partition, s).await });
         }
-        tasks.close();
-        Workers { lease, stop, tasks }
+        Workers { lease, tasks }
     }
 
-    async fn run_leased(self: Arc<Self>, leases: Leases, stop: CancellationToken) {
+    async fn run_leased(self: Arc<Self>, leases: Leases, stop: Shutdown) {
         let partitions = self.log.partitions();
         let mut owned: BTreeMap<i32, Workers> = BTreeMap::new();
         let mut tick = tokio::time::interval(lease::TICK);
@@ -162,7 +165,7 @@ impl Consumer {
                     match leases.acquire(p).await {
                         Ok(Some(l)) => {
                             tracing::info!(partition = p, epoch = l.epoch, "partition leased");
-                            owned.insert(p, self.start(p, Some((leases.clone(), l))));
+                            owned.insert(p, self.start(p, Some((leases.clone(), l)), &stop));
                         }
                         Ok(None) => {}
                         Err(e) => {

@@ -25,6 +25,7 @@ use futures_util::future::BoxFuture;
 use crate::log::{Log, LogError};
 use crate::model::{Message, NewMessage, RoomId, User};
 use crate::protocol::ErrorCode;
+use crate::shutdown::Shutdown;
 use crate::telemetry::names;
 
 const PENDING_TTL_SECS: u64 = 30;
@@ -108,9 +109,10 @@ impl Sender {
     /// The returned future resolves with the durable message (the ack). Sends started
     /// one after the other keep that order in the log while their futures are awaited
     /// together ([`Log::submit`]). A resend (same room and `client_msg_id`) returns the
-    /// first message.
+    /// first message. `tasks`: where the recording of a result runs after the ack.
     pub async fn start(
         &self,
+        tasks: &Shutdown,
         sender: &User,
         room: RoomId,
         client_msg_id: &str,
@@ -119,7 +121,7 @@ impl Sender {
         match &self.claims {
             Some(claims) => {
                 claims
-                    .start(&self.log, sender, room, client_msg_id, body)
+                    .start(tasks, &self.log, sender, room, client_msg_id, body)
                     .await
             }
             None => {
@@ -200,6 +202,7 @@ impl Claims {
 
     async fn start(
         &self,
+        tasks: &Shutdown,
         log: &Arc<dyn Log>,
         sender: &User,
         room: RoomId,
@@ -221,6 +224,7 @@ impl Claims {
             sent_at: chrono::Utc::now(),
         };
         let redis = self.redis.clone();
+        let tasks = tasks.clone();
         let durable = match submit(log, &new).await {
             Ok(d) => d,
             Err(e) => {
@@ -236,7 +240,7 @@ impl Claims {
                     // and is answered `in_flight` (retryable); the next attempt gets the
                     // ack again.
                     let json = serde_json::to_string(&msg).unwrap_or_default();
-                    tokio::spawn(settle(redis, key, format!("done:{json}"), DONE_TTL_SECS));
+                    tasks.spawn(settle(redis, key, format!("done:{json}"), DONE_TTL_SECS));
                     Ok(msg)
                 }
                 Err(e) => {
