@@ -14,3 +14,4 @@ mod features;
 mod hardening;
 mod rooms_tokens;
 mod sessions;
+mod shutdown;
