@@ -383,7 +383,9 @@ impl Conn {
                         }
                         Some(Ok(Inbound::Ping(p))) => pongs.answer(&self.out, &p),
                         Some(Ok(Inbound::Pong)) => {}
-                        Some(Ok(Inbound::Close(theirs))) => return Some(frames::close_reply(theirs)),
+                        Some(Ok(Inbound::Close(theirs))) => {
+                            return Some(frames::close_reply(theirs));
+                        }
                         Some(Err(e)) => return e.close_reason(),
                     }
                 }
@@ -417,10 +419,12 @@ impl Conn {
                             self.refuse_send(room, client_msg_id, body).await;
                         }
                         Ok(ClientFrame::Subscribe { .. }) => {
-                            self.refuse(ErrorCode::Draining, "this gateway is draining", Some("subscribe"))
-                                .await;
+                            let text = "this gateway is draining";
+                            self.refuse(ErrorCode::Draining, text, Some("subscribe")).await;
                         }
-                        Ok(ClientFrame::Ping) => self.reply(ServerFrame::Pong.to_text().into()).await,
+                        Ok(ClientFrame::Ping) => {
+                            self.reply(ServerFrame::Pong.to_text().into()).await;
+                        }
                         // Nothing to answer (typing, read, unsubscribe are best effort).
                         Ok(_) => {}
                         Err(bad) => {
@@ -825,8 +829,9 @@ async fn send_worker(gw: Arc<Gateway>, user: User, mut rx: mpsc::Receiver<SendJo
                     continue;
                 };
                 if gw.drain.is_cancelled() {
-                    let refused = (job.client_msg_id, Err((ErrorCode::Draining, DRAINING.to_owned())));
-                    in_flight.push_back(Box::pin(futures_util::future::ready(refused)));
+                    let refused = Err((ErrorCode::Draining, DRAINING.to_owned()));
+                    let answer = futures_util::future::ready((job.client_msg_id, refused));
+                    in_flight.push_back(Box::pin(answer));
                     continue;
                 }
                 let started = gw

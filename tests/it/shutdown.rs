@@ -219,3 +219,44 @@ async fn sigterm_answers_every_send_and_exits_before_the_deadline(mode: Mode) {
 }
 
 both_modes!(sigterm_answers_every_send_and_exits_before_the_deadline);
+
+/// A client that ignores `reconnect` does not hold the drain: it is closed 1012 at a
+/// quarter of the deadline, and the process still exits cleanly before the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_ignores_reconnect_is_closed_and_the_drain_still_ends() {
+    let env = Env::with_mode("shutdown-deaf", Mode::Embedded).await;
+    let drain_secs = 8;
+    let mut chat = env
+        .spawn_with("all", "all-0", &["--drain-timeout-secs", "8"])
+        .await;
+    let http = Http::new(&chat);
+    let who = http.register("deaf").await;
+    let mut ws = Ws::login(&chat, &who).await;
+    // And one still in its `hello` phase.
+    let mut early = Ws::connect(&chat).await;
+
+    let term = Instant::now();
+    chat.signal("TERM");
+    assert_eq!(ws.expect("reconnect").await["reason"], "draining");
+    assert_eq!(early.expect("reconnect").await["reason"], "draining");
+    assert_eq!(early.close_code(Duration::from_secs(10)).await, Some(1012));
+    // The deaf client keeps its socket open and sends nothing: the server closes it.
+    assert_eq!(ws.close_code(Duration::from_secs(30)).await, Some(1012));
+    let closed = term.elapsed();
+    let status = tokio::time::timeout(Duration::from_secs(drain_secs + 30), chat.child.wait())
+        .await
+        .expect("the process exits")
+        .expect("exit status");
+    let took = term.elapsed();
+    eprintln!(
+        "closed 1012 after {:.1} s, exit {status} after {:.1} s",
+        closed.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    assert!(
+        took < Duration::from_secs(drain_secs + 5),
+        "exited {:.1} s after SIGTERM (deadline {drain_secs} s)",
+        took.as_secs_f64()
+    );
+}
