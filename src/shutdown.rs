@@ -10,11 +10,13 @@
 //! wait in `app.rs` covers it. The tree, built in `app.rs` and `gateway/mod.rs`:
 //!
 //! ```text
-//! root                        background tasks (bus, Kafka, hub control, sweeps): last
-//! ├── consumer                relays and persist workers: finish their batch
-//! └── gateway sessions: cut   close what is left now
-//!     └── closing             stop waiting for clients to close; close them 1012
-//!         └── drain           `reconnect` sent; sends not yet started refused `draining`
+//! root                         the rest (bus, Kafka, hub control, sweeps, HTTP server): last
+//! ├── draining (app.rs)        `/readyz` answers 503
+//! ├── consumer                 the lease loop
+//! │   └── a group per partition    its relay and persist worker: finish their batch
+//! └── gateway sessions: a group    cut: close what is left at once
+//!     └── closing              stop waiting for clients to close; close them 1012
+//!         └── drain            `reconnect` sent; sends not started yet refused `draining`
 //! ```
 //!
 //! The drain sequence (`app.rs`), all within `--drain-timeout-secs` (D) of the signal:
