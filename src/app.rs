@@ -21,6 +21,7 @@ use crate::gateway::{self, Gateway, GatewayParts, Sender};
 use crate::http::{self, guard::Guard, ops::Readiness};
 use crate::log::kafka::KafkaSettings;
 use crate::log::{KafkaLog, Log};
+use crate::shutdown::{Deadline, Shutdown};
 use crate::store::{PgStore, SqliteLog, SqliteStore, Store};
 use crate::telemetry;
 
@@ -55,8 +56,8 @@ struct Seams {
 }
 
 /// Distributed: PostgreSQL, Redis and Kafka (retrying Kafka for a while: it is often the
-/// slowest to come up).
-async fn distributed(cfg: &Config, s: &Services) -> anyhow::Result<Seams> {
+/// slowest to come up). Their background tasks are spawned in `tasks`.
+async fn distributed(cfg: &Config, s: &Services, tasks: &Shutdown) -> anyhow::Result<Seams> {
     if cfg.migrate {
         let applied = PgStore::migrate(&s.database_url)
             .await
@@ -65,7 +66,7 @@ async fn distributed(cfg: &Config, s: &Services) -> anyhow::Result<Seams> {
     }
     let store: Arc<dyn Store> =
         Arc::new(PgStore::connect(&s.database_url, cfg.database_pool_size)?);
-    let (redis_bus, notices) = RedisBus::connect(&s.redis_url, &s.redis_prefix)
+    let (redis_bus, notices) = RedisBus::connect(&s.redis_url, &s.redis_prefix, tasks)
         .with_context(|| format!("connecting to Redis at {}", redact(&s.redis_url)))?;
     let bus: Arc<dyn Bus> = Arc::new(redis_bus);
     let coord = RedisCoord::connect(
@@ -85,7 +86,7 @@ async fn distributed(cfg: &Config, s: &Services) -> anyhow::Result<Seams> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match KafkaLog::connect(settings.clone()).await {
+            match KafkaLog::connect(settings.clone(), tasks.clone()).await {
                 Ok(l) => break Arc::new(l),
                 Err(e) if attempt < 6 => {
                     tracing::warn!(error = %e, attempt, "Kafka not reachable yet; retrying");
@@ -173,10 +174,12 @@ fn jwt_secret(cfg: &Config) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Builds the seams for the configured mode, binds, and starts the roles. `stop` begins
-/// the drain.
+/// the drain (shutdown.rs: the sequence and its deadline).
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     tracing::info!(role = ?cfg.role, listen = %cfg.listen, backend = ?cfg.backend, "starting");
     let secret = jwt_secret(&cfg)?;
+    // The root of the shutdown tree: every task of the process is spawned under it.
+    let shutdown = Shutdown::new();
     let Seams {
         store,
         log,
@@ -185,26 +188,24 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         coord,
         persist,
     } = match &cfg.backend {
-        Backend::Distributed(s) => distributed(&cfg, s).await?,
+        Backend::Distributed(s) => distributed(&cfg, s, &shutdown).await?,
         Backend::Embedded { database } => embedded(&cfg, database).await?,
     };
 
+    // The signal (SIGTERM, `Running::stop`); `drain`: readyz answers 503 from then on.
     let stop = CancellationToken::new();
-    let drain = CancellationToken::new();
+    let drain = shutdown.child();
     let metrics = telemetry::metrics();
     {
-        let (bus, metrics, stop) = (bus.clone(), metrics.clone(), stop.clone());
-        tokio::spawn(async move {
+        let (bus, metrics) = (bus.clone(), metrics.clone());
+        shutdown.spawn_until_cancelled(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut n = 0u64;
             loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
+                tick.tick().await;
                 let _ = tokio::time::timeout(Duration::from_secs(2), bus.ping()).await;
                 n += 1;
-                if n % 5 == 0 {
+                if n.is_multiple_of(5) {
                     metrics.run_upkeep();
                 }
             }
@@ -214,7 +215,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         store: store.clone(),
         bus: bus.clone(),
         log: log.clone(),
-        draining: drain.clone(),
+        draining: drain.token().clone(),
         metrics,
     });
 
@@ -227,13 +228,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 sender: Sender::new(log.clone(), coord.clone()),
                 auth: Auth::new(&secret, cfg.token_ttl),
                 limits: cfg.limits.clone(),
-                drain: drain.clone(),
+                shutdown: shutdown.clone(),
                 allowed_origins: cfg.allowed_origins.clone(),
             },
             notices,
         )
     });
-    let consumer_stop = CancellationToken::new();
+    let consumer_stop = shutdown.child();
     let consumer = matches!(cfg.role, Role::Consumer | Role::All).then(|| {
         let c = Arc::new(Consumer::new(
             log.clone(),
@@ -241,14 +242,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             coord.clone(),
             persist.then(|| store.clone()),
         ));
-        tokio::spawn(c.run(consumer_stop.clone()))
+        shutdown.spawn(c.run(consumer_stop.clone()))
     });
 
     let static_dir = cfg.static_dir.clone();
     let gw_data = gateway.clone().map(web::Data::new);
     let guard = gateway
         .is_some()
-        .then(|| web::Data::new(Guard::start(&cfg.accounts, stop.clone())));
+        .then(|| web::Data::new(Guard::start(&cfg.accounts, &shutdown)));
     let make_app = move || {
         let mut app = App::new()
             .app_data(readiness.clone())
@@ -272,43 +273,58 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let settings = http::server::Settings {
         listen: cfg.listen,
         workers: cfg.http_workers.map(|n| n.get()),
-        shutdown_timeout: 5,
+        // Step 4 of the drain: D/8 (at least a second) for open HTTP requests.
+        shutdown_timeout: cfg.drain_timeout.as_secs().div_ceil(8).max(1),
     };
     let (server, addr) = http::server::serve(settings, make_app)
         .with_context(|| format!("binding {}", cfg.listen))?;
     let handle = server.handle();
-    let server_task = tokio::spawn(server);
+    shutdown.spawn(server);
     tracing::info!(%addr, "listening");
     // Tests and scripts read this line to learn the port.
     println!("chat listening on http://{addr}");
 
     let drain_timeout = cfg.drain_timeout;
     let stop2 = stop.clone();
+    // The drain (shutdown.rs has the sequence). Not a tracked task: it is what waits for
+    // them all.
     let done = tokio::spawn(async move {
         stop2.cancelled().await;
-        tracing::info!("draining");
-        // 1. readyz turns 503, 2. sessions send `reconnect` and finish in-flight sends.
+        let deadline = Deadline::after(drain_timeout);
+        tracing::info!(timeout_secs = drain_timeout.as_secs_f64(), "draining");
+        // 1-3. readyz turns 503; the sessions say `reconnect`, answer their sends and
+        // close, and the gateway waits for them (or cuts them at 3/4 of the deadline).
         drain.cancel();
-        let deadline = tokio::time::Instant::now() + drain_timeout;
         if let Some(gw) = &gateway {
-            let _ = gw; // sessions observe `drain` themselves
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Err(left) = gw.drain(&deadline).await {
+                tracing::warn!(tasks = left, "drain: session tasks still running");
+            }
         }
-        // 3. stop accepting and wait for open requests.
-        let stopping = handle.stop(true);
-        // 4. the consumer finishes its batches.
+        // 4. stop accepting and wait for open requests.
+        if tokio::time::timeout_at(deadline.at(), handle.stop(true))
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP server did not stop within the drain timeout");
+        }
+        // 5. the consumer finishes its batches and releases its leases.
         consumer_stop.cancel();
         if let Some(c) = consumer {
-            if tokio::time::timeout_at(deadline, c).await.is_err() {
+            if tokio::time::timeout_at(deadline.at(), c).await.is_err() {
                 tracing::warn!("consumer did not stop within the drain timeout");
             }
         }
-        if tokio::time::timeout_at(deadline, stopping).await.is_err() {
-            tracing::warn!("HTTP server did not stop within the drain timeout");
+        // 6. everything else; nothing may be left running.
+        shutdown.cancel();
+        match shutdown.wait_until(deadline.at()).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+            Err(left) => Err(anyhow::anyhow!(
+                "{left} task(s) still running at the drain deadline ({drain_timeout:?})"
+            )),
         }
-        let _ = tokio::time::timeout_at(deadline, server_task).await;
-        tracing::info!("stopped");
-        Ok(())
     });
     Ok(Running { addr, stop, done })
 }

@@ -158,6 +158,8 @@ impl Hashing {
     /// Computes the dummy hash now, on a blocking thread, so the first unknown-user login
     /// does not pay for it.
     pub fn warm_up(&self) {
+        // Blocking hashing is not tracked by shutdown.rs: it cannot be cancelled, takes one
+        // hash's time, and the runtime waits for blocking tasks when it shuts down.
         tokio::task::spawn_blocking(|| std::sync::LazyLock::force(&DUMMY_HASH));
     }
 }

@@ -161,7 +161,8 @@ pub struct ServeArgs {
     /// Maximum database connections of this process.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: usize,
-    /// Seconds a graceful drain may take before the rest is cut off.
+    /// Seconds a graceful drain may take, in all: every wait of the drain is a share of it
+    /// (shutdown.rs), and the process exits by then.
     #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 20)]
     pub drain_timeout_secs: u64,
     /// Threads that accept and serve HTTP and WebSocket connections (default: one per

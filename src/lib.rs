@@ -1,11 +1,14 @@
 //! `chat`: a horizontally scalable real-time chat server. ARCHITECTURE.md has the map.
 //!
 //! - `protocol`, `model`: the wire frames and the domain types both roles share.
-//! - `store` (PostgreSQL), `bus` (Redis pub/sub), `log` (Kafka): the three seams,
-//!   each a small trait with one real implementation.
+//! - `store` (PostgreSQL / SQLite), `bus` (Redis pub/sub / in-process), `log` (Kafka /
+//!   the SQLite table), `coord` (Redis / in memory: send claims, leases, relay
+//!   positions): the four seams, each a trait with a distributed and an embedded
+//!   implementation.
 //! - `gateway`: WebSocket sessions, hub, send path, recovery; `http`: the REST API.
 //! - `consumer`: relay (log → bus) and persist (log → store) per partition.
-//! - `app`: wiring and drain; `cli`/`config`: settings, `settings`: the list of them all
+//! - `app`: wiring and drain; `shutdown`: the token tree, task tracker and deadline of the
+//!   drain; `cli`/`config`: settings, `settings`: the list of them all
 //!   (`chat config --list`); `auth`; `telemetry`.
 //! - `bench` (cargo feature `bench`, off by default): the `chat-bench` binary, a load
 //!   generator speaking the public protocol; not part of the server build.
@@ -25,5 +28,6 @@ pub mod log;
 pub mod model;
 pub mod protocol;
 pub mod settings;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;

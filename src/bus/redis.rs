@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{Bus, BusError, BusEvent, BusNotice, Channel, PRESENCE_TTL};
 use crate::model::UserId;
+use crate::shutdown::Shutdown;
 
 /// Presence lives in one sorted set per user (see `lua/presence_join.lua`).
 const PRESENCE_JOIN: &str = include_str!("lua/presence_join.lua");
@@ -65,10 +66,12 @@ fn unavailable(e: redis::RedisError) -> BusError {
 
 impl RedisBus {
     /// Connects lazily (it starts while Redis is down) and returns the bus and the
-    /// stream of notices for the channels this process subscribes to.
+    /// stream of notices for the channels this process subscribes to. Its tasks (the push
+    /// reader, the probe after a loss) are spawned in `tasks` and end when it is cancelled.
     pub fn connect(
         url: &str,
         prefix: &str,
+        tasks: &Shutdown,
     ) -> Result<(RedisBus, mpsc::UnboundedReceiver<BusNotice>), BusError> {
         let client = redis::Client::open(resp3_url(url)).map_err(unavailable)?;
         let commands = ConnectionManager::new_lazy_with_config(client.clone(), config())
@@ -85,8 +88,9 @@ impl RedisBus {
         let channel_prefix = format!("{prefix}:");
         let probe_conn = subscriber.clone();
         // Drains the (unbounded) push channel promptly into typed notices.
-        tokio::spawn(async move {
-            let mut probing: Option<tokio::task::JoinHandle<()>> = None;
+        let probes = tasks.clone();
+        tasks.spawn_until_cancelled(async move {
+            let mut probing: Option<tokio::task::JoinHandle<Option<()>>> = None;
             while let Some(push) = push_rx.recv().await {
                 let notice = match push.kind {
                     PushKind::Disconnection => {
@@ -98,7 +102,7 @@ impl RedisBus {
                         // came back. This push stream is ordered: `Lost` precedes every event
                         // of the new connection.
                         if probing.as_ref().is_none_or(|p| p.is_finished()) {
-                            probing = Some(tokio::spawn(announce_restored(
+                            probing = Some(probes.spawn_until_cancelled(announce_restored(
                                 probe_conn.clone(),
                                 tx.clone(),
                             )));

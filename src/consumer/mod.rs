@@ -15,25 +15,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::bus::Bus;
 use crate::coord::{Coord, Lease};
 use crate::log::{Log, LogReader, Pace};
+use crate::shutdown::Shutdown;
 use crate::store::Store;
 use crate::telemetry::names;
 
-/// The workers of one partition.
+/// The workers of one partition: a group of the consumer's shutdown node (their own
+/// token and tracker; the process's tracker counts them too).
 struct Workers {
     lease: Lease,
-    stop: CancellationToken,
-    tasks: TaskTracker,
+    tasks: Shutdown,
 }
 
 impl Workers {
     /// Stops them after their current batch; returns the lease they worked under.
     async fn stop(self) -> Lease {
-        self.stop.cancel();
+        self.tasks.cancel();
         self.tasks.wait().await;
         self.lease
     }
@@ -69,26 +69,24 @@ impl Consumer {
 
     /// Starts the relay and (unless the log is the store) the persist worker of one
     /// partition, under `lease`.
-    fn start(self: &Arc<Self>, lease: Lease) -> Workers {
-        let stop = CancellationToken::new();
-        let tasks = TaskTracker::new();
+    fn start(self: &Arc<Self>, lease: Lease, stop: &Shutdown) -> Workers {
+        let tasks = stop.group();
         if let Some(store) = &self.persist {
-            let (me, s, store) = (self.clone(), stop.clone(), store.clone());
+            let (me, s, store) = (self.clone(), tasks.token().clone(), store.clone());
             let partition = lease.partition;
             tasks.spawn(async move { persist::run(&me, &*store, partition, s).await });
         }
         {
-            let (me, s, lease) = (self.clone(), stop.clone(), lease.clone());
+            let (me, s, lease) = (self.clone(), tasks.token().clone(), lease.clone());
             tasks.spawn(async move { relay::run(&me, lease, s).await });
         }
-        tasks.close();
-        Workers { lease, stop, tasks }
+        Workers { lease, tasks }
     }
 
     /// Runs until `stop` is cancelled, then lets each worker finish its current batch and
     /// gives its leases back. The partitions are shared fairly among the live consumers
     /// and taken over when one dies (lease.rs).
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    pub async fn run(self: Arc<Self>, stop: Shutdown) {
         let coord = &self.coord;
         let partitions = self.log.partitions();
         let mut owned: BTreeMap<i32, Workers> = BTreeMap::new();
@@ -154,7 +152,7 @@ impl Consumer {
                     match coord.acquire(&self.me, p).await {
                         Ok(Some(l)) => {
                             tracing::info!(partition = p, epoch = l.epoch, "partition leased");
-                            owned.insert(p, self.start(l));
+                            owned.insert(p, self.start(l, &stop));
                         }
                         Ok(None) => {}
                         Err(e) => {

@@ -17,7 +17,7 @@ pub async fn echo(
 ) -> Result<HttpResponse, actix_web::Error> {
     let (resp, mut session, mut frames) =
         super::upgrade(&req, body, gw.limits.max_frame_bytes).await?;
-    actix_web::rt::spawn(async move {
+    actix_web::rt::spawn(gw.sessions.track(async move {
         let reason = loop {
             let sent = match frames.recv().await {
                 Some(Ok(Inbound::Text(t))) => session.text(t).await,
@@ -35,6 +35,6 @@ pub async fn echo(
         if let Some(reason) = reason {
             let _ = session.close(Some(reason)).await;
         }
-    });
+    }));
     Ok(resp)
 }

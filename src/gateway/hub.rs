@@ -33,6 +33,7 @@ use super::outbox::{Live, Out, OutTx, TrySendError};
 use crate::bus::{Bus, BusEvent, Channel, Revocation};
 use crate::model::{Position, RoomId, UserId};
 use crate::protocol::{close, ServerFrame};
+use crate::shutdown::Shutdown;
 use crate::telemetry::names;
 
 pub type ConnId = u64;
@@ -104,9 +105,10 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(bus: Arc<dyn Bus>) -> Arc<Hub> {
+    /// `tasks`: where the control task (bus subscriptions) runs, until it is cancelled.
+    pub fn new(bus: Arc<dyn Bus>, tasks: &Shutdown) -> Arc<Hub> {
         let (ctl, rx) = mpsc::unbounded_channel();
-        tokio::spawn(control(bus, rx));
+        tasks.spawn_until_cancelled(control(bus, rx));
         Arc::new(Hub {
             rooms: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             users: Mutex::new(HashMap::new()),
@@ -494,7 +496,7 @@ mod tests {
     #[tokio::test]
     async fn after_a_bus_loss_no_live_message_overtakes_the_resync() {
         let (bus, _notices) = LocalBus::new();
-        let hub = Hub::new(Arc::new(bus));
+        let hub = Hub::new(Arc::new(bus), &Shutdown::new());
         let room = Uuid::now_v7();
         let (tx, mut rx) = crate::gateway::outbox::channel(16, 1 << 20);
         let handle = ConnHandle {

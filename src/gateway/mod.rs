@@ -33,6 +33,7 @@ use crate::http::error::ApiError;
 use crate::log::Log;
 use crate::model::{User, UserId};
 use crate::protocol::ServerFrame;
+use crate::shutdown::{Deadline, Shutdown};
 use crate::store::{Store, StoreError};
 pub use hub::Hub;
 use presence::Presence;
@@ -54,8 +55,18 @@ pub struct Gateway {
     /// Room creations per user on this gateway (`Limits::room_creations_per_minute`);
     /// its idle entries are dropped every minute, so it holds only the recent creators.
     pub room_creations: Arc<governor::DefaultKeyedRateLimiter<UserId>>,
-    /// Cancelled when the gateway drains: sessions send `reconnect` and close.
+    /// Cancelled when the gateway drains: `/ws` refuses, sessions send `reconnect`, read
+    /// on until their client closes, and refuse sends not yet started (`draining`).
     pub drain: CancellationToken,
+    /// Cancelled when the drain stops waiting for clients to close: sessions close 1012
+    /// (after their sends in flight are answered).
+    closing: CancellationToken,
+    /// The sessions with their writers and send workers, tracked apart so that the drain
+    /// can wait for them; its token is the cut: what is left closes at once.
+    sessions: Shutdown,
+    /// Background tasks (bus pump, hub control, sweeps, revocation retries): they run
+    /// until the process's last step.
+    tasks: Shutdown,
     allowed_origins: Vec<String>,
 }
 
@@ -79,28 +90,34 @@ pub struct GatewayParts {
     pub sender: Sender,
     pub auth: Auth,
     pub limits: Limits,
-    pub drain: CancellationToken,
+    /// The process's shutdown: the gateway's sessions are a group of it (shutdown.rs).
+    pub shutdown: Shutdown,
     pub allowed_origins: Vec<String>,
 }
 
 impl Gateway {
     /// Builds the gateway and starts feeding the hub from the bus notices.
     pub fn start(p: GatewayParts, notices: mpsc::UnboundedReceiver<BusNotice>) -> Arc<Gateway> {
-        let hub = Hub::new(p.bus.clone());
+        let tasks = p.shutdown.clone();
+        let sessions = p.shutdown.group();
+        let closing = sessions.token().child_token();
+        let drain = closing.child_token();
+        let hub = Hub::new(p.bus.clone(), &tasks);
         let presence = Arc::new(Presence::default());
         let per_minute =
             NonZeroU32::new(p.limits.room_creations_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
         let room_creations = Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(
             per_minute,
         )));
-        tokio::spawn(forget_idle_creators(
+        tasks.spawn(forget_idle_creators(
             room_creations.clone(),
-            p.drain.clone(),
+            tasks.token().clone(),
         ));
-        tokio::spawn(
+        // Until the end, not the drain: sessions are open while it lasts.
+        tasks.spawn(
             presence
                 .clone()
-                .refresh_loop(p.bus.clone(), p.drain.clone()),
+                .refresh_loop(p.bus.clone(), tasks.token().clone()),
         );
         let gw = Arc::new(Gateway {
             presence,
@@ -114,11 +131,40 @@ impl Gateway {
             queued: outbox::Budget::new(p.limits.max_queued_bytes),
             limits: p.limits,
             room_creations,
-            drain: p.drain,
+            drain,
+            closing,
+            sessions,
+            tasks: tasks.clone(),
             allowed_origins: p.allowed_origins,
         });
-        tokio::spawn(pump(hub, notices));
+        tasks.spawn_until_cancelled(pump(hub, notices));
         gw
+    }
+
+    /// The gateway's part of the drain (shutdown.rs has the whole sequence): every session
+    /// sends `reconnect` and ends once its client has closed and its sends in flight are
+    /// answered; at D/4 the sessions left close 1012 (after their sends); at 3/4 D what is
+    /// left is cut. Returns once every session task has ended, Err (how many tasks are
+    /// left) if some still run at 7/8 D.
+    pub async fn drain(&self, deadline: &Deadline) -> Result<(), usize> {
+        self.drain.cancel();
+        if self.sessions.wait_until(deadline.share(1, 4)).await.is_ok() {
+            return Ok(());
+        }
+        tracing::info!(
+            tasks = self.sessions.len(),
+            "drain: closing the sessions whose client has not closed"
+        );
+        self.closing.cancel();
+        if self.sessions.wait_until(deadline.share(3, 4)).await.is_ok() {
+            return Ok(());
+        }
+        tracing::warn!(
+            tasks = self.sessions.len(),
+            "drain: sessions still open; closing them now"
+        );
+        self.sessions.cancel();
+        self.sessions.wait_until(deadline.share(7, 8)).await
     }
 
     /// Ends the user's access (call it after the store changed): on this gateway before
@@ -132,7 +178,7 @@ impl Gateway {
         let first = self.bus.publish(std::slice::from_ref(&event)).await;
         if first.is_err() {
             let bus = self.bus.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn_until_cancelled(async move {
                 let mut delay = Duration::from_millis(250);
                 let until = tokio::time::Instant::now() + Duration::from_secs(60);
                 while tokio::time::Instant::now() < until {
@@ -159,7 +205,8 @@ impl Gateway {
         // handler fails), and a SQLite query dropped on an HTTP worker's current-thread
         // runtime panics (diesel-async waits for it with `block_in_place`).
         let (store, id) = (self.store.clone(), v.user.id);
-        let current = tokio::spawn(async move { store.token_generation(id).await })
+        let current = (self.tasks)
+            .spawn(async move { store.token_generation(id).await })
             .await
             .unwrap_or_else(|e| Err(StoreError::Unavailable(e.into())));
         match current {
@@ -249,7 +296,9 @@ pub async fn ws(
     }
     let (resp, session, frames) = upgrade(&req, body, gw.limits.max_frame_bytes).await?;
     let gw = gw.get_ref().clone();
-    actix_web::rt::spawn(session::run(gw, session, frames));
+    // On the HTTP worker's thread (the socket is there), tracked with the sessions.
+    let run = gw.sessions.track(session::run(gw.clone(), session, frames));
+    actix_web::rt::spawn(run);
     Ok(resp)
 }
 

@@ -19,6 +19,7 @@ use crate::coord::{Claim, Coord, CoordError, SendKey, Settled};
 use crate::log::{Log, LogError};
 use crate::model::{Message, NewMessage, RoomId, User};
 use crate::protocol::ErrorCode;
+use crate::shutdown::Shutdown;
 use crate::telemetry::names;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +64,10 @@ impl Sender {
     /// The returned future resolves with the durable message (the ack). Sends started
     /// one after the other keep that order in the log while their futures are awaited
     /// together ([`Log::submit`]). A resend (same room and `client_msg_id`) returns the
-    /// first message.
+    /// first message. `tasks`: where the recording of a result runs after the ack.
     pub async fn start(
         &self,
+        tasks: &Shutdown,
         sender: &User,
         room: RoomId,
         client_msg_id: &str,
@@ -95,6 +97,7 @@ impl Sender {
             sent_at: chrono::Utc::now(),
         };
         let claims = self.claims.clone();
+        let tasks = tasks.clone();
         let durable = match submit(&self.log, &new).await {
             Ok(d) => d,
             Err(e) => {
@@ -110,7 +113,7 @@ impl Sender {
                     // and is answered `in_flight` (retryable); the next attempt gets the
                     // ack again.
                     let done = Settled::Done(msg.clone());
-                    tokio::spawn(async move { settle(&*claims, &key, done).await });
+                    tasks.spawn(async move { settle(&*claims, &key, done).await });
                     Ok(msg)
                 }
                 Err(e) => {

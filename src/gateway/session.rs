@@ -51,6 +51,18 @@ fn close_reason(code: CloseCode, text: &str) -> CloseReason {
     }
 }
 
+fn reconnect_frame() -> String {
+    ServerFrame::Reconnect { reason: "draining" }.to_text()
+}
+
+fn draining_close() -> CloseReason {
+    close_reason(CloseCode::Restart, "server draining; reconnect")
+}
+
+/// How long a closing session waits to queue its close frame (the client reads too slowly
+/// to make room); then the connection ends without it.
+const CLOSE_QUEUE_WAIT: Duration = Duration::from_secs(2);
+
 struct SendJob {
     room: RoomId,
     client_msg_id: String,
@@ -85,6 +97,9 @@ struct SendPipe {
 /// Sends of one connection waiting for the worker (beyond those in flight).
 const SEND_QUEUE: usize = 64;
 
+/// The message of a send refused because the gateway drains.
+const DRAINING: &str = "this gateway is draining; send it again after reconnecting";
+
 /// A connection's session, spawned by the `/ws` handler. It lives as long as the connection,
 /// and a future is as large as its largest await (plus what it holds across it), so each
 /// phase here is its own boxed future: what stays allocated while the connection idles is
@@ -95,8 +110,12 @@ pub async fn run(gw: Arc<Gateway>, session: Session, mut stream: Frames) {
         outbox::channel_in(limits.outbox_frames, limits.outbox_bytes, gw.queued.clone());
     let kick = CancellationToken::new();
     let writer_done = CancellationToken::new();
-    let writer_task =
-        actix_web::rt::spawn(writer(session, out_rx, kick.clone(), writer_done.clone()));
+    let writer_task = actix_web::rt::spawn(gw.sessions.track(writer(
+        session,
+        out_rx,
+        kick.clone(),
+        writer_done.clone(),
+    )));
 
     let (user, token) = match Box::pin(hello(&gw, &mut stream, &out)).await {
         Ok(hello) => hello,
@@ -140,7 +159,14 @@ async fn hello(
     let deadline = tokio::time::Instant::now() + gw.limits.hello_timeout;
     let mut pongs = Pongs::default();
     loop {
-        let Ok(msg) = tokio::time::timeout_at(deadline, stream.recv()).await else {
+        let msg = tokio::select! {
+            msg = tokio::time::timeout_at(deadline, stream.recv()) => msg,
+            _ = gw.drain.cancelled() => {
+                let _ = out.send(Out::frame(reconnect_frame())).await;
+                return Err(Some(draining_close()));
+            }
+        };
+        let Ok(msg) = msg else {
             return Err(unauthenticated());
         };
         match msg {
@@ -274,17 +300,37 @@ impl Conn {
             .closed(gw.bus.as_ref(), gw.store.as_ref(), &user, &session_id)
             .instrument(span.clone())
             .await;
+        // Each wait below ends at the latest with the drain's cut (`gw.sessions`), which
+        // closes whatever is left; the fixed bounds are for a connection closing alone.
+        let cut = gw.sessions.token();
         if let Some(sends) = sends {
             let SendPipe { jobs, worker } = sends;
             drop(jobs);
-            let _ = tokio::time::timeout(FLUSH_TIMEOUT, worker).await;
+            tokio::select! {
+                _ = tokio::time::timeout(FLUSH_TIMEOUT, worker) => {}
+                _ = cut.cancelled() => {}
+            }
         }
         if let Some(reason) = reason {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), out.send(Out::close(reason))).await;
+            let close = Out::close(reason);
+            if !cut.is_cancelled() {
+                tokio::select! {
+                    _ = tokio::time::timeout(CLOSE_QUEUE_WAIT, out.send(close)) => {}
+                    _ = cut.cancelled() => {}
+                }
+            } else {
+                let _ = out.try_send(close);
+            }
         }
         drop(out);
-        let _ = writer_task.await;
+        let mut writer_task = writer_task;
+        tokio::select! {
+            _ = &mut writer_task => {}
+            _ = cut.cancelled() => {
+                writer_task.abort();
+                let _ = writer_task.await;
+            }
+        }
         metrics::gauge!(names::CONNECTIONS).decrement(1.0);
         tracing::debug!(parent: &span, "connection closed");
     }
@@ -310,9 +356,8 @@ impl Conn {
             tokio::select! {
                 biased;
                 _ = &mut drained => {
-                    let frame = ServerFrame::Reconnect { reason: "draining" }.to_text();
-                    let _ = self.out.send(Out::frame(frame)).await;
-                    return Some(close_reason(CloseCode::Restart, "server draining; reconnect"));
+                    let _ = self.out.send(Out::frame(reconnect_frame())).await;
+                    return Box::pin(self.linger(stream, &mut pongs, kick, writer_done)).await;
                 }
                 _ = &mut kicked => return None,
                 _ = &mut unwritable => return None,
@@ -338,12 +383,94 @@ impl Conn {
                         }
                         Some(Ok(Inbound::Ping(p))) => pongs.answer(&self.out, &p),
                         Some(Ok(Inbound::Pong)) => {}
-                        Some(Ok(Inbound::Close(theirs))) => return Some(frames::close_reply(theirs)),
+                        Some(Ok(Inbound::Close(theirs))) => {
+                            return Some(frames::close_reply(theirs));
+                        }
                         Some(Err(e)) => return e.close_reason(),
                     }
                 }
             }
         }
+    }
+
+    /// The drain, after `reconnect`: reads on until the client closes, so that every send
+    /// it wrote before it saw the frame is answered (none is lost in the socket unread):
+    /// the send worker answers the ones in flight, and refuses the rest `draining`
+    /// (retryable), in send order. Ends with the client's close, or when the gateway
+    /// stops waiting for it (`closing`: then close 1012).
+    async fn linger(
+        &mut self,
+        stream: &mut Frames,
+        pongs: &mut Pongs,
+        kick: &CancellationToken,
+        writer_done: &CancellationToken,
+    ) -> Option<CloseReason> {
+        let closing = self.gw.closing.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = closing.cancelled() => return Some(draining_close()),
+                _ = kick.cancelled() => return None,
+                _ = writer_done.cancelled() => return None,
+                msg = stream.recv() => match msg {
+                    None => return None,
+                    Some(Ok(Inbound::Text(text))) => match ClientFrame::parse(&text) {
+                        Ok(ClientFrame::Send { room, client_msg_id, body }) => {
+                            self.refuse_send(room, client_msg_id, body).await;
+                        }
+                        Ok(ClientFrame::Subscribe { .. }) => {
+                            let text = "this gateway is draining";
+                            self.refuse(ErrorCode::Draining, text, Some("subscribe")).await;
+                        }
+                        Ok(ClientFrame::Ping) => {
+                            self.reply(ServerFrame::Pong.to_text().into()).await;
+                        }
+                        // Nothing to answer (typing, read, unsubscribe are best effort).
+                        Ok(_) => {}
+                        Err(bad) => {
+                            self.refuse(bad.code, &bad.message, bad.reference.as_deref()).await;
+                        }
+                    },
+                    Some(Ok(Inbound::Binary(_))) => {
+                        return Some(close_reason(CloseCode::Unsupported, "text frames only"));
+                    }
+                    Some(Ok(Inbound::Ping(p))) => pongs.answer(&self.out, &p),
+                    Some(Ok(Inbound::Pong)) => {}
+                    Some(Ok(Inbound::Close(theirs))) => return Some(frames::close_reply(theirs)),
+                    Some(Err(e)) => return e.close_reason(),
+                }
+            }
+        }
+    }
+
+    /// A send read while draining: answered `draining` by the send worker, behind the
+    /// sends it has in flight (so answers keep the send order), or here if it has none.
+    async fn refuse_send(&mut self, room: RoomId, client_msg_id: String, body: String) {
+        if check_client_msg_id(&client_msg_id).is_err() {
+            return self
+                .refuse(
+                    ErrorCode::Draining,
+                    "this gateway is draining",
+                    Some("send"),
+                )
+                .await;
+        }
+        let job = SendJob {
+            room,
+            client_msg_id,
+            body,
+        };
+        let job = match &self.sends {
+            Some(pipe) => match pipe.jobs.try_send(job) {
+                Ok(()) => return,
+                Err(
+                    mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job),
+                ) => job,
+            },
+            None => job,
+        };
+        let text = error_frame(ErrorCode::Draining, DRAINING, Some(&job.client_msg_id));
+        self.reply(text).await;
     }
 
     async fn reply(&self, frame: ByteString) {
@@ -612,7 +739,7 @@ impl Conn {
         let (user, out, span) = (&self.user, &self.out, &self.span);
         let pipe = self.sends.get_or_insert_with(|| {
             let (jobs, rx) = mpsc::channel::<SendJob>(SEND_QUEUE);
-            let worker = tokio::spawn(
+            let worker = gw.sessions.spawn(
                 send_worker(gw.clone(), user.clone(), rx, out.clone()).instrument(span.clone()),
             );
             SendPipe { jobs, worker }
@@ -666,12 +793,11 @@ const SEND_PIPELINE: usize = 32;
 /// Sends of one connection, in the order the client sent them: each is claimed and
 /// queued in the log in turn (so positions follow that order), then up to
 /// [`SEND_PIPELINE`] wait for durability together; acks and errors go out in send order.
-/// One connection is not held to one broker round trip per message.
+/// One connection is not held to one broker round trip per message. Once the gateway
+/// drains, sends not started yet are refused `draining` (retryable): only the ones in
+/// flight are waited for.
 async fn send_worker(gw: Arc<Gateway>, user: User, mut rx: mpsc::Receiver<SendJob>, out: OutTx) {
-    type Answer = (
-        String,
-        Result<crate::model::Message, super::send::SendError>,
-    );
+    type Answer = (String, Result<crate::model::Message, (ErrorCode, String)>);
     let mut in_flight: FuturesOrdered<futures_util::future::BoxFuture<'static, Answer>> =
         FuturesOrdered::new();
     let mut open = true;
@@ -687,7 +813,7 @@ async fn send_worker(gw: Arc<Gateway>, user: User, mut rx: mpsc::Receiver<SendJo
                     }
                     .to_text()
                     .into(),
-                    Err(e) => error_frame(e.code(), &e.to_string(), Some(&client_msg_id)),
+                    Err((code, message)) => error_frame(code, &message, Some(&client_msg_id)),
                 };
                 if !gone && out.send(Out::frame(frame)).await.is_err() {
                     // The connection is gone: take no more sends, but let the ones in
@@ -702,16 +828,23 @@ async fn send_worker(gw: Arc<Gateway>, user: User, mut rx: mpsc::Receiver<SendJo
                     open = false;
                     continue;
                 };
+                if gw.drain.is_cancelled() {
+                    let refused = Err((ErrorCode::Draining, DRAINING.to_owned()));
+                    let answer = futures_util::future::ready((job.client_msg_id, refused));
+                    in_flight.push_back(Box::pin(answer));
+                    continue;
+                }
                 let started = gw
                     .sender
-                    .start(&user, job.room, &job.client_msg_id, &job.body)
+                    .start(&gw.tasks, &user, job.room, &job.client_msg_id, &job.body)
                     .await;
                 let client_msg_id = job.client_msg_id;
                 in_flight.push_back(Box::pin(async move {
-                    match started {
-                        Ok(pending) => (client_msg_id, pending.await),
-                        Err(e) => (client_msg_id, Err(e)),
-                    }
+                    let result = match started {
+                        Ok(pending) => pending.await,
+                        Err(e) => Err(e),
+                    };
+                    (client_msg_id, result.map_err(|e| (e.code(), e.to_string())))
                 }));
             }
         }

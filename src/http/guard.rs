@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::shutdown::Shutdown;
 use actix_web::http::StatusCode;
 use actix_web::HttpRequest;
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use crate::auth::{Busy, Hashing, Ticket};
@@ -121,8 +121,8 @@ impl std::fmt::Debug for Guard {
 }
 
 impl Guard {
-    /// Builds the guard and sweeps its limiters until `stop`.
-    pub fn start(limits: &AccountLimits, stop: CancellationToken) -> Arc<Guard> {
+    /// Builds the guard and sweeps its limiters (a task of `tasks`, until it is cancelled).
+    pub fn start(limits: &AccountLimits, tasks: &Shutdown) -> Arc<Guard> {
         let guard = Arc::new(Guard {
             login_per_account: Keyed::new(limits.login_per_account, MAX_KEYS),
             known: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -134,14 +134,11 @@ impl Guard {
         });
         guard.hashing.warm_up();
         let weak = Arc::downgrade(&guard);
-        tokio::spawn(async move {
+        tasks.spawn_until_cancelled(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
+                tick.tick().await;
                 let Some(g) = weak.upgrade() else { return };
                 g.login_per_account.sweep();
                 g.known().retain(|_, at| at.elapsed() < KNOWN_FOR);
@@ -298,13 +295,13 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let g = Guard::start(&limits, CancellationToken::new());
+            let g = Guard::start(&limits, &Shutdown::new());
             assert_eq!(
                 g.client_address(&req),
                 "10.0.0.9".parse::<IpAddr>().unwrap()
             );
             limits.trust_forwarded_for = true;
-            let g = Guard::start(&limits, CancellationToken::new());
+            let g = Guard::start(&limits, &Shutdown::new());
             assert_eq!(g.client_address(&req), "2.2.2.2".parse::<IpAddr>().unwrap());
         });
     }

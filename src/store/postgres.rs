@@ -51,6 +51,7 @@ impl PgStore {
     /// then fills the name keys of rows written before them (`backfill_name_keys`).
     pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
         let url = url.to_owned();
+        // Awaited here, before the process serves (so not tracked by shutdown.rs).
         tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
             let mut conn = <MigrationConn as diesel::Connection>::establish(&url)
                 .context("connecting to PostgreSQL to run migrations")?;

@@ -110,6 +110,7 @@ impl SqliteStore {
                 .with_context(|| format!("creating the data directory {}", dir.display()))?;
         }
         let path = path.to_owned();
+        // Awaited here, before the process serves (so not tracked by shutdown.rs).
         tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
             let url = path
                 .to_str()

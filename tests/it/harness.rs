@@ -587,8 +587,13 @@ pub struct Ws {
 
 impl Ws {
     pub async fn connect(p: &Proc) -> Ws {
+        Ws::connect_to(&p.addr).await
+    }
+
+    /// Connects to a gateway by its address (`host:port`).
+    pub async fn connect_to(addr: &str) -> Ws {
         let (stream, _) =
-            tokio_tungstenite::connect_async_with_config(format!("ws://{}/ws", p.addr), None, true)
+            tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws"), None, true)
                 .await
                 .expect("websocket connect");
         Ws { stream }
@@ -596,7 +601,12 @@ impl Ws {
 
     /// Connects and authenticates.
     pub async fn login(p: &Proc, who: &Account) -> Ws {
-        let mut ws = Ws::connect(p).await;
+        Ws::login_to(&p.addr, who).await
+    }
+
+    /// Connects to a gateway by its address and authenticates.
+    pub async fn login_to(addr: &str, who: &Account) -> Ws {
+        let mut ws = Ws::connect_to(addr).await;
         ws.send(json!({"type": "hello", "token": who.token})).await;
         let w = ws.expect("welcome").await;
         assert_eq!(w["user"]["id"], who.id.as_str());

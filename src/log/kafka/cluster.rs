@@ -14,6 +14,7 @@ use tokio::io::BufStream;
 use tokio::net::TcpStream;
 
 use crate::log::LogError;
+use crate::shutdown::Shutdown;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response accepted (rskafka's default).
@@ -37,6 +38,8 @@ pub(super) struct Cluster {
     meta: RwLock<Meta>,
     /// When metadata was last fetched; also makes refreshes single-flight.
     refreshed: tokio::sync::Mutex<Option<Instant>>,
+    /// Where the producer, fetch and refresh tasks are spawned (they end with it).
+    pub tasks: Shutdown,
 }
 
 pub(super) fn unavailable(what: &str, e: impl std::fmt::Display) -> LogError {
@@ -47,9 +50,11 @@ impl Cluster {
     pub(super) async fn start(
         bootstrap: Vec<String>,
         topic: String,
+        tasks: Shutdown,
     ) -> Result<Arc<Self>, LogError> {
         let cluster = Arc::new(Cluster {
             topic,
+            tasks,
             bootstrap,
             client_id: Arc::from("chat"),
             meta: RwLock::new(Meta::default()),
@@ -72,7 +77,7 @@ impl Cluster {
     /// Refreshes the metadata in the background (after an error that says it is stale).
     pub(super) fn refresh_soon(self: &Arc<Self>) {
         let me = Arc::clone(self);
-        tokio::spawn(async move {
+        self.tasks.spawn_until_cancelled(async move {
             if let Err(e) = me.refresh().await {
                 tracing::warn!(error = %e, "kafka: metadata refresh failed");
             }

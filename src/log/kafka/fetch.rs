@@ -117,7 +117,7 @@ impl Tailer {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(cmd);
-        tokio::spawn(fetch_loop(
+        self.cluster.tasks.spawn_until_cancelled(fetch_loop(
             node,
             Arc::clone(&self.cluster),
             self.profile,

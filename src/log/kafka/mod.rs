@@ -25,6 +25,7 @@ use super::{
     decode, encode, partition_of, Appending, Log, LogBatch, LogError, LogReader, LogRecord, Pace,
 };
 use crate::model::NewMessage;
+use crate::shutdown::Shutdown;
 
 mod cluster;
 mod fetch;
@@ -137,7 +138,8 @@ impl KafkaLog {
 
     /// Connects, creates the topic if it is missing, and prepares one batching producer
     /// per partition. The topic's real partition count wins over the configured one.
-    pub async fn connect(settings: KafkaSettings) -> Result<Self, LogError> {
+    /// Its tasks (producer, fetches) are spawned in `tasks` and end when it is cancelled.
+    pub async fn connect(settings: KafkaSettings, tasks: Shutdown) -> Result<Self, LogError> {
         let client = build_client(&settings.brokers).await?;
         let controller = client.controller_client().map_err(map_err)?;
         let created = tokio::time::timeout(
@@ -165,7 +167,8 @@ impl KafkaLog {
                 "the topic has another partition count than configured; using the topic's"
             );
         }
-        let cluster = Cluster::start(settings.brokers.clone(), settings.topic.clone()).await?;
+        let cluster =
+            Cluster::start(settings.brokers.clone(), settings.topic.clone(), tasks).await?;
         let producer = Producer::new(Arc::clone(&cluster), settings.produce_timeout);
         Ok(KafkaLog {
             settings,

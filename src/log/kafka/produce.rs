@@ -66,9 +66,12 @@ pub(super) struct Producer {
 
 impl Producer {
     /// Starts the producer task; its broker connections open with their first request.
+    /// It runs until the cluster's tasks are cancelled (the last step of the drain, after
+    /// every session has had its sends answered); records still queued then fail.
     pub fn new(cluster: Arc<Cluster>, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::channel(PRODUCE_QUEUE);
-        tokio::spawn(run(cluster, rx, timeout));
+        let tasks = cluster.tasks.clone();
+        tasks.spawn_until_cancelled(run(cluster, rx, timeout));
         Producer { tx }
     }
 
