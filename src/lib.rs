@@ -27,3 +27,4 @@ pub mod protocol;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -67,10 +67,12 @@ impl RedisBus {
     /// Connects lazily (it starts while Redis is down) and returns the bus and the
     /// stream of notices for the channels this process subscribes to.
     pub fn connect(
-        url: &str,
+        target: &crate::tls::RedisTarget,
         prefix: &str,
     ) -> Result<(RedisBus, mpsc::UnboundedReceiver<BusNotice>), BusError> {
-        let client = redis::Client::open(resp3_url(url)).map_err(unavailable)?;
+        let client = target
+            .client(&resp3_url(&target.url))
+            .map_err(unavailable)?;
         let commands = ConnectionManager::new_lazy_with_config(client.clone(), config())
             .map_err(unavailable)?;
         let (push_tx, mut push_rx) = mpsc::unbounded_channel::<PushInfo>();

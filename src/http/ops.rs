@@ -52,10 +52,12 @@ async fn readyz(r: web::Data<Readiness>) -> HttpResponse {
         check(r.bus.ping()),
         check(r.log.ping())
     );
+    // Each failed dependency: why, as a class (tls, auth, unreachable) and the message.
     let mut failed = serde_json::Map::new();
     for (name, e) in [("postgres", db), ("redis", bus), ("kafka", log)] {
         if let Some(e) = e {
-            failed.insert(name.into(), e.into());
+            let class = crate::tls::classify(&e);
+            failed.insert(name.into(), json!({"class": class.as_str(), "error": e}));
         }
     }
     if failed.is_empty() {
