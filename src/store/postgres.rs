@@ -131,6 +131,11 @@ impl PgStore {
         Connector::new(target)?.connect_or_explain().await.map(drop)
     }
 
+    /// One connection outside the pool (tools and tests), made like the pool's.
+    pub async fn connect_one(target: &PgTarget) -> anyhow::Result<AsyncPgConnection> {
+        Connector::new(target)?.connect_or_explain().await
+    }
+
     /// [`PgStore::migrate_target`] for a URL without a CA file.
     pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
         let target = PgTarget::parse(url, None).map_err(|e| anyhow::anyhow!(e))?;
