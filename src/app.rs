@@ -229,6 +229,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         log: log.clone(),
         draining: drain.clone(),
         metrics,
+        redis: match &cfg.backend {
+            Backend::Distributed(s) => Some(s.redis.clone()),
+            Backend::Embedded { .. } => None,
+        },
     });
 
     let gateway = matches!(cfg.role, Role::Gateway | Role::All).then(|| {

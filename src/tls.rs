@@ -419,20 +419,69 @@ impl RedisTarget {
 /// Connects once as the bus does (RESP3: `HELLO 3 AUTH user password`) and sends `PING`:
 /// Err is the line a refused start prints (service, address, class, reason).
 pub async fn probe_redis(target: &RedisTarget) -> anyhow::Result<()> {
-    let failed = |m: &str| anyhow::anyhow!(failure_line("Redis", &target.address(), m));
+    redis_reason(target, std::time::Duration::from_secs(10))
+        .await
+        .map_err(|m| anyhow::anyhow!(failure_line("Redis", &target.address(), &m)))
+}
+
+/// Why Redis cannot be used, found with one connection of its own within `within`: the
+/// bus's connections retry in the background, so a command only sees a time-out.
+pub async fn redis_reason(target: &RedisTarget, within: std::time::Duration) -> Result<(), String> {
     let attempt = async {
         let client = target.client(&crate::bus::resp3_url(&target.url))?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(within))
+            .set_response_timeout(Some(within));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         redis::cmd("PING")
             .query_async::<redis::Value>(&mut conn)
             .await?;
         Ok::<(), redis::RedisError>(())
     };
-    match tokio::time::timeout(std::time::Duration::from_secs(10), attempt).await {
+    match tokio::time::timeout(within + std::time::Duration::from_millis(200), attempt).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(failed(&e.to_string())),
-        Err(_) => Err(failed("no answer within 10 s")),
+        Ok(Err(e)) if !e.is_timeout() => Err(error_chain(&e)),
+        _ => Err(silent_server(&target.address(), target.tls(), within).await),
     }
+}
+
+/// Why a server gave no answer in time: nothing accepts TCP there (unreachable), or it
+/// does but never answered the TLS handshake, which is what a plaintext port does with a
+/// ClientHello (Redis waits for the end of a command line that never comes).
+pub async fn silent_server(address: &str, tls: bool, waited: std::time::Duration) -> String {
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await;
+    let s = waited.as_secs_f32();
+    match tcp {
+        Ok(Ok(_)) if tls => format!(
+            "the port accepts connections but did not answer the TLS handshake within {s} s \
+             (a plaintext port?)"
+        ),
+        Ok(Ok(_)) => format!("no answer within {s} s"),
+        Ok(Err(e)) => format!("cannot connect: {e}"),
+        Err(_) => "cannot connect: no answer within 2 s".to_owned(),
+    }
+}
+
+/// An error and its sources, `outer: inner: …`, each text once (tokio-postgres's own text
+/// is only its kind, "db error", with the server's message in the source).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------

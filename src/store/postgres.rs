@@ -62,13 +62,13 @@ impl Connector {
             Some(tls) => {
                 let (client, conn) = tokio_postgres::connect(url, tls.clone())
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| crate::tls::error_chain(&e))?;
                 AsyncPgConnection::try_from_client_and_connection(client, conn).await
             }
             None => {
                 let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| crate::tls::error_chain(&e))?;
                 AsyncPgConnection::try_from_client_and_connection(client, conn).await
             }
         };
@@ -88,7 +88,14 @@ impl Connector {
         match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(m)) => Err(failed(&m)),
-            Err(_) => Err(failed("no answer within 10 s")),
+            Err(_) => Err(failed(
+                &crate::tls::silent_server(
+                    &self.target.address,
+                    self.tls.is_some(),
+                    CONNECT_TIMEOUT,
+                )
+                .await,
+            )),
         }
     }
 }

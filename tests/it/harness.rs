@@ -159,7 +159,13 @@ impl Env {
             };
         }
         let tls = mode == Mode::Tls;
-        let var = |name: &str| service(&if tls { format!("TLS_{name}") } else { name.to_owned() });
+        let var = |name: &str| {
+            service(&if tls {
+                format!("TLS_{name}")
+            } else {
+                name.to_owned()
+            })
+        };
         let admin_url = var("DATABASE_URL");
         let ca_file = tls.then(|| std::path::PathBuf::from(service("TLS_CA_FILE")));
         let id = Uuid::new_v4().simple().to_string();
@@ -252,7 +258,12 @@ impl Env {
         }
         if let Some(ca) = &self.ca_file {
             let ca = ca.to_str().expect("utf-8 path").to_owned();
-            a.extend(["--database-ca-file".into(), ca.clone(), "--redis-ca-file".into(), ca]);
+            a.extend([
+                "--database-ca-file".into(),
+                ca.clone(),
+                "--redis-ca-file".into(),
+                ca,
+            ]);
         }
         a
     }

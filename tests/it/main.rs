@@ -15,3 +15,4 @@ mod features;
 mod hardening;
 mod rooms_tokens;
 mod sessions;
+mod tls;
