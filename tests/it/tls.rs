@@ -414,3 +414,94 @@ async fn readyz_names_the_service_and_the_class_of_its_failure() {
         .query_async::<i64>(&mut radmin)
         .await;
 }
+
+/// The secrets from files (`…_FILE`, the Kubernetes/Docker secrets convention): a gateway
+/// starts over TLS with its database URL, Redis URL and token secret read from files, and
+/// neither its log nor a refused start shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_from_files_start_a_gateway_and_stay_unprinted() {
+    let env = Env::with_mode("tls-secret-files", Mode::Tls).await;
+    let ca = env.ca_file.clone().expect("CA file");
+    let dir = env.log_dir.join("secrets");
+    std::fs::create_dir_all(&dir).expect("secrets dir");
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("{text}\n")).expect("secret file");
+        p.to_str().expect("utf-8 path").to_owned()
+    };
+    let db_file = write("database-url", &env.db_url);
+    let redis_file = write("redis-url", &env.redis_url);
+    let jwt_file = write("jwt-secret", SECRET);
+    let ca = ca.to_str().expect("utf-8 path");
+    let vars = [
+        ("DATABASE_URL_FILE", db_file.as_str()),
+        ("REDIS_URL_FILE", redis_file.as_str()),
+        ("JWT_SECRET_FILE", jwt_file.as_str()),
+        ("DATABASE_CA_FILE", ca),
+        ("REDIS_CA_FILE", ca),
+        ("KAFKA_BROKERS", &env.brokers),
+        ("KAFKA_TOPIC", &env.topic),
+        ("REDIS_PREFIX", &env.prefix),
+    ];
+    let start = |vars: Vec<(&str, String)>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat"));
+        for var in ["DATABASE_URL", "REDIS_URL", "KAFKA_BROKERS", "JWT_SECRET"] {
+            cmd.env_remove(var);
+        }
+        cmd.args(["serve", "--role", "gateway", "--listen", "127.0.0.1:0"])
+            .envs(vars)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn chat")
+    };
+    let owned = |v: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        v.iter().map(|(k, v)| (*k, v.to_string())).collect()
+    };
+    let mut child = start(owned(&vars));
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(a) = line.strip_prefix("chat listening on http://") {
+                return a.to_owned();
+            }
+        }
+        panic!("the gateway exited before listening")
+    })
+    .await
+    .expect("listening within 60 s");
+    let h = Http {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+    };
+    readyz_until(&h, "", None).await;
+    h.register("filed").await;
+    let _ = child.start_kill();
+    let out = child.wait_with_output().await.expect("output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("starting"), "{log}");
+    for secret in ["chat-redis-secret", ":postgres@", SECRET] {
+        assert!(!log.contains(secret), "the log shows a secret ({secret})");
+    }
+    // A wrong password in the file: refused in one line, without the file's contents.
+    let wrong = write(
+        "database-url-wrong",
+        &env.db_url
+            .replacen(":postgres@", ":wrong-secret-in-file@", 1),
+    );
+    let mut bad = owned(&vars);
+    bad[0].1 = wrong;
+    let out = start(bad).wait_with_output().await.expect("output");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("chat: PostgreSQL at 127.0.0.1:5441: auth: "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong-secret-in-file"), "{stderr}");
+}
