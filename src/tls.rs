@@ -541,7 +541,20 @@ pub fn classify(message: &str) -> Class {
         "pg_hba.conf",
         "role \"",
     ];
-    if TLS.iter().any(|p| m.contains(p)) {
+    // The peer went away or never answered: whatever was under way (a TLS handshake too),
+    // nothing reached a server that could judge the certificate or the password.
+    const GONE: [&str; 7] = [
+        "eof",
+        "end of file",
+        "connection reset",
+        "broken pipe",
+        "connection refused",
+        "timed out",
+        "no answer",
+    ];
+    if GONE.iter().any(|p| m.contains(p)) {
+        Class::Unreachable
+    } else if TLS.iter().any(|p| m.contains(p)) {
         Class::Tls
     } else if AUTH.iter().any(|p| m.contains(p)) {
         Class::Auth
@@ -678,6 +691,9 @@ mod tests {
             ("NOPERM: this user has no permissions to access one of the keys", Class::Auth),
             ("error connecting to server: Connection refused (os error 111)", Class::Unreachable),
             ("no answer within 2 s", Class::Unreachable),
+            ("tls handshake eof", Class::Unreachable),
+            ("error performing TLS handshake: unexpected end of file", Class::Unreachable),
+            ("the port accepts connections but did not answer the TLS handshake within 10 s (a plaintext port?)", Class::Tls),
         ] {
             assert_eq!(classify(m), c, "{m}");
         }
