@@ -11,6 +11,9 @@
 #   scripts/services.sh start-one NAME start one service (postgres|redis|kafka)
 #   scripts/services.sh stop-one NAME  stop one service cleanly
 #   scripts/services.sh kill-one NAME  crash one service (SIGKILL; postgres: immediate stop)
+#   scripts/services.sh start-tls      the TLS profile beside them: PostgreSQL (5441) and Redis (6390)
+#                                      speaking only TLS, with passwords; prints TLS_* URLs
+#   scripts/services.sh stop-tls       stop the TLS profile
 #   scripts/services.sh kafka-class org.apache.kafka.tools.TopicCommand --bootstrap-server \
 #       127.0.0.1:9092 --list          run a Kafka tool (TopicCommand, ConsoleConsumer, ...)
 #
@@ -539,6 +542,197 @@ kafka_stop() { # mode: clean or kill
 }
 
 # ---------------------------------------------------------------------------------------------
+# TLS profile: beside the plain services, PostgreSQL and Redis that speak only TLS and only
+# with a password, as managed services do (Kafka stays plain for now). One test CA and one
+# server certificate for 127.0.0.1 (IP SAN only, so a connection by `localhost` fails the host
+# name check), made with openssl under $TLS_DIR/certs; a second, unrelated CA for the tests of
+# a wrong CA file.
+#   PostgreSQL: Debian cluster `tls` on $TLS_PG_PORT, ssl=on, `hostssl … scram-sha-256` only
+#               (plaintext rejected), superuser postgres / postgres.
+#   Redis:      TLS port $TLS_REDIS_PORT only (--port 0), --tls-auth-clients no (password
+#               auth, no client certificates), ACL file: `default` (admin, all keys) and
+#               `chat`, limited to keys and channels `tls*` and to the commands chat needs
+#               (README, "Redis ACL").
+
+TLS_DIR="$CACHE/run-tls"
+TLS_CERTS="$TLS_DIR/certs"
+TLS_PG_CLUSTER=tls
+TLS_PG_PORT=5441
+TLS_REDIS_PORT=6390
+TLS_REDIS_DIR="$TLS_DIR/redis"
+TLS_REDIS_PID="$TLS_REDIS_DIR/redis.pid"
+TLS_REDIS_LOG="$TLS_REDIS_DIR/redis.log"
+TLS_REDIS_ADMIN_PASS=chat-admin-secret
+TLS_REDIS_CHAT_PASS=chat-redis-secret
+# What chat sends (src/bus, src/coord and their Lua scripts): README lists the same.
+TLS_REDIS_CHAT_COMMANDS="+hello +auth +ping +publish +subscribe +unsubscribe +evalsha +script|load \
++get +set +del +exists +incr +pexpire +zadd +zcard +zcount +zrange +zrem +zremrangebyscore"
+
+tls_certs() {
+  [ -s "$TLS_CERTS/server.pem" ] && [ -s "$TLS_CERTS/other-ca.pem" ] \
+    && openssl x509 -checkend 86400 -noout -in "$TLS_CERTS/server.pem" >/dev/null 2>&1 && return 0
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
+  log "tls: making a test CA and a server certificate for $HOST in $TLS_CERTS"
+  rm -rf "$TLS_CERTS.tmp" && mkdir -p "$TLS_CERTS.tmp"
+  (
+    cd "$TLS_CERTS.tmp"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=chat-test-ca" \
+      -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=chat-other-ca" \
+      -keyout other-ca.key -out other-ca.pem 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:%s\n' \
+      "$HOST" >server.ext
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$HOST" -keyout server.key -out server.csr 2>/dev/null
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 365 \
+      -extfile server.ext -out server.pem 2>/dev/null
+    chmod 600 ./*.key
+  ) || die "openssl could not make the test certificates"
+  rm -rf "$TLS_CERTS" && mv "$TLS_CERTS.tmp" "$TLS_CERTS"
+  TLS_CERTS_NEW=1
+}
+TLS_CERTS_NEW=0
+
+tls_pg_query_ok() {
+  PGPASSWORD=postgres PGCONNECT_TIMEOUT=3 timeout 5 psql \
+    "host=$HOST port=$TLS_PG_PORT user=postgres dbname=postgres sslmode=verify-full sslrootcert=$TLS_CERTS/ca.pem" \
+    -XtAqc 'select 1' >/dev/null 2>&1
+}
+tls_pg_running() {
+  local pidfile="/var/lib/postgresql/$PG_VER/$TLS_PG_CLUSTER/postmaster.pid" pid
+  [ -f "$pidfile" ] || return 1
+  pid="$(head -n 1 "$pidfile" 2>/dev/null)" || return 1
+  [ -n "$pid" ] && proc_alive "$pid"
+}
+tls_pg_ready() { pg_isready -q -h "$HOST" -p "$TLS_PG_PORT" -t 2 >/dev/null 2>&1; }
+tls_pg_log() { echo "/var/log/postgresql/postgresql-$PG_VER-$TLS_PG_CLUSTER.log"; }
+
+tls_pg_start() {
+  pg_install # the packages and the main cluster's version
+  local confdir="/etc/postgresql/$PG_VER/$TLS_PG_CLUSTER" changed=0 want
+  if [ ! -d "$confdir" ]; then
+    log "creating PostgreSQL cluster $PG_VER/$TLS_PG_CLUSTER (TLS only)"
+    as_root pg_createcluster -p "$TLS_PG_PORT" "$PG_VER" "$TLS_PG_CLUSTER" >&2
+  fi
+  # The server's certificate and key, readable by postgres only (PostgreSQL insists).
+  if [ "$TLS_CERTS_NEW" -eq 1 ] || ! as_root cmp -s "$TLS_CERTS/server.pem" "$confdir/server.pem"; then
+    as_root install -o postgres -g postgres -m 0644 "$TLS_CERTS/server.pem" "$confdir/server.pem"
+    as_root install -o postgres -g postgres -m 0600 "$TLS_CERTS/server.key" "$confdir/server.key"
+    changed=1
+  fi
+  want="# written by scripts/services.sh (chat TLS tests)
+listen_addresses = '$HOST'
+port = $TLS_PG_PORT
+max_connections = 200
+shared_buffers = 64MB
+password_encryption = scram-sha-256
+ssl = on
+ssl_cert_file = '$confdir/server.pem'
+ssl_key_file = '$confdir/server.key'
+ssl_min_protocol_version = 'TLSv1.2'
+"
+  as_root mkdir -p "$confdir/conf.d"
+  if [ "$(cat "$confdir/conf.d/zz-chat.conf" 2>/dev/null || true)" != "${want%$'\n'}" ]; then
+    printf '%s' "$want" | as_root tee "$confdir/conf.d/zz-chat.conf" >/dev/null
+    changed=1
+  fi
+  want="# written by scripts/services.sh: TLS and a password, or nothing
+local   all all                peer
+hostssl all all 127.0.0.1/32   scram-sha-256
+host    all all 127.0.0.1/32   reject
+host    all all ::1/128        reject"
+  if [ "$(cat "$confdir/pg_hba.conf" 2>/dev/null || true)" != "$want" ]; then
+    printf '%s\n' "$want" | as_root tee "$confdir/pg_hba.conf" >/dev/null
+    as_root chown postgres:postgres "$confdir/pg_hba.conf"
+    changed=1
+  fi
+  if [ "$changed" -eq 0 ] && tls_pg_query_ok; then
+    log "postgres-tls: already up"
+    return 0
+  fi
+  as_root install -d -o postgres -g postgres -m 2775 /var/run/postgresql
+  if tls_pg_running; then
+    log "postgres-tls: restarting to apply settings"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VER" "$TLS_PG_CLUSTER" restart >&2 9>&- \
+      || { tail_log "$(tls_pg_log)"; die "postgres-tls restart failed"; }
+  else
+    log "postgres-tls: starting cluster $PG_VER/$TLS_PG_CLUSTER"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VER" "$TLS_PG_CLUSTER" start >&2 9>&- \
+      || { tail_log "$(tls_pg_log)"; die "postgres-tls failed to start"; }
+  fi
+  wait_for postgres-tls tls_pg_ready tls_pg_running "$(tls_pg_log)"
+  if ! tls_pg_query_ok; then
+    as_postgres psql -p "$TLS_PG_PORT" -XqAt -c "ALTER USER postgres WITH PASSWORD 'postgres'" >/dev/null
+  fi
+  wait_for postgres-tls tls_pg_query_ok tls_pg_running "$(tls_pg_log)"
+  log "postgres-tls: up on $HOST:$TLS_PG_PORT (TLS only)"
+}
+
+tls_redis_cli() { # as the admin user
+  timeout 3 redis-cli --tls --cacert "$TLS_CERTS/ca.pem" -h "$HOST" -p "$TLS_REDIS_PORT" \
+    --user default --pass "$TLS_REDIS_ADMIN_PASS" --no-auth-warning "$@"
+}
+tls_redis_up() { [ "$(tls_redis_cli ping 2>/dev/null)" = PONG ]; }
+tls_redis_alive() { pid_alive "$TLS_REDIS_PID"; }
+
+tls_redis_start() {
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  mkdir -p "$TLS_REDIS_DIR"
+  local acl="$TLS_REDIS_DIR/users.acl" want
+  want="user default on >$TLS_REDIS_ADMIN_PASS ~* &* +@all
+user chat on >$TLS_REDIS_CHAT_PASS resetkeys ~tls*:* resetchannels &tls*:* -@all $TLS_REDIS_CHAT_COMMANDS"
+  if [ "$TLS_CERTS_NEW" -eq 0 ] && [ "$(cat "$acl" 2>/dev/null || true)" = "$want" ] && tls_redis_up; then
+    log "redis-tls: already up"
+    return 0
+  fi
+  if tls_redis_alive; then
+    log "redis-tls: restarting to apply settings"
+    kill "$(cat "$TLS_REDIS_PID")" 2>/dev/null || true
+    local t=$SECONDS
+    while tls_redis_alive && (( SECONDS - t < 10 )); do sleep 0.1; done
+  fi
+  printf '%s\n' "$want" >"$acl"
+  rm -f "$TLS_REDIS_PID"
+  [ -f "$TLS_REDIS_LOG" ] && mv -f "$TLS_REDIS_LOG" "$TLS_REDIS_LOG.1"
+  log "redis-tls: starting"
+  redis-server --daemonize yes --bind "$HOST" --port 0 --tls-port "$TLS_REDIS_PORT" \
+    --tls-cert-file "$TLS_CERTS/server.pem" --tls-key-file "$TLS_CERTS/server.key" \
+    --tls-ca-cert-file "$TLS_CERTS/ca.pem" --tls-auth-clients no --aclfile "$acl" \
+    --save "" --appendonly no --dir "$TLS_REDIS_DIR" --pidfile "$TLS_REDIS_PID" \
+    --logfile "$TLS_REDIS_LOG" >&2 9>&- \
+    || { tail_log "$TLS_REDIS_LOG"; die "redis-server (TLS) failed to start"; }
+  local t=$SECONDS
+  while [ ! -f "$TLS_REDIS_PID" ] && (( SECONDS - t < 5 )); do sleep 0.05; done
+  wait_for redis-tls tls_redis_up tls_redis_alive "$TLS_REDIS_LOG"
+  log "redis-tls: up on $HOST:$TLS_REDIS_PORT (TLS only)"
+}
+
+tls_start() {
+  tls_certs
+  tls_pg_start
+  tls_redis_start
+}
+
+tls_stop() {
+  if pg_version && tls_pg_running; then
+    log "postgres-tls: stopping"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VER" "$TLS_PG_CLUSTER" stop -m fast >&2 || true
+  fi
+  if tls_redis_alive; then
+    log "redis-tls: stopping"
+    kill "$(cat "$TLS_REDIS_PID")" 2>/dev/null || true
+  fi
+}
+
+print_tls_urls() {
+  [ -s "$TLS_CERTS/ca.pem" ] || return 0
+  echo "TLS_DATABASE_URL=postgres://postgres:postgres@$HOST:$TLS_PG_PORT/postgres?sslmode=verify-full"
+  echo "TLS_REDIS_URL=rediss://chat:$TLS_REDIS_CHAT_PASS@$HOST:$TLS_REDIS_PORT"
+  echo "TLS_REDIS_ADMIN_URL=rediss://default:$TLS_REDIS_ADMIN_PASS@$HOST:$TLS_REDIS_PORT"
+  echo "TLS_CA_FILE=$TLS_CERTS/ca.pem"
+  echo "TLS_OTHER_CA_FILE=$TLS_CERTS/other-ca.pem"
+}
+
+# ---------------------------------------------------------------------------------------------
 
 print_urls() {
   echo "DATABASE_URL=$DATABASE_URL"
@@ -575,7 +769,7 @@ main() {
   local cmd="${1:-}"
   mkdir -p "$RUN"
   case "$cmd" in
-    start | stop | start-one | stop-one | kill-one)
+    start | stop | start-one | stop-one | kill-one | start-tls | stop-tls)
       # One of these at a time (parallel test runs would otherwise race to start a second broker).
       # Daemons are started with 9>&- so they do not inherit (and hold) this lock.
       exec 9>"$RUN/.lock"
@@ -594,8 +788,20 @@ main() {
       redis_stop
       pg_stop fast
       ;;
-    status) cmd_status ;;
-    env) print_urls | sed 's/^/export /' ;;
+    status)
+      cmd_status || rc=$?
+      if [ -s "$TLS_CERTS/ca.pem" ]; then
+        if pg_version && tls_pg_query_ok; then echo "postgres-tls: up ($HOST:$TLS_PG_PORT)"; else echo "postgres-tls: down"; fi
+        if tls_redis_up; then echo "redis-tls: up ($HOST:$TLS_REDIS_PORT)"; else echo "redis-tls: down"; fi
+      fi
+      return "${rc:-0}"
+      ;;
+    env) { print_urls; print_tls_urls; } | sed 's/^/export /' ;;
+    start-tls)
+      tls_start
+      print_tls_urls
+      ;;
+    stop-tls) tls_stop ;;
     start-one)
       check_name "${2:-}"
       case "$2" in postgres) pg_start ;; redis) redis_start ;; kafka) kafka_start ;; esac
@@ -617,6 +823,7 @@ main() {
       ;;
     *)
       echo "usage: $0 start|stop|status|env|start-one NAME|stop-one NAME|kill-one NAME" >&2
+      echo "       $0 start-tls|stop-tls   (the TLS profile: PostgreSQL and Redis over TLS with auth)" >&2
       echo "       $0 kafka-class CLASS [ARGS...]   (a Kafka tool on the broker's classpath)" >&2
       echo "       NAME: postgres|redis|kafka" >&2
       exit 2

@@ -6,13 +6,14 @@
 #                                 Autobahn WebSocket suite
 #   scripts/test.sh --no-browser  the same without the browser tests
 #
-# Starts PostgreSQL, Redis and Kafka through scripts/services.sh (they stay up afterwards; stop
-# them with `scripts/services.sh stop`). Build output goes to $CARGO_TARGET_DIR, by default
+# Starts PostgreSQL, Redis and Kafka, and the TLS profile (PostgreSQL and Redis over TLS), through
+# scripts/services.sh (they stay up afterwards; stop them with `scripts/services.sh stop` and
+# `stop-tls`). Build output goes to $CARGO_TARGET_DIR, by default
 # ${CHAT_CACHE:-$HOME/.cache/chat}/target, outside the clone. Never downloads a browser: the
 # browser tests use Debian's chromium.
 set -euo pipefail
 
-usage() { sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 BROWSER=1
 for arg in "$@"; do
@@ -53,6 +54,9 @@ if [ "$BROWSER" -eq 1 ] && [ -f "$BROWSER_DIR/package.json" ]; then RUN_BROWSER=
 # ---------------------------------------------------------------------------------------------
 banner "services: PostgreSQL, Redis, Kafka (scripts/services.sh start)"
 bash scripts/services.sh start
+# The TLS profile beside them: PostgreSQL and Redis over TLS with passwords (tests/it/tls.rs
+# and the `_over_tls` / `::tls` tests).
+bash scripts/services.sh start-tls
 eval "$(bash scripts/services.sh env)"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${CHAT_CACHE:-$HOME/.cache/chat}/target}"

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Auth;
 use crate::bus::{Bus, BusNotice, LocalBus, RedisBus};
 use crate::cli::Role;
-use crate::config::{redact, Backend, Config, Services, SECRET_FILE};
+use crate::config::{Backend, Config, Services, SECRET_FILE};
 use crate::consumer::Consumer;
 use crate::coord::{Coord, LocalCoord, RedisCoord, Timings};
 use crate::gateway::{self, Gateway, GatewayParts, Sender};
@@ -58,24 +58,37 @@ struct Seams {
 /// Distributed: PostgreSQL, Redis and Kafka (retrying Kafka for a while: it is often the
 /// slowest to come up). Their background tasks are spawned in `tasks`.
 async fn distributed(cfg: &Config, s: &Services, tasks: &Shutdown) -> anyhow::Result<Seams> {
+    // A setting that cannot work (TLS, credentials) stops the start with one line naming
+    // the service, its address and why; a service that is only unreachable does not
+    // (Redis connects lazily; the migrations below need PostgreSQL anyway).
+    for (service, probe) in [
+        ("postgres", PgStore::probe(&s.database).await),
+        ("redis", crate::tls::probe_redis(&s.redis).await),
+    ] {
+        if let Err(e) = probe {
+            let line = e.to_string();
+            if crate::tls::classify(&line) == crate::tls::Class::Unreachable {
+                tracing::warn!(service, error = %line, "not reachable at start; retrying later");
+            } else {
+                return Err(e);
+            }
+        }
+    }
     if cfg.migrate {
-        let applied = PgStore::migrate(&s.database_url)
-            .await
-            .with_context(|| format!("migrating {}", redact(&s.database_url)))?;
+        let applied = PgStore::migrate_target(&s.database).await?;
         tracing::info!(?applied, "migrations done");
     }
-    let store: Arc<dyn Store> =
-        Arc::new(PgStore::connect(&s.database_url, cfg.database_pool_size)?);
-    let (redis_bus, notices) = RedisBus::connect(&s.redis_url, &s.redis_prefix, tasks)
-        .with_context(|| format!("connecting to Redis at {}", redact(&s.redis_url)))?;
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&s.database, cfg.database_pool_size)?);
+    let (redis_bus, notices) = RedisBus::connect(&s.redis, &s.redis_prefix, tasks)
+        .with_context(|| format!("connecting to Redis at {}", s.redis.address()))?;
     let bus: Arc<dyn Bus> = Arc::new(redis_bus);
     let coord = RedisCoord::connect(
-        &s.redis_url,
+        &s.redis,
         &s.redis_prefix,
         &s.kafka_topic,
         Timings::default(),
     )
-    .with_context(|| format!("connecting to Redis at {}", redact(&s.redis_url)))?;
+    .with_context(|| format!("connecting to Redis at {}", s.redis.address()))?;
     let settings = KafkaSettings {
         brokers: s.kafka_brokers.clone(),
         topic: s.kafka_topic.clone(),
@@ -217,6 +230,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         log: log.clone(),
         draining: drain.token().clone(),
         metrics,
+        redis: match &cfg.backend {
+            Backend::Distributed(s) => Some(s.redis.clone()),
+            Backend::Embedded { .. } => None,
+        },
     });
 
     let gateway = matches!(cfg.role, Role::Gateway | Role::All).then(|| {

@@ -71,13 +71,29 @@ pub struct ServeArgs {
     /// embedded: SQLite in --data-dir, in-process fan-out, role `all`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// File holding the database URL (Kubernetes/Docker secrets; trailing newline trimmed),
+    /// instead of --database-url.
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that signed PostgreSQL's certificate, instead of the system
+    /// trust store; implies sslmode=require when the URL names none.
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
     /// Embedded mode: the directory of the SQLite database (chat.db) and the generated
     /// token secret (jwt-secret). Default: the current directory.
     #[arg(long, env = "DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Redis URL (redis://host:port).
+    /// Redis URL (redis://host:port, or rediss://user:password@host:port for TLS).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// File holding the Redis URL (Kubernetes/Docker secrets; trailing newline trimmed),
+    /// instead of --redis-url.
+    #[arg(long, env = "REDIS_URL_FILE")]
+    pub redis_url_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that signed Redis's certificate (rediss://), instead of the
+    /// system trust store.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Prefix of every Redis key and channel, so deployments can share a Redis.
     #[arg(long, env = "REDIS_PREFIX", default_value = "chat")]
     pub redis_prefix: String,
@@ -94,6 +110,10 @@ pub struct ServeArgs {
     /// gateway. Embedded mode: generated and kept in the data directory if not given.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// File holding the token secret (Kubernetes/Docker secrets; trailing newline trimmed),
+    /// instead of --jwt-secret.
+    #[arg(long, env = "JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// How long a session token is valid, in hours.
     #[arg(long, env = "TOKEN_TTL_HOURS", default_value_t = 24 * 7)]
     pub token_ttl_hours: u64,
@@ -178,8 +198,21 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// PostgreSQL URL, or sqlite://FILE.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        required_unless_present = "database_url_file"
+    )]
+    pub database_url: Option<String>,
+    /// File holding the database URL (Kubernetes/Docker secrets; trailing newline trimmed),
+    /// instead of --database-url.
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that signed PostgreSQL's certificate, instead of the system
+    /// trust store; implies sslmode=require when the URL names none.
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
 }
 
 /// `chat config`: what the binary accepts, read by tools (scripts/check_deploy.py).

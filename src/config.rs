@@ -1,10 +1,11 @@
 //! `ServeArgs` → a validated [`Config`], once. Nothing after this reads the environment.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{Registration, Role, ServeArgs};
+use crate::cli::{MigrateArgs, Registration, Role, ServeArgs};
+use crate::tls::{CaFile, PgTarget, RedisTarget};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{setting}: {problem}")]
@@ -23,8 +24,10 @@ fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
 /// The distributed services: PostgreSQL, Redis, Kafka.
 #[derive(Clone)]
 pub struct Services {
-    pub database_url: String,
-    pub redis_url: String,
+    /// The PostgreSQL URL as tokio-postgres takes it, and how to do TLS.
+    pub database: PgTarget,
+    /// The Redis URL and the CA file for `rediss://`.
+    pub redis: RedisTarget,
     pub redis_prefix: String,
     pub kafka_brokers: Vec<String>,
     pub kafka_topic: String,
@@ -34,13 +37,77 @@ pub struct Services {
 impl std::fmt::Debug for Services {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Services")
-            .field("database_url", &redact(&self.database_url))
-            .field("redis_url", &redact(&self.redis_url))
+            .field("database", &self.database)
+            .field("redis", &self.redis)
             .field("redis_prefix", &self.redis_prefix)
             .field("kafka_brokers", &self.kafka_brokers)
             .field("kafka_topic", &self.kafka_topic)
             .field("kafka_partitions", &self.kafka_partitions)
             .finish()
+    }
+}
+
+/// A secret setting given directly or, by the Kubernetes/Docker secrets convention, in a
+/// file (`NAME_FILE`): the file's contents with the trailing line end trimmed. Both at once
+/// is refused. Neither the value nor the file's contents appear in any error.
+pub fn secret(
+    value: Option<&str>,
+    file: Option<&Path>,
+    setting: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(bad(
+            setting,
+            "given both directly and as a file (…_FILE); give one",
+        )),
+        (Some(v), None) => Ok(Some(v.to_owned())),
+        (None, None) => Ok(None),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| bad(setting, format!("cannot read {}: {e}", path.display())))?;
+            let v = text.trim_end_matches(['\n', '\r']);
+            if v.is_empty() {
+                return Err(bad(setting, format!("{} is empty", path.display())));
+            }
+            Ok(Some(v.to_owned()))
+        }
+    }
+}
+
+/// The PostgreSQL URL and CA file of `chat serve` or `chat migrate` → a [`PgTarget`].
+pub fn pg_target(url: &str, ca_file: Option<&Path>) -> Result<PgTarget, ConfigError> {
+    check_database_url(url)?;
+    PgTarget::parse(url, ca_file).map_err(|e| {
+        if e.starts_with("CA file") {
+            bad("--database-ca-file / DATABASE_CA_FILE", e)
+        } else {
+            bad("--database-url / DATABASE_URL", e)
+        }
+    })
+}
+
+/// What `chat migrate` migrates.
+pub enum MigrateTarget {
+    Sqlite(PathBuf),
+    Postgres(PgTarget),
+}
+
+impl MigrateTarget {
+    pub fn from_args(a: &MigrateArgs) -> Result<MigrateTarget, ConfigError> {
+        let url = secret(
+            a.database_url.as_deref(),
+            a.database_url_file.as_deref(),
+            "--database-url / DATABASE_URL",
+        )?
+        .ok_or_else(|| bad("--database-url / DATABASE_URL", "missing"))?;
+        match sqlite_path(&url) {
+            Some(_) if a.database_ca_file.is_some() => Err(bad(
+                "--database-ca-file / DATABASE_CA_FILE",
+                "only with a postgres:// database",
+            )),
+            Some(p) => Ok(MigrateTarget::Sqlite(p)),
+            None => pg_target(&url, a.database_ca_file.as_deref()).map(MigrateTarget::Postgres),
+        }
     }
 }
 
@@ -166,7 +233,7 @@ pub enum Backend {
     /// One process, no services: SQLite file (store and log), in-process bus.
     Embedded { database: PathBuf },
     /// PostgreSQL, Redis and Kafka.
-    Distributed(Services),
+    Distributed(Box<Services>),
 }
 
 /// The embedded mode's database file when none is given: `<data dir>/chat.db`.
@@ -196,8 +263,25 @@ pub struct Config {
 
 impl Config {
     pub fn from_args(a: &ServeArgs) -> Result<Config, ConfigError> {
-        let backend = backend(a)?;
-        let jwt_secret = match (&a.jwt_secret, &backend) {
+        let secrets = Secrets {
+            database_url: secret(
+                a.database_url.as_deref(),
+                a.database_url_file.as_deref(),
+                "--database-url / DATABASE_URL",
+            )?,
+            redis_url: secret(
+                a.redis_url.as_deref(),
+                a.redis_url_file.as_deref(),
+                "--redis-url / REDIS_URL",
+            )?,
+            jwt_secret: secret(
+                a.jwt_secret.as_deref(),
+                a.jwt_secret_file.as_deref(),
+                "--jwt-secret / JWT_SECRET",
+            )?,
+        };
+        let backend = backend(a, &secrets)?;
+        let jwt_secret = match (&secrets.jwt_secret, &backend) {
             (Some(s), _) if s.len() < 32 => {
                 return Err(bad(
                     "--jwt-secret / JWT_SECRET",
@@ -291,14 +375,35 @@ impl Config {
     }
 }
 
+/// The secret settings, each read from its flag, variable or `…_FILE`.
+struct Secrets {
+    database_url: Option<String>,
+    redis_url: Option<String>,
+    jwt_secret: Option<String>,
+}
+
 /// Picks the mode from the URLs given. Nothing (or only a `sqlite://` database): the
 /// embedded mode, role `all` only. PostgreSQL, Redis and Kafka: the distributed mode.
 /// Anything in between is refused, naming what is missing.
-fn backend(a: &ServeArgs) -> Result<Backend, ConfigError> {
-    let sqlite = a.database_url.as_deref().and_then(sqlite_path);
-    if a.redis_url.is_none() && a.kafka_brokers.is_none() {
-        if a.database_url.is_some() && sqlite.is_none() {
-            check_database_url(a.database_url.as_deref().unwrap_or_default())?;
+fn backend(a: &ServeArgs, secrets: &Secrets) -> Result<Backend, ConfigError> {
+    let sqlite = secrets.database_url.as_deref().and_then(sqlite_path);
+    if secrets.redis_url.is_none() && a.kafka_brokers.is_none() {
+        for (given, setting) in [
+            (
+                a.database_ca_file.is_some(),
+                "--database-ca-file / DATABASE_CA_FILE",
+            ),
+            (a.redis_ca_file.is_some(), "--redis-ca-file / REDIS_CA_FILE"),
+        ] {
+            if given {
+                return Err(bad(
+                    setting,
+                    "only in the distributed mode (PostgreSQL, Redis)",
+                ));
+            }
+        }
+        if secrets.database_url.is_some() && sqlite.is_none() {
+            check_database_url(secrets.database_url.as_deref().unwrap_or_default())?;
             return Err(bad(
                 "REDIS_URL, KAFKA_BROKERS",
                 "missing: PostgreSQL is the distributed mode's store and needs Redis and \
@@ -349,8 +454,8 @@ fn backend(a: &ServeArgs) -> Result<Backend, ConfigError> {
         ));
     }
     let missing: Vec<&str> = [
-        (a.database_url.is_none(), "DATABASE_URL"),
-        (a.redis_url.is_none(), "REDIS_URL"),
+        (secrets.database_url.is_none(), "DATABASE_URL"),
+        (secrets.redis_url.is_none(), "REDIS_URL"),
         (a.kafka_brokers.is_none(), "KAFKA_BROKERS"),
     ]
     .iter()
@@ -367,10 +472,28 @@ fn backend(a: &ServeArgs) -> Result<Backend, ConfigError> {
             ),
         ));
     }
-    let database_url = a.database_url.clone().unwrap_or_default();
-    check_database_url(&database_url)?;
-    let redis_url = a.redis_url.clone().unwrap_or_default();
+    let database = pg_target(
+        secrets.database_url.as_deref().unwrap_or_default(),
+        a.database_ca_file.as_deref(),
+    )?;
+    let redis_url = secrets.redis_url.clone().unwrap_or_default();
     check_redis_url(&redis_url)?;
+    let redis = RedisTarget {
+        ca: match &a.redis_ca_file {
+            None => None,
+            Some(_) if !redis_url.starts_with("rediss://") => {
+                return Err(bad(
+                    "--redis-ca-file / REDIS_CA_FILE",
+                    "needs a rediss:// (TLS) Redis URL",
+                ))
+            }
+            Some(p) => Some(
+                CaFile::read(p)
+                    .map_err(|e| bad("--redis-ca-file / REDIS_CA_FILE", e.to_string()))?,
+            ),
+        },
+        url: redis_url,
+    };
     let kafka_brokers = parse_brokers(a.kafka_brokers.as_deref().unwrap_or_default())?;
     if a.kafka_topic.is_empty()
         || a.kafka_topic.len() > 249
@@ -393,14 +516,14 @@ fn backend(a: &ServeArgs) -> Result<Backend, ConfigError> {
             "non-empty, no whitespace",
         ));
     }
-    Ok(Backend::Distributed(Services {
-        database_url,
-        redis_url,
+    Ok(Backend::Distributed(Box::new(Services {
+        database,
+        redis,
         redis_prefix: a.redis_prefix.clone(),
         kafka_brokers,
         kafka_topic: a.kafka_topic.clone(),
         kafka_partitions: a.kafka_partitions,
-    }))
+    })))
 }
 
 /// The file of a `sqlite://FILE` (or `sqlite:FILE`) URL.
@@ -512,9 +635,14 @@ mod tests {
         // Flags given here win; unset env vars are not read at all for these ids.
         for id in [
             "database_url",
+            "database_url_file",
+            "database_ca_file",
             "redis_url",
+            "redis_url_file",
+            "redis_ca_file",
             "kafka_brokers",
             "jwt_secret",
+            "jwt_secret_file",
             "data_dir",
         ] {
             cmd = cmd.mut_subcommand("serve", |s| s.mut_arg(id, |a| a.env(None::<&str>)));
@@ -569,6 +697,82 @@ mod tests {
         assert!(e.to_string().contains("SQLite"), "{e}");
         let e = parse(&["--database-url", "sqlite://x.db", "--data-dir", "d"]).unwrap_err();
         assert!(e.to_string().contains("DATA_DIR"), "{e}");
+    }
+
+    #[test]
+    fn secrets_come_from_files_too() {
+        let dir = std::env::temp_dir().join(format!("chat-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let db = write("db", "postgres://u:filepass@h/db\n");
+        let redis = write("redis", "redis://default:redispass@127.0.0.1:6379\r\n");
+        let jwt = write("jwt", "0123456789abcdef0123456789abcdef-from-file\n");
+        let c = parse(&[
+            "--database-url-file",
+            &db,
+            "--redis-url-file",
+            &redis,
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--jwt-secret-file",
+            &jwt,
+        ])
+        .unwrap();
+        let Backend::Distributed(s) = &c.backend else {
+            panic!("not distributed")
+        };
+        assert_eq!(
+            s.database.url(),
+            "postgres://u:filepass@h/db?sslmode=disable"
+        );
+        assert_eq!(s.redis.url, "redis://default:redispass@127.0.0.1:6379");
+        assert_eq!(
+            c.jwt_secret.as_ref().map(|s| s.0.clone()),
+            Some(b"0123456789abcdef0123456789abcdef-from-file".to_vec())
+        );
+        let shown = format!("{c:?}");
+        for secret in ["filepass", "redispass", "from-file"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        // Both forms at once, a missing file, an empty file: refused, naming the setting
+        // and never the value.
+        let e = parse(&["--jwt-secret", "x", "--jwt-secret-file", &jwt]).unwrap_err();
+        assert!(
+            e.to_string().contains("JWT_SECRET") && e.to_string().contains("both"),
+            "{e}"
+        );
+        let e = parse(&["--database-url-file", "/nonexistent/db"]).unwrap_err();
+        assert!(e.to_string().contains("DATABASE_URL"), "{e}");
+        let empty = write("empty", "\n");
+        let e = parse(&["--jwt-secret-file", &empty]).unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn ca_files_need_the_services_they_are_for() {
+        let mut v = OK.to_vec();
+        v.extend(["--redis-ca-file", "/etc/hostname"]);
+        let e = parse(&v).unwrap_err();
+        assert!(e.to_string().contains("rediss://"), "{e}");
+        let e = parse(&["--database-ca-file", "/etc/hostname"]).unwrap_err();
+        assert!(e.to_string().contains("DATABASE_CA_FILE"), "{e}");
+        let mut v = OK.to_vec();
+        v[1] = "postgres://u:p@h/db?sslmode=verify-full";
+        v.extend(["--database-ca-file", "/nonexistent/ca.pem"]);
+        let e = parse(&v).unwrap_err();
+        assert!(e.to_string().starts_with("--database-ca-file"), "{e}");
+        let mut v = OK.to_vec();
+        v[1] = "postgres://u:p@h/db?sslmode=verify-full";
+        let c = parse(&v).unwrap();
+        let Backend::Distributed(s) = &c.backend else {
+            panic!("not distributed")
+        };
+        assert_eq!(s.database.mode, crate::tls::SslMode::Require);
     }
 
     #[test]

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use chat::cli::{Cli, Command};
-use chat::config::{check_database_url, sqlite_path, Config};
+use chat::config::{Config, MigrateTarget};
 use chat::settings::{self, env};
 use chat::{app, store, telemetry};
 
@@ -32,6 +32,8 @@ fn no_error_backtraces() {
 fn main() -> ExitCode {
     tune_malloc();
     no_error_backtraces();
+    // The one rustls crypto provider, before anything can build a TLS configuration.
+    chat::tls::install_provider();
     let cli = Cli::parse();
     if let Command::Config(args) = &cli.command {
         // Prints and exits: no runtime, no logging.
@@ -73,19 +75,27 @@ async fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Config(_) => return ExitCode::SUCCESS, // handled in main
-        Command::Migrate(args) => match sqlite_path(&args.database_url) {
-            Some(path) => store::SqliteStore::migrate(&path)
+        Command::Migrate(args) => match MigrateTarget::from_args(&args) {
+            Ok(MigrateTarget::Sqlite(path)) => store::SqliteStore::migrate(&path)
                 .await
                 .map(|applied| println!("applied {} migration(s)", applied.len())),
-            None => match check_database_url(&args.database_url) {
-                Ok(()) => store::PgStore::migrate(&args.database_url)
-                    .await
-                    .map(|applied| println!("applied {} migration(s)", applied.len())),
-                Err(e) => {
-                    eprintln!("chat: invalid setting {e}");
-                    return ExitCode::from(2);
+            Ok(MigrateTarget::Postgres(target)) => {
+                match store::PgStore::migrate_target(&target).await {
+                    Ok(applied) => {
+                        println!("applied {} migration(s)", applied.len());
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // One line: the service, its address and why (no URL, no password).
+                        eprintln!("chat: {e}");
+                        return ExitCode::FAILURE;
+                    }
                 }
-            },
+            }
+            Err(e) => {
+                eprintln!("chat: invalid setting {e}");
+                return ExitCode::from(2);
+            }
         },
     };
     match result {

@@ -13,7 +13,7 @@ use clap::{CommandFactory, Parser};
 use serde::Serialize;
 
 use crate::cli::{Cli, Command, ConfigArgs, ListFormat};
-use crate::config::{check_database_url, sqlite_path, Config, ConfigError};
+use crate::config::{Config, ConfigError, MigrateTarget};
 
 /// Names of the environment variables read outside clap. Read them only through these.
 pub mod env {
@@ -235,9 +235,7 @@ pub fn check(args: &[String]) -> Result<String, ConfigError> {
             Ok(format!("chat serve, role {:?}, {mode} mode", c.role).to_lowercase())
         }
         Command::Migrate(a) => {
-            if sqlite_path(&a.database_url).is_none() {
-                check_database_url(&a.database_url)?;
-            }
+            MigrateTarget::from_args(&a)?;
             Ok("chat migrate".to_owned())
         }
         Command::Config(_) => Err(ConfigError {

@@ -12,6 +12,7 @@ mod redis;
 
 pub use self::local::LocalBus;
 pub(crate) use self::redis::config as redis_connection_config;
+pub(crate) use self::redis::resp3_url;
 pub use self::redis::{check_url as check_redis_url, RedisBus};
 
 use async_trait::async_trait;

@@ -69,11 +69,13 @@ impl RedisBus {
     /// stream of notices for the channels this process subscribes to. Its tasks (the push
     /// reader, the probe after a loss) are spawned in `tasks` and end when it is cancelled.
     pub fn connect(
-        url: &str,
+        target: &crate::tls::RedisTarget,
         prefix: &str,
         tasks: &Shutdown,
     ) -> Result<(RedisBus, mpsc::UnboundedReceiver<BusNotice>), BusError> {
-        let client = redis::Client::open(resp3_url(url)).map_err(unavailable)?;
+        let client = target
+            .client(&resp3_url(&target.url))
+            .map_err(unavailable)?;
         let commands = ConnectionManager::new_lazy_with_config(client.clone(), config())
             .map_err(unavailable)?;
         let (push_tx, mut push_rx) = mpsc::unbounded_channel::<PushInfo>();

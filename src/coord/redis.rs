@@ -52,12 +52,12 @@ impl RedisCoord {
     /// Connects lazily (it starts while Redis is down, like the bus) on a connection of
     /// its own, so claims do not queue behind the bus's publishes.
     pub fn connect(
-        url: &str,
+        target: &crate::tls::RedisTarget,
         prefix: &str,
         topic: &str,
         timings: Timings,
     ) -> Result<RedisCoord, CoordError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        let client = target.client(&target.url).map_err(unavailable)?;
         let conn =
             ConnectionManager::new_lazy_with_config(client, crate::bus::redis_connection_config())
                 .map_err(unavailable)?;

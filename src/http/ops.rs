@@ -20,6 +20,9 @@ pub struct Readiness {
     pub log: Arc<dyn Log>,
     pub draining: CancellationToken,
     pub metrics: PrometheusHandle,
+    /// Redis, to find out why when the bus's ping only times out (its connections retry
+    /// in the background, so their errors do not reach commands).
+    pub redis: Option<crate::tls::RedisTarget>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -32,13 +35,15 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+const NO_ANSWER: &str = "no answer within 2 s";
+
 async fn check<E: std::fmt::Display>(
     f: impl std::future::Future<Output = Result<(), E>>,
 ) -> Option<String> {
     match tokio::time::timeout(Duration::from_secs(2), f).await {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some("no answer within 2 s".into()),
+        Err(_) => Some(NO_ANSWER.into()),
     }
 }
 
@@ -52,10 +57,21 @@ async fn readyz(r: web::Data<Readiness>) -> HttpResponse {
         check(r.bus.ping()),
         check(r.log.ping())
     );
+    let bus = match (bus, &r.redis) {
+        (Some(e), Some(target)) if e == NO_ANSWER || e.contains("timed out") => {
+            match crate::tls::redis_reason(target, Duration::from_secs(2)).await {
+                Err(reason) => Some(reason),
+                Ok(()) => Some(e),
+            }
+        }
+        (bus, _) => bus,
+    };
+    // Each failed dependency: why, as a class (tls, auth, unreachable) and the message.
     let mut failed = serde_json::Map::new();
     for (name, e) in [("postgres", db), ("redis", bus), ("kafka", log)] {
         if let Some(e) = e {
-            failed.insert(name.into(), e.into());
+            let class = crate::tls::classify(&e);
+            failed.insert(name.into(), json!({"class": class.as_str(), "error": e}));
         }
     }
     if failed.is_empty() {

@@ -6,11 +6,13 @@ use anyhow::Context as _;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::StoreError;
+use crate::tls::PgTarget;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 // The shared queries (queries.rs) compile against these.
 #[path = "queries.rs"]
@@ -32,10 +34,93 @@ pub struct PgStore {
     pool: Pool<AsyncPgConnection>,
 }
 
+/// Opens connections to one PostgreSQL server, over TLS or not as its [`PgTarget`] says
+/// (diesel-async's own `establish` knows no TLS).
+#[derive(Clone)]
+struct Connector {
+    target: PgTarget,
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl Connector {
+    fn new(target: &PgTarget) -> anyhow::Result<Connector> {
+        let tls = target
+            .tls_config()
+            .map_err(|e| anyhow::anyhow!("PostgreSQL TLS: {e}"))?
+            .map(MakeRustlsConnect::new);
+        Ok(Connector {
+            target: target.clone(),
+            tls,
+        })
+    }
+
+    /// One connection; the error is tokio-postgres's message (address and reason, never
+    /// the password).
+    async fn connect(&self) -> Result<AsyncPgConnection, String> {
+        let url = self.target.url();
+        let conn = match &self.tls {
+            Some(tls) => {
+                let (client, conn) = tokio_postgres::connect(url, tls.clone())
+                    .await
+                    .map_err(|e| crate::tls::error_chain(&e))?;
+                AsyncPgConnection::try_from_client_and_connection(client, conn).await
+            }
+            None => {
+                let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| crate::tls::error_chain(&e))?;
+                AsyncPgConnection::try_from_client_and_connection(client, conn).await
+            }
+        };
+        conn.map_err(|e| e.to_string())
+    }
+
+    /// One connection within [`CONNECT_TIMEOUT`], or the one-line failure (service,
+    /// address, class, reason).
+    async fn connect_or_explain(&self) -> anyhow::Result<AsyncPgConnection> {
+        let failed = |m: &str| {
+            anyhow::anyhow!(crate::tls::failure_line(
+                "PostgreSQL",
+                &self.target.address,
+                m
+            ))
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(m)) => Err(failed(&m)),
+            Err(_) => Err(failed(
+                &crate::tls::silent_server(
+                    &self.target.address,
+                    self.tls.is_some(),
+                    CONNECT_TIMEOUT,
+                )
+                .await,
+            )),
+        }
+    }
+}
+
+/// How long a start waits for PostgreSQL to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl PgStore {
     /// Builds the pool; connects lazily, so this succeeds while PostgreSQL is down.
-    pub fn connect(url: &str, max_size: usize) -> anyhow::Result<Self> {
-        let mgr = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    pub fn connect(target: &PgTarget, max_size: usize) -> anyhow::Result<Self> {
+        let connector = Connector::new(target)?;
+        let mut config = ManagerConfig::default();
+        config.custom_setup = Box::new(move |_url| {
+            let connector = connector.clone();
+            Box::pin(async move {
+                connector
+                    .connect()
+                    .await
+                    .map_err(diesel::ConnectionError::BadConnection)
+            })
+        });
+        let mgr = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+            target.url(),
+            config,
+        );
         let pool = Pool::builder(mgr)
             .max_size(max_size)
             .wait_timeout(Some(Duration::from_secs(5)))
@@ -47,14 +132,31 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
-    /// Runs the embedded migrations (under an advisory lock, so concurrent starts are safe),
-    /// then fills the name keys of rows written before them (`backfill_name_keys`).
+    /// Connects once: Err is the line a refused start prints (service, address, class —
+    /// tls, auth, unreachable — and the reason).
+    pub async fn probe(target: &PgTarget) -> anyhow::Result<()> {
+        Connector::new(target)?.connect_or_explain().await.map(drop)
+    }
+
+    /// One connection outside the pool (tools and tests), made like the pool's.
+    pub async fn connect_one(target: &PgTarget) -> anyhow::Result<AsyncPgConnection> {
+        Connector::new(target)?.connect_or_explain().await
+    }
+
+    /// [`PgStore::migrate_target`] for a URL without a CA file.
     pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
-        let url = url.to_owned();
+        let target = PgTarget::parse(url, None).map_err(|e| anyhow::anyhow!(e))?;
+        Self::migrate_target(&target).await
+    }
+
+    /// Runs the embedded migrations (under an advisory lock, so concurrent starts are safe),
+    /// then fills the name keys of rows written before them (`backfill_name_keys`). The
+    /// connection is made like the pool's (the same TLS settings).
+    pub async fn migrate_target(target: &PgTarget) -> anyhow::Result<Vec<String>> {
+        let conn = Connector::new(target)?.connect_or_explain().await?;
         // Awaited here, before the process serves (so not tracked by shutdown.rs).
         tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-            let mut conn = <MigrationConn as diesel::Connection>::establish(&url)
-                .context("connecting to PostgreSQL to run migrations")?;
+            let mut conn = MigrationConn::from(conn);
             diesel::RunQueryDsl::execute(
                 diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")),
                 &mut conn,

@@ -535,7 +535,7 @@ async fn malformed_requests_do_not_fill_the_log(mode: Mode) {
     let env = Env::with_mode("abuse-log", mode).await;
     let (role, label) = match mode {
         Mode::Embedded => ("all", "logged-m"),
-        Mode::Distributed => ("gateway", "logged-m"),
+        Mode::Distributed | Mode::Tls => ("gateway", "logged-m"),
     };
     let gw = env
         .spawn_with_env(

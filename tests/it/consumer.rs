@@ -5,11 +5,21 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{Env, Http, Ws};
+use crate::harness::{Env, Http, Mode, Ws};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_killed_mid_stream_neither_loses_nor_duplicates() {
-    let env = Env::new("consumer-restart").await;
+    consumer_killed_mid_stream(Mode::Distributed).await
+}
+
+/// The same over TLS with authentication to PostgreSQL and Redis (the TLS profile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_killed_mid_stream_neither_loses_nor_duplicates_over_tls() {
+    consumer_killed_mid_stream(Mode::Tls).await
+}
+
+async fn consumer_killed_mid_stream(mode: Mode) {
+    let env = Env::with_mode("consumer-restart", mode).await;
     let gw = env.spawn("gateway", "gw-m").await;
     let mut consumer = env.spawn("consumer", "consumer-1").await;
     let h = Http::new(&gw);

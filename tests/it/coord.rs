@@ -22,7 +22,13 @@ fn timings() -> Timings {
 
 fn redis() -> RedisCoord {
     let prefix = format!("tc{}", &Uuid::new_v4().simple().to_string()[..12]);
-    RedisCoord::connect(&service("REDIS_URL"), &prefix, "topic", timings()).expect("redis coord")
+    RedisCoord::connect(
+        &chat::tls::RedisTarget::new(service("REDIS_URL")),
+        &prefix,
+        "topic",
+        timings(),
+    )
+    .expect("redis coord")
 }
 
 fn local() -> LocalCoord {

@@ -15,7 +15,17 @@ const ROWS: &str = "SELECT count(*) AS n FROM messages";
 /// pages back through them. Prints the latencies it saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_gateway_delivery_is_ordered_acked_and_persisted_once() {
-    let env = Env::new("delivery").await;
+    cross_gateway_delivery(Mode::Distributed).await
+}
+
+/// The same over TLS with authentication to PostgreSQL and Redis (the TLS profile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_gateway_delivery_is_ordered_acked_and_persisted_once_over_tls() {
+    cross_gateway_delivery(Mode::Tls).await
+}
+
+async fn cross_gateway_delivery(mode: Mode) {
+    let env = Env::with_mode("delivery", mode).await;
     let a = env.spawn("gateway", "gw-a-m").await;
     let b = env.spawn("gateway", "gw-b").await;
     let _consumer = env.spawn("consumer", "consumer").await;
@@ -133,7 +143,7 @@ async fn cross_gateway_delivery_is_ordered_acked_and_persisted_once() {
     );
 }
 
-both_modes!(resend_is_idempotent_across_gateways);
+both_modes!(resend_is_idempotent_across_gateways, tls);
 /// Resending a client_msg_id, on the same or another gateway, returns the first message
 /// and never creates a second one.
 async fn resend_is_idempotent_across_gateways(mode: Mode) {
@@ -172,7 +182,7 @@ async fn resend_is_idempotent_across_gateways(mode: Mode) {
     assert_eq!(env.count(ROWS).await, 1);
 }
 
-both_modes!(subscribe_since_recovers_the_missed_messages);
+both_modes!(subscribe_since_recovers_the_missed_messages, tls);
 /// `subscribe{since}` returns exactly the missed messages in order, then `subscribed`,
 /// then live ones.
 async fn subscribe_since_recovers_the_missed_messages(mode: Mode) {

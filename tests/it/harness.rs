@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use diesel::sql_types::BigInt;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -46,13 +46,20 @@ pub enum Mode {
     Distributed,
     /// `chat serve` with no services: SQLite, in-process bus, one process.
     Embedded,
+    /// As `Distributed`, with PostgreSQL and Redis of the TLS profile
+    /// (`scripts/services.sh start-tls`): TLS only, verified against its CA file, with
+    /// passwords, Redis as an ACL user limited to the prefix `tls*` and chat's commands.
+    Tls,
 }
 
 /// Runs `async fn $name(mode: Mode)` as two tests, `$name::distributed` and
-/// `$name::embedded`.
+/// `$name::embedded`; with `, tls` also as `$name::tls` ([`Mode::Tls`]).
 #[macro_export]
 macro_rules! both_modes {
     ($name:ident) => {
+        $crate::both_modes!($name,);
+    };
+    ($name:ident, $($tls:ident)?) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn distributed() {
@@ -62,8 +69,23 @@ macro_rules! both_modes {
             async fn embedded() {
                 super::$name($crate::harness::Mode::Embedded).await
             }
+            $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $tls() {
+                super::$name($crate::harness::Mode::Tls).await
+            }
+            )?
         }
     };
+}
+
+/// A connection to PostgreSQL the way chat makes them (TLS when the URL or `ca_file` asks
+/// for it, verified).
+pub async fn pg_connect(url: &str, ca_file: Option<&std::path::Path>) -> AsyncPgConnection {
+    let target = chat::tls::PgTarget::parse(url, ca_file).expect("a PostgreSQL URL");
+    chat::store::PgStore::connect_one(&target)
+        .await
+        .expect("connect to PostgreSQL")
 }
 
 /// The processes of one test's chat: `gateways` addresses to connect to (in the embedded
@@ -97,6 +119,8 @@ pub fn service(var: &str) -> String {
 
 pub struct Env {
     pub mode: Mode,
+    /// The CA file of the TLS profile's services ([`Mode::Tls`]).
+    pub ca_file: Option<std::path::PathBuf>,
     pub admin_url: String,
     pub db_name: String,
     pub db_url: String,
@@ -122,6 +146,7 @@ impl Env {
             std::fs::create_dir_all(&log_dir).expect("log dir");
             return Env {
                 mode,
+                ca_file: None,
                 admin_url: String::new(),
                 db_name: String::new(),
                 db_url: format!("sqlite://{}", log_dir.join("data/chat.db").display()),
@@ -133,32 +158,43 @@ impl Env {
                 log_dir,
             };
         }
-        let admin_url = service("DATABASE_URL");
+        let tls = mode == Mode::Tls;
+        let var = |name: &str| {
+            service(&if tls {
+                format!("TLS_{name}")
+            } else {
+                name.to_owned()
+            })
+        };
+        let admin_url = var("DATABASE_URL");
+        let ca_file = tls.then(|| std::path::PathBuf::from(service("TLS_CA_FILE")));
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("chat_t_{}", &id[..12]);
-        let mut admin = AsyncPgConnection::establish(&admin_url)
-            .await
-            .expect("connect to PostgreSQL");
+        let mut admin = pg_connect(&admin_url, ca_file.as_deref()).await;
         diesel::sql_query(format!("CREATE DATABASE {db_name}"))
             .execute(&mut admin)
             .await
             .expect("create test database");
-        let base = admin_url
-            .rsplit_once('/')
-            .map_or(admin_url.as_str(), |(b, _)| b);
-        let db_url = format!("{base}/{db_name}");
+        let (base, query) = match admin_url.find('?') {
+            Some(i) => admin_url.split_at(i),
+            None => (admin_url.as_str(), ""),
+        };
+        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+        let db_url = format!("{base}/{db_name}{query}");
         let log_dir =
             std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", &id[..8]));
         std::fs::create_dir_all(&log_dir).expect("log dir");
         Env {
             mode,
+            ca_file,
             admin_url,
             db_name,
             db_url,
-            redis_url: service("REDIS_URL"),
+            redis_url: var("REDIS_URL"),
             brokers: service("KAFKA_BROKERS"),
             topic: format!("chat_t_{}", &id[..12]),
-            prefix: format!("t{}", &id[..12]),
+            // The TLS profile's Redis user may use keys and channels `tls*` only.
+            prefix: format!("{}{}", if tls { "tls" } else { "t" }, &id[..12]),
             partitions: 4,
             log_dir,
         }
@@ -219,6 +255,15 @@ impl Env {
         .collect();
         if !migrate {
             a.push("--no-migrate".into());
+        }
+        if let Some(ca) = &self.ca_file {
+            let ca = ca.to_str().expect("utf-8 path").to_owned();
+            a.extend([
+                "--database-ca-file".into(),
+                ca.clone(),
+                "--redis-ca-file".into(),
+                ca,
+            ]);
         }
         a
     }
@@ -336,9 +381,7 @@ impl Env {
     }
 
     pub async fn db(&self) -> AsyncPgConnection {
-        AsyncPgConnection::establish(&self.db_url)
-            .await
-            .expect("connect to the test database")
+        pg_connect(&self.db_url, self.ca_file.as_deref()).await
     }
 
     /// Runs a `SELECT … AS n` against the test's database (either backend).
@@ -414,14 +457,16 @@ impl Drop for Env {
             let _ = std::fs::remove_dir_all(self.log_dir.join("data"));
             return;
         }
-        let (admin, db) = (self.admin_url.clone(), self.db_name.clone());
+        let db = self.db_name.clone();
+        let target = chat::tls::PgTarget::parse(&self.admin_url, self.ca_file.as_deref());
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
-                    if let Ok(mut c) = AsyncPgConnection::establish(&admin).await {
+                    let Ok(target) = target else { return };
+                    if let Ok(mut c) = chat::store::PgStore::connect_one(&target).await {
                         let _ =
                             diesel::sql_query(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
                                 .execute(&mut c)

@@ -16,3 +16,4 @@ mod hardening;
 mod rooms_tokens;
 mod sessions;
 mod shutdown;
+mod tls;

@@ -690,7 +690,7 @@ both_modes!(the_migration_keys_the_names_of_existing_rows);
 async fn the_migration_keys_the_names_of_existing_rows(mode: Mode) {
     let env = Env::with_mode("backfill", mode).await;
     let init = match mode {
-        Mode::Distributed => {
+        Mode::Distributed | Mode::Tls => {
             include_str!("../../migrations/postgres/2026-11-24-000001_init/up.sql")
         }
         Mode::Embedded => include_str!("../../migrations/sqlite/2026-11-24-000001_init/up.sql"),

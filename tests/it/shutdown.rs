@@ -120,7 +120,7 @@ async fn sigterm_answers_every_send_and_exits_before_the_deadline(mode: Mode) {
         drain.as_str(),
     ];
     let (mut gw, consumer) = match mode {
-        Mode::Distributed => (
+        Mode::Distributed | Mode::Tls => (
             env.spawn_with("gateway", "gw-0-m", &extra).await,
             Some(env.spawn_with("consumer", "consumer", &extra).await),
         ),
