@@ -1,5 +1,5 @@
-//! Partition leasing (ARCHITECTURE.md, "partition leasing"): rskafka has no consumer groups, so consumers
-//! share the partitions through the `Coord` seam's [`Leases`](crate::coord::Leases)
+//! Partition leasing (ARCHITECTURE.md, "partition leasing, fencing"): rskafka has no
+//! consumer groups, so consumers share the partitions through the `Coord` seam's [`Leases`](crate::coord::Leases)
 //! (Redis in the distributed mode; in memory in the embedded one, with one consumer).
 //!
 //! - Each consumer heartbeats into the set of live consumers, so every one can compute

@@ -227,7 +227,7 @@ both_modes!(concurrent_senders_reach_every_reader_in_position_order);
 /// Several senders at once, on different gateways: every reader gets every message once,
 /// in strictly increasing position order, and the store holds each once. (In the
 /// embedded mode this is the "commit rows 10 and 11, publish 11 then 10" race of
-/// ARCHITECTURE.md, "Two modes, one path".)
+/// ARCHITECTURE.md, "Four seams, two modes".)
 async fn concurrent_senders_reach_every_reader_in_position_order(mode: Mode) {
     const SENDERS: usize = 4;
     const EACH: usize = 50;
