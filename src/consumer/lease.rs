@@ -1,6 +1,7 @@
 //! Partition leasing (ARCHITECTURE.md, "partition leasing, fencing"): rskafka has no
-//! consumer groups, so consumers share the partitions through the `Coord` seam's [`Leases`](crate::coord::Leases)
-//! (Redis in the distributed mode; in memory in the embedded one, with one consumer).
+//! consumer groups, so consumers share the partitions through the `Coord` seam's
+//! [`Leases`](crate::coord::Leases) (Redis in the distributed mode; in memory in the
+//! embedded one, with one consumer).
 //!
 //! - Each consumer heartbeats into the set of live consumers, so every one can compute
 //!   the same fair share: `P / N`, one more for the first `P % N` consumers by id.
