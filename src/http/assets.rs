@@ -3,10 +3,14 @@
 //! `--static-dir` by actix-files. The page loads `/app.js` as a native ES module, which
 //! imports the others by relative URL: no bundler, no build step. A file added under
 //! `static/` must be added to [`ASSETS`]; the test below fails until it is.
+//!
+//! Built-in files carry a strong `ETag` (a hash of their bytes, computed at compile time)
+//! and `Cache-Control: no-cache`: a browser revalidates every file on each load and gets
+//! `304 Not Modified` (no body) until a new binary serves new bytes.
 
 use std::path::Path;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
 
 /// One file of the client.
 pub struct Asset {
@@ -14,6 +18,21 @@ pub struct Asset {
     pub path: &'static str,
     pub content_type: &'static str,
     pub body: &'static str,
+    /// FNV-1a of `body`: the `ETag` (quoted, hex).
+    pub hash: u64,
+}
+
+/// FNV-1a 64 of `s`, at compile time.
+pub const fn fnv1a(s: &str) -> u64 {
+    let b = s.as_bytes();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < b.len() {
+        h ^= b[i] as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    h
 }
 
 const HTML: &str = "text/html; charset=utf-8";
@@ -26,6 +45,7 @@ macro_rules! asset {
             path: $path,
             content_type: $type,
             body: include_str!(concat!("../../static/", $path)),
+            hash: fnv1a(include_str!(concat!("../../static/", $path))),
         }
     };
 }
@@ -49,11 +69,33 @@ pub const ASSETS: &[Asset] = &[
 ];
 
 impl Asset {
-    fn response(&self) -> HttpResponse {
-        HttpResponse::Ok()
-            .content_type(self.content_type)
-            .insert_header(("cache-control", "no-cache"))
-            .body(self.body)
+    fn etag(&self) -> String {
+        format!("\"{:016x}\"", self.hash)
+    }
+
+    /// The file, or 304 when the request's `If-None-Match` names its tag (or `*`).
+    fn response(&self, req: &HttpRequest) -> HttpResponse {
+        let etag = self.etag();
+        let fresh = req
+            .headers()
+            .get_all(header::IF_NONE_MATCH)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == etag || t == "*");
+        let mut answer = if fresh {
+            HttpResponse::NotModified()
+        } else {
+            HttpResponse::Ok()
+        };
+        answer
+            .insert_header((header::ETAG, etag))
+            .insert_header((header::CACHE_CONTROL, "no-cache"));
+        if fresh {
+            answer.finish()
+        } else {
+            answer.content_type(self.content_type).body(self.body)
+        }
     }
 }
 
@@ -65,7 +107,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, dir: Option<&Path>) {
         return;
     }
     for a in ASSETS {
-        let serve = move || async move { a.response() };
+        let serve = move |req: HttpRequest| async move { a.response(&req) };
         if a.path == "index.html" {
             cfg.route("/", super::get_or_head().to(serve));
         }
@@ -193,5 +235,52 @@ mod tests {
             .uri("/js/core/nope.js")
             .to_request();
         assert_eq!(test::call_service(&app, req).await.status(), 404);
+    }
+
+    #[actix_web::test]
+    async fn a_browser_revalidates_with_the_etag_and_gets_304() {
+        let app = test::init_service(App::new().configure(|c| routes(c, None))).await;
+        let req = test::TestRequest::get()
+            .uri("/js/core/sync.js")
+            .to_request();
+        let resp = test::call_service(&app, req).await;
+        assert_eq!(resp.status(), 200);
+        let etag = resp
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .expect("an ETag")
+            .to_owned();
+        assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+        // The tag, in a list, weak or as `*`: not modified, no body.
+        for inm in [etag.clone(), format!("\"x\", W/{etag}"), "*".to_owned()] {
+            let req = test::TestRequest::get()
+                .uri("/js/core/sync.js")
+                .insert_header((header::IF_NONE_MATCH, inm.as_str()))
+                .to_request();
+            let resp = test::call_service(&app, req).await;
+            assert_eq!(resp.status(), 304, "If-None-Match: {inm}");
+            assert_eq!(
+                resp.headers()
+                    .get(header::ETAG)
+                    .and_then(|v| v.to_str().ok()),
+                Some(etag.as_str())
+            );
+            assert!(test::read_body(resp).await.is_empty());
+        }
+        // Another file's tag, or a stale one: the file.
+        let other = ASSETS
+            .iter()
+            .find(|a| a.path == "app.js")
+            .map(Asset::etag)
+            .expect("app.js");
+        assert_ne!(other, etag);
+        let req = test::TestRequest::get()
+            .uri("/js/core/sync.js")
+            .insert_header((header::IF_NONE_MATCH, other.as_str()))
+            .to_request();
+        let resp = test::call_service(&app, req).await;
+        assert_eq!(resp.status(), 200);
+        assert!(!test::read_body(resp).await.is_empty());
     }
 }
