@@ -654,6 +654,9 @@ def check_k8s(c, docs, image_uid):
                     env[e["name"]] = secrets.get(r["name"], {}).get(r["key"])
                 elif "configMapKeyRef" in ref:
                     r = ref["configMapKeyRef"]
+                    if r.get("optional") and r["key"] not in configmaps.get(r["name"], {}):
+                        del env[e["name"]]  # an optional key that is not there: not set
+                        continue
                     c.check(r["key"] in configmaps.get(r["name"], {}), f"{cw}: ConfigMap {r['name']} has no key {r['key']}")
                     env[e["name"]] = configmaps.get(r["name"], {}).get(r["key"])
                 elif ref:

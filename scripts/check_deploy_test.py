@@ -132,6 +132,17 @@ class DeployCheck(unittest.TestCase):
         self.edit("deploy/k8s/gateway.yaml", "        fsGroup: 10001\n", "")
         self.assertFails(r"gateway.yaml.*Secret chat-secrets mounted with mode 440")
 
+    def test_the_ca_settings_may_be_dropped(self):
+        # Providers with public CAs: no CA settings, no chat-ca ConfigMap; still valid.
+        self.edit("deploy/k8s/config.yaml", "  DATABASE_CA_FILE: /etc/chat/ca/database-ca.pem\n"
+                  "  REDIS_CA_FILE: /etc/chat/ca/redis-ca.pem\n", "")
+        text = open(os.path.join(self.dir, "deploy/k8s/config.yaml"), encoding="utf-8").read()
+        with open(os.path.join(self.dir, "deploy/k8s/config.yaml"), "w", encoding="utf-8") as f:
+            f.write(text[:text.index("---\n# !!! EXAMPLE ONLY: put your providers' CA")])
+        c = self.run_checks()
+        self.assertEqual(c.failures, [])
+        self.assertFalse([n for n in c.notes if "not validated" in n], c.notes)
+
     def test_the_contents_of_secret_files_are_validated(self):
         # chat reads the mounted Secret's value: plaintext Redis with a Redis CA file is refused.
         self.edit("deploy/k8s/config.yaml", "REDIS_URL: rediss://", "REDIS_URL: redis://")
