@@ -290,14 +290,14 @@ async fn get_head(conn: &mut tokio::net::TcpStream, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_answers_close_their_connection_once_the_drain_starts() {
     let env = Env::with_mode("shutdown-keepalive", Mode::Embedded).await;
-    let drain_secs = 20;
+    let drain_secs = 40;
     let mut chat = env
-        .spawn_with("all", "all-0", &["--drain-timeout-secs", "20"])
+        .spawn_with("all", "all-0", &["--drain-timeout-secs", "40"])
         .await;
     let http = Http::new(&chat);
     let who = http.register("keepalive").await;
     // A client that ignores `reconnect` keeps the drain in its session phase (until D/4,
-    // 5 s), before the HTTP server stops accepting.
+    // 10 s), before the HTTP server stops accepting.
     let mut ws = Ws::login(&chat, &who).await;
     let mut idle = tokio::net::TcpStream::connect(&chat.addr)
         .await
