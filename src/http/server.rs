@@ -88,7 +88,8 @@ pub struct Settings {
     /// Seconds a graceful stop waits for open connections.
     pub shutdown_timeout: u64,
     /// Cancelled when the drain starts: from then on every HTTP/1 response closes its
-    /// connection (`Connection: close`).
+    /// connection (`Connection: close`; actix-http's HTTP/1 codec closes the connection once
+    /// a response so marked is written).
     pub draining: CancellationToken,
 }
 
@@ -140,25 +141,29 @@ where
                 let _ = io.set_nodelay(true);
             })
             .upgrade(upgrade)
-            .finish(map_config(app().into_factory(), |()| config()).map(
-                move |mut res: ServiceResponse<B>| {
-                    if draining.is_cancelled() {
-                        close_after(&mut res);
-                    }
-                    res
-                },
-            ))
+            .finish({
+                let on_error = draining.clone();
+                map_config(app().into_factory(), |()| config())
+                    .map(move |mut res: ServiceResponse<B>| {
+                        if draining.is_cancelled() {
+                            res.response_mut()
+                                .head_mut()
+                                .set_connection_type(ConnectionType::Close);
+                        }
+                        res
+                    })
+                    // An error the app did not turn into a response itself.
+                    .map_err(move |e: actix_web::Error| {
+                        let mut res = Response::from(e);
+                        if on_error.is_cancelled() {
+                            res.head_mut().set_connection_type(ConnectionType::Close);
+                        }
+                        res
+                    })
+            })
             .tcp()
     })?;
     Ok((builder.run(), addr))
-}
-
-/// Marks a response as the last one of its connection (actix-http's HTTP/1 codec then closes
-/// the connection once the response is written).
-fn close_after<B>(res: &mut ServiceResponse<B>) {
-    res.response_mut()
-        .head_mut()
-        .set_connection_type(ConnectionType::Close);
 }
 
 /// The app's connection config. actix-web's `HttpServer` fills in the listening address,
