@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Static checks of the deployment files, no Docker engine or cluster needed:
-Dockerfile, .dockerignore, compose.yaml, deploy/nginx.conf, deploy/k8s/*.yaml.
+Dockerfile, .dockerignore, compose.yaml, deploy/compose.managed.yaml, deploy/nginx.conf,
+deploy/k8s/*.yaml.
 
 What chat accepts is not copied here: it comes from the binary itself,
 `chat config --list --format json` (src/settings.rs, derived from clap's own description of
@@ -18,7 +19,12 @@ the command line plus the environment variables read outside clap).
 - the grace periods leave room for the drain (at least 30 s, and more than the drain
   timeout the workload runs with);
 - compose depends_on / healthchecks and the Kafka KRaft settings are consistent;
-- Kubernetes references (ConfigMap, Secret, selectors) resolve.
+- Kubernetes references (ConfigMap, Secret, selectors, volumes) resolve;
+- secrets as files: every `…_FILE` setting points into a mounted Secret or ConfigMap key
+  (Kubernetes) or a compose secret defined with a file (deploy/compose.managed.yaml), and chat
+  is asked with that key's or file's contents (deploy/secrets.example/ when deploy/secrets/ is
+  not there; a stand-in CA certificate for `…_CA_FILE`, whose contents are the operator's);
+  a Secret mounted unreadable by others is readable through the pod's fsGroup.
 Runs hadolint, kubernetes-validate and `docker compose config` as well when they are on PATH.
 
 Usage: scripts/check_deploy.py [--chat-bin PATH] [--root DIR]
@@ -38,6 +44,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -458,6 +465,82 @@ def check_compose(c, docs):
     return compose, gateway_services
 
 
+MANAGED_COMPOSE = "deploy/compose.managed.yaml"
+
+
+def check_compose_managed(c, docs):
+    """deploy/compose.managed.yaml: chat alone against managed services, its secrets as files
+    (compose `secrets:` from deploy/secrets/, whose example is deploy/secrets.example/)."""
+    compose = (docs.get(MANAGED_COMPOSE) or [None])[0]
+    if compose is None:
+        return
+    base = os.path.dirname(MANAGED_COMPOSE)
+    services = compose.get("services") or {}
+    top_secrets = compose.get("secrets") or {}
+    for name, svc in services.items():
+        where = f"{MANAGED_COMPOSE}: {name}"
+        for dep in svc.get("depends_on") or {}:
+            c.check(dep in services, f"{where}: depends_on unknown service {dep}")
+        for vol in svc.get("volumes") or []:
+            src = str(vol).split(":")[0] if isinstance(vol, str) else str(vol.get("source", ""))
+            if src.startswith("."):
+                c.check(os.path.exists(os.path.join(base, src)), f"{where}: mounts missing file {src}")
+        if "build" not in svc:
+            continue
+        build = svc["build"]
+        bctx = build if isinstance(build, str) else build.get("context", ".")
+        bfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+        c.check(os.path.normpath(os.path.join(base, bctx, bfile)) == "Dockerfile",
+                f"{where}: builds {bctx}/{bfile}, not the repository's Dockerfile")
+        command = svc.get("command", ["serve"])
+        command = shlex.split(command) if isinstance(command, str) else [str(x) for x in command]
+        sub, role, no_migrate = c.args(where, command)
+        env = {k: interpolate(v) for k, v in (svc.get("environment") or {}).items()}
+        for k in env:
+            c.env_name(where, k)
+        for k in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET"):
+            c.check(k not in env, f"{where}: {k} in the environment; give it as a secret file ({k}_FILE)")
+        mine = {str(x) if not isinstance(x, dict) else str(x.get("source")) for x in svc.get("secrets") or []}
+        with tempfile.TemporaryDirectory(prefix="check-deploy-files-") as tmp:
+            files_ok = True
+            for k, v in list(env.items()):
+                if not k.endswith("_FILE"):
+                    continue
+                local = None
+                m = re.match(r"^/run/secrets/([^/]+)$", v)
+                if c.check(m is not None, f"{where}: {k}={v} is not a compose secret (/run/secrets/NAME)") \
+                        and c.check(m.group(1) in mine, f"{where}: {k}={v}, but the service has no secret {m.group(1)}") \
+                        and c.check(m.group(1) in top_secrets and "file" in (top_secrets[m.group(1)] or {}),
+                                    f"{where}: secret {m.group(1)} is not defined with a file"):
+                    rel = str(top_secrets[m.group(1)]["file"])
+                    given = os.path.join(base, rel)
+                    example = os.path.join(base, re.sub(r"^(\./)?secrets/", "secrets.example/", rel))
+                    if c.check(os.path.isfile(given) or os.path.isfile(example),
+                               f"{where}: secret {m.group(1)}: neither {given} nor its example {example}"):
+                        if k.endswith("_CA_FILE"):
+                            local = stand_in_ca(tmp)
+                        else:
+                            local = given if os.path.isfile(given) else example
+                files_ok = files_ok and local is not None
+                env[k] = local
+            if files_ok:
+                c.validate(where, command, env)
+            else:
+                c.note(f"{where}: not validated by chat config --check (a secret file is missing)")
+        host, port = addr_port(env.get("LISTEN_ADDR", f"0.0.0.0:{PORT}"))
+        c.check(host == "0.0.0.0" and port == PORT, f"{where}: LISTEN_ADDR is not 0.0.0.0:{PORT}")
+        c.check(has_setting(env, "DATABASE_URL"), f"{where}: no DATABASE_URL_FILE")
+        if sub != "serve":
+            continue
+        c.check(no_migrate, f"{where}: serve without --no-migrate (the migrate service migrates)")
+        for k in ("REDIS_URL", "KAFKA_BROKERS", "JWT_SECRET"):
+            c.check(has_setting(env, k), f"{where}: chat serve needs {k} (or {k}_FILE)")
+        grace = str(svc.get("stop_grace_period", "10s"))
+        m = re.match(r"^(\d+)s$", grace)
+        if c.check(m is not None, f"{where}: stop_grace_period {grace} is not in seconds"):
+            c.drain_room(where, env, int(m.group(1)), f"stop_grace_period {grace}")
+
+
 def check_kafka(c, services):
     """Kafka, KRaft single node."""
     kafka = services.get("kafka")
@@ -532,11 +615,9 @@ def check_k8s(c, docs, image_uid):
     secrets = {n: secret_values(d) for (k, n), (_, d) in objs.items() if k == "Secret"}
     c.check("chat-config" in configmaps, "deploy/k8s: no ConfigMap chat-config")
     c.check("chat-secrets" in secrets, "deploy/k8s: no Secret chat-secrets")
-    for n, keys in list(configmaps.items()) + list(secrets.items()):
-        for key in keys:
-            c.env_name(f"deploy/k8s: {n}", key)
     c.check(set(secrets.get("chat-secrets", {})) >= {"DATABASE_URL", "JWT_SECRET"},
             "deploy/k8s: chat-secrets lacks DATABASE_URL or JWT_SECRET")
+    env_sources = set()  # (kind, name) of the objects containers take variables from (envFrom)
 
     images = set()
     pod_templates = {}  # deployment name -> (labels, ports by name)
@@ -573,6 +654,9 @@ def check_k8s(c, docs, image_uid):
                     env[e["name"]] = secrets.get(r["name"], {}).get(r["key"])
                 elif "configMapKeyRef" in ref:
                     r = ref["configMapKeyRef"]
+                    if r.get("optional") and r["key"] not in configmaps.get(r["name"], {}):
+                        del env[e["name"]]  # an optional key that is not there: not set
+                        continue
                     c.check(r["key"] in configmaps.get(r["name"], {}), f"{cw}: ConfigMap {r['name']} has no key {r['key']}")
                     env[e["name"]] = configmaps.get(r["name"], {}).get(r["key"])
                 elif ref:
@@ -582,20 +666,32 @@ def check_k8s(c, docs, image_uid):
                     n = ef["configMapRef"]["name"]
                     c.check(n in configmaps, f"{cw}: envFrom unknown ConfigMap {n}")
                     src = configmaps.get(n, {})
+                    env_sources.add(("ConfigMap", n))
                 elif "secretRef" in ef:
                     n = ef["secretRef"]["name"]
                     c.check(n in secrets, f"{cw}: envFrom unknown Secret {n}")
                     src = secrets.get(n, {})
+                    env_sources.add(("Secret", n))
                 else:
                     src = {}
                 # Explicit `env` entries win over envFrom.
                 for k, v in src.items():
                     env.setdefault(k, v)
-            if resolved and all(v is not None for v in env.values()):
-                c.validate(cw, args, env)
-            else:
-                c.note(f"{cw}: env not fully known statically, not validated by chat config --check")
-            c.check("DATABASE_URL" in env, f"{cw}: no DATABASE_URL")
+            mounts = k8s_mounts(c, cw, pod, ctr, configmaps, secrets)
+            with tempfile.TemporaryDirectory(prefix="check-deploy-files-") as tmp:
+                # Settings that name a file (…_FILE) must point into a mounted Secret or
+                # ConfigMap key; chat is asked with that key's contents in a file of its own.
+                files_ok = True
+                for k, v in list(env.items()):
+                    if k.endswith("_FILE") and v is not None:
+                        local = mounted_file(c, cw, k, v, mounts, tmp)
+                        files_ok = files_ok and local is not None
+                        env[k] = local
+                if resolved and files_ok and all(v is not None for v in env.values()):
+                    c.validate(cw, args, env)
+                else:
+                    c.note(f"{cw}: env not fully known statically, not validated by chat config --check")
+            c.check(has_setting(env, "DATABASE_URL"), f"{cw}: no DATABASE_URL (or DATABASE_URL_FILE)")
             if sub == "migrate":
                 c.check(kind == "Job", f"{cw}: chat migrate outside a Job")
                 c.check(pod.get("restartPolicy") in ("Never", "OnFailure"), f"{cw}: Job restartPolicy")
@@ -603,7 +699,7 @@ def check_k8s(c, docs, image_uid):
             c.check(kind == "Deployment", f"{cw}: chat serve outside a Deployment")
             c.check(no_migrate, f"{cw}: serve without --no-migrate (the Job migrates)")
             for k in ("REDIS_URL", "KAFKA_BROKERS", "JWT_SECRET"):
-                c.check(k in env, f"{cw}: chat serve needs {k}")
+                c.check(has_setting(env, k), f"{cw}: chat serve needs {k} (or {k}_FILE)")
             host, lport = addr_port(env.get("LISTEN_ADDR") or f"0.0.0.0:{PORT}")
             c.check(host == "0.0.0.0", f"{cw}: LISTEN_ADDR must bind 0.0.0.0 for probes")
             ports_by_name = {p.get("name"): p["containerPort"] for p in ctr.get("ports") or []}
@@ -628,6 +724,11 @@ def check_k8s(c, docs, image_uid):
             c.check("requests" in res and "limits" in res, f"{cw}: resources requests/limits missing")
             pod_templates[name] = (labels, ports_by_name)
     c.check(len(images) == 1, f"deploy/k8s: chat workloads use {len(images)} different images: {sorted(images)}")
+    # Objects taken as environment variables hold names chat reads; the others (mounted as
+    # files) hold file names.
+    for kind, n in sorted(env_sources):
+        for key in (configmaps if kind == "ConfigMap" else secrets).get(n, {}):
+            c.env_name(f"deploy/k8s: {n}", key)
     for (kind, name), (path, d) in objs.items():
         if kind == "Service":
             sel = d["spec"].get("selector") or {}
@@ -642,6 +743,97 @@ def check_k8s(c, docs, image_uid):
             sel = d["spec"]["selector"]["matchLabels"]
             c.check(any(all(labels.get(k) == v for k, v in sel.items()) for labels, _ in pod_templates.values()),
                     f"{path}: PodDisruptionBudget/{name} selects no Deployment")
+
+
+def has_setting(env, name):
+    """A secret setting is given directly or as a file (NAME_FILE)."""
+    return name in env or f"{name}_FILE" in env
+
+
+def k8s_mounts(c, cw, pod, ctr, configmaps, secrets):
+    """The container's Secret and ConfigMap mounts: mountPath -> (what, keys, items)."""
+    vols = {v.get("name"): v for v in pod.get("volumes") or []}
+    ctx = pod.get("securityContext") or {}
+    mounts = {}
+    for m in ctr.get("volumeMounts") or []:
+        v = vols.get(m.get("name"))
+        if not c.check(v is not None, f"{cw}: volumeMount {m.get('name')} names no pod volume"):
+            continue
+        if "secret" in v:
+            src, name = v["secret"], v["secret"].get("secretName")
+            keys = secrets.get(name)
+            what = f"Secret {name}"
+            mode = src.get("defaultMode")
+            if isinstance(mode, int) and not mode & 0o004 and ctx.get("runAsUser", 0) != 0:
+                c.check(mode & 0o040 and ctx.get("fsGroup") is not None,
+                        f"{cw}: {what} mounted with mode {mode:o}: its user {ctx.get('runAsUser')} "
+                        f"reads it only through the group (fsGroup and a group-read mode)")
+        elif "configMap" in v:
+            src, name = v["configMap"], v["configMap"].get("name")
+            keys = configmaps.get(name)
+            what = f"ConfigMap {name}"
+        else:
+            continue
+        if not c.check(keys is not None or src.get("optional"), f"{cw}: volume {v['name']} uses unknown {what}"):
+            continue
+        items = {i["path"]: i["key"] for i in src.get("items") or []}
+        mounts[str(m["mountPath"]).rstrip("/")] = (what, keys or {}, items)
+    return mounts
+
+
+_STAND_IN_CA = {}
+
+
+def stand_in_ca(tmp):
+    """A CA certificate in PEM for `chat config --check` to parse in place of a provider's
+    (its contents are the operator's; the wiring is what is checked): the system bundle, or
+    one made with openssl. None: neither is there."""
+    if "pem" not in _STAND_IN_CA:
+        pem = None
+        for bundle in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"):
+            if os.path.isfile(bundle):
+                pem = read(bundle)
+                break
+        if pem is None and shutil.which("openssl"):
+            with tempfile.TemporaryDirectory() as d:
+                r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                                    "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj",
+                                    "/CN=check-deploy stand-in CA", "-keyout", os.path.join(d, "k"),
+                                    "-out", os.path.join(d, "c")], capture_output=True)
+                if r.returncode == 0:
+                    pem = read(os.path.join(d, "c"))
+        _STAND_IN_CA["pem"] = pem
+    if _STAND_IN_CA["pem"] is None:
+        return None
+    path = os.path.join(tmp, "stand-in-ca.pem")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(_STAND_IN_CA["pem"])
+    return path
+
+
+def mounted_file(c, cw, setting, path, mounts, tmp):
+    """The mounted key `path` (of `setting`) points at, copied into `tmp`: the local path for
+    `chat config --check`, or None (a failure or a note says why)."""
+    path = str(path)
+    mp = max((m for m in mounts if path.startswith(m + "/")), key=len, default=None)
+    if not c.check(mp is not None, f"{cw}: {setting}={path} is in no mounted Secret or ConfigMap"):
+        return None
+    what, keys, items = mounts[mp]
+    rel = path[len(mp) + 1:]
+    key = items.get(rel) if items else rel
+    if not c.check(key in keys, f"{cw}: {setting}={path}: {what} has no key {key or rel}"):
+        return None
+    if setting.endswith("_CA_FILE"):
+        local = stand_in_ca(tmp)
+        if local is None:
+            c.note(f"{cw}: {setting}: no CA certificate to stand in for {what}'s {key}")
+        return local
+    if keys[key] is None:
+        return None
+    local = os.path.join(tmp, re.sub(r"[^A-Za-z0-9_.-]", "_", f"{setting}-{key}"))
+    with open(local, "w", encoding="utf-8") as f:
+        f.write(keys[key])
+    return local
 
 
 def check_tools(c):
@@ -689,6 +881,7 @@ def run_checks(root, cli, tools=True, out=print):
         bin_src = check_cargo(c)
         image_uid = check_dockerfile(c, bin_src)
         compose, gateways = check_compose(c, docs)
+        check_compose_managed(c, docs)
         check_nginx(c, compose, gateways)
         check_k8s(c, docs, image_uid)
         if tools:

@@ -117,6 +117,53 @@ class DeployCheck(unittest.TestCase):
         self.edit("compose.yaml", "REDIS_URL: redis://redis:6379", "REDIS_URL: redis://cache:6379")
         self.assertFails(r"REDIS_URL host cache is not a compose service")
 
+    def test_secret_files_point_into_a_mount(self):
+        self.edit("deploy/k8s/gateway.yaml", "value: /var/run/secrets/chat/REDIS_URL",
+                  "value: /var/run/secret/chat/REDIS_URL")
+        self.assertFails(r"gateway.yaml.*REDIS_URL_FILE=/var/run/secret/chat/REDIS_URL is in no mounted "
+                         r"Secret or ConfigMap")
+        self.tearDown()
+        self.setUp()
+        self.edit("deploy/k8s/config.yaml", "  REDIS_URL: rediss://", "  REDIS: rediss://")
+        self.assertFails(r"consumer.yaml.*REDIS_URL_FILE=/var/run/secrets/chat/REDIS_URL: Secret chat-secrets "
+                         r"has no key REDIS_URL")
+        self.tearDown()
+        self.setUp()
+        self.edit("deploy/k8s/gateway.yaml", "        fsGroup: 10001\n", "")
+        self.assertFails(r"gateway.yaml.*Secret chat-secrets mounted with mode 440")
+
+    def test_the_ca_settings_may_be_dropped(self):
+        # Providers with public CAs: no CA settings, no chat-ca ConfigMap; still valid.
+        self.edit("deploy/k8s/config.yaml", "  DATABASE_CA_FILE: /etc/chat/ca/database-ca.pem\n"
+                  "  REDIS_CA_FILE: /etc/chat/ca/redis-ca.pem\n", "")
+        text = open(os.path.join(self.dir, "deploy/k8s/config.yaml"), encoding="utf-8").read()
+        with open(os.path.join(self.dir, "deploy/k8s/config.yaml"), "w", encoding="utf-8") as f:
+            f.write(text[:text.index("---\n# !!! EXAMPLE ONLY: put your providers' CA")])
+        c = self.run_checks()
+        self.assertEqual(c.failures, [])
+        self.assertFalse([n for n in c.notes if "not validated" in n], c.notes)
+
+    def test_the_contents_of_secret_files_are_validated(self):
+        # chat reads the mounted Secret's value: plaintext Redis with a Redis CA file is refused.
+        self.edit("deploy/k8s/config.yaml", "REDIS_URL: rediss://", "REDIS_URL: redis://")
+        self.assertFails(r"gateway.yaml.*refuses it: .*REDIS_CA_FILE.*rediss://")
+        self.tearDown()
+        self.setUp()
+        self.edit("deploy/secrets.example/database_url", "postgres://", "mysql://")
+        self.assertFails(r"compose.managed.yaml: gateway-1: chat config --check .*refuses it: .*DATABASE_URL")
+
+    def test_the_managed_compose_takes_its_secrets_from_files(self):
+        self.edit("deploy/compose.managed.yaml", "    JWT_SECRET_FILE: /run/secrets/jwt_secret\n",
+                  "    JWT_SECRET: CHANGE-ME-to-at-least-32-random-bytes-0123456789\n")
+        self.assertFails(r"compose.managed.yaml: gateway-1: JWT_SECRET in the environment; give it as a "
+                         r"secret file")
+        self.tearDown()
+        self.setUp()
+        self.edit("deploy/compose.managed.yaml", "    secrets: [database_url, database_ca.pem]\n",
+                  "    secrets: [database_url]\n")
+        self.assertFails(r"compose.managed.yaml: migrate: DATABASE_CA_FILE=/run/secrets/database_ca.pem, but "
+                         r"the service has no secret database_ca.pem")
+
 
 def main():
     global CLI

@@ -292,6 +292,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         workers: cfg.http_workers.map(|n| n.get()),
         // Step 4 of the drain: D/8 (at least a second) for open HTTP requests.
         shutdown_timeout: cfg.drain_timeout.as_secs().div_ceil(8).max(1),
+        // From step 1 on, HTTP responses close their keep-alive connections.
+        draining: drain.token().clone(),
     };
     let (server, addr) = http::server::serve(settings, make_app)
         .with_context(|| format!("binding {}", cfg.listen))?;

@@ -260,3 +260,81 @@ async fn a_client_that_ignores_reconnect_is_closed_and_the_drain_still_ends() {
         took.as_secs_f64()
     );
 }
+
+/// Sends `GET path` on a raw HTTP/1.1 connection and returns the response head (lower-cased),
+/// read until its blank line (any body bytes read with it are dropped).
+async fn get_head(conn: &mut tokio::net::TcpStream, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: chat.test\r\n\r\n").as_bytes())
+        .await
+        .expect("write request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.expect("read response");
+            assert!(n > 0, "connection closed before the response head");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("a response head within 30 s");
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
+}
+
+/// From the start of the drain every HTTP answer closes its connection (`Connection: close`,
+/// src/http/server.rs), so a keep-alive client moves to another gateway after its answer
+/// instead of staying on the one that stops; an idle keep-alive connection does not hold
+/// the stop past the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_answers_close_their_connection_once_the_drain_starts() {
+    let env = Env::with_mode("shutdown-keepalive", Mode::Embedded).await;
+    let drain_secs = 40;
+    let mut chat = env
+        .spawn_with("all", "all-0", &["--drain-timeout-secs", "40"])
+        .await;
+    let http = Http::new(&chat);
+    let who = http.register("keepalive").await;
+    // A client that ignores `reconnect` keeps the drain in its session phase (until D/4,
+    // 10 s), before the HTTP server stops accepting.
+    let mut ws = Ws::login(&chat, &who).await;
+    let mut idle = tokio::net::TcpStream::connect(&chat.addr)
+        .await
+        .expect("connect");
+    let head = get_head(&mut idle, "/healthz").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    // `idle` stays open, unused, through the drain.
+
+    let term = Instant::now();
+    chat.signal("TERM");
+    assert_eq!(ws.expect("reconnect").await["reason"], "draining");
+    let mut during = tokio::net::TcpStream::connect(&chat.addr)
+        .await
+        .expect("connect during the drain");
+    let head = get_head(&mut during, "/readyz").await;
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::io::AsyncReadExt::read_to_end(&mut during, &mut rest),
+    )
+    .await
+    .expect("the server closes the connection after its answer")
+    .expect("read to the end");
+
+    let status = tokio::time::timeout(Duration::from_secs(drain_secs + 30), chat.child.wait())
+        .await
+        .expect("the process exits")
+        .expect("exit status");
+    let took = term.elapsed();
+    drop(idle);
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    assert!(
+        took < Duration::from_secs(drain_secs + 5),
+        "exited {:.1} s after SIGTERM (deadline {drain_secs} s)",
+        took.as_secs_f64()
+    );
+}
