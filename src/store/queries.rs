@@ -2,8 +2,9 @@
 //! twice, as `postgres::queries` and `sqlite::queries`: each parent module supplies
 //! `Backend` (the store type, with `conn()`), `schema` (its tables: the same names, the
 //! backend's column types), `SqlUuid` (how it stores a UUID), `db_error` (how it classifies
-//! errors), `committed_offset` (where its persisted log ends) and `MigrationConn` (the
-//! synchronous connection migrations run on). Nothing else differs,
+//! errors), `committed_offset` (where its persisted log ends), `MigrationConn` (the
+//! synchronous connection migrations run on) and the `write_transaction!` macro (how it
+//! begins a transaction that writes). Nothing else differs,
 //! so the two cannot drift apart.
 
 use async_trait::async_trait;
@@ -11,7 +12,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::schema::{consumer_offsets, memberships, messages, rooms, users};
@@ -381,39 +382,38 @@ impl Store for Backend {
         let mut c = self.conn().await?;
         let room = room.clone();
         let key = name_key(&room.name);
-        let r = c
-            .transaction::<_, TxError, _>(async move |c| {
-                if max_per_user > 0 {
-                    let mine: i64 = rooms::table
-                        .filter(rooms::created_by.eq(Id(creator)))
-                        .filter(rooms::kind.eq(RoomKind::Room.as_str()))
-                        .count()
-                        .get_result(c)
-                        .await?;
-                    if mine >= max_per_user {
-                        return Err(TxError::Limit);
-                    }
+        let r = write_transaction!(c, TxError, async move |c| {
+            if max_per_user > 0 {
+                let mine: i64 = rooms::table
+                    .filter(rooms::created_by.eq(Id(creator)))
+                    .filter(rooms::kind.eq(RoomKind::Room.as_str()))
+                    .count()
+                    .get_result(c)
+                    .await?;
+                if mine >= max_per_user {
+                    return Err(TxError::Limit);
                 }
-                diesel::insert_into(rooms::table)
-                    .values((
-                        rooms::id.eq(Id(room.id)),
-                        rooms::name.eq(&room.name),
-                        rooms::name_key.eq(&key),
-                        rooms::kind.eq(room.kind.as_str()),
-                        rooms::created_by.eq(Id(creator)),
-                    ))
-                    .execute(c)
-                    .await?;
-                diesel::insert_into(memberships::table)
-                    .values((
-                        memberships::room_id.eq(Id(room.id)),
-                        memberships::user_id.eq(Id(creator)),
-                    ))
-                    .execute(c)
-                    .await?;
-                Ok(())
-            })
-            .await;
+            }
+            diesel::insert_into(rooms::table)
+                .values((
+                    rooms::id.eq(Id(room.id)),
+                    rooms::name.eq(&room.name),
+                    rooms::name_key.eq(&key),
+                    rooms::kind.eq(room.kind.as_str()),
+                    rooms::created_by.eq(Id(creator)),
+                ))
+                .execute(c)
+                .await?;
+            diesel::insert_into(memberships::table)
+                .values((
+                    memberships::room_id.eq(Id(room.id)),
+                    memberships::user_id.eq(Id(creator)),
+                ))
+                .execute(c)
+                .await?;
+            Ok(())
+        })
+        .await;
         match r {
             Ok(()) => Ok(()),
             Err(TxError::Limit) => Err(StoreError::Limit("rooms")),
@@ -484,35 +484,34 @@ impl Store for Backend {
         let key = format!("{lo}:{hi}");
         let mut c = self.conn().await?;
         let id = Id(Uuid::now_v7());
-        let created = c
-            .transaction::<_, DieselError, _>(async |c| {
-                let n = diesel::insert_into(rooms::table)
-                    .values((
-                        rooms::id.eq(id),
-                        rooms::name.eq(format!("dm:{key}")),
-                        rooms::kind.eq(RoomKind::Dm.as_str()),
-                        rooms::dm_key.eq(&key),
-                        rooms::created_by.eq(Id(a)),
-                    ))
-                    .on_conflict_do_nothing()
-                    .execute(c)
-                    .await?;
-                if n == 1 {
-                    for user in [lo, hi] {
-                        diesel::insert_into(memberships::table)
-                            .values((
-                                memberships::room_id.eq(id),
-                                memberships::user_id.eq(Id(user)),
-                            ))
-                            .on_conflict_do_nothing()
-                            .execute(c)
-                            .await?;
-                    }
+        let created = write_transaction!(c, DieselError, async |c| {
+            let n = diesel::insert_into(rooms::table)
+                .values((
+                    rooms::id.eq(id),
+                    rooms::name.eq(format!("dm:{key}")),
+                    rooms::kind.eq(RoomKind::Dm.as_str()),
+                    rooms::dm_key.eq(&key),
+                    rooms::created_by.eq(Id(a)),
+                ))
+                .on_conflict_do_nothing()
+                .execute(c)
+                .await?;
+            if n == 1 {
+                for user in [lo, hi] {
+                    diesel::insert_into(memberships::table)
+                        .values((
+                            memberships::room_id.eq(id),
+                            memberships::user_id.eq(Id(user)),
+                        ))
+                        .on_conflict_do_nothing()
+                        .execute(c)
+                        .await?;
                 }
-                Ok(n == 1)
-            })
-            .await
-            .map_err(db_error)?;
+            }
+            Ok(n == 1)
+        })
+        .await
+        .map_err(db_error)?;
         let (rid, name): (Id, String) = rooms::table
             .filter(rooms::dm_key.eq(&key))
             .select((rooms::id, rooms::name))
@@ -654,43 +653,42 @@ impl Store for Backend {
             })
             .collect();
         let rows = &rows;
-        let r = c
-            .transaction::<_, TxError, _>(async |c| {
-                // Compare-and-set first: the row lock serialises two workers on one
-                // partition, and the loser sees 0 rows and writes nothing.
-                let moved = match from {
-                    None => {
-                        diesel::insert_into(consumer_offsets::table)
-                            .values((
-                                consumer_offsets::topic.eq(topic),
-                                consumer_offsets::log_partition.eq(partition),
-                                consumer_offsets::next_offset.eq(to),
-                            ))
-                            .on_conflict_do_nothing()
-                            .execute(c)
-                            .await?
-                    }
-                    Some(f) => {
-                        diesel::update(consumer_offsets::table.find((topic, partition)))
-                            .filter(consumer_offsets::next_offset.eq(f))
-                            .set((
-                                consumer_offsets::next_offset.eq(to),
-                                consumer_offsets::updated_at.eq(Utc::now()),
-                            ))
-                            .execute(c)
-                            .await?
-                    }
-                };
-                if moved != 1 {
-                    return Err(TxError::Fenced);
+        let r = write_transaction!(c, TxError, async |c| {
+            // Compare-and-set first: the row lock serialises two workers on one
+            // partition, and the loser sees 0 rows and writes nothing.
+            let moved = match from {
+                None => {
+                    diesel::insert_into(consumer_offsets::table)
+                        .values((
+                            consumer_offsets::topic.eq(topic),
+                            consumer_offsets::log_partition.eq(partition),
+                            consumer_offsets::next_offset.eq(to),
+                        ))
+                        .on_conflict_do_nothing()
+                        .execute(c)
+                        .await?
                 }
-                let mut inserted = 0;
-                for chunk in rows.chunks(INSERT_CHUNK) {
-                    inserted += insert_messages(c, chunk).await?;
+                Some(f) => {
+                    diesel::update(consumer_offsets::table.find((topic, partition)))
+                        .filter(consumer_offsets::next_offset.eq(f))
+                        .set((
+                            consumer_offsets::next_offset.eq(to),
+                            consumer_offsets::updated_at.eq(Utc::now()),
+                        ))
+                        .execute(c)
+                        .await?
                 }
-                Ok(inserted)
-            })
-            .await;
+            };
+            if moved != 1 {
+                return Err(TxError::Fenced);
+            }
+            let mut inserted = 0;
+            for chunk in rows.chunks(INSERT_CHUNK) {
+                inserted += insert_messages(c, chunk).await?;
+            }
+            Ok(inserted)
+        })
+        .await;
         match r {
             Ok(n) => Ok(n),
             Err(TxError::Fenced) => Err(StoreError::Fenced {

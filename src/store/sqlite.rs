@@ -28,6 +28,16 @@ use crate::model::{Message, NewMessage, User};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
+/// A transaction that writes: `BEGIN IMMEDIATE`, which takes the write lock first (waiting
+/// for it up to the busy timeout). A deferred transaction that reads before it writes
+/// cannot be upgraded once another connection has written since its read began: SQLite
+/// answers "database is locked" at once, whatever the busy timeout.
+macro_rules! write_transaction {
+    ($c:expr, $err:ty, $f:expr) => {
+        $c.immediate_transaction::<_, $err, _>($f)
+    };
+}
+
 // The shared queries (queries.rs) compile against these.
 #[path = "queries.rs"]
 #[allow(clippy::duplicate_mod)] // on purpose: one query file, compiled once per backend

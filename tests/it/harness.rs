@@ -528,6 +528,7 @@ pub struct Account {
     pub token: String,
 }
 
+#[derive(Clone)]
 pub struct Http {
     pub base: String,
     pub client: reqwest::Client,

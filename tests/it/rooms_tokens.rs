@@ -799,3 +799,52 @@ async fn the_migration_keys_the_names_of_existing_rows(mode: Mode) {
         );
     }
 }
+
+both_modes!(concurrent_writes_all_succeed);
+/// Writes that read first (room creation checks the creator's count, then inserts) do not
+/// fail when others write at the same moment: SQLite cannot upgrade a deferred read
+/// transaction after another connection wrote ("database is locked" at once, whatever the
+/// busy timeout), so its write transactions take the write lock first (`BEGIN IMMEDIATE`).
+async fn concurrent_writes_all_succeed(mode: Mode) {
+    let env = Env::with_mode("concurrentwrites", mode).await;
+    let chat = env
+        .start_with(
+            1,
+            &[
+                "--register-rate-per-address",
+                "1000",
+                "--register-burst-per-address",
+                "1000",
+            ],
+        )
+        .await;
+    let h = Http::new(chat.gw(0));
+    let mut users = Vec::new();
+    for _ in 0..12 {
+        users.push(h.register("cw").await);
+    }
+    let mut creating = tokio::task::JoinSet::new();
+    for (i, u) in users.iter().enumerate() {
+        for j in 0..3 {
+            let (h, token) = (h.clone(), u.token.clone());
+            creating.spawn(async move {
+                let (s, _, v) = raw(
+                    &h,
+                    Method::POST,
+                    "/api/rooms",
+                    Some(&token),
+                    Some(json!({"name": format!("cw-{i}-{j}")})),
+                )
+                .await;
+                (s, v)
+            });
+        }
+    }
+    let mut created = 0;
+    while let Some(r) = creating.join_next().await {
+        let (s, v) = r.expect("task");
+        assert_eq!(s, 201, "create room: {v}");
+        created += 1;
+    }
+    assert_eq!(created, 36);
+}
