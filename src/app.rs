@@ -94,6 +94,7 @@ async fn distributed(cfg: &Config, s: &Services, tasks: &Shutdown) -> anyhow::Re
         topic: s.kafka_topic.clone(),
         partitions: s.kafka_partitions,
         produce_timeout: cfg.produce_timeout,
+        security: Default::default(),
     };
     let log: Arc<dyn Log> = {
         let mut attempt = 0;
