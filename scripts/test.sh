@@ -54,7 +54,7 @@ if [ "$BROWSER" -eq 1 ] && [ -f "$BROWSER_DIR/package.json" ]; then RUN_BROWSER=
 # ---------------------------------------------------------------------------------------------
 banner "services: PostgreSQL, Redis, Kafka (scripts/services.sh start)"
 bash scripts/services.sh start
-# The TLS profile beside them: PostgreSQL and Redis over TLS with passwords (tests/it/tls.rs
+# The TLS profile beside them: PostgreSQL, Redis and Kafka over TLS with passwords (tests/it/tls.rs
 # and the `_over_tls` / `::tls` tests).
 bash scripts/services.sh start-tls
 eval "$(bash scripts/services.sh env)"

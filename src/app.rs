@@ -58,12 +58,20 @@ struct Seams {
 /// Distributed: PostgreSQL, Redis and Kafka (retrying Kafka for a while: it is often the
 /// slowest to come up). Their background tasks are spawned in `tasks`.
 async fn distributed(cfg: &Config, s: &Services, tasks: &Shutdown) -> anyhow::Result<Seams> {
+    let settings = KafkaSettings {
+        brokers: s.kafka_brokers.clone(),
+        topic: s.kafka_topic.clone(),
+        partitions: s.kafka_partitions,
+        produce_timeout: cfg.produce_timeout,
+        security: s.kafka_security.clone(),
+    };
     // A setting that cannot work (TLS, credentials) stops the start with one line naming
     // the service, its address and why; a service that is only unreachable does not
     // (Redis connects lazily; the migrations below need PostgreSQL anyway).
     for (service, probe) in [
         ("postgres", PgStore::probe(&s.database).await),
         ("redis", crate::tls::probe_redis(&s.redis).await),
+        ("kafka", crate::log::kafka::probe(&settings).await),
     ] {
         if let Err(e) = probe {
             let line = e.to_string();
@@ -89,12 +97,6 @@ async fn distributed(cfg: &Config, s: &Services, tasks: &Shutdown) -> anyhow::Re
         Timings::default(),
     )
     .with_context(|| format!("connecting to Redis at {}", s.redis.address()))?;
-    let settings = KafkaSettings {
-        brokers: s.kafka_brokers.clone(),
-        topic: s.kafka_topic.clone(),
-        partitions: s.kafka_partitions,
-        produce_timeout: cfg.produce_timeout,
-    };
     let log: Arc<dyn Log> = {
         let mut attempt = 0;
         loop {

@@ -52,6 +52,17 @@ pub enum Registration {
     Closed,
 }
 
+/// SASL mechanisms to Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KafkaSaslMechanism {
+    #[value(name = "PLAIN")]
+    Plain,
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -106,6 +117,35 @@ pub struct ServeArgs {
     /// Partitions of the topic when it is created (an existing topic keeps its own).
     #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 8)]
     pub kafka_partitions: i32,
+    /// TLS to every Kafka broker (bootstrap and leaders), verified against the system
+    /// trust store or --kafka-ca-file.
+    #[arg(long, env = "KAFKA_TLS")]
+    pub kafka_tls: bool,
+    /// PEM file of the CA(s) that signed the brokers' certificates, instead of the system
+    /// trust store; implies --kafka-tls.
+    #[arg(long, env = "KAFKA_CA_FILE")]
+    pub kafka_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS to Kafka, with --kafka-client-key;
+    /// implies --kafka-tls.
+    #[arg(long, env = "KAFKA_CLIENT_CERT", requires = "kafka_client_key")]
+    pub kafka_client_cert: Option<PathBuf>,
+    /// PEM private key of --kafka-client-cert.
+    #[arg(long, env = "KAFKA_CLIENT_KEY", requires = "kafka_client_cert")]
+    pub kafka_client_key: Option<PathBuf>,
+    /// SASL mechanism to authenticate to Kafka with (needs --kafka-username and a
+    /// password).
+    #[arg(long, value_enum, ignore_case = true, env = "KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<KafkaSaslMechanism>,
+    /// SASL user name.
+    #[arg(long, env = "KAFKA_USERNAME")]
+    pub kafka_username: Option<String>,
+    /// SASL password.
+    #[arg(long, env = "KAFKA_PASSWORD", hide_env_values = true)]
+    pub kafka_password: Option<String>,
+    /// File holding the SASL password (Kubernetes/Docker secrets; trailing newline
+    /// trimmed), instead of --kafka-password.
+    #[arg(long, env = "KAFKA_PASSWORD_FILE")]
+    pub kafka_password_file: Option<PathBuf>,
     /// Secret that signs session tokens (HS256); at least 32 bytes, the same on every
     /// gateway. Embedded mode: generated and kept in the data directory if not given.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{MigrateArgs, Registration, Role, ServeArgs};
+use crate::cli::{KafkaSaslMechanism, MigrateArgs, Registration, Role, ServeArgs};
+use crate::log::kafka::{KafkaSecurity, KafkaTlsError, Sasl, SaslMechanism};
 use crate::tls::{CaFile, PgTarget, RedisTarget};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,8 @@ pub struct Services {
     pub kafka_brokers: Vec<String>,
     pub kafka_topic: String,
     pub kafka_partitions: i32,
+    /// TLS and SASL to Kafka (none: plaintext, no authentication).
+    pub kafka_security: KafkaSecurity,
 }
 
 impl std::fmt::Debug for Services {
@@ -43,6 +46,7 @@ impl std::fmt::Debug for Services {
             .field("kafka_brokers", &self.kafka_brokers)
             .field("kafka_topic", &self.kafka_topic)
             .field("kafka_partitions", &self.kafka_partitions)
+            .field("kafka_security", &self.kafka_security)
             .finish()
     }
 }
@@ -279,6 +283,11 @@ impl Config {
                 a.jwt_secret_file.as_deref(),
                 "--jwt-secret / JWT_SECRET",
             )?,
+            kafka_password: secret(
+                a.kafka_password.as_deref(),
+                a.kafka_password_file.as_deref(),
+                "--kafka-password / KAFKA_PASSWORD",
+            )?,
         };
         let backend = backend(a, &secrets)?;
         let jwt_secret = match (&secrets.jwt_secret, &backend) {
@@ -380,6 +389,7 @@ struct Secrets {
     database_url: Option<String>,
     redis_url: Option<String>,
     jwt_secret: Option<String>,
+    kafka_password: Option<String>,
 }
 
 /// Picks the mode from the URLs given. Nothing (or only a `sqlite://` database): the
@@ -394,11 +404,29 @@ fn backend(a: &ServeArgs, secrets: &Secrets) -> Result<Backend, ConfigError> {
                 "--database-ca-file / DATABASE_CA_FILE",
             ),
             (a.redis_ca_file.is_some(), "--redis-ca-file / REDIS_CA_FILE"),
+            (a.kafka_tls, "--kafka-tls / KAFKA_TLS"),
+            (a.kafka_ca_file.is_some(), "--kafka-ca-file / KAFKA_CA_FILE"),
+            (
+                a.kafka_client_cert.is_some(),
+                "--kafka-client-cert / KAFKA_CLIENT_CERT",
+            ),
+            (
+                a.kafka_sasl_mechanism.is_some(),
+                "--kafka-sasl-mechanism / KAFKA_SASL_MECHANISM",
+            ),
+            (
+                a.kafka_username.is_some(),
+                "--kafka-username / KAFKA_USERNAME",
+            ),
+            (
+                secrets.kafka_password.is_some(),
+                "--kafka-password / KAFKA_PASSWORD",
+            ),
         ] {
             if given {
                 return Err(bad(
                     setting,
-                    "only in the distributed mode (PostgreSQL, Redis)",
+                    "only in the distributed mode (PostgreSQL, Redis, Kafka)",
                 ));
             }
         }
@@ -510,6 +538,7 @@ fn backend(a: &ServeArgs, secrets: &Secrets) -> Result<Backend, ConfigError> {
     if !(1..=1024).contains(&a.kafka_partitions) {
         return Err(bad("--kafka-partitions / KAFKA_PARTITIONS", "1 to 1024"));
     }
+    let kafka_security = kafka_security(a, secrets.kafka_password.as_deref())?;
     if a.redis_prefix.is_empty() || a.redis_prefix.contains(char::is_whitespace) {
         return Err(bad(
             "--redis-prefix / REDIS_PREFIX",
@@ -523,7 +552,73 @@ fn backend(a: &ServeArgs, secrets: &Secrets) -> Result<Backend, ConfigError> {
         kafka_brokers,
         kafka_topic: a.kafka_topic.clone(),
         kafka_partitions: a.kafka_partitions,
+        kafka_security,
     })))
+}
+
+/// TLS (with `--kafka-tls`, a CA file or a client certificate) and SASL (a mechanism, a
+/// user name and a password, all three or none) to Kafka.
+fn kafka_security(a: &ServeArgs, password: Option<&str>) -> Result<KafkaSecurity, ConfigError> {
+    const CA: &str = "--kafka-ca-file / KAFKA_CA_FILE";
+    let ca = a
+        .kafka_ca_file
+        .as_deref()
+        .map(CaFile::read)
+        .transpose()
+        .map_err(|e| bad(CA, e.to_string()))?;
+    let client = match (&a.kafka_client_cert, &a.kafka_client_key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        (Some(_), None) => return Err(bad("--kafka-client-key / KAFKA_CLIENT_KEY", "missing")),
+        (None, Some(_)) => return Err(bad("--kafka-client-cert / KAFKA_CLIENT_CERT", "missing")),
+    };
+    let tls = if a.kafka_tls || ca.is_some() || client.is_some() {
+        Some(
+            crate::log::kafka::tls_config(ca.as_ref(), client).map_err(|e| match e {
+                KafkaTlsError::Roots(e) => bad(CA, e.to_string()),
+                e @ KafkaTlsError::ClientCert { .. } => {
+                    bad("--kafka-client-cert / KAFKA_CLIENT_CERT", e.to_string())
+                }
+                e @ KafkaTlsError::ClientKey { .. } => {
+                    bad("--kafka-client-key / KAFKA_CLIENT_KEY", e.to_string())
+                }
+            })?,
+        )
+    } else {
+        None
+    };
+    let sasl = match (a.kafka_sasl_mechanism, &a.kafka_username, password) {
+        (None, None, None) => None,
+        (Some(m), Some(user), Some(password)) => Some(Sasl {
+            mechanism: match m {
+                KafkaSaslMechanism::Plain => SaslMechanism::Plain,
+                KafkaSaslMechanism::ScramSha256 => SaslMechanism::ScramSha256,
+                KafkaSaslMechanism::ScramSha512 => SaslMechanism::ScramSha512,
+            },
+            username: user.clone(),
+            password: password.to_owned(),
+        }),
+        (None, _, _) => {
+            return Err(bad(
+                "--kafka-sasl-mechanism / KAFKA_SASL_MECHANISM",
+                "missing: a Kafka user name or password needs a mechanism (PLAIN, \
+                 SCRAM-SHA-256, SCRAM-SHA-512)",
+            ))
+        }
+        (Some(_), None, _) => {
+            return Err(bad(
+                "--kafka-username / KAFKA_USERNAME",
+                "missing: --kafka-sasl-mechanism needs a user name",
+            ))
+        }
+        (Some(_), Some(_), None) => {
+            return Err(bad(
+                "--kafka-password / KAFKA_PASSWORD",
+                "missing: --kafka-sasl-mechanism needs a password (or KAFKA_PASSWORD_FILE)",
+            ))
+        }
+    };
+    Ok(KafkaSecurity { tls, sasl })
 }
 
 /// The file of a `sqlite://FILE` (or `sqlite:FILE`) URL.
@@ -641,6 +736,14 @@ mod tests {
             "redis_url_file",
             "redis_ca_file",
             "kafka_brokers",
+            "kafka_tls",
+            "kafka_ca_file",
+            "kafka_client_cert",
+            "kafka_client_key",
+            "kafka_sasl_mechanism",
+            "kafka_username",
+            "kafka_password",
+            "kafka_password_file",
             "jwt_secret",
             "jwt_secret_file",
             "data_dir",
@@ -750,6 +853,82 @@ mod tests {
         let empty = write("empty", "\n");
         let e = parse(&["--jwt-secret-file", &empty]).unwrap_err();
         assert!(e.to_string().contains("empty"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn kafka_tls_and_sasl_settings() {
+        let with = |extra: &[&str]| {
+            let mut v = OK.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        let security = |c: &Config| match &c.backend {
+            Backend::Distributed(s) => s.kafka_security.clone(),
+            _ => panic!("not distributed"),
+        };
+        let plain = security(&with(&[]).unwrap());
+        assert!(plain.tls.is_none() && plain.sasl.is_none());
+        // TLS with the system roots; SASL with each mechanism, case-insensitive.
+        let c = with(&[
+            "--kafka-tls",
+            "--kafka-sasl-mechanism",
+            "scram-sha-512",
+            "--kafka-username",
+            "chat",
+            "--kafka-password",
+            "kafka-pass-secret",
+        ])
+        .unwrap();
+        let s = security(&c);
+        assert!(s.tls.is_some());
+        let sasl = s.sasl.expect("sasl");
+        assert_eq!(sasl.mechanism, SaslMechanism::ScramSha512);
+        assert_eq!(sasl.username, "chat");
+        assert!(!format!("{c:?}").contains("kafka-pass-secret"));
+        // A CA file implies TLS; a bad one is named.
+        let e = with(&["--kafka-ca-file", "/nonexistent/ca.pem"]).unwrap_err();
+        assert!(e.to_string().starts_with("--kafka-ca-file"), "{e}");
+        // Half a SASL setting is refused, naming what is missing.
+        let e = with(&["--kafka-username", "chat", "--kafka-password", "x"]).unwrap_err();
+        assert!(e.to_string().contains("KAFKA_SASL_MECHANISM"), "{e}");
+        let e = with(&[
+            "--kafka-sasl-mechanism",
+            "PLAIN",
+            "--kafka-username",
+            "chat",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("KAFKA_PASSWORD"), "{e}");
+        let e = with(&["--kafka-sasl-mechanism", "PLAIN", "--kafka-password", "x"]).unwrap_err();
+        assert!(e.to_string().contains("KAFKA_USERNAME"), "{e}");
+        // A client key that is not one.
+        let e = with(&[
+            "--kafka-client-cert",
+            "/etc/hostname",
+            "--kafka-client-key",
+            "/etc/hostname",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("KAFKA_CLIENT_CERT"), "{e}");
+        // Kafka settings without the services: the embedded mode refuses them.
+        let e = parse(&["--kafka-tls"]).unwrap_err();
+        assert!(e.to_string().contains("KAFKA_TLS"), "{e}");
+        // The password from a file.
+        let dir = std::env::temp_dir().join(format!("chat-kafka-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("kafka-password");
+        std::fs::write(&f, "from-a-file\n").unwrap();
+        let c = with(&[
+            "--kafka-sasl-mechanism",
+            "SCRAM-SHA-256",
+            "--kafka-username",
+            "chat",
+            "--kafka-password-file",
+            f.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(security(&c).sasl.expect("sasl").password, "from-a-file");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -46,9 +46,10 @@ pub enum Mode {
     Distributed,
     /// `chat serve` with no services: SQLite, in-process bus, one process.
     Embedded,
-    /// As `Distributed`, with PostgreSQL and Redis of the TLS profile
+    /// As `Distributed`, with PostgreSQL, Redis and Kafka of the TLS profile
     /// (`scripts/services.sh start-tls`): TLS only, verified against its CA file, with
-    /// passwords, Redis as an ACL user limited to the prefix `tls*` and chat's commands.
+    /// passwords, Redis as an ACL user limited to the prefix `tls*` and chat's commands,
+    /// Kafka over SASL_SSL with SCRAM-SHA-512.
     Tls,
 }
 
@@ -191,7 +192,7 @@ impl Env {
             db_name,
             db_url,
             redis_url: var("REDIS_URL"),
-            brokers: service("KAFKA_BROKERS"),
+            brokers: var("KAFKA_BROKERS"),
             topic: format!("chat_t_{}", &id[..12]),
             // The TLS profile's Redis user may use keys and channels `tls*` only.
             prefix: format!("{}{}", if tls { "tls" } else { "t" }, &id[..12]),
@@ -262,7 +263,15 @@ impl Env {
                 "--database-ca-file".into(),
                 ca.clone(),
                 "--redis-ca-file".into(),
+                ca.clone(),
+                "--kafka-ca-file".into(),
                 ca,
+                "--kafka-sasl-mechanism".into(),
+                "SCRAM-SHA-512".into(),
+                "--kafka-username".into(),
+                service("TLS_KAFKA_USERNAME"),
+                "--kafka-password".into(),
+                service("TLS_KAFKA_PASSWORD"),
             ]);
         }
         a

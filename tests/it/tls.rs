@@ -1,8 +1,9 @@
-//! TLS and authentication to PostgreSQL and Redis, against the TLS profile
+//! TLS and authentication to PostgreSQL, Redis and Kafka, against the TLS profile
 //! (`scripts/services.sh start-tls`): a setting that cannot work stops the start with one
 //! line naming the service, its address and why (no password in it); while running,
 //! `/readyz` names the failing service and the class of the failure.
-//! (The delivery, recovery, resend and consumer tests run over TLS too: `Mode::Tls`.)
+//! (The delivery, recovery, resend and consumer tests run over TLS too: `Mode::Tls`, with
+//! Kafka over SASL_SSL.)
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -25,9 +26,19 @@ fn tls(var: &str) -> String {
     service(&format!("TLS_{var}"))
 }
 
-/// Runs `chat serve` with these services and returns what it printed on stderr, asserting
-/// it refused to start (a failure exit, within 60 s).
+/// Runs `chat serve` with these services (and the plain Kafka) and returns what it printed
+/// on stderr, asserting it refused to start (a failure exit, within 60 s).
 async fn refused(database_url: &str, redis_url: &str, extra: &[&str]) -> String {
+    refused_with_kafka(&service("KAFKA_BROKERS"), database_url, redis_url, extra).await
+}
+
+/// As [`refused`], with these Kafka brokers.
+async fn refused_with_kafka(
+    brokers: &str,
+    database_url: &str,
+    redis_url: &str,
+    extra: &[&str],
+) -> String {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat"));
     for var in ["DATABASE_URL", "REDIS_URL", "KAFKA_BROKERS", "JWT_SECRET"] {
         cmd.env_remove(var);
@@ -38,7 +49,7 @@ async fn refused(database_url: &str, redis_url: &str, extra: &[&str]) -> String 
             "--listen",
             "127.0.0.1:0",
             "--kafka-brokers",
-            &service("KAFKA_BROKERS"),
+            brokers,
             "--jwt-secret",
             SECRET,
             "--redis-prefix",
@@ -86,6 +97,7 @@ fn assert_one_line(stderr: &str, service: &str, address: &str, class: &str, reas
     );
     for secret in [
         "chat-redis-secret",
+        "chat-kafka-secret",
         "postgres:postgres",
         "wrong-secret-",
         ":postgres@",
@@ -432,6 +444,8 @@ async fn secrets_from_files_start_a_gateway_and_stay_unprinted() {
     let db_file = write("database-url", &env.db_url);
     let redis_file = write("redis-url", &env.redis_url);
     let jwt_file = write("jwt-secret", SECRET);
+    let kafka_file = write("kafka-password", &tls("KAFKA_PASSWORD"));
+    let kafka_user = tls("KAFKA_USERNAME");
     let ca = ca.to_str().expect("utf-8 path");
     let vars = [
         ("DATABASE_URL_FILE", db_file.as_str()),
@@ -439,13 +453,23 @@ async fn secrets_from_files_start_a_gateway_and_stay_unprinted() {
         ("JWT_SECRET_FILE", jwt_file.as_str()),
         ("DATABASE_CA_FILE", ca),
         ("REDIS_CA_FILE", ca),
+        ("KAFKA_CA_FILE", ca),
+        ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-256"),
+        ("KAFKA_USERNAME", &kafka_user),
+        ("KAFKA_PASSWORD_FILE", kafka_file.as_str()),
         ("KAFKA_BROKERS", &env.brokers),
         ("KAFKA_TOPIC", &env.topic),
         ("REDIS_PREFIX", &env.prefix),
     ];
     let start = |vars: Vec<(&str, String)>| {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat"));
-        for var in ["DATABASE_URL", "REDIS_URL", "KAFKA_BROKERS", "JWT_SECRET"] {
+        for var in [
+            "DATABASE_URL",
+            "REDIS_URL",
+            "KAFKA_BROKERS",
+            "JWT_SECRET",
+            "KAFKA_PASSWORD",
+        ] {
             cmd.env_remove(var);
         }
         cmd.args(["serve", "--role", "gateway", "--listen", "127.0.0.1:0"])
@@ -484,7 +508,12 @@ async fn secrets_from_files_start_a_gateway_and_stay_unprinted() {
     let out = child.wait_with_output().await.expect("output");
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("starting"), "{log}");
-    for secret in ["chat-redis-secret", ":postgres@", SECRET] {
+    for secret in [
+        "chat-redis-secret",
+        "chat-kafka-secret",
+        ":postgres@",
+        SECRET,
+    ] {
         assert!(!log.contains(secret), "the log shows a secret ({secret})");
     }
     // A wrong password in the file: refused in one line, without the file's contents.
@@ -504,4 +533,181 @@ async fn secrets_from_files_start_a_gateway_and_stay_unprinted() {
         "{stderr}"
     );
     assert!(!stderr.contains("wrong-secret-in-file"), "{stderr}");
+}
+
+/// `chat serve` over the TLS profile's PostgreSQL and Redis (verified, with passwords) and
+/// its Kafka with `kafka` (flags); asserts the refusal names Kafka.
+async fn kafka_refused(brokers: &str, kafka: &[&str]) -> String {
+    let (db, redis, ca) = (tls("DATABASE_URL"), tls("REDIS_URL"), tls("CA_FILE"));
+    let mut args = vec!["--database-ca-file", &ca, "--redis-ca-file", &ca];
+    args.extend_from_slice(kafka);
+    refused_with_kafka(brokers, &db, &redis, &args).await
+}
+
+fn kafka_port() -> String {
+    tls("KAFKA_BROKERS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_with_a_wrong_ca_stops_the_start() {
+    let (brokers, other, user, pass) = (
+        kafka_port(),
+        tls("OTHER_CA_FILE"),
+        tls("KAFKA_USERNAME"),
+        tls("KAFKA_PASSWORD"),
+    );
+    let sasl = [
+        "--kafka-sasl-mechanism",
+        "SCRAM-SHA-512",
+        "--kafka-username",
+        user.as_str(),
+        "--kafka-password",
+        pass.as_str(),
+    ];
+    let mut wrong_ca = vec!["--kafka-ca-file", other.as_str()];
+    wrong_ca.extend_from_slice(&sasl);
+    // Without a CA file the system roots decide, and they do not know the test CA.
+    let mut system = vec!["--kafka-tls"];
+    system.extend_from_slice(&sasl);
+    let (a, b) = tokio::join!(
+        kafka_refused(&brokers, &wrong_ca),
+        kafka_refused(&brokers, &system)
+    );
+    assert_one_line(&a, "Kafka", &brokers, "tls", "UnknownIssuer");
+    assert_one_line(&b, "Kafka", &brokers, "tls", "UnknownIssuer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_with_a_wrong_password_stops_the_start() {
+    let (brokers, ca, user) = (kafka_port(), tls("CA_FILE"), tls("KAFKA_USERNAME"));
+    let with = |mechanism: &'static str| {
+        [
+            "--kafka-ca-file".to_owned(),
+            ca.clone(),
+            "--kafka-sasl-mechanism".to_owned(),
+            mechanism.to_owned(),
+            "--kafka-username".to_owned(),
+            user.clone(),
+            "--kafka-password".to_owned(),
+            "wrong-secret-kafka".to_owned(),
+        ]
+    };
+    let (scram, plain) = (with("SCRAM-SHA-512"), with("PLAIN"));
+    let scram: Vec<&str> = scram.iter().map(String::as_str).collect();
+    let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
+    let (a, b) = tokio::join!(
+        kafka_refused(&brokers, &scram),
+        kafka_refused(&brokers, &plain)
+    );
+    assert_one_line(
+        &a,
+        "Kafka",
+        &brokers,
+        "auth",
+        "SASL SCRAM-SHA-512 authentication failed",
+    );
+    assert_one_line(
+        &b,
+        "Kafka",
+        &brokers,
+        "auth",
+        "SASL PLAIN authentication failed",
+    );
+}
+
+/// TLS asked of the plain broker's plaintext listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_tls_to_a_plaintext_port_stops_the_start() {
+    let (plain, ca) = (service("KAFKA_BROKERS"), tls("CA_FILE"));
+    let out = kafka_refused(&plain, &["--kafka-ca-file", &ca]).await;
+    assert_one_line(&out, "Kafka", &plain, "tls", "TLS handshake");
+}
+
+/// PLAIN and SCRAM-SHA-256 work too (the other `::tls` tests use SCRAM-SHA-512): a gateway
+/// starts, `/readyz` answers 200 and a message is sent and read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sasl_plain_and_scram_sha_256_work() {
+    let env = Env::with_mode("tls-kafka-mechanisms", Mode::Tls).await;
+    for (i, mechanism) in ["PLAIN", "SCRAM-SHA-256"].iter().enumerate() {
+        let label = if i == 0 {
+            "gw-m".to_owned()
+        } else {
+            format!("gw{i}")
+        };
+        let gw = env
+            .spawn_with("all", &label, &["--kafka-sasl-mechanism", mechanism])
+            .await;
+        let h = Http::new(&gw);
+        readyz_until(&h, "", None).await;
+        let alice = h.register(&format!("kafka{i}")).await;
+        let room = h.create_room(&alice, &format!("sasl{i}")).await;
+        let mut ws = crate::harness::Ws::login(&gw, &alice).await;
+        ws.subscribe(&room, None).await;
+        let body = format!("over {mechanism}");
+        ws.send(
+            serde_json::json!({"type": "send", "room": room, "client_msg_id": "m1", "body": body}),
+        )
+        .await;
+        ws.expect("ack").await;
+        let m = ws.expect("message").await;
+        assert_eq!(m["message"]["body"], body.as_str());
+    }
+}
+
+/// Sets the SCRAM-SHA-512 password of a Kafka user of the TLS profile's broker (made if
+/// new), over its plaintext admin listener, with Kafka's own tool.
+async fn kafka_scram_user(user: &str, password: &str) {
+    let out = tokio::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
+        .args([
+            "kafka-class",
+            "kafka.admin.ConfigCommand",
+            "--bootstrap-server",
+            &tls("KAFKA_ADMIN_BROKERS"),
+            "--alter",
+            "--add-config",
+            &format!("SCRAM-SHA-512=[iterations=4096,password={password}]"),
+            "--entity-type",
+            "users",
+            "--entity-name",
+            user,
+        ])
+        .stdin(Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out)
+        .await
+        .expect("kafka-configs within 90 s")
+        .expect("run kafka-configs");
+    assert!(
+        out.status.success(),
+        "kafka-configs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running gateway whose Kafka user's password changes: `/readyz` names Kafka and the
+/// class (auth), and recovers when the password is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_kafka_and_the_class_of_its_failure() {
+    let env = Env::with_mode("tls-readyz-kafka", Mode::Tls).await;
+    let id = &Uuid::new_v4().simple().to_string()[..12];
+    let user = format!("k{id}");
+    let (first, second) = (format!("first-{id}"), format!("second-{id}"));
+    kafka_scram_user(&user, &first).await;
+    let gw = env
+        .spawn_with(
+            "gateway",
+            "gw-m",
+            &["--kafka-username", &user, "--kafka-password", &first],
+        )
+        .await;
+    let h = Http::new(&gw);
+    readyz_until(&h, "", None).await;
+    kafka_scram_user(&user, &second).await;
+    let v = readyz_until(&h, "kafka", Some("auth")).await;
+    let text = v.to_string();
+    assert!(text.contains("SCRAM-SHA-512"), "{v}");
+    assert!(!text.contains(&second) && !text.contains(&first), "{v}");
+    kafka_scram_user(&user, &first).await;
+    readyz_until(&h, "", None).await;
 }

@@ -20,17 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rskafka::client::partition::{OffsetAt, PartitionClient};
-use rskafka::protocol::error::Error as ProtocolError;
-use rskafka::protocol::messages::{
-    FetchRequest, FetchRequestPartition, FetchRequestTopic, FetchResponse, IsolationLevel,
-};
-use rskafka::protocol::primitives::{Int32, Int64, String_};
-use rskafka::protocol::record::{ControlBatchOrRecords, RecordBatch};
 use tokio::sync::mpsc;
 
-use super::cluster::{is_broken, is_stale, unavailable, Cluster, Conn};
-use super::with_timeout;
+use super::cluster::{unavailable, Cluster};
+use super::wire::{self, Conn, Fetched, FetchedData, OffsetAt};
 use crate::log::{decode, LogBatch, LogError, LogReader, LogRecord};
 
 /// Batches read ahead per partition, at most.
@@ -262,9 +255,9 @@ async fn send(
     cluster: &Cluster,
     node: i32,
     conn: &mut Option<Conn>,
-    request: &FetchRequest,
+    request: &wire::FetchRequest,
     wait: Duration,
-) -> Result<FetchResponse, Failure> {
+) -> Result<Vec<Fetched>, Failure> {
     let mut resent = false;
     loop {
         let c = match conn.take() {
@@ -274,15 +267,13 @@ async fn send(
                 .await
                 .map_err(Failure::Connection)?,
         };
-        match tokio::time::timeout(wait + Duration::from_secs(10), c.request(request)).await {
+        match tokio::time::timeout(wait + Duration::from_secs(10), c.fetch(request)).await {
             Ok(Ok(response)) => {
                 *conn = Some(c);
                 return Ok(response);
             }
-            Ok(Err(e)) if is_broken(&e) && !resent => resent = true,
-            Ok(Err(e)) if is_broken(&e) => {
-                return Err(Failure::Connection(unavailable("fetching", e)))
-            }
+            Ok(Err(e)) if e.broken && !resent => resent = true,
+            Ok(Err(e)) if e.broken => return Err(Failure::Connection(unavailable("fetching", e))),
             Ok(Err(e)) => {
                 *conn = Some(c);
                 return Err(Failure::Answer(unavailable("fetching", e)));
@@ -296,16 +287,11 @@ async fn send(
     }
 }
 
-fn record_size(response: &FetchResponse, profile: Profile) {
+fn record_size(response: &[Fetched], profile: Profile) {
     let records: usize = response
-        .responses
         .iter()
-        .flat_map(|t| &t.partitions)
-        .flat_map(|p| &p.records.0)
-        .map(|b| match &b.records {
-            ControlBatchOrRecords::Records(r) => r.len(),
-            ControlBatchOrRecords::ControlBatch(_) => 0,
-        })
+        .filter_map(|p| p.result.as_ref().ok())
+        .map(|d| d.records.len())
         .sum();
     metrics::histogram!(crate::telemetry::names::FETCH_BATCH, "wait_ms" => profile.max_wait.as_millis().to_string())
         .record(records as f64);
@@ -335,53 +321,45 @@ fn fetch_request(
     ready: &[(i32, i64)],
     min_bytes: i32,
     wait: Duration,
-) -> FetchRequest {
-    FetchRequest {
-        replica_id: Int32(-1),
-        max_wait_ms: Int32(i32::try_from(wait.as_millis()).unwrap_or(i32::MAX)),
-        min_bytes: Int32(min_bytes),
-        max_bytes: Some(Int32(FETCH_MAX_BYTES)),
-        isolation_level: Some(IsolationLevel::ReadUncommitted),
-        topics: vec![FetchRequestTopic {
-            topic: String_(topic.to_owned()),
-            partitions: ready
-                .iter()
-                .map(|(p, offset)| FetchRequestPartition {
-                    partition: Int32(*p),
-                    fetch_offset: Int64(*offset),
-                    partition_max_bytes: Int32(PARTITION_MAX_BYTES),
-                })
-                .collect(),
-        }],
-    }
+) -> wire::FetchRequest {
+    wire::fetch_request(
+        topic,
+        ready,
+        min_bytes,
+        wait,
+        FETCH_MAX_BYTES,
+        PARTITION_MAX_BYTES,
+    )
 }
 
 /// Gives each partition's new records to its reader. True if an error says the metadata
 /// is stale.
-fn hand_over(streams: &mut HashMap<i32, Stream>, response: FetchResponse) -> bool {
+fn hand_over(streams: &mut HashMap<i32, Stream>, response: Vec<Fetched>) -> bool {
     let mut stale = false;
-    for topic in response.responses {
-        for p in topic.partitions {
-            let partition = p.partition_index.0;
-            let Some(s) = streams.get_mut(&partition) else {
-                continue;
-            };
-            if let Some(e) = p.error_code {
-                stale |= is_stale(&e);
-                let err = match e {
-                    ProtocolError::OffsetOutOfRange => LogError::OutOfRange { offset: s.offset },
-                    e => LogError::Unavailable(format!("Kafka: {e}")),
+    for p in response {
+        let partition = p.partition;
+        let Some(s) = streams.get_mut(&partition) else {
+            continue;
+        };
+        let data = match p.result {
+            Ok(data) => data,
+            Err(e) => {
+                stale |= e.stale();
+                let err = if e.out_of_range() {
+                    LogError::OutOfRange { offset: s.offset }
+                } else {
+                    LogError::Unavailable(format!("Kafka: {e}"))
                 };
                 let _ = s.out.try_send(Err(err));
                 streams.remove(&partition);
                 continue;
             }
-            let batch = records_from(p.records.0, s.offset, p.high_watermark.0);
-            if batch.next_offset > s.offset {
-                s.offset = batch.next_offset;
-                if s.out.try_send(Ok(batch)).is_err() {
-                    streams.remove(&partition);
-                }
+        };
+        let batch = records_from(data, s.offset);
+        if batch.next_offset > s.offset {
+            s.offset = batch.next_offset;
+            if s.out.try_send(Ok(batch)).is_err() {
+                streams.remove(&partition);
             }
         }
     }
@@ -390,28 +368,21 @@ fn hand_over(streams: &mut HashMap<i32, Stream>, response: FetchResponse) -> boo
 
 /// The records at or after `from` (Kafka answers with whole batches, which can start
 /// before it); the next offset is past every batch, control batches included.
-fn records_from(batches: Vec<RecordBatch>, from: i64, high_watermark: i64) -> LogBatch {
-    let mut next_offset = from;
-    let mut records = Vec::new();
-    for b in batches {
-        next_offset = next_offset.max(b.base_offset + i64::from(b.last_offset_delta) + 1);
-        if let ControlBatchOrRecords::Records(rs) = b.records {
-            for r in rs {
-                let offset = b.base_offset + i64::from(r.offset_delta);
-                if offset < from {
-                    continue;
-                }
-                records.push(LogRecord {
-                    offset,
-                    message: r.value.as_deref().and_then(|v| decode(v, offset)),
-                });
-            }
-        }
-    }
+pub(super) fn records_from(data: FetchedData, from: i64) -> LogBatch {
+    let next_offset = data.end.map_or(from, |e| e.max(from));
+    let records = data
+        .records
+        .into_iter()
+        .filter(|r| r.offset >= from)
+        .map(|r| LogRecord {
+            offset: r.offset,
+            message: r.value.as_deref().and_then(|v| decode(v, r.offset)),
+        })
+        .collect();
     LogBatch {
         records,
         next_offset,
-        high_watermark,
+        high_watermark: data.high_watermark,
     }
 }
 
@@ -419,8 +390,8 @@ fn records_from(batches: Vec<RecordBatch>, from: i64, high_watermark: i64) -> Lo
 pub(super) struct TailReader {
     tailer: Arc<Tailer>,
     partition: i32,
-    /// For the offsets (earliest, latest), on the log's shared client.
-    pc: PartitionClient,
+    /// For the offsets (earliest, latest), on its control connections.
+    cluster: Arc<Cluster>,
     state: tokio::sync::Mutex<TailState>,
 }
 
@@ -432,11 +403,11 @@ struct TailState {
 }
 
 impl TailReader {
-    pub fn new(tailer: Arc<Tailer>, partition: i32, pc: PartitionClient) -> Self {
+    pub fn new(tailer: Arc<Tailer>, partition: i32, cluster: Arc<Cluster>) -> Self {
         TailReader {
             tailer,
             partition,
-            pc,
+            cluster,
             state: tokio::sync::Mutex::new(TailState::default()),
         }
     }
@@ -482,73 +453,53 @@ impl LogReader for TailReader {
     }
 
     async fn earliest(&self) -> Result<i64, LogError> {
-        with_timeout(
-            Duration::from_secs(10),
-            "offsets",
-            self.pc.get_offset(OffsetAt::Earliest),
-        )
-        .await
+        self.cluster
+            .list_offset(self.partition, OffsetAt::Earliest)
+            .await
     }
 
     async fn latest(&self) -> Result<i64, LogError> {
-        with_timeout(
-            Duration::from_secs(10),
-            "offsets",
-            self.pc.get_offset(OffsetAt::Latest),
-        )
-        .await
+        self.cluster
+            .list_offset(self.partition, OffsetAt::Latest)
+            .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rskafka::protocol::messages::FetchResponsePartition;
-    use rskafka::protocol::primitives::Records;
-    use rskafka::record::Record;
+    use crate::log::kafka::wire::{RawRecord, Refusal};
 
-    fn batch(base_offset: i64, n: usize) -> RecordBatch {
-        let records = (0..n)
-            .map(|i| Record {
-                key: None,
-                value: Some(format!("r{i}").into_bytes()),
-                headers: Default::default(),
-                timestamp: chrono::Utc::now(),
-            })
-            .collect();
-        let mut b = super::super::produce::record_batch(records);
-        b.base_offset = base_offset;
-        b
-    }
-
-    fn part(
-        p: i32,
-        error: Option<ProtocolError>,
-        batches: Vec<RecordBatch>,
-    ) -> FetchResponsePartition {
-        FetchResponsePartition {
-            partition_index: Int32(p),
-            error_code: error,
-            high_watermark: Int64(100),
-            last_stable_offset: None,
-            aborted_transactions: vec![],
-            records: Records(batches),
+    /// Batches of `n` records from each base offset, as one partition's data.
+    fn data(batches: &[(i64, usize)], high_watermark: i64) -> FetchedData {
+        let mut records = Vec::new();
+        let mut end = None;
+        for (base, n) in batches {
+            for i in 0..*n {
+                records.push(RawRecord {
+                    offset: base + i as i64,
+                    value: Some(format!("r{i}").into_bytes()),
+                });
+            }
+            end = Some(base + *n as i64);
+        }
+        FetchedData {
+            high_watermark,
+            records,
+            end,
         }
     }
 
-    fn response(partitions: Vec<FetchResponsePartition>) -> FetchResponse {
-        FetchResponse {
-            throttle_time_ms: None,
-            responses: vec![rskafka::protocol::messages::FetchResponseTopic {
-                topic: String_("t".into()),
-                partitions,
-            }],
+    fn part(p: i32, result: Result<FetchedData, Refusal>) -> Fetched {
+        Fetched {
+            partition: p,
+            result,
         }
     }
 
     #[test]
     fn records_before_the_offset_are_dropped_and_the_next_offset_passes_every_batch() {
-        let b = records_from(vec![batch(10, 3), batch(13, 2)], 11, 15);
+        let b = records_from(data(&[(10, 3), (13, 2)], 15), 11);
         assert_eq!(
             b.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
             vec![11, 12, 13, 14]
@@ -557,7 +508,7 @@ mod tests {
         assert_eq!(b.high_watermark, 15);
         // Records that are not chat messages are kept as positions without a message.
         assert!(b.records.iter().all(|r| r.message.is_none()));
-        let empty = records_from(vec![], 11, 11);
+        let empty = records_from(data(&[], 11), 11);
         assert_eq!(empty.next_offset, 11);
     }
 
@@ -591,11 +542,11 @@ mod tests {
         ]);
         let stale = hand_over(
             &mut streams,
-            response(vec![
-                part(0, None, vec![batch(5, 2)]),
-                part(1, Some(ProtocolError::OffsetOutOfRange), vec![]),
-                part(2, None, vec![]),
-            ]),
+            vec![
+                part(0, Ok(data(&[(5, 2)], 100))),
+                part(1, Err(Refusal::offset_out_of_range())),
+                part(2, Ok(data(&[], 100))),
+            ],
         );
         assert!(!stale);
         match rx0.try_recv() {
@@ -614,14 +565,7 @@ mod tests {
         assert!(rx2.try_recv().is_err(), "nothing new: nothing handed over");
         assert_eq!(streams[&2].offset, 9);
 
-        let stale = hand_over(
-            &mut streams,
-            response(vec![part(
-                2,
-                Some(ProtocolError::NotLeaderOrFollower),
-                vec![],
-            )]),
-        );
+        let stale = hand_over(&mut streams, vec![part(2, Err(Refusal::not_leader()))]);
         assert!(stale, "a leader change asks for new metadata");
         assert!(matches!(rx2.try_recv(), Ok(Err(e)) if e.retryable()));
     }
@@ -629,14 +573,6 @@ mod tests {
     #[test]
     fn a_fetch_asks_for_each_ready_partition_at_its_offset() {
         let r = fetch_request("t", &[(3, 40), (1, 7)], 1, Duration::from_millis(500));
-        assert_eq!(r.max_wait_ms.0, 500);
-        assert_eq!(r.replica_id.0, -1);
-        let p = &r.topics[0].partitions;
-        assert_eq!(
-            p.iter()
-                .map(|p| (p.partition.0, p.fetch_offset.0))
-                .collect::<Vec<_>>(),
-            vec![(3, 40), (1, 7)]
-        );
+        assert_eq!(r.summary(), (500, vec![(3, 40), (1, 7)]));
     }
 }

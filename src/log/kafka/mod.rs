@@ -1,42 +1,110 @@
-//! Kafka as the message log, through rskafka.
+//! Kafka as the message log, over rskafka's wire protocol.
 //!
+//! Every request goes through one connection layer and one metadata cache (`cluster.rs`),
+//! with TLS and SASL when configured; rskafka's protocol types stay in `wire.rs`.
 //! Producing goes through `produce.rs`: one request per broker carries the records of all
-//! the partitions it leads. Topic set-up, readers and health checks use rskafka's client.
+//! the partitions it leads. Tailing readers share a fetch per broker (`fetch.rs`); a
+//! recovery reader ([`Log::reader`]) fetches on a connection of its own.
 //!
-//! rskafka has no request timeout and retries connection errors until its backoff
-//! deadline; every call here is also wrapped in `tokio::time::timeout`. Its produce is not
-//! idempotent: after an I/O error a record can be written twice, which is why readers
-//! drop a message id they have seen (relay) and the store has unique keys (persist).
+//! Every request has a time-out. Produce is not idempotent: after an I/O error a record
+//! can be written twice, which is why readers drop a message id they have seen (relay) and
+//! the store has unique keys (persist).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rskafka::client::error::{Error as KafkaError, ProtocolError};
-use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
-use rskafka::BackoffConfig;
 
 use tokio::sync::oneshot;
 
-use super::{
-    decode, encode, partition_of, Appending, Log, LogBatch, LogError, LogReader, LogRecord, Pace,
-};
+use super::{encode, partition_of, Appending, Log, LogBatch, LogError, LogReader, Pace};
 use crate::model::NewMessage;
 use crate::shutdown::Shutdown;
 
 mod cluster;
 mod fetch;
 mod produce;
+mod wire;
+
+pub use wire::{Sasl, SaslMechanism};
 
 use cluster::Cluster;
-use fetch::{Profile, TailReader, Tailer};
+use fetch::{records_from, Profile, TailReader, Tailer};
 use produce::{Producer, Queued};
+use wire::{Conn, OffsetAt};
 
 /// Upper bound of one fetch response.
 const MAX_FETCH_BYTES: i32 = 1 << 20;
+
+/// How chat talks to the brokers: TLS (rustls; the roots, and a client certificate for
+/// mTLS, are in the configuration) and SASL credentials, on every connection.
+#[derive(Clone, Default)]
+pub struct KafkaSecurity {
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub sasl: Option<Sasl>,
+}
+
+/// Why the TLS configuration for Kafka cannot be built (each names the file at fault).
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaTlsError {
+    #[error("{0}")]
+    Roots(#[from] crate::tls::TlsError),
+    #[error("{path}: {problem}")]
+    ClientCert { path: String, problem: String },
+    #[error("{path}: {problem}")]
+    ClientKey { path: String, problem: String },
+}
+
+/// The rustls configuration of every Kafka connection: the brokers verified against the CA
+/// file (else the system roots) and their host names checked; with `client` (certificate
+/// chain, key; PEM files), mutual TLS.
+pub fn tls_config(
+    ca: Option<&crate::tls::CaFile>,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Arc<rustls::ClientConfig>, KafkaTlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    crate::tls::install_provider();
+    let roots = crate::tls::roots(ca)?;
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let cert_err = |problem: String| KafkaTlsError::ClientCert {
+                path: cert.display().to_string(),
+                problem,
+            };
+            let certs = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| cert_err(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| cert_err(format!("not PEM certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(cert_err("holds no PEM certificate".into()));
+            }
+            let key_err = |problem: String| KafkaTlsError::ClientKey {
+                path: key.display().to_string(),
+                problem,
+            };
+            let key_der = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| key_err(format!("no PEM private key: {e}")))?;
+            builder
+                .with_client_auth_cert(certs, key_der)
+                .map_err(|e| key_err(format!("does not go with the client certificate: {e}")))?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+impl std::fmt::Debug for KafkaSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSecurity")
+            .field("tls", &self.tls.is_some())
+            .field("sasl", &self.sasl)
+            .finish()
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -45,12 +113,12 @@ pub struct KafkaSettings {
     pub partitions: i32,
     /// How long a sender waits for the broker's ack before giving up (retryably).
     pub produce_timeout: Duration,
+    pub security: KafkaSecurity,
 }
 
 pub struct KafkaLog {
     settings: KafkaSettings,
     partitions: i32,
-    client: Client,
     /// Multi-partition produce requests, one producer per partition leader.
     producer: Producer,
     cluster: Arc<Cluster>,
@@ -58,58 +126,28 @@ pub struct KafkaLog {
     tailers: Mutex<HashMap<Profile, Arc<Tailer>>>,
 }
 
-fn backoff() -> BackoffConfig {
-    BackoffConfig {
-        init_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_secs(1),
-        base: 2.0,
-        deadline: Some(Duration::from_secs(5)),
-    }
-}
-
-fn map_err(e: KafkaError) -> LogError {
-    match e {
-        KafkaError::ServerError {
-            protocol_error: ProtocolError::OffsetOutOfRange,
-            ..
-        } => LogError::OutOfRange { offset: -1 },
-        KafkaError::Connection(_) | KafkaError::RetryFailed(_) | KafkaError::Timeout => {
-            LogError::Unavailable(e.to_string())
+/// Connects to the bootstrap brokers as chat does (TLS, SASL) until one answers
+/// ApiVersions: Err is the line a refused start prints, `Kafka at ADDRESS: CLASS: reason`.
+pub async fn probe(settings: &KafkaSettings) -> anyhow::Result<()> {
+    let cluster = Cluster::new(
+        settings.brokers.clone(),
+        settings.topic.clone(),
+        settings.security.clone(),
+        Shutdown::new(),
+    );
+    let mut last = None;
+    for addr in &settings.brokers {
+        match cluster.connect(addr).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
         }
-        KafkaError::Request(_) => LogError::Unavailable(e.to_string()),
-        other => LogError::Other(other.to_string()),
     }
-}
-
-impl From<KafkaError> for LogError {
-    fn from(e: KafkaError) -> Self {
-        map_err(e)
-    }
-}
-
-async fn with_timeout<T, E: Into<LogError>>(
-    d: Duration,
-    what: &str,
-    f: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, LogError> {
-    match tokio::time::timeout(d, f).await {
-        Ok(r) => r.map_err(Into::into),
-        Err(_) => Err(LogError::Unavailable(format!(
-            "{what}: no answer from Kafka within {d:?}"
+    match last {
+        Some(e) => Err(anyhow::anyhow!(crate::tls::failure_line(
+            "Kafka", &e.addr, &e.reason
         ))),
+        None => Err(anyhow::anyhow!("Kafka: no broker given")),
     }
-}
-
-async fn build_client(brokers: &[String]) -> Result<Client, LogError> {
-    with_timeout(
-        Duration::from_secs(10),
-        "connecting",
-        ClientBuilder::new(brokers.to_vec())
-            .client_id("chat")
-            .backoff_config(backoff())
-            .build(),
-    )
-    .await
 }
 
 impl KafkaLog {
@@ -140,25 +178,16 @@ impl KafkaLog {
     /// per partition. The topic's real partition count wins over the configured one.
     /// Its tasks (producer, fetches) are spawned in `tasks` and end when it is cancelled.
     pub async fn connect(settings: KafkaSettings, tasks: Shutdown) -> Result<Self, LogError> {
-        let client = build_client(&settings.brokers).await?;
-        let controller = client.controller_client().map_err(map_err)?;
-        let created = tokio::time::timeout(
-            Duration::from_secs(20),
-            controller.create_topic(settings.topic.clone(), settings.partitions, 1, 10_000),
-        )
-        .await
-        .map_err(|_| LogError::Unavailable("creating the topic: no answer".into()))?;
-        match created {
-            Ok(()) => {
-                tracing::info!(topic = %settings.topic, partitions = settings.partitions, "created the Kafka topic")
-            }
-            Err(KafkaError::ServerError {
-                protocol_error: ProtocolError::TopicAlreadyExists,
-                ..
-            }) => {}
-            Err(e) => return Err(map_err(e)),
+        let cluster = Cluster::new(
+            settings.brokers.clone(),
+            settings.topic.clone(),
+            settings.security.clone(),
+            tasks,
+        );
+        if cluster.create_topic(settings.partitions).await? {
+            tracing::info!(topic = %settings.topic, partitions = settings.partitions, "created the Kafka topic");
         }
-        let partitions = Self::partition_count(&client, &settings.topic).await?;
+        let partitions = cluster.wait_for_partitions().await?;
         if partitions != settings.partitions {
             tracing::warn!(
                 topic = %settings.topic,
@@ -167,36 +196,14 @@ impl KafkaLog {
                 "the topic has another partition count than configured; using the topic's"
             );
         }
-        let cluster =
-            Cluster::start(settings.brokers.clone(), settings.topic.clone(), tasks).await?;
         let producer = Producer::new(Arc::clone(&cluster), settings.produce_timeout);
         Ok(KafkaLog {
             settings,
             partitions,
-            client,
             producer,
             cluster,
             tailers: Mutex::new(HashMap::new()),
         })
-    }
-
-    async fn partition_count(client: &Client, topic: &str) -> Result<i32, LogError> {
-        // Metadata can lag a fresh topic for a moment.
-        for _ in 0..50 {
-            let topics = with_timeout(
-                Duration::from_secs(10),
-                "listing topics",
-                client.list_topics(),
-            )
-            .await?;
-            if let Some(t) = topics.iter().find(|t| t.name == topic) {
-                if !t.partitions.is_empty() {
-                    return Ok(t.partitions.len() as i32);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(LogError::Other(format!("topic {topic} has no partitions")))
     }
 }
 
@@ -231,20 +238,10 @@ impl Log for KafkaLog {
     }
 
     async fn reader(&self, partition: i32) -> Result<Box<dyn LogReader>, LogError> {
-        let client = build_client(&self.settings.brokers).await?;
-        let pc = with_timeout(
-            Duration::from_secs(20),
-            "opening a partition",
-            client.partition_client(
-                self.settings.topic.clone(),
-                partition,
-                UnknownTopicHandling::Retry,
-            ),
-        )
-        .await?;
         Ok(Box::new(KafkaReader {
-            _client: client,
-            pc,
+            cluster: Arc::clone(&self.cluster),
+            partition,
+            conn: tokio::sync::Mutex::new(None),
         }))
     }
 
@@ -258,85 +255,109 @@ impl Log for KafkaLog {
                     .or_insert_with(|| Arc::new(Tailer::new(Arc::clone(&self.cluster), profile))),
             )
         };
-        // Offsets go over the shared client: short requests, never a long poll.
-        let pc = with_timeout(
-            Duration::from_secs(20),
-            "opening a partition",
-            self.client.partition_client(
-                self.settings.topic.clone(),
-                partition,
-                UnknownTopicHandling::Retry,
-            ),
-        )
-        .await?;
-        Ok(Box::new(TailReader::new(tailer, partition, pc)))
+        Ok(Box::new(TailReader::new(
+            tailer,
+            partition,
+            Arc::clone(&self.cluster),
+        )))
     }
 
     async fn ping(&self) -> Result<(), LogError> {
-        with_timeout(
-            Duration::from_secs(2),
-            "metadata",
-            self.client.list_topics(),
-        )
-        .await
-        .map(|_| ())
+        self.cluster.ping().await
     }
 }
 
+/// A recovery reader: fetches one partition on a connection of its own to its leader.
 struct KafkaReader {
-    _client: Client,
-    pc: PartitionClient,
+    cluster: Arc<Cluster>,
+    partition: i32,
+    /// The leader it is connected to, and the connection.
+    conn: tokio::sync::Mutex<Option<(i32, Conn)>>,
 }
 
 #[async_trait]
 impl LogReader for KafkaReader {
     async fn read(&self, offset: i64, max_wait: Duration) -> Result<LogBatch, LogError> {
-        let wait_ms = max_wait.as_millis().min(30_000) as i32;
-        let r = with_timeout(
-            max_wait + Duration::from_secs(10),
-            "fetching",
-            self.pc.fetch_records(offset, 1..MAX_FETCH_BYTES, wait_ms),
-        )
-        .await;
-        let (records, high_watermark) = match r {
-            Ok(v) => v,
-            Err(LogError::OutOfRange { .. }) => return Err(LogError::OutOfRange { offset }),
-            Err(e) => return Err(e),
+        let wait = max_wait.min(Duration::from_secs(30));
+        let node = match self.cluster.leader(self.partition) {
+            Some(n) => n,
+            None => {
+                self.cluster.refresh().await?;
+                self.cluster.leader(self.partition).ok_or_else(|| {
+                    LogError::Unavailable(format!(
+                        "no Kafka leader known for partition {}",
+                        self.partition
+                    ))
+                })?
+            }
         };
-        let mut next_offset = offset;
-        let records = records
-            .into_iter()
-            .filter(|r| r.offset >= offset)
-            .map(|r| {
-                next_offset = next_offset.max(r.offset + 1);
-                LogRecord {
-                    offset: r.offset,
-                    message: r.record.value.as_deref().and_then(|v| decode(v, r.offset)),
+        let mut guard = self.conn.lock().await;
+        if guard.as_ref().is_some_and(|(n, _)| *n != node) {
+            *guard = None;
+        }
+        let request = wire::fetch_request(
+            &self.cluster.topic,
+            &[(self.partition, offset)],
+            1,
+            wait,
+            MAX_FETCH_BYTES,
+            MAX_FETCH_BYTES,
+        );
+        let mut resent = false;
+        let answer = loop {
+            let conn = match guard.take() {
+                Some((_, c)) => c,
+                None => self.cluster.connect_node(node).await?,
+            };
+            match tokio::time::timeout(wait + Duration::from_secs(10), conn.fetch(&request)).await {
+                Ok(Ok(a)) => {
+                    *guard = Some((node, conn));
+                    break a;
                 }
-            })
-            .collect();
-        Ok(LogBatch {
-            records,
-            next_offset,
-            high_watermark,
-        })
+                // The broker closes idle connections: once more on a new one.
+                Ok(Err(f)) if f.broken && !resent => resent = true,
+                Ok(Err(f)) => {
+                    if !f.broken {
+                        *guard = Some((node, conn));
+                    }
+                    return Err(cluster::unavailable("fetching", f));
+                }
+                Err(_) => {
+                    return Err(LogError::Unavailable(
+                        "fetching: no answer from Kafka".into(),
+                    ))
+                }
+            }
+        };
+        drop(guard);
+        let Some(p) = answer.into_iter().find(|p| p.partition == self.partition) else {
+            return Ok(LogBatch {
+                records: Vec::new(),
+                next_offset: offset,
+                high_watermark: offset,
+            });
+        };
+        match p.result {
+            Ok(data) => Ok(records_from(data, offset)),
+            Err(r) if r.out_of_range() => Err(LogError::OutOfRange { offset }),
+            Err(r) => {
+                if r.stale() {
+                    self.cluster.refresh_soon();
+                }
+                Err(LogError::Unavailable(format!("Kafka: {r}")))
+            }
+        }
     }
 
     async fn earliest(&self) -> Result<i64, LogError> {
-        with_timeout(
-            Duration::from_secs(10),
-            "offsets",
-            self.pc.get_offset(OffsetAt::Earliest),
-        )
-        .await
+        self.cluster
+            .list_offset(self.partition, OffsetAt::Earliest)
+            .await
     }
 
     async fn latest(&self) -> Result<i64, LogError> {
-        with_timeout(
-            Duration::from_secs(10),
-            "offsets",
-            self.pc.get_offset(OffsetAt::Latest),
-        )
-        .await
+        self.cluster
+            .list_offset(self.partition, OffsetAt::Latest)
+            .await
     }
 }

@@ -6,9 +6,8 @@
 //! (gateway, partition) pair sees a record every few milliseconds, so nearly every request
 //! carried one record, and Kafka's cost per request was the largest single cost on the
 //! message path. The Kafka protocol lets one request carry batches for many partitions;
-//! this module builds that request with rskafka's protocol types (its `unstable-fuzzing`
-//! feature makes them public; the version is pinned in Cargo.lock) and sends it over its
-//! `Messenger`, on our own TCP connection with `TCP_NODELAY`.
+//! this module builds that request (`wire.rs`, on rskafka's protocol types) and sends it on
+//! the cluster's connections (`cluster.rs`: `TCP_NODELAY`, TLS and SASL when configured).
 //!
 //! One task keeps a queue per partition. Per broker, one request is in flight at a time,
 //! and it carries everything queued while the previous one was out: a lone record goes at
@@ -25,19 +24,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
-use rskafka::protocol::error::Error as ProtocolError;
-use rskafka::protocol::messages::{
-    ProduceRequest, ProduceRequestPartitionData, ProduceRequestTopicData, ProduceResponse,
-};
-use rskafka::protocol::primitives::{Int16, Int32, NullableString, Records, String_};
-use rskafka::protocol::record::{
-    ControlBatchOrRecords, Record as WireRecord, RecordBatch, RecordBatchCompression,
-    RecordBatchTimestampType, RecordHeader,
-};
 use rskafka::record::Record;
 use tokio::sync::{mpsc, oneshot};
 
-use super::cluster::{is_broken, is_stale, unavailable, Cluster, Conn};
+use super::cluster::{unavailable, Cluster};
+use super::wire::{self, Conn, Produced, Refusal};
 use crate::log::LogError;
 
 /// One request's records, at most (the broker's default `message.max.bytes` is 1 MiB per
@@ -173,7 +164,7 @@ struct Flight {
     node: i32,
     conn: Option<Conn>,
     groups: HashMap<i32, Vec<Queued>>,
-    result: Result<ProduceResponse, FlightError>,
+    result: Result<Vec<Produced>, FlightError>,
 }
 
 /// The producer: per broker one request in flight, carrying every partition it leads.
@@ -280,12 +271,12 @@ async fn flight(
                 Err(e) => break Err(FlightError::Connect(e)),
             },
         };
-        match tokio::time::timeout(client_timeout, c.request(&request)).await {
+        match tokio::time::timeout(client_timeout, c.produce(&request)).await {
             Ok(Ok(response)) => {
                 conn = Some(c);
                 break Ok(response);
             }
-            Ok(Err(e)) if !resent && is_broken(&e) => resent = true,
+            Ok(Err(e)) if !resent && e.broken => resent = true,
             Ok(Err(e)) => break Err(FlightError::Request(unavailable("producing", e))),
             Err(_) => {
                 break Err(FlightError::Request(LogError::Unavailable(format!(
@@ -325,27 +316,25 @@ fn settle(
             }
             down_until.remove(&f.node);
             let mut stale = false;
-            for topic in response.responses {
-                for p in topic.partition_responses {
-                    let partition = p.index.0;
-                    let Some(g) = groups.remove(&partition) else {
-                        continue;
-                    };
-                    match p.error {
-                        None => {
-                            for (i, q) in g.into_iter().enumerate() {
-                                let _ = q.done.send(Ok(p.base_offset.0 + i as i64));
-                            }
+            for p in response {
+                let partition = p.partition;
+                let Some(g) = groups.remove(&partition) else {
+                    continue;
+                };
+                match p.result {
+                    Ok(base_offset) => {
+                        for (i, q) in g.into_iter().enumerate() {
+                            let _ = q.done.send(Ok(base_offset + i as i64));
                         }
-                        Some(e) => {
-                            tracing::debug!(node = f.node, partition, error = %e, "kafka: produce refused");
-                            stale |= is_stale(&e);
-                            let err = partition_error(e);
-                            if err.retryable() {
-                                parts.retry(partition, g, retry_at);
-                            } else {
-                                fail(g, &err);
-                            }
+                    }
+                    Err(e) => {
+                        tracing::debug!(node = f.node, partition, error = %e, "kafka: produce refused");
+                        stale |= e.stale();
+                        let err = partition_error(e);
+                        if err.retryable() {
+                            parts.retry(partition, g, retry_at);
+                        } else {
+                            fail(g, &err);
                         }
                     }
                 }
@@ -384,89 +373,26 @@ fn fail(records: Vec<Queued>, e: &LogError) {
     }
 }
 
-/// One produce request (acks = all) with a record batch per partition, in queue order
-/// within each.
+/// One produce request (acks = all) with a record batch per partition (in partition
+/// order), in queue order within each.
 fn build_request(
     topic: &str,
     groups: &HashMap<i32, Vec<Queued>>,
     timeout: Duration,
-) -> ProduceRequest {
+) -> wire::ProduceRequest {
     let mut order: Vec<i32> = groups.keys().copied().collect();
     order.sort_unstable();
-    let partition_data = order
+    let batches = order
         .into_iter()
-        .map(|p| ProduceRequestPartitionData {
-            index: Int32(p),
-            records: Records(vec![record_batch(
-                groups[&p].iter().map(|q| q.record.clone()).collect(),
-            )]),
-        })
+        .map(|p| (p, groups[&p].iter().map(|q| q.record.clone()).collect()))
         .collect();
-    ProduceRequest {
-        transactional_id: NullableString(None),
-        acks: Int16(-1),
-        timeout_ms: Int32(i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX)),
-        topic_data: vec![ProduceRequestTopicData {
-            name: String_(topic.to_owned()),
-            partition_data,
-        }],
-    }
-}
-
-/// A non-transactional, uncompressed batch, as rskafka's own producer writes it.
-pub(super) fn record_batch(records: Vec<Record>) -> RecordBatch {
-    let n = records.len() as i32;
-    let first = records.first().map(|r| r.timestamp).unwrap_or_default();
-    let mut max = first;
-    let records = records
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            max = max.max(r.timestamp);
-            WireRecord {
-                key: r.key,
-                value: r.value,
-                timestamp_delta: (r.timestamp - first).num_milliseconds(),
-                offset_delta: i as i32,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|(key, value)| RecordHeader { key, value })
-                    .collect(),
-            }
-        })
-        .collect();
-    RecordBatch {
-        base_offset: 0,
-        partition_leader_epoch: 0,
-        last_offset_delta: n - 1,
-        is_transactional: false,
-        base_sequence: -1,
-        compression: RecordBatchCompression::NoCompression,
-        timestamp_type: RecordBatchTimestampType::CreateTime,
-        producer_id: -1,
-        producer_epoch: -1,
-        first_timestamp: first.timestamp_millis(),
-        max_timestamp: max.timestamp_millis(),
-        records: ControlBatchOrRecords::Records(records),
-    }
+    wire::produce_request(topic, batches, timeout)
 }
 
 /// Broker-side trouble that a resend can get past is retryable; the rest (a record too
 /// large, a corrupt batch, no authorisation) is not.
-fn partition_error(e: ProtocolError) -> LogError {
-    let retryable = is_stale(&e)
-        || matches!(
-            e,
-            ProtocolError::RequestTimedOut
-                | ProtocolError::NotEnoughReplicas
-                | ProtocolError::NotEnoughReplicasAfterAppend
-                | ProtocolError::KafkaStorageError
-                | ProtocolError::NetworkException
-                | ProtocolError::CoordinatorLoadInProgress
-                | ProtocolError::CorruptMessage
-        );
-    if retryable {
+fn partition_error(e: Refusal) -> LogError {
+    if e.retryable() {
         LogError::Unavailable(format!("Kafka: {e}"))
     } else {
         LogError::Other(format!("Kafka refused the record: {e}"))
@@ -518,19 +444,11 @@ mod tests {
         assert!(parts.in_flight.contains(&3) && parts.in_flight.contains(&1));
 
         let request = build_request("t", &groups, broker_timeout(Duration::from_secs(5)));
-        let data = &request.topic_data[0].partition_data;
+        let (acks, timeout_ms, parts) = request.summary();
+        assert_eq!(parts, vec![(1, 1), (3, 2)]);
+        assert_eq!(acks, -1, "acks=all");
         assert_eq!(
-            data.iter().map(|p| p.index.0).collect::<Vec<_>>(),
-            vec![1, 3]
-        );
-        let ControlBatchOrRecords::Records(r) = &data[1].records.0[0].records else {
-            panic!("not records")
-        };
-        assert_eq!(r.len(), 2);
-        assert_eq!(r[1].offset_delta, 1);
-        assert_eq!(request.acks.0, -1, "acks=all");
-        assert_eq!(
-            request.timeout_ms.0, 3750,
+            timeout_ms, 3750,
             "the broker answers before senders give up"
         );
     }
@@ -582,8 +500,7 @@ mod tests {
 
     #[test]
     fn broker_trouble_is_retryable_a_bad_record_is_not() {
-        assert!(partition_error(ProtocolError::NotLeaderOrFollower).retryable());
-        assert!(partition_error(ProtocolError::NotEnoughReplicas).retryable());
-        assert!(!partition_error(ProtocolError::MessageTooLarge).retryable());
+        assert!(partition_error(Refusal::not_leader()).retryable());
+        assert!(!partition_error(Refusal::message_too_large()).retryable());
     }
 }
