@@ -52,6 +52,16 @@ pub enum Registration {
     Closed,
 }
 
+/// Codecs of produced Kafka record batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KafkaCompression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
 /// SASL mechanisms to Kafka.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KafkaSaslMechanism {
@@ -117,6 +127,9 @@ pub struct ServeArgs {
     /// Partitions of the topic when it is created (an existing topic keeps its own).
     #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 8)]
     pub kafka_partitions: i32,
+    /// How the record batches chat produces are compressed (reading takes every codec).
+    #[arg(long, value_enum, env = "KAFKA_COMPRESSION", default_value_t = KafkaCompression::None)]
+    pub kafka_compression: KafkaCompression,
     /// TLS to every Kafka broker (bootstrap and leaders), verified against the system
     /// trust store or --kafka-ca-file.
     #[arg(long, env = "KAFKA_TLS")]

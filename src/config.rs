@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{KafkaSaslMechanism, MigrateArgs, Registration, Role, ServeArgs};
-use crate::log::kafka::{KafkaSecurity, KafkaTlsError, Sasl, SaslMechanism};
+use crate::cli::{
+    KafkaCompression, KafkaSaslMechanism, MigrateArgs, Registration, Role, ServeArgs,
+};
+use crate::log::kafka::{Compression, KafkaSecurity, KafkaTlsError, Sasl, SaslMechanism};
 use crate::tls::{CaFile, PgTarget, RedisTarget};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,8 @@ pub struct Services {
     pub kafka_partitions: i32,
     /// TLS and SASL to Kafka (none: plaintext, no authentication).
     pub kafka_security: KafkaSecurity,
+    /// How produced record batches are compressed.
+    pub kafka_compression: Compression,
 }
 
 impl std::fmt::Debug for Services {
@@ -47,6 +51,7 @@ impl std::fmt::Debug for Services {
             .field("kafka_topic", &self.kafka_topic)
             .field("kafka_partitions", &self.kafka_partitions)
             .field("kafka_security", &self.kafka_security)
+            .field("kafka_compression", &self.kafka_compression)
             .finish()
     }
 }
@@ -553,6 +558,13 @@ fn backend(a: &ServeArgs, secrets: &Secrets) -> Result<Backend, ConfigError> {
         kafka_topic: a.kafka_topic.clone(),
         kafka_partitions: a.kafka_partitions,
         kafka_security,
+        kafka_compression: match a.kafka_compression {
+            KafkaCompression::None => Compression::None,
+            KafkaCompression::Gzip => Compression::Gzip,
+            KafkaCompression::Snappy => Compression::Snappy,
+            KafkaCompression::Lz4 => Compression::Lz4,
+            KafkaCompression::Zstd => Compression::Zstd,
+        },
     })))
 }
 

@@ -16,12 +16,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// A transaction that writes: PostgreSQL's own (row locks serialise what must be).
 macro_rules! write_transaction {
-    ($c:expr, $err:ty, $f:expr) => {
-        {
-            use diesel_async::AsyncConnection as _;
-            $c.transaction::<_, $err, _>($f)
-        }
-    };
+    ($c:expr, $err:ty, $f:expr) => {{
+        use diesel_async::AsyncConnection as _;
+        $c.transaction::<_, $err, _>($f)
+    }};
 }
 
 // The shared queries (queries.rs) compile against these.

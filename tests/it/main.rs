@@ -6,6 +6,7 @@ mod harness;
 mod rawws;
 
 mod abuse;
+mod compression;
 mod conformance;
 mod consumer;
 mod coord;

@@ -28,7 +28,7 @@ mod fetch;
 mod produce;
 mod wire;
 
-pub use wire::{Sasl, SaslMechanism};
+pub use wire::{Compression, Sasl, SaslMechanism};
 
 use cluster::Cluster;
 use fetch::{records_from, Profile, TailReader, Tailer};
@@ -114,6 +114,8 @@ pub struct KafkaSettings {
     /// How long a sender waits for the broker's ack before giving up (retryably).
     pub produce_timeout: Duration,
     pub security: KafkaSecurity,
+    /// How produced record batches are compressed.
+    pub compression: Compression,
 }
 
 pub struct KafkaLog {
@@ -196,7 +198,11 @@ impl KafkaLog {
                 "the topic has another partition count than configured; using the topic's"
             );
         }
-        let producer = Producer::new(Arc::clone(&cluster), settings.produce_timeout);
+        let producer = Producer::new(
+            Arc::clone(&cluster),
+            settings.produce_timeout,
+            settings.compression,
+        );
         Ok(KafkaLog {
             settings,
             partitions,

@@ -28,7 +28,7 @@ use rskafka::record::Record;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cluster::{unavailable, Cluster};
-use super::wire::{self, Conn, Produced, Refusal};
+use super::wire::{self, Compression, Conn, Produced, Refusal};
 use crate::log::LogError;
 
 /// One request's records, at most (the broker's default `message.max.bytes` is 1 MiB per
@@ -59,10 +59,10 @@ impl Producer {
     /// Starts the producer task; its broker connections open with their first request.
     /// It runs until the cluster's tasks are cancelled (the last step of the drain, after
     /// every session has had its sends answered); records still queued then fail.
-    pub fn new(cluster: Arc<Cluster>, timeout: Duration) -> Self {
+    pub fn new(cluster: Arc<Cluster>, timeout: Duration, compression: Compression) -> Self {
         let (tx, rx) = mpsc::channel(PRODUCE_QUEUE);
         let tasks = cluster.tasks.clone();
-        tasks.spawn_until_cancelled(run(cluster, rx, timeout));
+        tasks.spawn_until_cancelled(run(cluster, rx, timeout, compression));
         Producer { tx }
     }
 
@@ -158,6 +158,8 @@ impl Partitions {
 enum FlightError {
     Connect(LogError),
     Request(LogError),
+    /// The records could not be encoded (compressed): they fail.
+    Encode(LogError),
 }
 
 struct Flight {
@@ -168,7 +170,12 @@ struct Flight {
 }
 
 /// The producer: per broker one request in flight, carrying every partition it leads.
-async fn run(cluster: Arc<Cluster>, mut rx: mpsc::Receiver<Queued>, timeout: Duration) {
+async fn run(
+    cluster: Arc<Cluster>,
+    mut rx: mpsc::Receiver<Queued>,
+    timeout: Duration,
+    compression: Compression,
+) {
     let mut parts = Partitions::default();
     let mut idle: HashMap<i32, Conn> = HashMap::new();
     let mut busy: HashSet<i32> = HashSet::new();
@@ -223,7 +230,14 @@ async fn run(cluster: Arc<Cluster>, mut rx: mpsc::Receiver<Queued>, timeout: Dur
             }
             busy.insert(node);
             let conn = idle.remove(&node);
-            flights.push(flight(Arc::clone(&cluster), node, conn, groups, timeout));
+            flights.push(flight(
+                Arc::clone(&cluster),
+                node,
+                conn,
+                groups,
+                timeout,
+                compression,
+            ));
         }
         if !open && flights.is_empty() && parts.queued == 0 {
             return;
@@ -255,12 +269,30 @@ async fn flight(
     mut conn: Option<Conn>,
     groups: HashMap<i32, Vec<Queued>>,
     timeout: Duration,
+    compression: Compression,
 ) -> Flight {
     let n: usize = groups.values().map(Vec::len).sum();
     metrics::histogram!(crate::telemetry::names::PRODUCE_BATCH).record(n as f64);
     // The broker answers within its timeout, partition by partition (one slow partition
     // gets RequestTimedOut, the rest their offsets); ours is only for a silent broker.
-    let request = build_request(&cluster.topic, &groups, broker_timeout(timeout));
+    let request = match build_request(
+        &cluster.topic,
+        &groups,
+        broker_timeout(timeout),
+        compression,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            return Flight {
+                node,
+                conn,
+                groups,
+                result: Err(FlightError::Encode(LogError::Other(format!(
+                    "encoding a produce request: {e}"
+                )))),
+            }
+        }
+    };
     let client_timeout = timeout + Duration::from_secs(1);
     let mut resent = false;
     let result = loop {
@@ -357,6 +389,14 @@ fn settle(
                 fail(g, &e);
             }
         }
+        Err(FlightError::Encode(e)) => {
+            if let Some(c) = f.conn {
+                idle.insert(f.node, c);
+            }
+            for g in groups.into_values() {
+                fail(g, &e);
+            }
+        }
         Err(FlightError::Request(e)) => {
             tracing::warn!(node = f.node, error = %e, "kafka: produce request failed; retrying its records");
             cluster.refresh_soon();
@@ -379,14 +419,15 @@ fn build_request(
     topic: &str,
     groups: &HashMap<i32, Vec<Queued>>,
     timeout: Duration,
-) -> wire::ProduceRequest {
+    compression: Compression,
+) -> Result<wire::ProduceRequest, String> {
     let mut order: Vec<i32> = groups.keys().copied().collect();
     order.sort_unstable();
     let batches = order
         .into_iter()
         .map(|p| (p, groups[&p].iter().map(|q| q.record.clone()).collect()))
         .collect();
-    wire::produce_request(topic, batches, timeout)
+    wire::produce_request(topic, batches, timeout, compression)
 }
 
 /// Broker-side trouble that a resend can get past is retryable; the rest (a record too
@@ -443,7 +484,13 @@ mod tests {
         assert_eq!(parts.queued, 0);
         assert!(parts.in_flight.contains(&3) && parts.in_flight.contains(&1));
 
-        let request = build_request("t", &groups, broker_timeout(Duration::from_secs(5)));
+        let request = build_request(
+            "t",
+            &groups,
+            broker_timeout(Duration::from_secs(5)),
+            Compression::None,
+        )
+        .unwrap();
         let (acks, timeout_ms, parts) = request.summary();
         assert_eq!(parts, vec![(1, 1), (3, 2)]);
         assert_eq!(acks, -1, "acks=all");

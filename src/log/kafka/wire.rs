@@ -11,27 +11,35 @@
 //! What this module offers: [`Conn`] (a broker connection over any byte stream, versions
 //! synced and SASL done), and one method per request chat sends: Metadata, CreateTopics,
 //! ListOffsets, Produce, Fetch. Their answers come back as plain data ([`Metadata`],
-//! [`Produced`], [`Fetched`]) and per-partition refusals as [`Refusal`].
+//! [`Produced`], [`Fetched`]) and per-partition refusals as [`Refusal`]. Record batches
+//! are encoded and decoded here, in every codec ([`Compression`]; pure-Rust codecs), with
+//! their CRC-32C checked.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rskafka::client::{Credentials, SaslConfig};
 use rskafka::messenger::{Messenger, RequestError, SaslError};
+use rskafka::protocol::api_key::ApiKey;
+use rskafka::protocol::api_version::{ApiVersion, ApiVersionRange};
 use rskafka::protocol::error::Error as ProtocolError;
 use rskafka::protocol::messages::{
     CreateTopicRequest, CreateTopicsRequest, FetchRequest as WireFetch, FetchRequestPartition,
     FetchRequestTopic, IsolationLevel, ListOffsetsRequest, ListOffsetsRequestPartition,
     ListOffsetsRequestTopic, MetadataRequest, MetadataRequestTopic, ProduceRequest as WireProduce,
-    ProduceRequestPartitionData, ProduceRequestTopicData,
+    ProduceResponse,
+};
+use rskafka::protocol::messages::{
+    ReadVersionedError, ReadVersionedType, RequestBody, WriteVersionedError, WriteVersionedType,
 };
 use rskafka::protocol::primitives::{
-    Boolean, Int16, Int32, Int64, NullableString, Records, String_,
+    Boolean, Int16, Int32, Int64, NullableBytes, NullableString, String_,
 };
 use rskafka::protocol::record::{
     ControlBatchOrRecords, Record as WireRecord, RecordBatch, RecordBatchCompression,
     RecordBatchTimestampType, RecordHeader,
 };
+use rskafka::protocol::traits::{ReadError, ReadType, WriteType};
 use rskafka::record::Record;
 use tokio::io::{AsyncRead, AsyncWrite, BufStream};
 
@@ -235,8 +243,15 @@ pub(super) struct FetchedData {
     pub end: Option<i64>,
 }
 
-/// A produce request ready to send (and to send again, after a broken connection).
-pub(super) struct ProduceRequest(WireProduce);
+/// A produce request ready to send (and to send again, after a broken connection): its
+/// record batches already encoded (and compressed).
+pub(super) struct ProduceRequest {
+    topic: String,
+    acks: i16,
+    timeout_ms: i32,
+    /// Per partition: its index and one encoded record batch.
+    batches: Vec<(i32, Vec<u8>)>,
+}
 
 /// A fetch request ready to send.
 pub(super) struct FetchRequest(WireFetch);
@@ -398,7 +413,7 @@ impl Conn {
     }
 
     pub async fn produce(&self, request: &ProduceRequest) -> Result<Vec<Produced>, Failure> {
-        let response = self.0.request(&request.0).await?;
+        let response = self.0.request(request).await?;
         Ok(response
             .responses
             .into_iter()
@@ -413,20 +428,30 @@ impl Conn {
             .collect())
     }
 
+    /// A fetch; its batches are decoded here, compressed ones too. A batch that cannot be
+    /// read fails the answer (the connection stays usable).
     pub async fn fetch(&self, request: &FetchRequest) -> Result<Vec<Fetched>, Failure> {
-        let response = self.0.request(&request.0).await?;
-        Ok(response
-            .responses
+        let response = self.0.request(RawFetch(&request.0)).await?;
+        response
+            .0
             .into_iter()
-            .flat_map(|t| t.partitions)
-            .map(|p| Fetched {
-                partition: p.partition_index.0,
-                result: match p.error_code {
-                    Some(e) => Err(Refusal(e)),
-                    None => Ok(fetched_data(p.records.0, p.high_watermark.0)),
-                },
+            .map(|p| {
+                let result =
+                    match p.error {
+                        Some(e) => Err(Refusal(e)),
+                        None => Ok(decode_batches(&p.records, p.high_watermark).map_err(|m| {
+                            Failure {
+                                broken: false,
+                                message: format!("partition {}: {m}", p.partition),
+                            }
+                        })?),
+                    };
+                Ok(Fetched {
+                    partition: p.partition,
+                    result,
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -451,73 +476,134 @@ fn millis(d: Duration) -> i32 {
     i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
 }
 
-fn fetched_data(batches: Vec<RecordBatch>, high_watermark: i64) -> FetchedData {
-    let mut end: Option<i64> = None;
-    let mut records = Vec::new();
-    for b in batches {
-        let after = b.base_offset + i64::from(b.last_offset_delta) + 1;
-        end = Some(end.map_or(after, |e| e.max(after)));
-        if let ControlBatchOrRecords::Records(rs) = b.records {
-            records.extend(rs.into_iter().map(|r| RawRecord {
-                offset: b.base_offset + i64::from(r.offset_delta),
-                value: r.value,
-            }));
-        }
-    }
-    FetchedData {
-        high_watermark,
-        records,
-        end,
-    }
-}
-
-/// One produce request (acks = all) with a record batch per partition, in the order given.
+/// One produce request (acks = all) with a record batch per partition, in the order given,
+/// compressed with `compression`.
 pub(super) fn produce_request(
     topic: &str,
     batches: Vec<(i32, Vec<Record>)>,
     timeout: Duration,
-) -> ProduceRequest {
-    let partition_data = batches
+    compression: Compression,
+) -> Result<ProduceRequest, String> {
+    let batches = batches
         .into_iter()
-        .map(|(p, records)| ProduceRequestPartitionData {
-            index: Int32(p),
-            records: Records(vec![record_batch(records)]),
-        })
-        .collect();
-    ProduceRequest(WireProduce {
-        transactional_id: NullableString(None),
-        acks: Int16(-1),
-        timeout_ms: Int32(millis(timeout)),
-        topic_data: vec![ProduceRequestTopicData {
-            name: String_(topic.to_owned()),
-            partition_data,
-        }],
+        .map(|(p, records)| Ok((p, encode_batch(record_batch(records), compression)?)))
+        .collect::<Result<_, String>>()?;
+    Ok(ProduceRequest {
+        topic: topic.to_owned(),
+        acks: -1,
+        timeout_ms: millis(timeout),
+        batches,
     })
 }
 
+impl RequestBody for ProduceRequest {
+    type ResponseBody = ProduceResponse;
+    const API_KEY: ApiKey = <WireProduce as RequestBody>::API_KEY;
+    const API_VERSION_RANGE: ApiVersionRange = <WireProduce as RequestBody>::API_VERSION_RANGE;
+    const FIRST_TAGGED_FIELD_IN_REQUEST_VERSION: ApiVersion =
+        <WireProduce as RequestBody>::FIRST_TAGGED_FIELD_IN_REQUEST_VERSION;
+    const FIRST_TAGGED_FIELD_IN_RESPONSE_VERSION: ApiVersion =
+        <WireProduce as RequestBody>::FIRST_TAGGED_FIELD_IN_RESPONSE_VERSION;
+}
+
+impl<W: std::io::Write> WriteVersionedType<W> for ProduceRequest {
+    /// Produce v3 to v7 (rskafka's range; the same layout): transactional id, acks,
+    /// timeout, then per topic its name and per partition its index and records (bytes).
+    fn write_versioned(
+        &self,
+        writer: &mut W,
+        version: ApiVersion,
+    ) -> Result<(), WriteVersionedError> {
+        let v = version.0 .0;
+        if !(3..=7).contains(&v) {
+            return Err(WriteVersionedError::WriteError(
+                rskafka::protocol::traits::WriteError::Malformed(
+                    format!("Produce v{v} is not written here").into(),
+                ),
+            ));
+        }
+        let len = |n: usize| Int32(i32::try_from(n).unwrap_or(i32::MAX));
+        NullableString(None).write(writer)?;
+        Int16(self.acks).write(writer)?;
+        Int32(self.timeout_ms).write(writer)?;
+        len(1).write(writer)?;
+        String_(self.topic.clone()).write(writer)?;
+        len(self.batches.len()).write(writer)?;
+        for (p, bytes) in &self.batches {
+            Int32(*p).write(writer)?;
+            len(bytes.len()).write(writer)?;
+            writer
+                .write_all(bytes)
+                .map_err(|e| WriteVersionedError::WriteError(e.into()))?;
+        }
+        Ok(())
+    }
+}
+
 impl ProduceRequest {
-    /// (acks, timeout in ms, per partition: its index and record count).
+    /// (acks, timeout in ms, per partition: its index and the batch's record count).
     #[cfg(test)]
     pub fn summary(&self) -> (i16, i32, Vec<(i32, usize)>) {
-        let r = &self.0;
-        let parts = r.topic_data[0]
-            .partition_data
+        let parts = self
+            .batches
             .iter()
-            .map(|p| {
-                let n = p
-                    .records
-                    .0
-                    .iter()
-                    .map(|b| match &b.records {
-                        ControlBatchOrRecords::Records(r) => r.len(),
-                        ControlBatchOrRecords::ControlBatch(_) => 0,
-                    })
-                    .sum();
-                (p.index.0, n)
-            })
+            .map(|(p, b)| (*p, i32::from_be_bytes(take::<4>(&b[57..61])) as usize))
             .collect();
-        (r.acks.0, r.timeout_ms.0, parts)
+        (self.acks, self.timeout_ms, parts)
     }
+}
+
+/// A batch's bytes on the wire: rskafka writes it uncompressed; its records are then
+/// compressed here and the length and CRC-32C set again.
+fn encode_batch(batch: RecordBatch, compression: Compression) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    batch.write(&mut bytes).map_err(|e| e.to_string())?;
+    if compression == Compression::None {
+        return Ok(bytes);
+    }
+    let records = bytes.split_off(61);
+    bytes.extend(compress(compression, &records)?);
+    let attributes = i16::from_be_bytes(take::<2>(&bytes[21..23])) | compression.code();
+    bytes[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let len = i32::try_from(bytes.len() - 12).map_err(|e| e.to_string())?;
+    bytes[8..12].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes[21..]);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(bytes)
+}
+
+/// Compresses a batch's records as Kafka's Java producer does (snappy: xerial framing).
+fn compress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    let io = |e: std::io::Error| e.to_string();
+    Ok(match codec {
+        Compression::None => data.to_vec(),
+        Compression::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).map_err(io)?;
+            e.finish().map_err(io)?
+        }
+        Compression::Snappy => {
+            let mut out = b"\x82SNAPPY\x00".to_vec();
+            out.extend(1i32.to_be_bytes());
+            out.extend(1i32.to_be_bytes());
+            let mut encoder = snap::raw::Encoder::new();
+            for chunk in data.chunks(32 * 1024) {
+                let block = encoder.compress_vec(chunk).map_err(|e| e.to_string())?;
+                out.extend((block.len() as u32).to_be_bytes());
+                out.extend(block);
+            }
+            out
+        }
+        Compression::Lz4 => {
+            let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            e.write_all(data).map_err(io)?;
+            e.finish().map_err(|e| e.to_string())?
+        }
+        Compression::Zstd => {
+            ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+        }
+    })
 }
 
 /// A non-transactional, uncompressed batch, as rskafka's own producer writes it.
@@ -602,6 +688,259 @@ impl FetchRequest {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fetch answers, read here rather than by rskafka: its record batch reader decodes compressed
+// batches only with its C codecs (lz4-sys, zstd-sys), which chat leaves out. This reads the
+// Fetch v4 answer itself, keeps each partition's records as bytes, and decodes the batches
+// (`decode_batches`) with pure-Rust codecs: gzip (flate2, miniz_oxide), snappy (snap; raw or
+// Java's xerial framing), lz4 (lz4_flex, LZ4 frames), zstd (ruzstd). Each record is read
+// with rskafka's `Record` reader.
+
+/// The most one compressed batch may expand to (a broker's batch is at most
+/// `message.max.bytes`, 1 MiB by default; this leaves room for a generous setting).
+const MAX_BATCH_BYTES: u64 = 64 << 20;
+
+/// A Fetch request whose answer keeps the records as bytes.
+struct RawFetch<'a>(&'a WireFetch);
+
+impl RequestBody for RawFetch<'_> {
+    type ResponseBody = RawFetchResponse;
+    const API_KEY: ApiKey = <WireFetch as RequestBody>::API_KEY;
+    const API_VERSION_RANGE: ApiVersionRange = <WireFetch as RequestBody>::API_VERSION_RANGE;
+    const FIRST_TAGGED_FIELD_IN_REQUEST_VERSION: ApiVersion =
+        <WireFetch as RequestBody>::FIRST_TAGGED_FIELD_IN_REQUEST_VERSION;
+    const FIRST_TAGGED_FIELD_IN_RESPONSE_VERSION: ApiVersion =
+        <WireFetch as RequestBody>::FIRST_TAGGED_FIELD_IN_RESPONSE_VERSION;
+}
+
+impl<W: std::io::Write> WriteVersionedType<W> for RawFetch<'_> {
+    fn write_versioned(
+        &self,
+        writer: &mut W,
+        version: ApiVersion,
+    ) -> Result<(), WriteVersionedError> {
+        self.0.write_versioned(writer, version)
+    }
+}
+
+struct RawPartition {
+    partition: i32,
+    error: Option<ProtocolError>,
+    high_watermark: i64,
+    records: Vec<u8>,
+}
+
+struct RawFetchResponse(Vec<RawPartition>);
+
+impl<R: std::io::Read> ReadVersionedType<R> for RawFetchResponse {
+    /// Fetch v4 (the only version rskafka's `FetchRequest` asks for): throttle time, then
+    /// per topic its name and per partition: index, error, high watermark, last stable
+    /// offset, aborted transactions, records (bytes).
+    fn read_versioned(reader: &mut R, version: ApiVersion) -> Result<Self, ReadVersionedError> {
+        if version.0 .0 != 4 {
+            return Err(ReadVersionedError::ReadError(ReadError::Malformed(
+                format!("Fetch v{} answers are not read here", version.0 .0).into(),
+            )));
+        }
+        let count = |n: i32| usize::try_from(n.max(0)).map_err(ReadError::from);
+        let _throttle = Int32::read(reader)?;
+        let mut out = Vec::new();
+        for _ in 0..count(Int32::read(reader)?.0)? {
+            let _topic = String_::read(reader)?;
+            for _ in 0..count(Int32::read(reader)?.0)? {
+                let partition = Int32::read(reader)?.0;
+                let error = ProtocolError::new(Int16::read(reader)?.0);
+                let high_watermark = Int64::read(reader)?.0;
+                let _last_stable = Int64::read(reader)?;
+                for _ in 0..count(Int32::read(reader)?.0)? {
+                    let _producer_id = Int64::read(reader)?;
+                    let _first_offset = Int64::read(reader)?;
+                }
+                let records = NullableBytes::read(reader)?.0.unwrap_or_default();
+                out.push(RawPartition {
+                    partition,
+                    error,
+                    high_watermark,
+                    records,
+                });
+            }
+        }
+        Ok(RawFetchResponse(out))
+    }
+}
+
+/// The codec of a record batch (its attributes' low 3 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    fn code(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+
+    fn of(attributes: i16) -> Result<Compression, String> {
+        Ok(match attributes & 0x7 {
+            0 => Compression::None,
+            1 => Compression::Gzip,
+            2 => Compression::Snappy,
+            3 => Compression::Lz4,
+            4 => Compression::Zstd,
+            other => return Err(format!("unknown compression type {other}")),
+        })
+    }
+}
+
+/// The records of a partition's batches (as a fetch answer holds them: whole batches, the
+/// last one possibly cut off, which is left for the next fetch).
+fn decode_batches(bytes: &[u8], high_watermark: i64) -> Result<FetchedData, String> {
+    let mut end: Option<i64> = None;
+    let mut records = Vec::new();
+    let mut rest = bytes;
+    // base offset (8), length (4): the length counts what follows it.
+    while rest.len() >= 12 {
+        let base_offset = i64::from_be_bytes(take::<8>(&rest[0..8]));
+        let len = i32::from_be_bytes(take::<4>(&rest[8..12]));
+        let len = usize::try_from(len).map_err(|_| format!("batch length {len}"))?;
+        if rest.len() < 12 + len {
+            break;
+        }
+        let batch = &rest[12..12 + len];
+        rest = &rest[12 + len..];
+        // partition leader epoch (4), magic (1), crc (4), attributes (2), last offset delta
+        // (4), first and max timestamps (16), producer id (8) and epoch (2), base sequence
+        // (4), record count (4): 49 bytes, then the records.
+        if batch.len() < 49 {
+            return Err(format!("record batch at {base_offset} is too short"));
+        }
+        let magic = batch[4];
+        if magic != 2 {
+            return Err(format!(
+                "record batch at {base_offset} has magic {magic} (only v2 batches are read)"
+            ));
+        }
+        let crc = u32::from_be_bytes(take::<4>(&batch[5..9]));
+        if crc32c::crc32c(&batch[9..]) != crc {
+            return Err(format!("record batch at {base_offset}: CRC mismatch"));
+        }
+        let attributes = i16::from_be_bytes(take::<2>(&batch[9..11]));
+        let last_offset_delta = i32::from_be_bytes(take::<4>(&batch[11..15]));
+        let n = i32::from_be_bytes(take::<4>(&batch[45..49])).max(0);
+        let after = base_offset + i64::from(last_offset_delta) + 1;
+        end = Some(end.map_or(after, |e| e.max(after)));
+        let is_control = attributes & 0x20 != 0;
+        if is_control {
+            continue;
+        }
+        let payload = &batch[49..];
+        let codec = Compression::of(attributes)?;
+        let unpacked: Vec<u8>;
+        let plain: &[u8] = match codec {
+            Compression::None => payload,
+            _ => {
+                unpacked = decompress(codec, payload)
+                    .map_err(|e| format!("record batch at {base_offset} ({codec:?}): {e}"))?;
+                &unpacked
+            }
+        };
+        let mut cursor = std::io::Cursor::new(plain);
+        for _ in 0..n {
+            let r = WireRecord::read(&mut cursor)
+                .map_err(|e| format!("record batch at {base_offset}: {e}"))?;
+            records.push(RawRecord {
+                offset: base_offset + i64::from(r.offset_delta),
+                value: r.value,
+            });
+        }
+    }
+    Ok(FetchedData {
+        high_watermark,
+        records,
+        end,
+    })
+}
+
+fn take<const N: usize>(b: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&b[..N]);
+    a
+}
+
+/// A compressed batch's records, at most [`MAX_BATCH_BYTES`].
+fn decompress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let read = |r: &mut dyn Read, out: &mut Vec<u8>| -> Result<(), String> {
+        let n = r
+            .take(MAX_BATCH_BYTES + 1)
+            .read_to_end(out)
+            .map_err(|e| e.to_string())?;
+        if n as u64 > MAX_BATCH_BYTES {
+            return Err(format!("expands beyond {MAX_BATCH_BYTES} bytes"));
+        }
+        Ok(())
+    };
+    match codec {
+        Compression::None => out.extend_from_slice(data),
+        Compression::Gzip => read(&mut flate2::read::GzDecoder::new(data), &mut out)?,
+        Compression::Lz4 => read(&mut lz4_flex::frame::FrameDecoder::new(data), &mut out)?,
+        Compression::Zstd => {
+            let mut d = ruzstd::decoding::StreamingDecoder::new(data).map_err(|e| e.to_string())?;
+            read(&mut d, &mut out)?
+        }
+        Compression::Snappy => out = snappy(data)?,
+    }
+    Ok(out)
+}
+
+/// Snappy as Kafka's producers write it: Java's (xerial) framing — a header, then blocks
+/// of `length (i32) | raw snappy` — or one raw snappy block (librdkafka, rskafka).
+fn snappy(data: &[u8]) -> Result<Vec<u8>, String> {
+    const XERIAL: &[u8] = b"\x82SNAPPY\x00";
+    let raw = |b: &[u8]| -> Result<Vec<u8>, String> {
+        let n = snap::raw::decompress_len(b).map_err(|e| e.to_string())?;
+        if n as u64 > MAX_BATCH_BYTES {
+            return Err(format!("expands beyond {MAX_BATCH_BYTES} bytes"));
+        }
+        snap::raw::Decoder::new()
+            .decompress_vec(b)
+            .map_err(|e| e.to_string())
+    };
+    if !data.starts_with(XERIAL) {
+        return raw(data);
+    }
+    // magic (8), version (4), compatible version (4)
+    let mut rest = data.get(16..).ok_or("a cut-off xerial snappy header")?;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            return Err("a cut-off xerial snappy block".into());
+        }
+        let len = u32::from_be_bytes(take::<4>(&rest[..4])) as usize;
+        let block = rest
+            .get(4..4 + len)
+            .ok_or("a cut-off xerial snappy block")?;
+        out.extend(raw(block)?);
+        if out.len() as u64 > MAX_BATCH_BYTES {
+            return Err(format!("expands beyond {MAX_BATCH_BYTES} bytes"));
+        }
+        rest = &rest[4 + len..];
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,37 +956,108 @@ mod tests {
             .collect()
     }
 
+    /// A batch of `n` records from `base_offset`, as bytes on the wire, its records
+    /// compressed with `codec`.
+    fn batch_bytes(base_offset: i64, n: usize, codec: Compression) -> Vec<u8> {
+        let mut b = record_batch(records(n));
+        b.base_offset = base_offset;
+        encode_batch(b, codec).unwrap()
+    }
+
+    /// Sets a batch's length and CRC after its bytes were changed.
+    fn reseal(bytes: &mut [u8]) {
+        let len = (bytes.len() - 12) as i32;
+        bytes[8..12].copy_from_slice(&len.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[21..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    }
+
     #[test]
     fn fetched_batches_become_records_and_an_end() {
-        let mut a = record_batch(records(3));
-        a.base_offset = 10;
-        let mut b = record_batch(records(2));
-        b.base_offset = 13;
-        let d = fetched_data(vec![a, b], 15);
+        let mut bytes = batch_bytes(10, 3, Compression::None);
+        bytes.extend(batch_bytes(13, 2, Compression::None));
+        // A batch cut off at the end of the answer waits for the next fetch.
+        let cut = batch_bytes(15, 2, Compression::None);
+        bytes.extend(&cut[..cut.len() - 5]);
+        let d = decode_batches(&bytes, 17).unwrap();
         assert_eq!(
             d.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
             vec![10, 11, 12, 13, 14]
         );
         assert_eq!(d.records[1].value.as_deref(), Some(&b"r1"[..]));
         assert_eq!(d.end, Some(15));
-        assert_eq!(d.high_watermark, 15);
-        assert_eq!(fetched_data(vec![], 3).end, None);
+        assert_eq!(d.high_watermark, 17);
+        assert_eq!(decode_batches(&[], 3).unwrap().end, None);
+    }
+
+    #[test]
+    fn compressed_batches_are_decoded_with_every_codec() {
+        for codec in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut bytes = batch_bytes(7, 3, codec);
+            bytes.extend(batch_bytes(10, 1, Compression::None));
+            let d = decode_batches(&bytes, 11).unwrap_or_else(|e| panic!("{codec:?}: {e}"));
+            assert_eq!(
+                d.records
+                    .iter()
+                    .map(|r| (r.offset, r.value.clone().unwrap()))
+                    .collect::<Vec<_>>(),
+                vec![
+                    (7, b"r0".to_vec()),
+                    (8, b"r1".to_vec()),
+                    (9, b"r2".to_vec()),
+                    (10, b"r0".to_vec())
+                ],
+                "{codec:?}"
+            );
+            assert_eq!(d.end, Some(11));
+        }
+        // Raw (unframed) snappy, as librdkafka writes it.
+        let mut bytes = batch_bytes(0, 2, Compression::None);
+        let plain = bytes.split_off(61);
+        bytes.extend(snap::raw::Encoder::new().compress_vec(&plain).unwrap());
+        bytes[21..23].copy_from_slice(&2i16.to_be_bytes());
+        reseal(&mut bytes);
+        assert_eq!(decode_batches(&bytes, 2).unwrap().records.len(), 2);
+        // Garbage in a compressed batch, or a batch that does not match its CRC, is an
+        // error, not a panic.
+        let mut bad = batch_bytes(0, 2, Compression::Zstd);
+        let n = bad.len();
+        bad[61..n].fill(0xAB);
+        let e = decode_batches(&bad, 2).unwrap_err();
+        assert!(e.contains("CRC"), "{e}");
+        reseal(&mut bad);
+        let e = decode_batches(&bad, 2).unwrap_err();
+        assert!(e.contains("Zstd"), "{e}");
     }
 
     #[test]
     fn a_produce_request_has_a_batch_per_partition() {
-        let r = produce_request(
-            "t",
-            vec![(1, records(1)), (3, records(2))],
-            Duration::from_millis(3750),
-        );
-        assert_eq!(r.summary(), (-1, 3750, vec![(1, 1), (3, 2)]));
-        let ControlBatchOrRecords::Records(rs) =
-            &r.0.topic_data[0].partition_data[1].records.0[0].records
-        else {
-            panic!("not records")
-        };
-        assert_eq!(rs[1].offset_delta, 1);
+        for codec in [Compression::None, Compression::Lz4] {
+            let r = produce_request(
+                "t",
+                vec![(1, records(1)), (3, records(2))],
+                Duration::from_millis(3750),
+                codec,
+            )
+            .unwrap();
+            assert_eq!(r.summary(), (-1, 3750, vec![(1, 1), (3, 2)]));
+            let d = decode_batches(&r.batches[1].1, 2).unwrap();
+            assert_eq!(
+                d.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+                vec![0, 1]
+            );
+            let attributes = i16::from_be_bytes(take::<2>(&r.batches[1].1[21..23]));
+            assert_eq!(attributes & 7, codec.code());
+            // The request as the broker reads it (v7): ends with the last batch.
+            let mut out = Vec::new();
+            r.write_versioned(&mut out, ApiVersion(Int16(7))).unwrap();
+            assert!(out.ends_with(&r.batches[1].1));
+        }
     }
 
     #[test]
