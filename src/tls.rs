@@ -27,8 +27,9 @@ use rustls::{
 /// TLS configuration (`main` does, first thing); later calls do nothing.
 pub fn install_provider() {
     // rustls 0.23.48 deprecates ring's provider for lacking post-quantum key exchange
-    // (X25519MLKEM768, aws-lc-rs only). ring is kept on purpose: it is the provider rskafka's
-    // `transport-tls` uses, so the binary carries one provider, and aws-lc-rs would add a
+    // (X25519MLKEM768, aws-lc-rs only). ring is kept on purpose: every TLS client here
+    // (tokio-postgres-rustls, redis's rustls, our Kafka connections on tokio-rustls) is
+    // built without aws-lc-rs, so the binary carries one provider, and aws-lc-rs would add a
     // large C build; these connections go to the deployment's own backing services.
     // Err only when a provider is installed already: then that one stays.
     #[allow(deprecated)]
