@@ -14,15 +14,15 @@
 //! goes through a per-thread scratch buffer into a `Bytes` of its exact size, and a write sends
 //! actix-ws's encoded frames as they are.
 //!
-//! Public, documented APIs only (issue 17, item 7): no `__priv_*` and no `#[doc(hidden)]`
-//! item of actix-web, actix-http, actix-server, actix-service or actix-codec is called. The
+//! Public, documented APIs only (issue 17, item 7): no semver-exempt item (hidden from the
+//! docs, or named as private) of actix-web, actix-http, actix-server, actix-service or actix-codec is called. The
 //! crates used directly are pinned in Cargo.toml to the exact versions actix-web uses (the
 //! comment there says what to re-check on an upgrade). What `HttpServer` does through
 //! non-public means is done here another way or left out:
 //! - `AppConfig`: `HttpServer` builds it with a crate-private constructor; here it is the
 //!   public default ([`config`]).
 //! - Graceful stop: `HttpServer` hands actix-http a shutdown signal through a
-//!   `#[doc(hidden)]` builder method, so that idle keep-alive connections close at once
+//!   builder method hidden from the docs, so that idle keep-alive connections close at once
 //!   when the server stops. Here, from the start of the drain, every HTTP response says
 //!   `Connection: close` ([`Settings::draining`]), so a keep-alive client that makes a
 //!   request while the pod drains is moved elsewhere after its answer; a keep-alive
