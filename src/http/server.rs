@@ -15,8 +15,8 @@
 //! actix-ws's encoded frames as they are.
 //!
 //! Public, documented APIs only (issue 17, item 7): no semver-exempt item (hidden from the
-//! docs, or named as private) of actix-web, actix-http, actix-server, actix-service or actix-codec is called. The
-//! crates used directly are pinned in Cargo.toml to the exact versions actix-web uses (the
+//! docs, or named as private) of actix-web, actix-http, actix-server, actix-service or
+//! actix-codec is called. The crates used directly are pinned in Cargo.toml to the exact versions actix-web uses (the
 //! comment there says what to re-check on an upgrade). What `HttpServer` does through
 //! non-public means is done here another way or left out:
 //! - `AppConfig`: `HttpServer` builds it with a crate-private constructor; here it is the
