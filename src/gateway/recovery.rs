@@ -53,7 +53,7 @@ pub struct Cursor {
     /// copy, so must recovery). At most `max_backlog` of them.
     seen: HashSet<Uuid>,
     /// Messages of the room deleted in the log's tail (not yet in the store): their
-    /// earlier records are returned without a body (docs/decisions/0005).
+    /// earlier records are returned without a body (docs/decisions/0004).
     deleted: HashSet<Uuid>,
     phase: Phase,
 }

@@ -572,3 +572,133 @@ async fn a_deleted_body_is_not_recovered_from_the_log_tail() {
         0
     );
 }
+
+/// Sends the frames (one connection, in order) and waits for every ack; panics on an error.
+async fn all_acked(ws: &mut Ws, frames: Vec<Value>) -> Vec<Value> {
+    let mut want: Vec<String> = Vec::new();
+    for f in frames {
+        want.push(f["client_msg_id"].as_str().unwrap().to_owned());
+        ws.send(f).await;
+    }
+    let mut acks = Vec::new();
+    while acks.len() < want.len() {
+        let v = ws.next().await;
+        assert_ne!(v["type"], "error", "{v}");
+        if v["type"] == "ack" && want.iter().any(|w| v["client_msg_id"] == w.as_str()) {
+            acks.push(v);
+        }
+    }
+    acks
+}
+
+/// Exactly once for every kind: a mix of reactions, edits, replies and deletes while the
+/// consumer is killed (-9) and restarted; every event is applied once (reaction rows,
+/// edit counts and reply counts exact), none twice, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_kind_is_applied_once_when_the_consumer_is_killed() {
+    let env = Env::with_mode("events-kill", Mode::Distributed).await;
+    let gw = env.spawn("gateway", "gw-m").await;
+    let mut consumer = env.spawn("consumer", "consumer-1").await;
+    let h = Http::new(&gw);
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let rooms = [
+        h.create_room(&alice, "k0").await,
+        h.create_room(&alice, "k1").await,
+        h.create_room(&alice, "k2").await,
+    ];
+    for r in &rooms {
+        h.join(&bob, r).await;
+    }
+    let mut wa = Ws::login(&gw, &alice).await;
+    let mut wb = Ws::login(&gw, &bob).await;
+    const M: usize = 120;
+    let frames = (0..M)
+        .map(|i| json!({"type": "send", "room": rooms[i % 3], "client_msg_id": format!("m{i}"), "body": format!("n{i}")}))
+        .collect();
+    let acks = all_acked(&mut wa, frames).await;
+    let mut ids = vec![String::new(); M];
+    for a in &acks {
+        let i: usize = a["client_msg_id"].as_str().unwrap()[1..].parse().unwrap();
+        ids[i] = a["message"]["id"].as_str().unwrap().to_owned();
+    }
+    env.wait_count(
+        "SELECT count(*) AS n FROM messages",
+        M as i64,
+        Duration::from_secs(30),
+    )
+    .await;
+    // The mix: two reactions on 0..40, two edits on 40..80, a reply to 80..100, a delete
+    // of 100..120; in rounds of ten, the consumer killed after a third and back at half.
+    let mut a_frames = Vec::new();
+    let mut b_frames = Vec::new();
+    for j in 0..M {
+        let (room, id) = (&rooms[j % 3], &ids[j]);
+        match j {
+            0..40 => {
+                for (k, e) in ["👍", "🎉"].iter().enumerate() {
+                    b_frames.push(json!({"type": "react", "room": room, "message_id": id, "client_msg_id": format!("r{j}-{k}"), "emoji": e, "on": true}));
+                }
+            }
+            40..80 => {
+                for k in 0..2 {
+                    a_frames.push(json!({"type": "edit", "room": room, "message_id": id, "client_msg_id": format!("e{j}-{k}"), "body": format!("n{j} v{k}")}));
+                }
+            }
+            80..100 => b_frames.push(json!({"type": "send", "room": room, "client_msg_id": format!("t{j}"), "body": "re", "reply_to": id})),
+            _ => a_frames.push(json!({"type": "delete", "room": room, "message_id": id, "client_msg_id": format!("d{j}")})),
+        }
+    }
+    let rounds = 10;
+    let (a_chunk, b_chunk) = (
+        a_frames.len().div_ceil(rounds),
+        b_frames.len().div_ceil(rounds),
+    );
+    let mut a_iter = a_frames.into_iter();
+    let mut b_iter = b_frames.into_iter();
+    for round in 0..rounds {
+        all_acked(&mut wa, a_iter.by_ref().take(a_chunk).collect()).await;
+        all_acked(&mut wb, b_iter.by_ref().take(b_chunk).collect()).await;
+        if round == rounds / 3 {
+            consumer.kill9().await;
+        }
+        if round == rounds / 2 {
+            consumer = env.spawn("consumer", "consumer-2").await;
+        }
+    }
+    let total = M + 80 + 80 + 20 + 20;
+    let n = env
+        .wait_count(
+            "SELECT count(*) AS n FROM messages",
+            total as i64,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(n, total as i64, "records lost");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let checks = [
+        ("SELECT count(*) AS n FROM messages", total as i64),
+        ("SELECT count(*) AS n FROM reactions", 80),
+        ("SELECT count(*) AS n FROM messages WHERE kind = 'edit'", 80),
+        (
+            "SELECT CAST(COALESCE(sum(edit_count), 0) AS BIGINT) AS n FROM messages",
+            80,
+        ),
+        (
+            "SELECT count(*) AS n FROM messages WHERE edit_count = 2 AND body LIKE '% v1'",
+            40,
+        ),
+        (
+            "SELECT CAST(COALESCE(sum(reply_count), 0) AS BIGINT) AS n FROM messages",
+            20,
+        ),
+        (
+            "SELECT count(*) AS n FROM messages WHERE deleted_at IS NOT NULL AND body = ''",
+            20,
+        ),
+    ];
+    for (sql, want) in checks {
+        assert_eq!(env.count(sql).await, want, "{sql}");
+    }
+    drop(consumer);
+}
