@@ -288,10 +288,8 @@ async fn bench_chatty_against_an_embedded_server() {
     assert!(r.ack.count > 0 && r.deliver.count > 0);
 }
 
-// The server side of edits and reactions (issue 18) is being written on branch h-core; until
-// it is merged, the server answers `edit` and `react` frames with errors and this run fails.
-// Run it with `--ignored` against a server that has them.
-#[ignore = "needs the server side of edits and reactions (issue 18, branch h-core)"]
+// Needs the server side of edits and reactions (issue 18): a server without it answers
+// `edit` and `react` with `unknown_type` errors, and this run fails on them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_mixed_against_an_embedded_server() {
     let server = embedded_server("mixed").await;
