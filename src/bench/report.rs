@@ -209,7 +209,8 @@ impl Report {
         if s.senders > 0 {
             let _ = writeln!(
                 o,
-                "messages: sent {} acked {} delivered {} (expected {}, missing {}), out of order {}, send errors {}",
+                "{}: sent {} acked {} delivered {} (expected {}, missing {}), out of order {}, send errors {}",
+                if self.kinds.is_empty() { "messages" } else { "all kinds" },
                 self.sent, self.acked, self.delivered, self.expected_deliveries,
                 self.missing_deliveries, self.out_of_order, self.send_errors
             );
