@@ -20,11 +20,14 @@ the command line plus the environment variables read outside clap).
   timeout the workload runs with);
 - compose depends_on / healthchecks and the Kafka KRaft settings are consistent;
 - Kubernetes references (ConfigMap, Secret, selectors, volumes) resolve;
-- secrets as files: every `…_FILE` setting points into a mounted Secret or ConfigMap key
-  (Kubernetes) or a compose secret defined with a file (deploy/compose.managed.yaml), and chat
-  is asked with that key's or file's contents (deploy/secrets.example/ when deploy/secrets/ is
-  not there; a stand-in CA certificate for `…_CA_FILE`, whose contents are the operator's);
-  a Secret mounted unreadable by others is readable through the pod's fsGroup.
+- secrets as files: every `…_FILE` setting, and every other setting whose value is a path
+  into a mount (KAFKA_CLIENT_CERT, KAFKA_CLIENT_KEY), points into a mounted Secret or ConfigMap
+  key (Kubernetes) or a compose secret defined with a file (deploy/compose.managed.yaml), and
+  chat is asked with that key's or file's contents (deploy/secrets.example/ when
+  deploy/secrets/ is not there; a stand-in CA certificate for `…_CA_FILE` and a stand-in client
+  certificate and key for `…_CERT`/`…_KEY`, whose contents are the operator's); a Secret
+  mounted unreadable by others is readable through the pod's fsGroup; a secret setting (one
+  the binary also reads as `NAME_FILE`) is never given in the environment or a ConfigMap.
 Runs hadolint, kubernetes-validate and `docker compose config` as well when they are on PATH.
 
 Usage: scripts/check_deploy.py [--chat-bin PATH] [--root DIR]
@@ -71,6 +74,8 @@ class Cli:
         self.settings = settings
         self.chat_bin = chat_bin
         self.env = {s["env"] for s in settings if s.get("env")}
+        # Secrets: the settings chat also reads from a file (NAME and NAME_FILE).
+        self.secret_env = {e for e in self.env if e + "_FILE" in self.env}
         scopes = {s["scope"] for s in settings}
         self.subcommands = sorted(scopes - {"global", "process"})
         self.flags = {}  # subcommand -> {"--flag": setting}; global flags in every one
@@ -498,13 +503,13 @@ def check_compose_managed(c, docs):
         env = {k: interpolate(v) for k, v in (svc.get("environment") or {}).items()}
         for k in env:
             c.env_name(where, k)
-        for k in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET"):
+        for k in sorted(c.cli.secret_env):
             c.check(k not in env, f"{where}: {k} in the environment; give it as a secret file ({k}_FILE)")
         mine = {str(x) if not isinstance(x, dict) else str(x.get("source")) for x in svc.get("secrets") or []}
         with tempfile.TemporaryDirectory(prefix="check-deploy-files-") as tmp:
             files_ok = True
             for k, v in list(env.items()):
-                if not k.endswith("_FILE"):
+                if not (k.endswith("_FILE") or str(v).startswith("/run/secrets/")):
                     continue
                 local = None
                 m = re.match(r"^/run/secrets/([^/]+)$", v)
@@ -517,8 +522,8 @@ def check_compose_managed(c, docs):
                     example = os.path.join(base, re.sub(r"^(\./)?secrets/", "secrets.example/", rel))
                     if c.check(os.path.isfile(given) or os.path.isfile(example),
                                f"{where}: secret {m.group(1)}: neither {given} nor its example {example}"):
-                        if k.endswith("_CA_FILE"):
-                            local = stand_in_ca(tmp)
+                        if stand_in_kind(k):
+                            local = stand_in(tmp, stand_in_kind(k))
                         else:
                             local = given if os.path.isfile(given) else example
                 files_ok = files_ok and local is not None
@@ -683,7 +688,7 @@ def check_k8s(c, docs, image_uid):
                 # ConfigMap key; chat is asked with that key's contents in a file of its own.
                 files_ok = True
                 for k, v in list(env.items()):
-                    if k.endswith("_FILE") and v is not None:
+                    if v is not None and (k.endswith("_FILE") or in_mount(v, mounts)):
                         local = mounted_file(c, cw, k, v, mounts, tmp)
                         files_ok = files_ok and local is not None
                         env[k] = local
@@ -725,10 +730,14 @@ def check_k8s(c, docs, image_uid):
             pod_templates[name] = (labels, ports_by_name)
     c.check(len(images) == 1, f"deploy/k8s: chat workloads use {len(images)} different images: {sorted(images)}")
     # Objects taken as environment variables hold names chat reads; the others (mounted as
-    # files) hold file names.
+    # files) hold file names. A secret setting is read from a mounted file, never from a
+    # ConfigMap (or Secret) taken as environment variables.
     for kind, n in sorted(env_sources):
         for key in (configmaps if kind == "ConfigMap" else secrets).get(n, {}):
             c.env_name(f"deploy/k8s: {n}", key)
+            c.check(key not in c.cli.secret_env,
+                    f"deploy/k8s: {kind} {n} gives the secret {key} as an environment variable; "
+                    f"mount it and set {key}_FILE")
     for (kind, name), (path, d) in objs.items():
         if kind == "Service":
             sel = d["spec"].get("selector") or {}
@@ -781,33 +790,61 @@ def k8s_mounts(c, cw, pod, ctr, configmaps, secrets):
     return mounts
 
 
-_STAND_IN_CA = {}
+_STAND_INS = {}
 
 
-def stand_in_ca(tmp):
-    """A CA certificate in PEM for `chat config --check` to parse in place of a provider's
-    (its contents are the operator's; the wiring is what is checked): the system bundle, or
-    one made with openssl. None: neither is there."""
-    if "pem" not in _STAND_IN_CA:
-        pem = None
+def in_mount(path, mounts):
+    """Is `path` a file inside one of the container's Secret or ConfigMap mounts?"""
+    return any(str(path).startswith(m + "/") for m in mounts)
+
+
+def stand_in_kind(setting):
+    """Which stand-in a file setting is checked with ("ca", "cert", "key"), or None when chat
+    is to read the file's own contents (a URL, a password)."""
+    if setting.endswith("_CA_FILE"):
+        return "ca"
+    if setting.endswith("_CERT"):
+        return "cert"
+    if setting.endswith("_KEY"):
+        return "key"
+    return None
+
+
+def _self_signed():
+    """A fresh self-signed certificate and its key in PEM (openssl), or (None, None)."""
+    if not shutil.which("openssl"):
+        return None, None
+    with tempfile.TemporaryDirectory() as d:
+        r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj",
+                            "/CN=check-deploy stand-in", "-keyout", os.path.join(d, "k"),
+                            "-out", os.path.join(d, "c")], capture_output=True)
+        if r.returncode != 0:
+            return None, None
+        return read(os.path.join(d, "c")), read(os.path.join(d, "k"))
+
+
+def stand_in(tmp, kind):
+    """A PEM file for `chat config --check` to parse in place of the operator's (its contents
+    are theirs; the wiring is what is checked): "ca", the system bundle or a self-signed
+    certificate; "cert" and "key", a self-signed client certificate and its key (one pair).
+    None: none can be had."""
+    if kind == "ca" and "ca" not in _STAND_INS:
         for bundle in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"):
             if os.path.isfile(bundle):
-                pem = read(bundle)
+                _STAND_INS["ca"] = read(bundle)
                 break
-        if pem is None and shutil.which("openssl"):
-            with tempfile.TemporaryDirectory() as d:
-                r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                                    "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj",
-                                    "/CN=check-deploy stand-in CA", "-keyout", os.path.join(d, "k"),
-                                    "-out", os.path.join(d, "c")], capture_output=True)
-                if r.returncode == 0:
-                    pem = read(os.path.join(d, "c"))
-        _STAND_IN_CA["pem"] = pem
-    if _STAND_IN_CA["pem"] is None:
+    if kind not in _STAND_INS:
+        if "pair" not in _STAND_INS:
+            _STAND_INS["pair"] = _self_signed()
+        cert, key = _STAND_INS["pair"]
+        _STAND_INS.setdefault("ca", cert)
+        _STAND_INS["cert"], _STAND_INS["key"] = cert, key
+    if _STAND_INS[kind] is None:
         return None
-    path = os.path.join(tmp, "stand-in-ca.pem")
+    path = os.path.join(tmp, f"stand-in-{kind}.pem")
     with open(path, "w", encoding="utf-8") as f:
-        f.write(_STAND_IN_CA["pem"])
+        f.write(_STAND_INS[kind])
     return path
 
 
@@ -823,10 +860,10 @@ def mounted_file(c, cw, setting, path, mounts, tmp):
     key = items.get(rel) if items else rel
     if not c.check(key in keys, f"{cw}: {setting}={path}: {what} has no key {key or rel}"):
         return None
-    if setting.endswith("_CA_FILE"):
-        local = stand_in_ca(tmp)
+    if stand_in_kind(setting):
+        local = stand_in(tmp, stand_in_kind(setting))
         if local is None:
-            c.note(f"{cw}: {setting}: no CA certificate to stand in for {what}'s {key}")
+            c.note(f"{cw}: {setting}: no PEM ({stand_in_kind(setting)}) to stand in for {what}'s {key}")
         return local
     if keys[key] is None:
         return None

@@ -94,7 +94,7 @@ class DeployCheck(unittest.TestCase):
         self.tearDown()
         self.setUp()
         # A broker list chat cannot parse.
-        self.edit("deploy/k8s/config.yaml", "KAFKA_BROKERS: kafka-0.kafka:9092,", "KAFKA_BROKERS: kafka-0.kafka,")
+        self.edit("deploy/k8s/config.yaml", "KAFKA_BROKERS: kafka-0.kafka:9093,", "KAFKA_BROKERS: kafka-0.kafka,")
         self.assertFails(r"consumer.yaml.*refuses it: .*KAFKA_BROKERS")
 
     def test_a_missing_required_setting_fails(self):
@@ -134,8 +134,10 @@ class DeployCheck(unittest.TestCase):
 
     def test_the_ca_settings_may_be_dropped(self):
         # Providers with public CAs: no CA settings, no chat-ca ConfigMap; still valid.
+        # (Kafka keeps KAFKA_TLS.)
         self.edit("deploy/k8s/config.yaml", "  DATABASE_CA_FILE: /etc/chat/ca/database-ca.pem\n"
-                  "  REDIS_CA_FILE: /etc/chat/ca/redis-ca.pem\n", "")
+                  "  REDIS_CA_FILE: /etc/chat/ca/redis-ca.pem\n"
+                  "  KAFKA_CA_FILE: /etc/chat/ca/kafka-ca.pem\n", "")
         text = open(os.path.join(self.dir, "deploy/k8s/config.yaml"), encoding="utf-8").read()
         with open(os.path.join(self.dir, "deploy/k8s/config.yaml"), "w", encoding="utf-8") as f:
             f.write(text[:text.index("---\n# !!! EXAMPLE ONLY: put your providers' CA")])
@@ -163,6 +165,52 @@ class DeployCheck(unittest.TestCase):
                   "    secrets: [database_url]\n")
         self.assertFails(r"compose.managed.yaml: migrate: DATABASE_CA_FILE=/run/secrets/database_ca.pem, but "
                          r"the service has no secret database_ca.pem")
+
+    def test_kafka_sasl_tls_settings_are_checked(self):
+        # SASL without its password file: chat refuses it.
+        self.edit("deploy/k8s/gateway.yaml", "            - name: KAFKA_PASSWORD_FILE\n"
+                  "              value: /var/run/secrets/chat/KAFKA_PASSWORD\n", "")
+        self.assertFails(r"gateway.yaml.*refuses it: .*KAFKA_PASSWORD")
+        self.tearDown()
+        self.setUp()
+        # The Kafka password is a secret: not in a ConfigMap taken as environment variables,
+        # not in the managed compose's environment.
+        self.edit("deploy/k8s/config.yaml", "  KAFKA_USERNAME: chat\n",
+                  "  KAFKA_USERNAME: chat\n  KAFKA_PASSWORD: CHANGE-ME\n")
+        self.assertFails(r"deploy/k8s: ConfigMap chat-config gives the secret KAFKA_PASSWORD as an "
+                         r"environment variable")
+        self.edit("deploy/compose.managed.yaml", "    KAFKA_PASSWORD_FILE: /run/secrets/kafka_password\n",
+                  "    KAFKA_PASSWORD: CHANGE-ME\n")
+        self.assertFails(r"compose.managed.yaml: gateway-1: KAFKA_PASSWORD in the environment")
+        self.tearDown()
+        self.setUp()
+        # A CA file chat cannot read: its secret is missing from the service.
+        self.edit("deploy/compose.managed.yaml", " kafka_ca.pem,\n            kafka_password]",
+                  "\n            kafka_password]")
+        self.assertFails(r"compose.managed.yaml: consumer: KAFKA_CA_FILE=/run/secrets/kafka_ca.pem, but the "
+                         r"service has no secret kafka_ca.pem")
+
+    def test_the_kafka_client_certificate_lines_work_uncommented(self):
+        # Kubernetes: the ConfigMap lines alone point at keys the Secret does not have yet.
+        self.edit("deploy/k8s/config.yaml", "  # KAFKA_CLIENT_CERT: ", "  KAFKA_CLIENT_CERT: ")
+        self.edit("deploy/k8s/config.yaml", "  # KAFKA_CLIENT_KEY: ", "  KAFKA_CLIENT_KEY: ")
+        self.assertFails(r"gateway.yaml.*KAFKA_CLIENT_CERT=/var/run/secrets/chat/KAFKA_CLIENT_CERT: Secret "
+                         r"chat-secrets has no key KAFKA_CLIENT_CERT")
+        self.edit("deploy/k8s/config.yaml", "  KAFKA_PASSWORD: CHANGE-ME\n",
+                  "  KAFKA_PASSWORD: CHANGE-ME\n  KAFKA_CLIENT_CERT: PEM\n  KAFKA_CLIENT_KEY: PEM\n")
+        # Compose: the environment lines alone name secrets the services do not have.
+        self.edit("deploy/compose.managed.yaml", "    # KAFKA_CLIENT_CERT: ", "    KAFKA_CLIENT_CERT: ")
+        self.edit("deploy/compose.managed.yaml", "    # KAFKA_CLIENT_KEY: ", "    KAFKA_CLIENT_KEY: ")
+        self.assertFails(r"compose.managed.yaml: gateway-1: KAFKA_CLIENT_CERT=/run/secrets/kafka_client_cert.pem, "
+                         r"but the service has no secret kafka_client_cert.pem")
+        self.edit("deploy/compose.managed.yaml", "kafka_ca.pem,\n            kafka_password]",
+                  "kafka_ca.pem,\n            kafka_password, kafka_client_cert.pem, kafka_client_key.pem]")
+        for line in ("  # kafka_client_cert.pem:\n  #   file:", "  # kafka_client_key.pem:\n  #   file:"):
+            self.edit("deploy/compose.managed.yaml", line, line.replace("# ", ""))
+        # Everything uncommented: valid, and chat was asked with a certificate and key in place.
+        c = self.run_checks()
+        self.assertEqual(c.failures, [])
+        self.assertFalse([n for n in c.notes if "not validated" in n], c.notes)
 
 
 def main():

@@ -14,6 +14,9 @@ pub enum Scenario {
     Fanout,
     /// 2000 connections in 200 rooms, every connection sends, 3000 sends/s in total.
     Chatty,
+    /// As chatty, but of the sends 80% messages, 10% reactions, 5% edits of the sender's own
+    /// messages and 5% replies; latencies and losses per kind.
+    Mixed,
     /// 20000 idle subscribed connections held for the duration; RSS per connection (--pid).
     Connections,
     /// A burst of 50000 sends, then the time until PostgreSQL holds them, against a raw

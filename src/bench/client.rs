@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use super::mixed::{self, Arrival, Mixed, SendKind};
 use super::stats::{Counters, Kind, Recorder};
 use super::BenchError;
 
@@ -158,6 +159,9 @@ pub struct ConnPlan {
     /// For a sender: its offset in the total schedule and the time between its sends.
     pub sends: Option<(Duration, Duration)>,
     pub source: Option<Ipv4Addr>,
+    /// The mixed scenario: this connection's slot among those sharing its user and room
+    /// (`Spec::same_member_slot`, picks its emoji). None: every send is a message.
+    pub mixed: Option<usize>,
 }
 
 /// When the sending starts (set once every connection is open) and the windows.
@@ -212,6 +216,12 @@ struct InFrame<'a> {
     ty: Cow<'a, str>,
     #[serde(default, borrow)]
     message: Option<InMessage<'a>>,
+    /// An `event` frame's event, or the event an `ack` of an edit or reaction answers with.
+    #[serde(default, borrow)]
+    event: Option<InEvent<'a>>,
+    /// An `ack`'s.
+    #[serde(default, borrow)]
+    client_msg_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     code: Option<Cow<'a, str>>,
     #[serde(default, rename = "ref", borrow)]
@@ -241,6 +251,8 @@ fn parse_frame(text: &str) -> Option<InFrame<'_>> {
             Some(InFrame {
                 ty: e.ty,
                 message: None,
+                event: None,
+                client_msg_id: None,
                 code: e.code,
                 reference: e.reference,
                 reason: None,
@@ -254,6 +266,19 @@ struct InMessage<'a> {
     #[serde(borrow)]
     body: Cow<'a, str>,
     position: i64,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    client_msg_id: Option<Cow<'a, str>>,
+}
+
+/// A room event (v1.1: edit, delete, reaction, …): its position is in the sequence of the
+/// room's messages.
+#[derive(Deserialize)]
+struct InEvent<'a> {
+    position: i64,
+    #[serde(default, borrow)]
+    client_msg_id: Option<Cow<'a, str>>,
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -355,6 +380,7 @@ pub async fn run(plan: ConnPlan, mut ws: Ws, shared: Arc<Shared>) {
     };
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     let mut sending = plan.sends.is_some();
+    let mut mixed = plan.mixed.map(Mixed::new);
     if let (Some(t), Some((offset, _))) = (times, plan.sends) {
         next_send = Some(t.start + offset);
     }
@@ -389,12 +415,20 @@ pub async fn run(plan: ConnPlan, mut ws: Ws, shared: Arc<Shared>) {
                 let at_us = shared.us_since_base(at);
                 let lag = Instant::now().saturating_duration_since(at).as_micros() as u64;
                 c.max_send_lag_us.fetch_max(lag, Relaxed);
-                let frame = format!(
-                    r#"{{"type":"send","room":"{room}","client_msg_id":"{}-{}-{seq}","body":"{}"}}"#,
-                    shared.run_id,
-                    plan.idx,
-                    shared.body(plan.idx, seq, at_us),
-                );
+                let frame = match mixed.as_mut() {
+                    Some(m) => {
+                        let body = shared.body(plan.idx, seq, at_us);
+                        let (kind, frame) = m.frame(&shared.run_id, plan.idx, seq, at_us, room, &body);
+                        c.kinds[kind.index()].sent.fetch_add(1, Relaxed);
+                        frame
+                    }
+                    None => format!(
+                        r#"{{"type":"send","room":"{room}","client_msg_id":"{}-{}-{seq}","body":"{}"}}"#,
+                        shared.run_id,
+                        plan.idx,
+                        shared.body(plan.idx, seq, at_us),
+                    ),
+                };
                 seq += 1;
                 next_send = Some(at + every);
                 c.sent.fetch_add(1, Relaxed);
@@ -440,6 +474,13 @@ pub async fn run(plan: ConnPlan, mut ws: Ws, shared: Arc<Shared>) {
                     c.error("unreadable_frame");
                     continue;
                 };
+                if let Some(m) = mixed.as_mut() {
+                    if matches!(f.ty.as_ref(), "message" | "event" | "ack") {
+                        let at = Frame { now_us, measure_from_us, subs: subs_of_room(&shared) };
+                        on_mixed_frame(&plan, &shared, m, f, at);
+                        continue;
+                    }
+                }
                 match f.ty.as_ref() {
                     "message" => {
                         let Some(m) = f.message else {
@@ -476,6 +517,15 @@ pub async fn run(plan: ConnPlan, mut ws: Ws, shared: Arc<Shared>) {
                         c.error(code);
                         if f.reference.as_deref().is_some_and(|r| r.starts_with(&shared.run_id)) {
                             c.send_errors.fetch_add(1, Relaxed);
+                            if let Some((kind, _)) = f
+                                .reference
+                                .as_deref()
+                                .and_then(|r| mixed::parse_client_msg_id(&shared.run_id, r))
+                            {
+                                let k = &c.kinds[kind.index()];
+                                k.send_errors.fetch_add(1, Relaxed);
+                                k.error(code);
+                            }
                         }
                     }
                     "reconnect" => {
@@ -491,9 +541,214 @@ pub async fn run(plan: ConnPlan, mut ws: Ws, shared: Arc<Shared>) {
     let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
 }
 
+/// When a frame arrived, and what its room owes.
+#[derive(Clone, Copy)]
+struct Frame {
+    now_us: u64,
+    measure_from_us: u64,
+    /// Subscribers of the connection's room (the deliveries an ack owes).
+    subs: u64,
+}
+
+/// The mixed scenario's `message`, `event` and `ack` frames: matched by the client_msg_id
+/// (which carries kind and scheduled time), counted and timed per kind and in the totals.
+fn on_mixed_frame(plan: &ConnPlan, shared: &Shared, m: &mut Mixed, f: InFrame<'_>, at: Frame) {
+    let c = &shared.counters;
+    let run = shared.run_id.as_str();
+    let ours = |id: Option<&Cow<'_, str>>| id.and_then(|x| mixed::parse_client_msg_id(run, x));
+    match f.ty.as_ref() {
+        "ack" => {
+            let Some((kind, at_us)) = ours(f.client_msg_id.as_ref()) else {
+                c.error("ack_without_bench_id");
+                return;
+            };
+            if matches!(kind, SendKind::Message | SendKind::Reply) {
+                if let Some(id) = f.message.as_ref().and_then(|x| x.id.as_deref()) {
+                    m.own_acked(id);
+                }
+            }
+            let k = &c.kinds[kind.index()];
+            k.acked.fetch_add(1, Relaxed);
+            k.expected.fetch_add(at.subs, Relaxed);
+            c.acked.fetch_add(1, Relaxed);
+            c.last_ack_us.fetch_max(at.now_us, Relaxed);
+            c.expected.fetch_add(at.subs, Relaxed);
+            if at_us >= at.measure_from_us {
+                let us = at.now_us.saturating_sub(at_us);
+                c.acked_measured.fetch_add(1, Relaxed);
+                shared.recorder.record(plan.idx, Kind::Ack, us);
+                shared
+                    .recorder
+                    .record_kind(plan.idx, kind.index(), true, us);
+            }
+        }
+        ty => {
+            let (position, cmid) = match (ty, &f.message, &f.event) {
+                ("message", Some(msg), _) => {
+                    if let Some(id) = msg.id.as_deref() {
+                        m.message_seen(id);
+                    }
+                    (msg.position, msg.client_msg_id.as_ref())
+                }
+                ("event", _, Some(ev)) => (ev.position, ev.client_msg_id.as_ref()),
+                _ => {
+                    c.error(&format!("{ty}_without_{ty}"));
+                    return;
+                }
+            };
+            let arrival = m.positions.arrive(position);
+            let Some((kind, at_us)) = ours(cmid) else {
+                return;
+            };
+            let k = &c.kinds[kind.index()];
+            match arrival {
+                Arrival::Duplicate => {
+                    k.duplicates.fetch_add(1, Relaxed);
+                    c.duplicates.fetch_add(1, Relaxed);
+                    return;
+                }
+                Arrival::OutOfOrder => {
+                    k.out_of_order.fetch_add(1, Relaxed);
+                    c.out_of_order.fetch_add(1, Relaxed);
+                }
+                Arrival::InOrder => {}
+            }
+            k.delivered.fetch_add(1, Relaxed);
+            c.delivered.fetch_add(1, Relaxed);
+            if at_us >= at.measure_from_us {
+                let us = at.now_us.saturating_sub(at_us);
+                c.delivered_measured.fetch_add(1, Relaxed);
+                shared.recorder.record(plan.idx, Kind::Deliver, us);
+                shared
+                    .recorder
+                    .record_kind(plan.idx, kind.index(), false, us);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_shared(run: &str) -> Shared {
+        let (_tx, rx) = watch::channel(None);
+        Shared {
+            base: Instant::now(),
+            run_id: run.into(),
+            counters: Counters::default(),
+            recorder: Recorder::new(1),
+            room_subs: Vec::new(),
+            times: rx,
+            stop: CancellationToken::new(),
+            body_bytes: 64,
+        }
+    }
+
+    #[test]
+    fn mixed_frames_are_matched_per_kind() {
+        let shared = test_shared("run1");
+        let plan = ConnPlan {
+            idx: 0,
+            gateway: Gateway {
+                base: "http://127.0.0.1:1".into(),
+                addr: "127.0.0.1:1".parse().unwrap(),
+                host: "127.0.0.1:1".into(),
+            },
+            token: String::new(),
+            room: None,
+            subscribe: true,
+            sends: None,
+            source: None,
+            mixed: Some(0),
+        };
+        let mut m = Mixed::new(0);
+        let feed = |m: &mut Mixed, text: &str, now_us: u64| {
+            let f = parse_frame(text).expect("a frame");
+            let at = Frame {
+                now_us,
+                measure_from_us: 1_000,
+                subs: 3,
+            };
+            on_mixed_frame(&plan, &shared, m, f, at);
+        };
+        let mid = "0190b3d2-0000-7000-8000-000000000001";
+        let reply = mixed::client_msg_id("run1", 0, 1, SendKind::Reply, 2_000);
+        let react = mixed::client_msg_id("run1", 0, 2, SendKind::Reaction, 3_000);
+        let early = mixed::client_msg_id("run1", 0, 0, SendKind::Message, 500);
+        // The ack of a reply: its message is the connection's own (an edit target).
+        feed(
+            &mut m,
+            &format!(
+                r#"{{"type":"ack","client_msg_id":"{reply}","message":{{"id":"{mid}","body":"b","client_msg_id":"{reply}","position":5,"reply_to":"x"}}}}"#
+            ),
+            2_500,
+        );
+        assert_eq!(m.own.newest().map(|u| u.to_string()).as_deref(), Some(mid));
+        // A reaction's ack carries an event, no message.
+        feed(
+            &mut m,
+            &format!(
+                r#"{{"type":"ack","client_msg_id":"{react}","event":{{"id":"e1","kind":"reaction","position":6,"client_msg_id":"{react}","message_id":"{mid}","emoji":"x","on":true}}}}"#
+            ),
+            4_000,
+        );
+        // Deliveries: the reply (a message frame), the reaction (an event frame) twice, a
+        // message from before the window, and someone else's.
+        let msg = |cmid: &str, pos: i64| {
+            format!(
+                r#"{{"type":"message","message":{{"id":"{mid}","body":"b","client_msg_id":"{cmid}","position":{pos}}}}}"#
+            )
+        };
+        let ev = format!(
+            r#"{{"type":"event","event":{{"id":"e1","kind":"reaction","position":6,"client_msg_id":"{react}"}}}}"#
+        );
+        feed(&mut m, &msg(&reply, 5), 2_600);
+        feed(&mut m, &ev, 4_100);
+        feed(&mut m, &ev, 4_200);
+        feed(&mut m, &msg(&early, 4), 4_300);
+        feed(&mut m, &msg("other-7", 7), 4_400);
+        let c = &shared.counters;
+        let (rp, rx, ms) = (
+            &c.kinds[SendKind::Reply.index()],
+            &c.kinds[SendKind::Reaction.index()],
+            &c.kinds[SendKind::Message.index()],
+        );
+        let get = Counters::get;
+        assert_eq!(
+            (get(&rp.acked), get(&rp.expected), get(&rp.delivered)),
+            (1, 3, 1)
+        );
+        assert_eq!(
+            (get(&rx.acked), get(&rx.delivered), get(&rx.duplicates)),
+            (1, 1, 1)
+        );
+        // The early message came after position 6: late, delivered, outside the window.
+        assert_eq!((get(&ms.delivered), get(&ms.out_of_order)), (1, 1));
+        assert_eq!(
+            (
+                get(&c.acked),
+                get(&c.expected),
+                get(&c.delivered),
+                get(&c.duplicates)
+            ),
+            (2, 6, 3, 1)
+        );
+        let t = shared.recorder.totals();
+        assert_eq!((t.ack.len(), t.deliver.len()), (2, 2));
+        // Reply: ack 500 µs, delivery 600 µs after its scheduled time.
+        assert_eq!(
+            (
+                t.kinds[SendKind::Reply.index()].0.max(),
+                t.kinds[SendKind::Reply.index()].1.max()
+            ),
+            (500, 600)
+        );
+        assert_eq!(t.kinds[SendKind::Reaction.index()].1.len(), 1);
+        // Every message frame's id is a reaction and reply target.
+        assert_eq!(m.seen.len(), 3);
+        assert!(c.errors().is_empty(), "{:?}", c.errors());
+    }
 
     #[test]
     fn body_carries_its_schedule_time() {

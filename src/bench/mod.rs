@@ -10,13 +10,15 @@
 //! histograms. Server processes given by `--pid` are sampled from /proc.
 //!
 //! - `cli`: the flags; `scenario`: presets and flags → [`scenario::Spec`], and each connection's plan.
-//! - `client`: the HTTP set-up calls and one connection's life.
+//! - `client`: the HTTP set-up calls and one connection's life; `mixed`: the mixed
+//!   scenario's sends (reactions, edits, replies) and per-kind matching.
 //! - `stats`: counters and sharded histograms; `procs`: CPU and RSS sampling;
 //!   `persist`: the PostgreSQL side of the `persist` scenario; `report`: JSON, summary
 //!   table, `--compare`.
 
 pub mod cli;
 pub mod client;
+pub mod mixed;
 pub mod persist;
 pub mod procs;
 pub mod report;
@@ -34,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use cli::{BenchArgs, Scenario};
 use client::{Account, Api, ConnPlan, Gateway, Shared, Times};
-use report::{Connections, Latency, Persist, Report};
+use report::{Connections, KindReport, Latency, Persist, Report};
 use scenario::Spec;
 use stats::{Counters, Kind, Recorder};
 
@@ -75,7 +77,12 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         print!("{}", report::compare(&read_json(a)?, &read_json(b)?));
         return Ok(());
     }
-    let spec = Spec::from_args(&args)?;
+    measure(&args).await.map(|_| ())
+}
+
+/// One run (not `--compare`): prints the summary, writes `--out`, returns the report.
+pub async fn measure(args: &BenchArgs) -> Result<Report, BenchError> {
+    let spec = Spec::from_args(args)?;
     if spec.scenario == Scenario::Persist {
         // Before anything is registered or sent: only a database of the bench's own.
         let Some(url) = &args.database_url else {
@@ -91,7 +98,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         }
     }
     raise_fd_limit(spec.connections as u64 + 1024);
-    let report = execute(&spec, &args).await?;
+    let report = execute(&spec, args).await?;
     print!("{}", report.summary());
     if let Some(path) = &args.out {
         let text = serde_json::to_string_pretty(&report).map_err(|e| BenchError::Json {
@@ -104,7 +111,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         })?;
         println!("report written to {}", path.display());
     }
-    Ok(())
+    Ok(report)
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, BenchError> {
@@ -223,6 +230,7 @@ fn spawn_conn(
         subscribe: spec.subscribe,
         sends: spec.schedule_of(i),
         source: spec.source_of(i),
+        mixed: (spec.scenario == Scenario::Mixed).then(|| spec.same_member_slot(i)),
     };
     let (shared, permits) = (shared.clone(), permits.clone());
     tokio::spawn(async move {
@@ -502,8 +510,14 @@ async fn execute(spec: &Spec, args: &BenchArgs) -> Result<Report, BenchError> {
         expected_deliveries: expected,
         missing_deliveries: expected.saturating_sub(delivered),
         out_of_order: Counters::get(&c.out_of_order),
+        duplicates: Counters::get(&c.duplicates),
         send_errors: Counters::get(&c.send_errors),
         errors: c.errors(),
+        kinds: if spec.scenario == Scenario::Mixed {
+            kind_reports(c, &totals)
+        } else {
+            Default::default()
+        },
         sent_per_s: Counters::get(&c.sent_measured) as f64 / measured_s,
         acked_per_s: Counters::get(&c.acked_measured) as f64 / measured_s,
         delivered_per_s: Counters::get(&c.delivered_measured) as f64 / measured_s,
@@ -514,6 +528,40 @@ async fn execute(spec: &Spec, args: &BenchArgs) -> Result<Report, BenchError> {
         servers,
         persist,
     })
+}
+
+/// The mixed scenario's per-kind counts and latencies, by kind name.
+fn kind_reports(
+    c: &Counters,
+    totals: &stats::Totals,
+) -> std::collections::BTreeMap<String, KindReport> {
+    mixed::SendKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let k = &c.kinds[kind.index()];
+            let (expected, delivered) = (Counters::get(&k.expected), Counters::get(&k.delivered));
+            let (ack, deliver) = totals
+                .kinds
+                .get(kind.index())
+                .map_or((Latency::default(), Latency::default()), |(a, d)| {
+                    (Latency::of(a), Latency::of(d))
+                });
+            let r = KindReport {
+                sent: Counters::get(&k.sent),
+                acked: Counters::get(&k.acked),
+                delivered,
+                expected_deliveries: expected,
+                missing_deliveries: expected.saturating_sub(delivered),
+                duplicates: Counters::get(&k.duplicates),
+                out_of_order: Counters::get(&k.out_of_order),
+                send_errors: Counters::get(&k.send_errors),
+                errors: k.errors(),
+                ack,
+                deliver,
+            };
+            (kind.name().to_owned(), r)
+        })
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]

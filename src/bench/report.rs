@@ -88,6 +88,27 @@ pub struct Persist {
     pub ratio: f64,
 }
 
+/// One kind of send in the mixed scenario (messages, reactions, edits, replies).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KindReport {
+    pub sent: u64,
+    pub acked: u64,
+    /// Deliveries of this kind's frames (`message`, or `event` for edits and reactions) to
+    /// the room's subscribed connections, each counted once per connection.
+    pub delivered: u64,
+    /// For each ack, the subscribers of its room.
+    pub expected_deliveries: u64,
+    pub missing_deliveries: u64,
+    /// A frame a connection had already received (same position), received again.
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    /// `error` frames answering this kind's sends, and their codes.
+    pub send_errors: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub ack: Latency,
+    pub deliver: Latency,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     pub version: u32,
@@ -111,8 +132,16 @@ pub struct Report {
     pub expected_deliveries: u64,
     pub missing_deliveries: u64,
     pub out_of_order: u64,
+    /// Frames delivered again to a connection that had them (counted in the mixed
+    /// scenario, which tracks positions; not counted as deliveries).
+    #[serde(default)]
+    pub duplicates: u64,
     pub send_errors: u64,
     pub errors: BTreeMap<String, u64>,
+    /// The mixed scenario: the same counts and latencies per kind of send, by name
+    /// (`messages`, `reactions`, `edits`, `replies`). Empty for the other scenarios.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kinds: BTreeMap<String, KindReport>,
     /// In the measured window.
     pub sent_per_s: f64,
     pub acked_per_s: f64,
@@ -180,7 +209,8 @@ impl Report {
         if s.senders > 0 {
             let _ = writeln!(
                 o,
-                "messages: sent {} acked {} delivered {} (expected {}, missing {}), out of order {}, send errors {}",
+                "{}: sent {} acked {} delivered {} (expected {}, missing {}), out of order {}, send errors {}",
+                if self.kinds.is_empty() { "messages" } else { "all kinds" },
                 self.sent, self.acked, self.delivered, self.expected_deliveries,
                 self.missing_deliveries, self.out_of_order, self.send_errors
             );
@@ -195,6 +225,38 @@ impl Report {
             );
             row(&mut o, "ack", &self.ack);
             row(&mut o, "deliver", &self.deliver);
+        }
+        if !self.kinds.is_empty() {
+            let _ = writeln!(
+                o,
+                "per kind (duplicates in all: {}):\n  kind          sent    acked delivered  missing  dup  ooo  errors  ack p50  ack p99  dlv p50  dlv p99",
+                self.duplicates
+            );
+            // In the order of the mix, then any other name.
+            let order = ["messages", "reactions", "edits", "replies"];
+            let mut names: Vec<&String> = self.kinds.keys().collect();
+            names.sort_by_key(|n| (order.iter().position(|o| o == n).unwrap_or(order.len()), *n));
+            for name in names {
+                let k = &self.kinds[name];
+                let _ = writeln!(
+                    o,
+                    "  {name:<10} {:>7} {:>8} {:>9} {:>8} {:>4} {:>4} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                    k.sent,
+                    k.acked,
+                    k.delivered,
+                    k.missing_deliveries,
+                    k.duplicates,
+                    k.out_of_order,
+                    k.send_errors,
+                    k.ack.p50_ms,
+                    k.ack.p99_ms,
+                    k.deliver.p50_ms,
+                    k.deliver.p99_ms
+                );
+                for (code, n) in &k.errors {
+                    let _ = writeln!(o, "    {name} error {code}: {n}");
+                }
+            }
         }
         if !self.errors.is_empty() {
             let _ = writeln!(o, "errors by code:");
@@ -359,6 +421,52 @@ mod tests {
         assert!(line("rate").ends_with("1.000"), "{t}");
         assert!(line("y").ends_with("-"), "{t}");
         assert_eq!(ratio(0.0, 3.0), None);
+    }
+
+    #[test]
+    fn the_summary_lists_each_kind_in_the_order_of_the_mix() {
+        let mut r = Report {
+            sent: 20,
+            ..Report::default()
+        };
+        r.spec.senders = 1;
+        assert!(!r.summary().contains("per kind"));
+        let kind = |sent: u64, p99: f64| KindReport {
+            sent,
+            acked: sent,
+            ack: Latency {
+                count: sent,
+                p99_ms: p99,
+                ..Latency::default()
+            },
+            ..KindReport::default()
+        };
+        r.kinds.insert("replies".into(), kind(1, 4.0));
+        r.kinds.insert("messages".into(), kind(16, 1.5));
+        r.kinds.insert("edits".into(), kind(1, 3.0));
+        let mut reactions = kind(2, 2.0);
+        reactions.send_errors = 1;
+        reactions.errors.insert("too_many_reactions".into(), 1);
+        r.kinds.insert("reactions".into(), reactions);
+        let s = r.summary();
+        let at = |k: &str| {
+            s.find(&format!("\n  {k} "))
+                .unwrap_or_else(|| panic!("{k}: {s}"))
+        };
+        assert!(
+            at("messages") < at("reactions")
+                && at("reactions") < at("edits")
+                && at("edits") < at("replies"),
+            "{s}"
+        );
+        assert!(s.contains("reactions error too_many_reactions: 1"), "{s}");
+        // Per kind in the JSON and in --compare's flat names; absent when empty.
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(flatten(&v).contains_key("kinds.edits.ack.p99_ms"));
+        let plain = serde_json::to_value(Report::default()).unwrap();
+        assert!(plain.get("kinds").is_none());
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl Spec {
         // (connections, rooms, senders, rate, duration, warmup, subscribe)
         let (connections, rooms, senders, rate, duration, warmup, subscribe) = match a.scenario {
             Scenario::Fanout => (1001, 1, Some(1), 50.0, 30.0, 5.0, true),
-            Scenario::Chatty => (2000, 200, None, 3000.0, 30.0, 5.0, true),
+            Scenario::Chatty | Scenario::Mixed => (2000, 200, None, 3000.0, 30.0, 5.0, true),
             Scenario::Connections => (20_000, 200, Some(0), 0.0, 30.0, 0.0, true),
             Scenario::Persist => (500, 100, None, 10_000.0, 5.0, 0.0, false),
         };
@@ -145,6 +145,20 @@ impl Spec {
         ))
     }
 
+    /// Which of the connections sharing `conn`'s user and room this one is (0, 1, …): those
+    /// are conn + k·lcm(users, rooms). The mixed scenario gives each its own emoji.
+    pub fn same_member_slot(&self, conn: usize) -> usize {
+        fn gcd(a: usize, b: usize) -> usize {
+            if b == 0 {
+                a
+            } else {
+                gcd(b, a % b)
+            }
+        }
+        let (u, r) = (self.users.max(1), self.rooms.max(1));
+        conn / (u / gcd(u, r) * r)
+    }
+
     /// (user, room) pairs the plan needs: each user joins the rooms of its connections.
     pub fn memberships(&self) -> Vec<(usize, usize)> {
         let mut pairs: Vec<(usize, usize)> = (0..self.connections)
@@ -189,6 +203,11 @@ mod tests {
         assert_eq!((k.senders, k.rate, k.source_ips), (0, 0.0, 2));
         assert_eq!(k.source_of(3), Some(Ipv4Addr::new(127, 0, 0, 3)));
         assert!(!spec(&["--scenario", "persist"]).subscribe);
+        let m = spec(&["--scenario", "mixed"]);
+        assert_eq!(
+            (m.connections, m.rooms, m.senders, m.users, m.rate),
+            (2000, 200, 2000, 200, 3000.0)
+        );
     }
 
     #[test]
@@ -201,5 +220,11 @@ mod tests {
         assert_eq!(s.memberships(), vec![(0, 0), (1, 1), (2, 0), (3, 1)]);
         let s = spec(&["--connections", "10", "--rooms", "5", "--users", "2"]);
         assert_eq!(s.memberships().len(), 10);
+        // Connections 0 and 10 would share user 0 and room 0 (lcm 10): slots 0 and 1.
+        assert_eq!(s.same_member_slot(3), 0);
+        assert_eq!(s.same_member_slot(13), 1);
+        let c = spec(&["--scenario", "mixed"]);
+        assert_eq!(c.same_member_slot(0), 0);
+        assert_eq!(c.same_member_slot(1999), 9);
     }
 }

@@ -40,7 +40,38 @@ pub struct Counters {
     pub max_send_lag_us: AtomicU64,
     /// When the last ack arrived, µs since the run's base instant.
     pub last_ack_us: AtomicU64,
+    /// A frame delivered again to a connection that had it (mixed scenario: positions).
+    pub duplicates: AtomicU64,
+    /// The mixed scenario's counts per kind (the order of `SendKind::ALL`).
+    pub kinds: [KindCounters; 4],
     errors: Mutex<BTreeMap<String, u64>>,
+}
+
+/// One kind's counts in the mixed scenario (its share of the totals above).
+#[derive(Default)]
+pub struct KindCounters {
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub delivered: AtomicU64,
+    pub expected: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub out_of_order: AtomicU64,
+    pub send_errors: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl KindCounters {
+    pub fn error(&self, code: &str) {
+        let mut e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        *e.entry(code.to_owned()).or_default() += 1;
+    }
+
+    pub fn errors(&self) -> BTreeMap<String, u64> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl Counters {
@@ -75,13 +106,23 @@ struct Shard {
 
 pub struct Recorder {
     shards: Vec<Mutex<Shard>>,
+    /// Per kind (mixed scenario): ack and deliver histograms, in few shards of their own
+    /// (each histogram is about 150 KiB), made on the first record.
+    kinds: Vec<Mutex<Vec<[Histogram<u64>; 2]>>>,
 }
 
 pub struct Totals {
     pub ack: Histogram<u64>,
     pub deliver: Histogram<u64>,
     pub connect: Histogram<u64>,
+    /// Per kind, (ack, deliver); empty when nothing was recorded per kind.
+    pub kinds: Vec<(Histogram<u64>, Histogram<u64>)>,
 }
+
+/// Shards of the per-kind histograms.
+const KIND_SHARDS: usize = 4;
+/// Kinds the per-kind histograms hold (`SendKind::ALL`).
+pub const KINDS: usize = 4;
 
 #[derive(Clone, Copy)]
 pub enum Kind {
@@ -104,6 +145,22 @@ impl Recorder {
                     })
                 })
                 .collect(),
+            kinds: (0..KIND_SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+
+    /// A latency of kind `kind` (index into `SendKind::ALL`): `ack` true for send → ack,
+    /// false for send → delivery.
+    pub fn record_kind(&self, conn: usize, kind: usize, ack: bool, us: u64) {
+        let us = us.clamp(1, MAX_US);
+        let mut s = self.kinds[conn % KIND_SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if s.is_empty() {
+            *s = (0..KINDS).map(|_| [histogram(), histogram()]).collect();
+        }
+        if let Some(h) = s.get_mut(kind) {
+            h[usize::from(!ack)].saturating_record(us);
         }
     }
 
@@ -143,12 +200,26 @@ impl Recorder {
             ack: histogram(),
             deliver: histogram(),
             connect: histogram(),
+            kinds: Vec::new(),
         };
         for s in &self.shards {
             let s = s.lock().unwrap_or_else(|p| p.into_inner());
             let _ = t.ack.add(&s.ack);
             let _ = t.deliver.add(&s.deliver);
             let _ = t.connect.add(&s.connect);
+        }
+        for s in &self.kinds {
+            let s = s.lock().unwrap_or_else(|p| p.into_inner());
+            if s.is_empty() {
+                continue;
+            }
+            if t.kinds.is_empty() {
+                t.kinds = (0..KINDS).map(|_| (histogram(), histogram())).collect();
+            }
+            for (into, [a, d]) in t.kinds.iter_mut().zip(s.iter()) {
+                let _ = into.0.add(a);
+                let _ = into.1.add(d);
+            }
         }
         t
     }
@@ -184,6 +255,26 @@ mod tests {
         // p50 of 1000..1999 µs is about 1.5 ms (3 significant digits).
         assert!((q_ms(&t.deliver, 0.5) - 1.5).abs() < 0.01);
         assert_eq!(q_ms(&histogram(), 0.99), 0.0);
+    }
+
+    #[test]
+    fn kinds_are_recorded_apart_and_only_when_used() {
+        let r = Recorder::new(2);
+        assert!(r.totals().kinds.is_empty());
+        for conn in 0..10 {
+            r.record_kind(conn, 1, true, 2_000);
+            r.record_kind(conn, 1, false, 3_000);
+        }
+        r.record_kind(0, 3, false, 9_000);
+        r.record_kind(0, 99, false, 9_000); // no such kind: ignored
+        let t = r.totals();
+        assert_eq!(t.kinds.len(), KINDS);
+        assert_eq!((t.kinds[1].0.len(), t.kinds[1].1.len()), (10, 10));
+        assert!((q_ms(&t.kinds[1].1, 0.5) - 3.0).abs() < 0.01);
+        assert_eq!((t.kinds[3].0.len(), t.kinds[3].1.len()), (0, 1));
+        assert!(t.kinds[0].0.is_empty());
+        // The totals are not touched by per-kind records.
+        assert!(t.ack.is_empty() && t.deliver.is_empty());
     }
 
     #[test]
