@@ -17,7 +17,7 @@ use crate::cli::Role;
 use crate::config::{Backend, Config, Services, SECRET_FILE};
 use crate::consumer::Consumer;
 use crate::coord::{Coord, LocalCoord, RedisCoord, Timings};
-use crate::gateway::{self, Gateway, GatewayParts, Sender};
+use crate::gateway::{self, Gateway, GatewayParts};
 use crate::http::{self, guard::Guard, ops::Readiness};
 use crate::log::kafka::KafkaSettings;
 use crate::log::{KafkaLog, Log};
@@ -245,12 +245,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 store: store.clone(),
                 log: log.clone(),
                 bus: bus.clone(),
-                sender: Sender::new(
-                    log.clone(),
-                    coord.clone(),
-                    store.clone(),
-                    cfg.limits.events.clone(),
-                ),
+                coord: coord.clone(),
                 auth: Auth::new(&secret, cfg.token_ttl),
                 limits: cfg.limits.clone(),
                 shutdown: shutdown.clone(),

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Auth;
 use crate::bus::{Bus, BusError, BusEvent, BusNotice, Revocation, UserNotice};
 use crate::config::Limits;
+use crate::coord::Coord;
 use crate::http::error::ApiError;
 use crate::log::Log;
 use crate::model::{User, UserId};
@@ -46,7 +47,7 @@ pub struct Gateway {
     pub bus: Arc<dyn Bus>,
     pub hub: Arc<Hub>,
     pub sender: Sender,
-    recovery: Recovery,
+    recovery: Arc<Recovery>,
     pub presence: Arc<Presence>,
     pub auth: Auth,
     pub limits: Limits,
@@ -87,7 +88,8 @@ pub struct GatewayParts {
     pub store: Arc<dyn Store>,
     pub log: Arc<dyn Log>,
     pub bus: Arc<dyn Bus>,
-    pub sender: Sender,
+    /// Send claims and tombstones.
+    pub coord: Arc<dyn Coord>,
     pub auth: Auth,
     pub limits: Limits,
     /// The process's shutdown: the gateway's sessions are a group of it (shutdown.rs).
@@ -119,14 +121,26 @@ impl Gateway {
                 .clone()
                 .refresh_loop(p.bus.clone(), tasks.token().clone()),
         );
+        let recovery = Arc::new(Recovery::new(
+            p.store.clone(),
+            p.log.clone(),
+            p.limits.max_backlog,
+        ));
+        let sender = Sender::new(
+            p.log.clone(),
+            p.coord,
+            p.store.clone(),
+            p.limits.events.clone(),
+            recovery.clone(),
+        );
         let gw = Arc::new(Gateway {
             presence,
-            recovery: Recovery::new(p.store.clone(), p.log.clone(), p.limits.max_backlog),
+            recovery,
             store: p.store,
             log: p.log,
             bus: p.bus,
             hub: hub.clone(),
-            sender: p.sender,
+            sender,
             auth: p.auth,
             queued: outbox::Budget::new(p.limits.max_queued_bytes),
             limits: p.limits,

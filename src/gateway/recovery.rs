@@ -13,8 +13,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::events::Target;
 use crate::log::{partition_of, Log, LogError, LogReader};
-use crate::model::{Change, Message, Position, RoomId};
+use crate::model::{Change, Message, MessageId, Position, RoomId, UserId};
 use crate::store::Store;
 use uuid::Uuid;
 
@@ -302,16 +303,16 @@ impl Recovery {
         }
     }
 
-    /// The ids of the room's messages deleted by records in `[from, end)`: one read of
-    /// the tail (ids only are kept), bounded like the tail phase itself.
-    async fn deletes_in(
+    /// Calls `visit` with every record of the room in `[from, end)`, in order: one read
+    /// of that part of the log, at most [`MAX_SCAN`] records (then `TooFar`).
+    async fn scan(
         &self,
         reader: &dyn LogReader,
         room: RoomId,
         from: i64,
         end: i64,
-    ) -> Result<HashSet<Uuid>, RecoveryError> {
-        let mut deleted = HashSet::new();
+        mut visit: impl FnMut(&Message),
+    ) -> Result<(), RecoveryError> {
         let mut offset = from;
         let mut scanned = 0;
         while offset < end {
@@ -327,11 +328,8 @@ impl Recovery {
                     continue;
                 }
                 scanned += 1;
-                if let Some(m) = &r.message {
-                    if let (true, Some(Change::Delete { message_id })) = (m.room == room, &m.change)
-                    {
-                        deleted.insert(*message_id);
-                    }
+                if let Some(m) = r.message.as_ref().filter(|m| m.room == room) {
+                    visit(m);
                 }
             }
             if scanned > MAX_SCAN {
@@ -339,7 +337,100 @@ impl Recovery {
             }
             offset = batch.next_offset.max(offset + 1);
         }
+        Ok(())
+    }
+
+    /// The ids of the room's messages deleted by records in `[from, end)`.
+    async fn deletes_in(
+        &self,
+        reader: &dyn LogReader,
+        room: RoomId,
+        from: i64,
+        end: i64,
+    ) -> Result<HashSet<Uuid>, RecoveryError> {
+        let mut deleted = HashSet::new();
+        self.scan(reader, room, from, end, |m| {
+            if let Some(Change::Delete { message_id }) = &m.change {
+                deleted.insert(*message_id);
+            }
+        })
+        .await?;
         Ok(deleted)
+    }
+
+    /// The state of message `id` of the room if it is in the log's tail, beyond what the
+    /// store has committed (acked a moment ago, not persisted yet): what [`Target`] the
+    /// rules need, from the message's record and the events after it in the tail. None:
+    /// not in the tail (unknown, or persisted meanwhile: ask the store again).
+    pub async fn fresh_target(
+        &self,
+        room: RoomId,
+        id: MessageId,
+        actor: UserId,
+        emoji: Option<&str>,
+    ) -> Result<Option<Target>, RecoveryError> {
+        let partition = partition_of(room, self.log.partitions());
+        let reader = self.take_reader(partition).await?;
+        let unavailable = |e: LogError| RecoveryError::Unavailable(e.to_string());
+        let found = async {
+            let (earliest, end) = (
+                reader.earliest().await.map_err(unavailable)?,
+                reader.latest().await.map_err(unavailable)?,
+            );
+            let committed = self
+                .store
+                .next_offset(self.log.topic(), partition)
+                .await
+                .map_err(|e| RecoveryError::Unavailable(e.to_string()))?;
+            let from = committed.unwrap_or(0).max(earliest);
+            let mut target: Option<Target> = None;
+            // (user, emoji) → on, in log order.
+            let mut reactions: HashMap<(UserId, String), bool> = HashMap::new();
+            self.scan(reader.as_ref(), room, from, end, |m| match &m.change {
+                None if m.id == id && target.is_none() => {
+                    target = Some(Target {
+                        room,
+                        author: m.sender.id,
+                        sent_at: m.sent_at,
+                        deleted: false,
+                        edit_count: 0,
+                        reply_to: m.reply_to,
+                        emoji_count: 0,
+                        has_emoji: false,
+                        my_reactions: 0,
+                        mine: false,
+                    })
+                }
+                Some(c) if c.target() == id => {
+                    let Some(t) = target.as_mut() else { return };
+                    match c {
+                        Change::Edit { .. } => t.edit_count += 1,
+                        Change::Delete { .. } => t.deleted = true,
+                        Change::Reaction { emoji, on, .. } => {
+                            reactions.insert((m.sender.id, emoji.clone()), *on);
+                        }
+                    }
+                }
+                _ => {}
+            })
+            .await?;
+            if let (Some(t), Some(emoji)) = (target.as_mut(), emoji) {
+                let on: Vec<&(UserId, String)> = reactions
+                    .iter()
+                    .filter(|(_, on)| **on)
+                    .map(|(k, _)| k)
+                    .collect();
+                let kinds: HashSet<&str> = on.iter().map(|(_, e)| e.as_str()).collect();
+                t.emoji_count = kinds.len() as i64;
+                t.has_emoji = kinds.contains(emoji);
+                t.my_reactions = on.iter().filter(|(u, _)| *u == actor).count() as i64;
+                t.mine = on.iter().any(|(u, e)| *u == actor && e == emoji);
+            }
+            Ok(target)
+        }
+        .await;
+        self.give_back(partition, reader);
+        found
     }
 
     /// The log phase from `from` to `end` (none if empty: the reader goes back).

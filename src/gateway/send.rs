@@ -20,9 +20,10 @@ use uuid::Uuid;
 
 use futures_util::future::BoxFuture;
 
+use super::recovery::Recovery;
 use crate::coord::{Claim, Coord, CoordError, SendKey, Settled};
 use crate::events::{self, Limits, RuleError, Target};
-use crate::log::{partition_of, Log, LogError};
+use crate::log::{Log, LogError};
 use crate::model::{Change, Message, MessageId, NewMessage, RoomId, User, UserId};
 use crate::protocol::ErrorCode;
 use crate::shutdown::Shutdown;
@@ -59,6 +60,8 @@ pub struct Sender {
     claims: Arc<dyn Coord>,
     store: Arc<dyn Store>,
     limits: Arc<Limits>,
+    /// Reads the log's tail for a message not persisted yet.
+    tail: Arc<Recovery>,
 }
 
 /// What a client asks to write: a message (`change` None) or an event.
@@ -70,10 +73,6 @@ pub struct Draft {
     pub mentions: Vec<UserId>,
     pub change: Option<Change>,
 }
-
-/// How long a check waits for the store to catch up with the log when the message an
-/// event names is not in it yet (acked, not yet persisted).
-const CATCH_UP: Duration = Duration::from_secs(5);
 
 fn store_error(e: StoreError) -> SendError {
     if e.retryable() {
@@ -96,12 +95,14 @@ impl Sender {
         claims: Arc<dyn Coord>,
         store: Arc<dyn Store>,
         limits: Limits,
+        tail: Arc<Recovery>,
     ) -> Self {
         Sender {
             log,
             claims,
             store,
             limits: Arc::new(limits),
+            tail,
         }
     }
 
@@ -138,9 +139,9 @@ impl Sender {
     }
 
     /// The store's state of message `id`. A message the store does not hold may be in
-    /// the log and not persisted yet (acked a moment ago): then this waits, up to
-    /// [`CATCH_UP`], until the store holds everything the log held when asked, and
-    /// answers from that.
+    /// the log's tail, acked a moment ago and not persisted yet: then its state comes from
+    /// there (its record and the events after it), else the store is asked again (it may
+    /// have persisted it meanwhile).
     async fn target(
         &self,
         room: RoomId,
@@ -160,29 +161,18 @@ impl Sender {
             }
             return Ok(Some(t));
         }
-        let partition = partition_of(room, self.log.partitions());
-        let end = self.log.end(partition).await.map_err(log_error)?;
-        let deadline = Instant::now() + CATCH_UP;
-        loop {
-            let stored = self
-                .store
-                .next_offset(self.log.topic(), partition)
-                .await
-                .map_err(store_error)?;
-            if stored.unwrap_or(0) >= end {
-                return self
-                    .store
-                    .target(id, actor, emoji)
-                    .await
-                    .map_err(store_error);
-            }
-            if Instant::now() >= deadline {
-                return Err(SendError::Unavailable(
-                    "the store is behind the log; retry shortly".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let fresh = self
+            .tail
+            .fresh_target(room, id, actor, emoji)
+            .await
+            .map_err(|e| SendError::Unavailable(e.to_string()))?;
+        if fresh.is_some() {
+            return Ok(fresh);
         }
+        self.store
+            .target(id, actor, emoji)
+            .await
+            .map_err(store_error)
     }
 
     /// Starts a send: claims it (once per `client_msg_id`) and queues it in the log.

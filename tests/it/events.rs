@@ -508,15 +508,20 @@ async fn per_user_channel_reaches_every_device(mode: Mode) {
 }
 
 /// Deleted means gone from the log's tail too: with no consumer running (nothing
-/// persisted), recovery reads the records from Kafka and still returns no deleted body.
+/// persisted), an edit and a delete of a fresh message are checked against the log's tail
+/// and accepted, and recovery, reading the records from Kafka, returns no deleted body;
+/// the same when the message is persisted and only its delete is in the tail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_body_is_not_recovered_from_the_log_tail() {
     let env = Env::with_mode("events-tail", Mode::Distributed).await;
     let gw = env.spawn("gateway", "gw-m").await;
     let h = Http::new(&gw);
     let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
     let room = h.create_room(&alice, "tail").await;
+    h.join(&bob, &room).await;
     let mut wa = Ws::login(&gw, &alice).await;
+    let mut wb = Ws::login(&gw, &bob).await;
     let m = call(
         &mut wa,
         json!({"type": "send", "room": room, "client_msg_id": "s", "body": "the secret"}),
@@ -529,48 +534,80 @@ async fn a_deleted_body_is_not_recovered_from_the_log_tail() {
         json!({"type": "send", "room": room, "client_msg_id": "k", "body": "kept"}),
     )
     .await;
-    // With no consumer, the message is in no store yet: an edit of it waits for the store
-    // to catch up with the log, and says so (retryable) rather than "not found".
-    let v = call(&mut wa, json!({"type": "edit", "room": room, "message_id": id, "client_msg_id": "e", "body": "the secret, again"})).await;
-    refused(&v, "unavailable");
-    assert_eq!(v["retryable"], true);
-    let mut consumer = env.spawn("consumer", "consumer").await;
+    // Nothing is persisted (no consumer): the rules read the message from the log's tail.
+    let v = call(&mut wb, json!({"type": "edit", "room": room, "message_id": id, "client_msg_id": "x", "body": "mine"})).await;
+    refused(&v, "forbidden");
     let v = call(&mut wa, json!({"type": "edit", "room": room, "message_id": id, "client_msg_id": "e", "body": "the secret, again"})).await;
     assert_eq!(v["type"], "ack", "{v}");
-    // With the consumer gone again, the delete stays in the log's tail, while the
-    // message (and maybe the edit) are in the store.
-    consumer.kill9().await;
+    let v = call(&mut wb, json!({"type": "react", "room": room, "message_id": id, "client_msg_id": "r", "emoji": "👀", "on": true})).await;
+    assert_eq!(v["type"], "ack", "{v}");
     let d = call(
         &mut wa,
         json!({"type": "delete", "room": room, "message_id": id, "client_msg_id": "d"}),
     )
     .await;
     assert_eq!(d["type"], "ack", "{d}");
-    let mut wb = Ws::login(&gw, &alice).await;
-    let replay = subscribe_all(&mut wb, &room, Some(before)).await;
+    let v = call(&mut wa, json!({"type": "edit", "room": room, "message_id": id, "client_msg_id": "e2", "body": "back"})).await;
+    refused(&v, "message_deleted");
+    let ghost = Uuid::new_v4().to_string();
+    let v = call(&mut wb, json!({"type": "react", "room": room, "message_id": ghost, "client_msg_id": "g", "emoji": "👀", "on": true})).await;
+    refused(&v, "message_not_found");
+    let mut wc = Ws::login(&gw, &alice).await;
+    let replay = subscribe_all(&mut wc, &room, Some(before)).await;
     let text = serde_json::to_string(&replay).unwrap();
     assert!(
         !text.contains("secret"),
         "a deleted body came back from the tail: {text}"
     );
-    assert_eq!(replay.len(), 4, "{replay:?}");
+    assert_eq!(replay.len(), 5, "{replay:?}");
     assert_eq!(replay[0]["message"]["deleted"], true, "{replay:?}");
     assert_eq!(replay[1]["message"]["body"], "kept");
-    // And in PostgreSQL once persisted: the row is a tombstone, no edit keeps the body.
+
+    // Persisted, then deleted while the consumer is down: the store has the body, the
+    // delete is in the tail only.
+    let mut consumer = env.spawn("consumer", "consumer").await;
+    let m2 = call(
+        &mut wa,
+        json!({"type": "send", "room": room, "client_msg_id": "s2", "body": "second secret"}),
+    )
+    .await;
+    let id2 = m2["message"]["id"].clone();
+    env.wait_count(
+        "SELECT count(*) AS n FROM messages WHERE body = 'second secret'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    consumer.kill9().await;
+    let d = call(
+        &mut wa,
+        json!({"type": "delete", "room": room, "message_id": id2, "client_msg_id": "d2"}),
+    )
+    .await;
+    assert_eq!(d["type"], "ack", "{d}");
+    let v = call(&mut wb, json!({"type": "react", "room": room, "message_id": id2, "client_msg_id": "r2", "emoji": "👀", "on": true})).await;
+    refused(&v, "message_deleted");
+    let mut wd = Ws::login(&gw, &bob).await;
+    let replay = subscribe_all(&mut wd, &room, Some(before)).await;
+    let text = serde_json::to_string(&replay).unwrap();
+    assert!(!text.contains("secret"), "a deleted body came back: {text}");
+
+    // And in PostgreSQL once persisted: tombstones, no edit keeps a body.
     let _consumer = env.spawn("consumer", "consumer-2").await;
     let n = env
         .wait_count(
             "SELECT count(*) AS n FROM messages WHERE deleted_at IS NOT NULL",
-            1,
+            2,
             Duration::from_secs(30),
         )
         .await;
-    assert_eq!(n, 1);
+    assert_eq!(n, 2);
     assert_eq!(
         env.count("SELECT count(*) AS n FROM messages WHERE body LIKE '%secret%' OR original_body LIKE '%secret%'")
             .await,
         0
     );
+    assert_eq!(env.count("SELECT count(*) AS n FROM reactions").await, 0);
 }
 
 /// Sends the frames (one connection, in order) and waits for every ack; panics on an error.
@@ -613,10 +650,14 @@ async fn every_event_kind_is_applied_once_when_the_consumer_is_killed() {
     let mut wa = Ws::login(&gw, &alice).await;
     let mut wb = Ws::login(&gw, &bob).await;
     const M: usize = 120;
-    let frames = (0..M)
-        .map(|i| json!({"type": "send", "room": rooms[i % 3], "client_msg_id": format!("m{i}"), "body": format!("n{i}")}))
-        .collect();
-    let acks = all_acked(&mut wa, frames).await;
+    let mut acks = Vec::new();
+    for chunk in (0..M).collect::<Vec<_>>().chunks(40) {
+        let frames = chunk
+            .iter()
+            .map(|i| json!({"type": "send", "room": rooms[i % 3], "client_msg_id": format!("m{i}"), "body": format!("n{i}")}))
+            .collect();
+        acks.extend(all_acked(&mut wa, frames).await);
+    }
     let mut ids = vec![String::new(); M];
     for a in &acks {
         let i: usize = a["client_msg_id"].as_str().unwrap()[1..].parse().unwrap();
