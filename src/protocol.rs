@@ -174,6 +174,12 @@ pub enum ServerFrame<'a> {
     Event {
         event: EventView<'a>,
     },
+    /// A member of the room read up to `position` (read receipts, direct messages).
+    Receipt {
+        room: RoomId,
+        user: &'a User,
+        position: Position,
+    },
     /// On every connection of the user: their room list changed (refresh it).
     RoomsChanged {
         room: RoomId,

@@ -56,6 +56,12 @@ pub enum BusEvent {
         user: User,
         online: bool,
     },
+    /// A member's read marker moved (read receipts: direct messages).
+    Receipt {
+        room: RoomId,
+        user: User,
+        position: i64,
+    },
     /// On the user's channel: the user lost access (to one room, or every session).
     /// Every gateway holding a socket of theirs applies it at once.
     Revoked {
@@ -117,7 +123,8 @@ impl BusEvent {
             BusEvent::Message { message } => Channel::Room(message.room),
             BusEvent::Typing { room, .. }
             | BusEvent::Member { room, .. }
-            | BusEvent::Presence { room, .. } => Channel::Room(*room),
+            | BusEvent::Presence { room, .. }
+            | BusEvent::Receipt { room, .. } => Channel::Room(*room),
             BusEvent::Revoked { user, .. } | BusEvent::Notice { user, .. } => Channel::User(*user),
         }
     }

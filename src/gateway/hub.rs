@@ -378,6 +378,17 @@ impl Hub {
             }
             .to_text()
             .into(),
+            BusEvent::Receipt {
+                room,
+                user,
+                position,
+            } => ServerFrame::Receipt {
+                room: *room,
+                user,
+                position: *position,
+            }
+            .to_text()
+            .into(),
             BusEvent::Revoked { .. } | BusEvent::Notice { .. } => return,
         };
         // One allocation shared by every local subscriber.

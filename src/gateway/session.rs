@@ -579,6 +579,7 @@ impl Conn {
                     Ok(()) => {
                         let notice = UserNotice::Read { room, position };
                         self.gw.notify(self.user.id, notice).await;
+                        self.receipt(room, position).await;
                     }
                     Err(e) => {
                         self.refuse(store_code(&e), &e.to_string(), Some("read"))
@@ -586,6 +587,24 @@ impl Conn {
                     }
                 }
             }
+        }
+    }
+
+    /// Read receipts: in a direct message, the other member sees how far this one read.
+    async fn receipt(&self, room: RoomId, position: Position) {
+        match self.gw.store.room(room).await {
+            Ok(Some(r)) if r.kind == crate::model::RoomKind::Dm => {
+                let event = BusEvent::Receipt {
+                    room,
+                    user: self.user.clone(),
+                    position,
+                };
+                if let Err(e) = self.gw.bus.publish(std::slice::from_ref(&event)).await {
+                    tracing::debug!(error = %e, "receipt not published");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "room kind unknown; no receipt"),
         }
     }
 

@@ -42,6 +42,7 @@ pub fn api(cfg: &mut web::ServiceConfig) {
                     "/rooms/{id}/messages/{mid}/edits",
                     get_or_head().to(rooms::edits),
                 )
+                .route("/rooms/{id}/receipts", get_or_head().to(rooms::receipts))
                 .route("/dms", web::post().to(rooms::dm))
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::new(

@@ -273,6 +273,34 @@ pub async fn edits(
     }
 }
 
+/// `GET /api/rooms/{id}/receipts`: how far each member read (direct messages only; rooms
+/// opt in with room settings, which come with governance).
+pub async fn receipts(
+    gw: web::Data<Arc<Gateway>>,
+    me: Authed,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    require_member(&gw, *id, me.0.id).await?;
+    let room = gw
+        .store
+        .room(*id)
+        .await?
+        .ok_or_else(ApiError::room_not_found)?;
+    if room.kind != RoomKind::Dm {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "receipts_off",
+            "read receipts are shown in direct messages only",
+        ));
+    }
+    let markers = gw.store.read_markers(room.id).await?;
+    let list: Vec<_> = markers
+        .into_iter()
+        .map(|(user, position)| json!({"user": user, "position": position}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "receipts": list })))
+}
+
 /// `{"user": id}`, or (an extension) `{"username": name}`.
 #[derive(Deserialize)]
 pub struct NewDm {

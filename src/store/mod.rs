@@ -135,6 +135,9 @@ pub trait Store: Send + Sync + 'static {
     async fn is_member(&self, room: RoomId, user: UserId) -> Result<bool, StoreError>;
     /// Members with `online: false`; presence is filled in by the caller.
     async fn members(&self, room: RoomId) -> Result<Vec<Member>, StoreError>;
+    /// The members' read markers (members who read nothing yet are left out), at most
+    /// 100: for read receipts.
+    async fn read_markers(&self, room: RoomId) -> Result<Vec<(User, Position)>, StoreError>;
     /// The one DM room of the two users, created on first use. Returns (room, created).
     async fn dm_room(&self, a: UserId, b: UserId) -> Result<(Room, bool), StoreError>;
     async fn mark_read(

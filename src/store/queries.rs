@@ -647,6 +647,8 @@ pub(super) fn backfill_name_keys(c: &mut MigrationConn) -> QueryResult<usize> {
 
 /// Chunk size for multi-row inserts: 9 binds a row stays far below PostgreSQL's 65,535.
 const INSERT_CHUNK: usize = 1_000;
+/// Read markers `read_markers` returns at most (receipts are for small rooms).
+const MAX_RECEIPTS: i64 = 100;
 
 impl Backend {
     /// A page of the room's messages (of one thread's replies, with `thread`), newest
@@ -960,6 +962,24 @@ impl Store for Backend {
                 name,
                 online: false,
             })
+            .collect())
+    }
+
+    async fn read_markers(&self, room: RoomId) -> Result<Vec<(User, Position)>, StoreError> {
+        let mut c = self.conn().await?;
+        let rows: Vec<(Id, String, Option<i64>)> = memberships::table
+            .inner_join(users::table)
+            .filter(memberships::room_id.eq(Id(room)))
+            .filter(memberships::last_read.is_not_null())
+            .select((users::id, users::name, memberships::last_read))
+            .order(users::name.asc())
+            .limit(MAX_RECEIPTS)
+            .load(&mut c)
+            .await
+            .map_err(db_error)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, name, at)| Some((User { id: id.0, name }, at?)))
             .collect())
     }
 

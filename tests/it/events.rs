@@ -483,6 +483,7 @@ async fn per_user_channel_reaches_every_device(mode: Mode) {
     }
     // Reading on the phone clears the badge on the laptop at once.
     let mut wa = Ws::login(chat.gw(0), &alice).await;
+    subscribe_all(&mut wa, &dm, None).await;
     let m = call(
         &mut wa,
         json!({"type": "send", "room": dm, "client_msg_id": "hi", "body": "hi bob"}),
@@ -497,8 +498,41 @@ async fn per_user_channel_reaches_every_device(mode: Mode) {
         (r["room"].as_str(), r["position"].as_i64()),
         (Some(dm.as_str()), Some(pos))
     );
-    // Joining a room (HTTP, any gateway) tells the user's devices too.
+    // In a DM, the other member sees it read ("seen"), live and over HTTP.
+    let r = next_of(&mut wa, "receipt").await;
+    assert_eq!(
+        (r["user"]["id"].as_str(), r["position"].as_i64()),
+        (Some(bob.id.as_str()), Some(pos))
+    );
+    let (s, v) = h0
+        .call(
+            Method::GET,
+            &format!("/api/rooms/{dm}/receipts"),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["receipts"],
+        json!([{"user": {"id": bob.id, "name": bob.name}, "position": pos}])
+    );
+    // Joining a room (HTTP, any gateway) tells the user's devices too; rooms show no
+    // receipts.
     let room = h0.create_room(&alice, "club").await;
+    let (s, v) = h0
+        .call(
+            Method::GET,
+            &format!("/api/rooms/{room}/receipts"),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("receipts_off")),
+        "{v}"
+    );
     h1.join(&bob, &room).await;
     let n = next_of(&mut phone, "rooms_changed").await;
     assert_eq!(
