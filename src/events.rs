@@ -167,12 +167,18 @@ pub fn check_parent(room: RoomId, parent: Option<&Target>) -> Result<(), RuleErr
     Ok(())
 }
 
-/// An emoji: 1 to [`MAX_EMOJI_BYTES`] bytes, no white space, no control characters. It is
-/// only ever shown as text, so this bounds it rather than judging what counts as emoji.
+/// An emoji: 1 to [`MAX_EMOJI_BYTES`] bytes, no white space, no control, bidirectional or
+/// other invisible character ([`crate::model::is_invisible`]) except the zero-width joiner
+/// and the presentation selectors that emoji sequences are made of. It is only ever shown
+/// as text, so this bounds it rather than judging what counts as emoji.
 pub fn check_emoji(emoji: &str) -> Result<(), RuleError> {
+    let allowed = |c: char| matches!(c, '\u{200D}' | '\u{FE0E}' | '\u{FE0F}');
     let ok = !emoji.is_empty()
         && emoji.len() <= MAX_EMOJI_BYTES
-        && !emoji.chars().any(|c| c.is_whitespace() || c.is_control());
+        && !emoji.starts_with(allowed)
+        && !emoji
+            .chars()
+            .any(|c| c.is_whitespace() || (crate::model::is_invisible(c) && !allowed(c)));
     if ok {
         Ok(())
     } else {
@@ -367,6 +373,16 @@ mod tests {
         assert!(check_emoji("a b").is_err());
         assert!(check_emoji("\u{7}").is_err());
         assert!(check_emoji(&"👍".repeat(9)).is_err()); // 36 bytes
+        assert!(check_emoji("❤\u{FE0F}").is_ok());
+        for bad in [
+            "\u{202E}x",
+            "a\u{200B}",
+            "\u{FEFF}",
+            "\u{200D}",
+            "\u{E0041}",
+        ] {
+            assert!(check_emoji(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ use uuid::Uuid;
 
 /// Log records scanned (all rooms of the partition) before giving up.
 const MAX_SCAN: usize = 200_000;
+/// [`Recovery::fresh_target`] reads running at once, at most (per gateway).
+const MAX_LOOKUPS: usize = 4;
 /// Messages read (and queued for the client) at a time, at most.
 pub const PAGE_MESSAGES: usize = 64;
 /// Bytes of message bodies in a page, at most (a page holds at least one message).
@@ -38,6 +40,9 @@ pub struct Recovery {
     store: Arc<dyn Store>,
     log: Arc<dyn Log>,
     max_backlog: usize,
+    /// Tail reads for a rule check ([`Recovery::fresh_target`]) at once, at most: what
+    /// one gateway spends on events naming messages the store does not hold.
+    lookups: tokio::sync::Semaphore,
     /// Idle log readers per partition (each owns a broker connection).
     readers: Mutex<HashMap<i32, Vec<Box<dyn LogReader>>>>,
 }
@@ -129,6 +134,7 @@ impl Recovery {
             store,
             log,
             max_backlog,
+            lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
             readers: Mutex::new(HashMap::new()),
         }
     }
@@ -370,6 +376,25 @@ impl Recovery {
         emoji: Option<&str>,
     ) -> Result<Option<Target>, RecoveryError> {
         let partition = partition_of(room, self.log.partitions());
+        // Everything the log holds is in the store: nothing to look for.
+        let end = self
+            .log
+            .end(partition)
+            .await
+            .map_err(|e| RecoveryError::Unavailable(e.to_string()))?;
+        let committed = self
+            .store
+            .next_offset(self.log.topic(), partition)
+            .await
+            .map_err(|e| RecoveryError::Unavailable(e.to_string()))?;
+        if committed.is_some_and(|c| c >= end) {
+            return Ok(None);
+        }
+        let _turn = self
+            .lookups
+            .acquire()
+            .await
+            .map_err(|e| RecoveryError::Unavailable(e.to_string()))?;
         let reader = self.take_reader(partition).await?;
         let unavailable = |e: LogError| RecoveryError::Unavailable(e.to_string());
         let found = async {
@@ -386,7 +411,11 @@ impl Recovery {
             let mut target: Option<Target> = None;
             // (user, emoji) → on, in log order.
             let mut reactions: HashMap<(UserId, String), bool> = HashMap::new();
+            // A retried produce can be in the log twice: each record counts once.
+            let mut seen: HashSet<Uuid> = HashSet::new();
             self.scan(reader.as_ref(), room, from, end, |m| match &m.change {
+                _ if (m.id == id || m.change.as_ref().is_some_and(|c| c.target() == id))
+                    && !seen.insert(m.id) => {}
                 None if m.id == id && target.is_none() => {
                     target = Some(Target {
                         room,

@@ -113,7 +113,7 @@ impl Sender {
         match &new.change {
             None => {
                 if let Some(parent) = new.reply_to {
-                    let t = self.target(room, parent, actor, None).await?;
+                    let t = self.target(room, parent, actor, None, true).await?;
                     events::check_parent(room, t.as_ref())?;
                 }
                 let names = events::mentioned_names(&new.body);
@@ -131,8 +131,18 @@ impl Sender {
                     Change::Reaction { emoji, .. } => Some(emoji.as_str()),
                     _ => None,
                 };
-                let t = self.target(room, change.target(), actor, emoji).await?;
+                let delete = matches!(change, Change::Delete { .. });
+                let t = self
+                    .target(room, change.target(), actor, emoji, !delete)
+                    .await?;
                 events::check(change, actor, room, new.sent_at, t.as_ref(), &self.limits)?;
+                if let Change::Delete { message_id } = change {
+                    // Before it is written: what the client sends next (this
+                    // connection's pipeline included) is refused on every gateway. A
+                    // delete that then fails is retried by the client; until then the
+                    // message takes no more changes.
+                    self.claims.bury(*message_id).await.map_err(coord_error)?;
+                }
             }
         }
         Ok(())
@@ -142,37 +152,67 @@ impl Sender {
     /// the log's tail, acked a moment ago and not persisted yet: then its state comes from
     /// there (its record and the events after it), else the store is asked again (it may
     /// have persisted it meanwhile).
+    /// `tombstones`: whether a tombstone counts as deleted (not for a delete: one that
+    /// failed after burying the message is retried, and must get through).
     async fn target(
         &self,
         room: RoomId,
         id: MessageId,
         actor: UserId,
         emoji: Option<&str>,
+        tombstones: bool,
     ) -> Result<Option<Target>, SendError> {
-        let found = self
+        let mut found = self
             .store
             .target(id, actor, emoji)
             .await
             .map_err(store_error)?;
-        if let Some(mut t) = found {
-            // A delete acked a moment ago that the store has not applied yet.
-            if !t.deleted && self.claims.buried(id).await.map_err(coord_error)? {
+        if found.is_none() && maybe_recent(id) {
+            found = self
+                .tail
+                .fresh_target(room, id, actor, emoji)
+                .await
+                .map_err(|e| SendError::Unavailable(e.to_string()))?;
+            if found.is_none() {
+                // Persisted between the two looks.
+                found = self
+                    .store
+                    .target(id, actor, emoji)
+                    .await
+                    .map_err(store_error)?;
+            }
+        }
+        if let Some(t) = found.as_mut() {
+            // A delete acked (or being written) a moment ago that the store has not
+            // applied yet.
+            if tombstones && !t.deleted && self.claims.buried(id).await.map_err(coord_error)? {
                 t.deleted = true;
             }
-            return Ok(Some(t));
         }
-        let fresh = self
-            .tail
-            .fresh_target(room, id, actor, emoji)
-            .await
-            .map_err(|e| SendError::Unavailable(e.to_string()))?;
-        if fresh.is_some() {
-            return Ok(fresh);
+        Ok(found)
+    }
+
+    /// A resend answered from the claim's record: a message deleted since (or an edit of
+    /// one) comes back without its body, as every API returns it.
+    async fn forget_if_deleted(&self, mut m: Message) -> Message {
+        let target = match &m.change {
+            None => m.id,
+            Some(Change::Edit { message_id }) => *message_id,
+            Some(_) => return m,
+        };
+        let buried = self.claims.buried(target).await.unwrap_or(false);
+        let deleted = buried
+            || matches!(
+                self.store.target(target, m.sender.id, None).await,
+                Ok(Some(t)) if t.deleted
+            );
+        if deleted {
+            match m.change {
+                None => m.tombstone(),
+                _ => m.body.clear(),
+            }
         }
-        self.store
-            .target(id, actor, emoji)
-            .await
-            .map_err(store_error)
+        m
     }
 
     /// Starts a send: claims it (once per `client_msg_id`) and queues it in the log.
@@ -199,7 +239,10 @@ impl Sender {
             .await
             .map_err(coord_error)?
         {
-            Claim::Done(m) => return Ok(Box::pin(futures_util::future::ready(Ok(m)))),
+            Claim::Done(m) => {
+                let m = self.forget_if_deleted(m).await;
+                return Ok(Box::pin(futures_util::future::ready(Ok(m))));
+            }
             Claim::InFlight => return Err(SendError::InFlight),
             Claim::Mine(id) => id,
         };
@@ -231,13 +274,6 @@ impl Sender {
         Ok(Box::pin(async move {
             match durable.await {
                 Ok(msg) => {
-                    if let Some(Change::Delete { message_id }) = &msg.change {
-                        // Before the ack: whatever the client does next is refused on
-                        // every gateway, whether or not the store applied the delete.
-                        if let Err(e) = claims.bury(*message_id).await {
-                            tracing::warn!(error = %e, "delete not recorded as a tombstone");
-                        }
-                    }
                     // The message is durable: ack it now and record the result beside
                     // it. A resend that comes before this record finds the claim pending
                     // and is answered `in_flight` (retryable); the next attempt gets the
@@ -255,6 +291,17 @@ impl Sender {
             }
         }))
     }
+}
+
+/// Whether `id` can be a message written lately: gateways give UUIDv7 ids, whose time is
+/// now. Any other id (or one from the future) is unknown without reading the log's tail.
+fn maybe_recent(id: MessageId) -> bool {
+    let Some(ts) = id.get_timestamp() else {
+        return false;
+    };
+    let (secs, _) = ts.to_unix();
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    id.get_version_num() == 7 && secs <= now + 60
 }
 
 /// A started send: resolves once the message is durable.
@@ -299,3 +346,18 @@ async fn settle(claims: &dyn Coord, key: &SendKey, outcome: Settled) {
 
 /// How long a session waits for its queued sends when it closes.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_fresh_v7_ids_are_looked_up_in_the_log() {
+        assert!(maybe_recent(Uuid::now_v7()));
+        assert!(!maybe_recent(Uuid::new_v4()));
+        assert!(!maybe_recent(Uuid::nil()));
+        // A v7 id from the far future.
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, 4_000_000_000, 0);
+        assert!(!maybe_recent(Uuid::new_v7(ts)));
+    }
+}

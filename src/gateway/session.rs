@@ -574,9 +574,26 @@ impl Conn {
                 if let Err(e) = self.check_member(room).await {
                     return self.refuse(e.0, &e.1, Some("read")).await;
                 }
+                // A marker never goes past what the log holds (the partition's end
+                // bounds every position in it), so a receipt cannot claim the future.
+                let end = self
+                    .gw
+                    .log
+                    .end(crate::log::partition_of(room, self.gw.log.partitions()))
+                    .await;
+                let position = match end {
+                    Ok(end) => position.min(end - 1),
+                    Err(e) => {
+                        let text = e.to_string();
+                        return self
+                            .refuse(ErrorCode::Unavailable, &text, Some("read"))
+                            .await;
+                    }
+                };
                 match self.gw.store.mark_read(room, self.user.id, position).await {
+                    Ok(false) => {}
                     // The user's other devices clear their badge at once.
-                    Ok(()) => {
+                    Ok(true) => {
                         let notice = UserNotice::Read { room, position };
                         self.gw.notify(self.user.id, notice).await;
                         self.receipt(room, position).await;

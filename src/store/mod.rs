@@ -140,12 +140,13 @@ pub trait Store: Send + Sync + 'static {
     async fn read_markers(&self, room: RoomId) -> Result<Vec<(User, Position)>, StoreError>;
     /// The one DM room of the two users, created on first use. Returns (room, created).
     async fn dm_room(&self, a: UserId, b: UserId) -> Result<(Room, bool), StoreError>;
+    /// Moves the user's read marker up to `position` (never back); whether it moved.
     async fn mark_read(
         &self,
         room: RoomId,
         user: UserId,
         position: Position,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Messages (not event records) with position < `before` (all if None), the newest
     /// `limit` of them, returned ascending, each in its current state (body after edits,

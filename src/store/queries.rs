@@ -435,24 +435,32 @@ struct ReactionRow {
     total: i64,
 }
 
-/// The reactions of the room's messages with positions in `[from, to]` (of thread `$4`'s
-/// replies only, when set; `$5` the reader; parameters appear in order, as SQLite numbers
-/// them by first appearance): per (message, emoji) the count and the first
+/// The reactions of the room's messages with positions in `[$2, $3]` (of thread `$4`'s
+/// replies only, for a thread page; then `$5` is the reader, else `$4`: parameters appear
+/// in order, as SQLite numbers them by first appearance): per (message, emoji) the count and the first
 /// [`REACTION_USERS_SHOWN`] users, plus the reader's own row. Bounded: at most
 /// `max_emoji_per_message` emoji per message, 11 rows each.
-const REACTIONS_SQL: &str = "
-SELECT t.message_id, t.emoji, t.user_id, t.name, t.n, t.total FROM (
-  SELECT r.message_id, r.emoji, r.user_id, u.name,
-         row_number() OVER (PARTITION BY r.message_id, r.emoji ORDER BY r.position) AS n,
-         count(*) OVER (PARTITION BY r.message_id, r.emoji) AS total,
-         min(r.position) OVER (PARTITION BY r.message_id, r.emoji) AS first
-    FROM reactions r
-    JOIN messages m ON m.id = r.message_id
-    JOIN users u ON u.id = r.user_id
-   WHERE m.room_id = $1 AND m.position >= $2 AND m.position <= $3
-     AND ($4 IS NULL OR m.reply_to = $4)) t
- WHERE t.n <= 10 OR t.user_id = $5
- ORDER BY t.message_id, t.first, t.n";
+fn reactions_sql(thread: bool) -> String {
+    let messages = if thread {
+        "m.reply_to = $4 AND m.room_id = $1 AND m.position >= $2 AND m.position <= $3"
+    } else {
+        "m.room_id = $1 AND m.position >= $2 AND m.position <= $3 AND m.kind = 'message'"
+    };
+    let me = if thread { "$5" } else { "$4" };
+    format!(
+        "SELECT t.message_id, t.emoji, t.user_id, t.name, t.n, t.total FROM (
+           SELECT r.message_id, r.emoji, r.user_id, u.name,
+                  row_number() OVER (PARTITION BY r.message_id, r.emoji ORDER BY r.position) AS n,
+                  count(*) OVER (PARTITION BY r.message_id, r.emoji) AS total,
+                  min(r.position) OVER (PARTITION BY r.message_id, r.emoji) AS first
+             FROM reactions r
+             JOIN messages m ON m.id = r.message_id
+             JOIN users u ON u.id = r.user_id
+            WHERE {messages}) t
+          WHERE t.n <= 10 OR t.user_id = {me}
+          ORDER BY t.message_id, t.first, t.n"
+    )
+}
 
 /// Fills in what a history page shows of each message beyond its row: reactions (with
 /// counts, `me` and who) and the reply count (0 too). `thread`: the page holds replies of it.
@@ -469,14 +477,18 @@ async fn fill_state(
     ) else {
         return Ok(());
     };
-    let rows: Vec<ReactionRow> = diesel::sql_query(REACTIONS_SQL)
+    let base = diesel::sql_query(reactions_sql(thread.is_some()))
+        .into_boxed()
         .bind::<SqlUuid, _>(Id(room))
         .bind::<BigInt, _>(first)
-        .bind::<BigInt, _>(last)
-        .bind::<Nullable<SqlUuid>, _>(thread.map(Id))
-        .bind::<SqlUuid, _>(Id(me))
-        .load(c)
-        .await?;
+        .bind::<BigInt, _>(last);
+    let query = match thread {
+        Some(parent) => base
+            .bind::<SqlUuid, _>(Id(parent))
+            .bind::<SqlUuid, _>(Id(me)),
+        None => base.bind::<SqlUuid, _>(Id(me)),
+    };
+    let rows: Vec<ReactionRow> = query.load(c).await?;
     let mut by_message: std::collections::HashMap<MessageId, Vec<ReactionCount>> =
         std::collections::HashMap::new();
     for r in rows {
@@ -1037,10 +1049,10 @@ impl Store for Backend {
         room: RoomId,
         user: UserId,
         position: Position,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut c = self.conn().await?;
         // Never moves the marker backwards.
-        diesel::update(memberships::table.find((Id(room), Id(user))))
+        let moved = diesel::update(memberships::table.find((Id(room), Id(user))))
             .filter(
                 memberships::last_read
                     .is_null()
@@ -1050,7 +1062,7 @@ impl Store for Backend {
             .execute(&mut c)
             .await
             .map_err(db_error)?;
-        Ok(())
+        Ok(moved == 1)
     }
 
     async fn history(
@@ -1174,6 +1186,7 @@ impl Store for Backend {
         let rows: Vec<MessageRow> = messages::table
             .filter(messages::room_id.eq(Id(room)))
             .filter(messages::position.gt(after))
+            .filter(messages::kind.ne("refused"))
             .select(MessageRow::as_select())
             .order(messages::position.asc())
             .limit(limit)
@@ -1193,6 +1206,7 @@ impl Store for Backend {
         let ids: Vec<Id> = messages::table
             .filter(messages::room_id.eq(Id(room)))
             .filter(messages::position.gt(after))
+            .filter(messages::kind.ne("refused"))
             .select(messages::id)
             .order(messages::position.asc())
             .limit(cap)
@@ -1280,8 +1294,11 @@ impl Store for Backend {
                     match apply(c, &batch[i], limits).await? {
                         Ok(()) => inserted += 1,
                         Err(rule) => {
+                            // Kept, as a record of nothing: its id and key stay taken, so
+                            // a later copy of the same record is skipped, not applied.
                             tracing::debug!(id = %batch[i].id, %rule, "event refused where applied");
-                            diesel::delete(messages::table.filter(messages::id.eq(Id(batch[i].id))))
+                            diesel::update(messages::table.filter(messages::id.eq(Id(batch[i].id))))
+                                .set((messages::kind.eq("refused"), messages::body.eq("")))
                                 .execute(c)
                                 .await?;
                         }

@@ -504,6 +504,14 @@ async fn per_user_channel_reaches_every_device(mode: Mode) {
         (r["user"]["id"].as_str(), r["position"].as_i64()),
         (Some(bob.id.as_str()), Some(pos))
     );
+    // A marker is never beyond what the log holds: a read of "everything, forever" is
+    // one up to the newest record (here the DM's message), and not news.
+    phone
+        .send(json!({"type": "read", "room": dm, "position": i64::MAX}))
+        .await;
+    phone.send(json!({"type": "ping"})).await;
+    next_of(&mut phone, "pong").await;
+    let clamped = pos;
     let (s, v) = h0
         .call(
             Method::GET,
@@ -515,7 +523,7 @@ async fn per_user_channel_reaches_every_device(mode: Mode) {
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         v["receipts"],
-        json!([{"user": {"id": bob.id, "name": bob.name}, "position": pos}])
+        json!([{"user": {"id": bob.id, "name": bob.name}, "position": clamped}])
     );
     // Joining a room (HTTP, any gateway) tells the user's devices too; rooms show no
     // receipts.
@@ -776,4 +784,97 @@ async fn every_event_kind_is_applied_once_when_the_consumer_is_killed() {
         assert_eq!(env.count(sql).await, want, "{sql}");
     }
     drop(consumer);
+}
+
+/// The store applies each record once, in log order, whatever the batches: an edit that
+/// comes after the delete of its message is refused where it is applied and kept as a
+/// refused record, so a second copy of it later in the log (a retried produce) is skipped
+/// rather than applied; a duplicate reaction counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_applies_each_record_once() {
+    use chat::events::Limits;
+    use chat::model::{Change, Message, NewMessage, User};
+    use chat::store::{PgStore, Store};
+    let env = Env::with_mode("events-store", Mode::Distributed).await;
+    PgStore::migrate(&env.db_url).await.expect("migrate");
+    let target = chat::tls::PgTarget::parse(&env.db_url, None).expect("url");
+    let store = PgStore::connect(&target, 2).expect("store");
+    let ann = User {
+        id: Uuid::now_v7(),
+        name: "ann".into(),
+    };
+    let room = Uuid::now_v7();
+    let record = |cmid: &str, body: &str, change: Option<Change>, position: i64| -> Message {
+        NewMessage {
+            id: Uuid::now_v7(),
+            room,
+            sender: ann.clone(),
+            body: body.into(),
+            client_msg_id: cmid.into(),
+            sent_at: chrono::Utc::now(),
+            reply_to: None,
+            mentions: Vec::new(),
+            change,
+        }
+        .at(position)
+    };
+    let m = record("m", "secret", None, 0);
+    let react = record(
+        "r",
+        "",
+        Some(Change::Reaction {
+            message_id: m.id,
+            emoji: "👍".into(),
+            on: true,
+        }),
+        1,
+    );
+    let del = record("d", "", Some(Change::Delete { message_id: m.id }), 2);
+    let late = record(
+        "e",
+        "secret again",
+        Some(Change::Edit { message_id: m.id }),
+        3,
+    );
+    let limits = Limits::default();
+    let n = store
+        .commit_batch(
+            "t",
+            0,
+            None,
+            4,
+            &[m.clone(), react.clone(), del, late.clone()],
+            &limits,
+        )
+        .await
+        .expect("commit");
+    assert_eq!(n, 3, "the late edit is refused");
+    // The same records again at later offsets (a retried produce): nothing changes.
+    let mut again = late.clone();
+    again.position = 4;
+    let mut react2 = react.clone();
+    react2.position = 5;
+    let n = store
+        .commit_batch("t", 0, Some(4), 6, &[again, react2], &limits)
+        .await
+        .expect("commit");
+    assert_eq!(n, 0);
+    let rows = store.messages_after(room, -1, 100).await.expect("rows");
+    let kinds: Vec<_> = rows
+        .iter()
+        .map(|r| r.change.as_ref().map_or("message", |c| c.kind()))
+        .collect();
+    assert_eq!(kinds, ["message", "reaction", "delete"], "{rows:?}");
+    assert!(rows[0].deleted && rows[0].body.is_empty());
+    assert_eq!(
+        env.count("SELECT count(*) AS n FROM messages WHERE kind = 'refused' AND body = ''")
+            .await,
+        1
+    );
+    assert_eq!(
+        env.count("SELECT count(*) AS n FROM messages WHERE body LIKE '%secret%'")
+            .await,
+        0
+    );
+    assert_eq!(env.count("SELECT count(*) AS n FROM reactions").await, 0);
 }

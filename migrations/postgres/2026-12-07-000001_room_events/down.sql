@@ -1,5 +1,6 @@
 DROP TABLE mentions;
 DROP TABLE reactions;
+DROP INDEX messages_room_messages_idx;
 DROP INDEX messages_thread_idx;
 DROP INDEX messages_target_idx;
 ALTER TABLE messages DROP COLUMN last_reply_at, DROP COLUMN reply_count,

@@ -3,8 +3,10 @@
 -- changes in `target_id`), so recovery reads one sequence; message rows also hold their
 -- current state, which the persist worker updates in the same transaction as its offset.
 
+-- 'refused': an event the persist worker's check refused (kept so a copy of the same
+-- record later in the log is skipped; returned by no API).
 ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message'
-    CHECK (kind IN ('message', 'edit', 'delete', 'reaction'));
+    CHECK (kind IN ('message', 'edit', 'delete', 'reaction', 'refused'));
 ALTER TABLE messages ADD COLUMN target_id UUID;
 ALTER TABLE messages ADD COLUMN reply_to UUID;
 -- JSON array of the mentioned user ids (a message), NULL when none.
@@ -23,6 +25,8 @@ ALTER TABLE messages ADD COLUMN last_reply_at TIMESTAMPTZ;
 
 CREATE INDEX messages_target_idx ON messages (target_id) WHERE target_id IS NOT NULL;
 CREATE INDEX messages_thread_idx ON messages (reply_to, position) WHERE reply_to IS NOT NULL;
+-- History and unread walk a room's messages past its events.
+CREATE INDEX messages_room_messages_idx ON messages (room_id, position) WHERE kind = 'message';
 
 -- Current reactions: one row per (message, user, emoji).
 CREATE TABLE reactions (

@@ -1,7 +1,7 @@
 -- Issue 18: the same changes as migrations/postgres (see there).
 
 ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message'
-    CHECK (kind IN ('message', 'edit', 'delete', 'reaction'));
+    CHECK (kind IN ('message', 'edit', 'delete', 'reaction', 'refused'));
 ALTER TABLE messages ADD COLUMN target_id TEXT;
 ALTER TABLE messages ADD COLUMN reply_to TEXT;
 ALTER TABLE messages ADD COLUMN mentions TEXT;
@@ -17,6 +17,8 @@ ALTER TABLE messages ADD COLUMN last_reply_at TEXT;
 
 CREATE INDEX messages_target_idx ON messages (target_id) WHERE target_id IS NOT NULL;
 CREATE INDEX messages_thread_idx ON messages (reply_to, position) WHERE reply_to IS NOT NULL;
+-- History and unread walk a room's messages past its events.
+CREATE INDEX messages_room_messages_idx ON messages (room_id, position) WHERE kind = 'message';
 
 CREATE TABLE reactions (
     message_id  TEXT NOT NULL,
