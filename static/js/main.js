@@ -10,7 +10,6 @@ import { createRender } from './view/render.js';
 const PAGE = 50;
 const TYPING_SEND_EVERY = 2000;
 const TYPING_SHOW_MS = 4000;
-const ROOMS_REFRESH_MS = 4000;
 
 function safeJson(s) { try { return JSON.parse(s); } catch { return null; } }
 
@@ -146,10 +145,11 @@ async function fetchRooms() {
     box.textContent = 'Could not load rooms (' + e.message + '). Retrying…';
     box.hidden = false;
   } finally {
-    // The protocol announces no new rooms or DMs to a user who is not in them yet: poll.
-    const wait = roomsFailures ? Math.min(30000, 1000 * 2 ** roomsFailures) : document.hidden ? 30000 : ROOMS_REFRESH_MS;
+    // No polling: the list is refreshed on `rooms_changed` (a DM or room of ours appeared
+    // or went, on any device), on reconnect and after our own actions. Only a failed load
+    // is tried again, with backoff.
     clearTimeout(roomsTimer);
-    if (S.token) roomsTimer = setTimeout(loadRooms, wait);
+    if (S.token && roomsFailures) roomsTimer = setTimeout(loadRooms, Math.min(30000, 1000 * 2 ** roomsFailures));
   }
   return S.rooms;
 }
@@ -383,6 +383,11 @@ function onSync(event, d) {
     case 'ack':
       if (!d.room || d.room === S.current) { view.renderMessages({ toBottom: true }); markRead(); }
       break;
+    case 'event':
+      if (d.changed && d.event.room === S.current) view.renderMessages({});
+      if (d.changed) view.scheduleRenderRooms();
+      break;
+    case 'read': view.scheduleRenderRooms(); break;
     case 'outbox': view.renderMessages({}); break;
     case 'reset': if (d.room === S.current) openRoom(d.room); break;
     case 'rooms-stale': loadRooms(); break;
