@@ -64,7 +64,7 @@ const view = createRender({
     react: (m, emoji, on) => {
       if (!validEmoji(emoji)) return;
       sync.react(m.room, m.id, emoji, on);
-      S.palette = null;
+      S.palette = null; S.actionsFor = null;
       view.renderMessages({});
     },
     togglePalette: (id) => { S.palette = S.palette === id ? null : id; S.actionsFor = id; S.confirmDelete = null; view.renderMessages({}); },

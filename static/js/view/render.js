@@ -294,13 +294,15 @@ export function createRender({ S, sync, actions }) {
     },
     h('time', { class: 'row-time', datetime: m.sent_at, title: isNaN(t) ? '' : fullFmt.format(t) }, isNaN(t) ? '' : timeFmt.format(t)));
     if (m.reply_to && !inThread) row.append(replyQuote(m));
-    row.append(bodyOf(m));
+    // "(edited)" follows the text on its line, outside the body element (whose text is the body).
+    const line = h('div', { class: 'body-line' }, bodyOf(m));
     if (m.edited_at && !m.deleted) {
-      row.lastChild.append(' ', h('button', {
+      line.append(' ', h('button', {
         type: 'button', class: 'edited', title: 'Show the edit history', dataset: { testid: 'edited-marker' },
         onclick: (e) => { e.stopPropagation(); actions.showEdits(m); },
       }, '(edited)'));
     }
+    row.append(line);
     if (held && !m.deleted) {
       const rr = reactionsRow(m);
       if (rr) row.append(rr);
