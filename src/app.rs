@@ -135,7 +135,7 @@ async fn embedded(cfg: &Config, database: &Path) -> anyhow::Result<Seams> {
         tracing::info!(?applied, "migrations done");
     }
     let sqlite = SqliteStore::open(database, cfg.database_pool_size.min(8))?;
-    let log = SqliteLog::open(sqlite.clone())
+    let log = SqliteLog::open(sqlite.clone(), cfg.limits.events.clone())
         .await
         .map_err(|e| anyhow::anyhow!(e))
         .with_context(|| format!("opening {}", database.display()))?;
@@ -245,7 +245,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 store: store.clone(),
                 log: log.clone(),
                 bus: bus.clone(),
-                sender: Sender::new(log.clone(), coord.clone()),
+                sender: Sender::new(
+                    log.clone(),
+                    coord.clone(),
+                    store.clone(),
+                    cfg.limits.events.clone(),
+                ),
                 auth: Auth::new(&secret, cfg.token_ttl),
                 limits: cfg.limits.clone(),
                 shutdown: shutdown.clone(),
@@ -256,12 +261,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     });
     let consumer_stop = shutdown.child();
     let consumer = matches!(cfg.role, Role::Consumer | Role::All).then(|| {
-        let c = Arc::new(Consumer::new(
+        let mut c = Consumer::new(
             log.clone(),
             bus.clone(),
             coord.clone(),
             persist.then(|| store.clone()),
-        ));
+        );
+        c.limits = cfg.limits.events.clone();
+        let c = Arc::new(c);
         shutdown.spawn(c.run(consumer_stop.clone()))
     });
 

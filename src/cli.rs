@@ -200,6 +200,19 @@ pub struct ServeArgs {
     /// Rooms one user may create in all (then 403 `too_many_rooms`); 0: no cap.
     #[arg(long, env = "MAX_ROOMS_PER_USER", default_value_t = 200)]
     pub max_rooms_per_user: u32,
+    /// How long after sending its author may edit a message, in seconds (then
+    /// `edit_window_closed`); 0: always.
+    #[arg(long, env = "EDIT_WINDOW_SECS", default_value_t = 0)]
+    pub edit_window_secs: u64,
+    /// Edits of one message, at most (then `too_many_edits`).
+    #[arg(long, env = "MAX_EDITS_PER_MESSAGE", default_value_t = 50)]
+    pub max_edits_per_message: i64,
+    /// Different emoji on one message, at most (then `too_many_reactions`).
+    #[arg(long, env = "MAX_EMOJI_PER_MESSAGE", default_value_t = 20)]
+    pub max_emoji_per_message: i64,
+    /// Reactions of one user on one message, at most (then `too_many_reactions`).
+    #[arg(long, env = "MAX_REACTIONS_PER_USER", default_value_t = 10)]
+    pub max_reactions_per_user: i64,
     /// Login attempts per minute for one account name, from any address (then 429
     /// `rate_limited` with Retry-After).
     #[arg(long, env = "LOGIN_RATE_PER_ACCOUNT", default_value_t = 5)]

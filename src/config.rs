@@ -168,6 +168,8 @@ pub struct Limits {
     pub room_creations_per_minute: u32,
     /// Rooms one user may have created in all (0: no cap).
     pub max_rooms_per_user: u32,
+    /// Edits, deletes and reactions.
+    pub events: crate::events::Limits,
 }
 
 impl Default for Limits {
@@ -187,6 +189,7 @@ impl Default for Limits {
             max_backlog: 2_000,
             room_creations_per_minute: 10,
             max_rooms_per_user: 200,
+            events: crate::events::Limits::default(),
         }
     }
 }
@@ -380,6 +383,13 @@ impl Config {
                 send_burst: a.send_rate_burst.max(1),
                 room_creations_per_minute: a.room_create_per_minute.max(1),
                 max_rooms_per_user: a.max_rooms_per_user,
+                events: crate::events::Limits {
+                    edit_window: (a.edit_window_secs > 0)
+                        .then(|| Duration::from_secs(a.edit_window_secs)),
+                    max_edits: a.max_edits_per_message.max(0),
+                    max_emoji_per_message: a.max_emoji_per_message.max(0),
+                    max_reactions_per_user: a.max_reactions_per_user.max(0),
+                },
                 max_queued_bytes: a.max_queued_mib.max(1).saturating_mul(1 << 20),
                 max_connections_per_user: a.max_connections_per_user.max(1),
                 ..Limits::default()

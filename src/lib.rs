@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod coord;
+pub mod events;
 pub mod gateway;
 pub mod http;
 pub mod log;

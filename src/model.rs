@@ -21,7 +21,7 @@ pub const MAX_BODY_CHARS: usize = 4_000;
 pub const MAX_CLIENT_MSG_ID_CHARS: usize = 128;
 pub const MAX_ROOM_NAME_CHARS: usize = 64;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub id: UserId,
     pub name: String,
@@ -59,6 +59,8 @@ pub struct RoomView {
     pub member: bool,
     pub unread: i64,
     pub last_position: Option<Position>,
+    /// Unread messages that mention the user.
+    pub unread_mentions: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,9 +70,14 @@ pub struct Member {
     pub online: bool,
 }
 
-/// A chat message. The id and `sent_at` are fixed by the gateway before the message is
-/// appended to the log; the position is given by the log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A record of a room's log: a chat message, or (with `change`) an event that changes
+/// one (edit, delete, reaction). The id and `sent_at` are fixed by the gateway before the
+/// record is appended; the position is given by the log, in the one sequence of the room.
+/// For an event, `sender` is who acted and `body` is the new body of an edit ("" else).
+///
+/// The fields after `change` are a message's current state, as the store keeps it
+/// (history pages, recovery from the store); a record fresh from the log has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub id: MessageId,
     pub room: RoomId,
@@ -79,9 +86,87 @@ pub struct Message {
     pub client_msg_id: String,
     pub position: Position,
     pub sent_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reactions: Option<Vec<ReactionCount>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reply_at: Option<DateTime<Utc>>,
 }
 
-/// A message before the log has given it a position.
+impl Message {
+    /// The message with its body gone: what every API returns once it is deleted.
+    pub fn tombstone(&mut self) {
+        self.body.clear();
+        self.deleted = true;
+        self.mentions.clear();
+        self.reactions = None;
+    }
+}
+
+/// What an event record changes. Serialised inside log and bus records (not the wire form:
+/// `protocol::EventView` is).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// `body` of the record is the message's new body.
+    Edit {
+        message_id: MessageId,
+    },
+    Delete {
+        message_id: MessageId,
+    },
+    /// `on`: added (true) or removed (false) by the record's sender.
+    Reaction {
+        message_id: MessageId,
+        emoji: String,
+        on: bool,
+    },
+}
+
+impl Change {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::Edit { .. } => "edit",
+            Change::Delete { .. } => "delete",
+            Change::Reaction { .. } => "reaction",
+        }
+    }
+    /// The message this event changes.
+    pub fn target(&self) -> MessageId {
+        match self {
+            Change::Edit { message_id }
+            | Change::Delete { message_id }
+            | Change::Reaction { message_id, .. } => *message_id,
+        }
+    }
+}
+
+/// One emoji's reactions on a message, as history returns them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionCount {
+    pub emoji: String,
+    pub count: i64,
+    /// Whether the reader is among them.
+    pub me: bool,
+    /// Some of those who reacted (at most [`REACTION_USERS_SHOWN`]), oldest first.
+    pub users: Vec<User>,
+}
+
+/// How many reacting users a history page names per emoji.
+pub const REACTION_USERS_SHOWN: usize = 10;
+
+/// A record before the log has given it a position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewMessage {
     pub id: MessageId,
@@ -90,6 +175,12 @@ pub struct NewMessage {
     pub body: String,
     pub client_msg_id: String,
     pub sent_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
 }
 
 impl NewMessage {
@@ -102,6 +193,14 @@ impl NewMessage {
             client_msg_id: self.client_msg_id,
             position,
             sent_at: self.sent_at,
+            reply_to: self.reply_to,
+            mentions: self.mentions,
+            change: self.change,
+            edited_at: None,
+            deleted: false,
+            reactions: None,
+            reply_count: None,
+            last_reply_at: None,
         }
     }
 }

@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Message, Position, RoomId, User};
+use chrono::{DateTime, Utc};
+
+use crate::model::{Change, Message, MessageId, Position, RoomId, User, UserId};
 
 /// Close codes the gateway uses besides the standard ones.
 pub mod close {
@@ -31,6 +33,29 @@ pub enum ClientFrame {
         room: RoomId,
         client_msg_id: String,
         body: String,
+        #[serde(default)]
+        reply_to: Option<MessageId>,
+        /// Users the client mentions explicitly (besides the `@name`s in the body).
+        #[serde(default)]
+        mentions: Vec<UserId>,
+    },
+    Edit {
+        room: RoomId,
+        message_id: MessageId,
+        client_msg_id: String,
+        body: String,
+    },
+    Delete {
+        room: RoomId,
+        message_id: MessageId,
+        client_msg_id: String,
+    },
+    React {
+        room: RoomId,
+        message_id: MessageId,
+        client_msg_id: String,
+        emoji: String,
+        on: bool,
     },
     Typing {
         room: RoomId,
@@ -71,11 +96,14 @@ impl ClientFrame {
             .and_then(|t| t.as_str())
             .map(str::to_owned)
             .or_else(|| ty.clone());
-        const KNOWN: [&str; 7] = [
+        const KNOWN: [&str; 10] = [
             "hello",
             "subscribe",
             "unsubscribe",
             "send",
+            "edit",
+            "delete",
+            "react",
             "typing",
             "read",
             "ping",
@@ -133,8 +161,29 @@ pub enum ServerFrame<'a> {
         client_msg_id: &'a str,
         message: &'a Message,
     },
+    /// The ack of an edit, delete or reaction.
+    #[serde(rename = "ack")]
+    AckEvent {
+        client_msg_id: &'a str,
+        event: EventView<'a>,
+    },
     Message {
         message: &'a Message,
+    },
+    /// An edit, delete or reaction in a subscribed room (live and in recovery).
+    Event {
+        event: EventView<'a>,
+    },
+    /// On every connection of the user: their room list changed (refresh it).
+    RoomsChanged {
+        room: RoomId,
+        reason: &'a str,
+    },
+    /// On every connection of the user: their read marker of the room moved (on this or
+    /// another device).
+    Read {
+        room: RoomId,
+        position: Position,
     },
     Typing {
         room: RoomId,
@@ -161,6 +210,73 @@ pub enum ServerFrame<'a> {
         reason: &'a str,
     },
     Pong,
+}
+
+/// The wire form of an event record (protocol v1.1): `{"id","room","kind","position",
+/// "sent_at","actor", "client_msg_id", "message_id", …kind fields}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventView<'a> {
+    pub id: MessageId,
+    pub room: RoomId,
+    pub kind: &'static str,
+    pub position: Position,
+    pub sent_at: DateTime<Utc>,
+    pub actor: &'a User,
+    pub client_msg_id: &'a str,
+    pub message_id: MessageId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on: Option<bool>,
+}
+
+impl<'a> EventView<'a> {
+    /// The view of `record` if it is an event (None for a message).
+    pub fn of(record: &'a Message) -> Option<EventView<'a>> {
+        let change = record.change.as_ref()?;
+        let (body, emoji, on) = match change {
+            Change::Edit { .. } => (Some(record.body.as_str()), None, None),
+            Change::Delete { .. } => (None, None, None),
+            Change::Reaction { emoji, on, .. } => (None, Some(emoji.as_str()), Some(*on)),
+        };
+        Some(EventView {
+            id: record.id,
+            room: record.room,
+            kind: change.kind(),
+            position: record.position,
+            sent_at: record.sent_at,
+            actor: &record.sender,
+            client_msg_id: &record.client_msg_id,
+            message_id: change.target(),
+            body,
+            emoji,
+            on,
+        })
+    }
+}
+
+/// The frame that delivers a log record: `message` or `event`.
+pub fn record_frame(record: &Message) -> ServerFrame<'_> {
+    match EventView::of(record) {
+        Some(event) => ServerFrame::Event { event },
+        None => ServerFrame::Message { message: record },
+    }
+}
+
+/// The ack of a durable record: with `message` or with `event`.
+pub fn ack_frame<'a>(client_msg_id: &'a str, record: &'a Message) -> ServerFrame<'a> {
+    match EventView::of(record) {
+        Some(event) => ServerFrame::AckEvent {
+            client_msg_id,
+            event,
+        },
+        None => ServerFrame::Ack {
+            client_msg_id,
+            message: record,
+        },
+    }
 }
 
 impl ServerFrame<'_> {
@@ -191,6 +307,16 @@ pub enum ErrorCode {
     BacklogTooLarge,
     /// A dependency (Kafka, PostgreSQL, Redis) is unavailable right now.
     Unavailable,
+    /// The message an edit, delete, reaction or reply names is unknown, not a message, or
+    /// in another room.
+    MessageNotFound,
+    MessageDeleted,
+    /// Not allowed to this user (e.g. editing someone else's message).
+    Forbidden,
+    EditWindowClosed,
+    TooManyEdits,
+    TooManyReactions,
+    InvalidEmoji,
     Draining,
     Internal,
 }
@@ -225,9 +351,37 @@ mod tests {
             ClientFrame::Send {
                 room,
                 client_msg_id: "c1".into(),
-                body: "hi".into()
+                body: "hi".into(),
+                reply_to: None,
+                mentions: Vec::new(),
             }
         );
+        let mid = Uuid::new_v4();
+        let f = ClientFrame::parse(&format!(
+            r#"{{"type":"react","room":"{room}","message_id":"{mid}","client_msg_id":"r1","emoji":"👍","on":true}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::React {
+                room,
+                message_id: mid,
+                client_msg_id: "r1".into(),
+                emoji: "👍".into(),
+                on: true
+            }
+        );
+        let f = ClientFrame::parse(&format!(
+            r#"{{"type":"send","room":"{room}","client_msg_id":"c2","body":"re","reply_to":"{mid}"}}"#
+        ))
+        .unwrap();
+        assert!(matches!(f, ClientFrame::Send { reply_to: Some(m), .. } if m == mid));
+        let e = ClientFrame::parse(&format!(
+            r#"{{"type":"edit","room":"{room}","client_msg_id":"e1","body":"x"}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadFrame);
+        assert_eq!(e.reference.as_deref(), Some("e1"));
         let f = ClientFrame::parse(&format!(r#"{{"type":"subscribe","room":"{room}"}}"#)).unwrap();
         assert_eq!(f, ClientFrame::Subscribe { room, since: None });
         let f = ClientFrame::parse(&format!(
@@ -270,5 +424,62 @@ mod tests {
             r#"{"type":"error","code":"rate_limited","message":"slow down","retryable":true,"ref":"c1"}"#
         );
         assert_eq!(ServerFrame::Pong.to_text(), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn events_have_their_own_frames() {
+        let room = Uuid::from_u128(1);
+        let target = Uuid::from_u128(2);
+        let actor = User {
+            id: Uuid::from_u128(3),
+            name: "ann".into(),
+        };
+        let new = crate::model::NewMessage {
+            id: Uuid::from_u128(4),
+            room,
+            sender: actor,
+            body: String::new(),
+            client_msg_id: "r1".into(),
+            sent_at: "2026-12-06T10:00:00Z".parse().unwrap(),
+            reply_to: None,
+            mentions: Vec::new(),
+            change: Some(Change::Reaction {
+                message_id: target,
+                emoji: "👍".into(),
+                on: true,
+            }),
+        };
+        let rec = new.at(7);
+        let v: serde_json::Value = serde_json::from_str(&record_frame(&rec).to_text()).unwrap();
+        assert_eq!(v["type"], "event");
+        assert_eq!(v["event"]["kind"], "reaction");
+        assert_eq!(v["event"]["message_id"], target.to_string());
+        assert_eq!(v["event"]["emoji"], "👍");
+        assert_eq!(v["event"]["on"], true);
+        assert_eq!(v["event"]["position"], 7);
+        assert_eq!(v["event"]["actor"]["name"], "ann");
+        assert!(v["event"].get("body").is_none());
+        let v: serde_json::Value = serde_json::from_str(&ack_frame("r1", &rec).to_text()).unwrap();
+        assert_eq!(v["type"], "ack");
+        assert_eq!(v["event"]["id"], rec.id.to_string());
+        // A plain message keeps the v1 shape: no new fields unless they apply.
+        let mut m = rec.clone();
+        m.change = None;
+        m.body = "hi".into();
+        let v: serde_json::Value = serde_json::from_str(&record_frame(&m).to_text()).unwrap();
+        assert_eq!(v["type"], "message");
+        let keys: Vec<_> = v["message"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                "body",
+                "client_msg_id",
+                "id",
+                "position",
+                "room",
+                "sender",
+                "sent_at"
+            ]
+        );
     }
 }

@@ -33,6 +33,9 @@ pub enum BusError {
 
 /// What travels on a room's channel. Not a wire type: the gateway turns it into a
 /// `ServerFrame` (once per event, not once per receiver).
+// The large variant is the common one (a message): boxing it would cost an allocation
+// per message for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum BusEvent {
@@ -59,6 +62,21 @@ pub enum BusEvent {
         user: UserId,
         what: Revocation,
     },
+    /// On the user's channel: something every connection of theirs shows at once.
+    Notice {
+        user: UserId,
+        notice: UserNotice,
+    },
+}
+
+/// What a [`BusEvent::Notice`] tells a user's connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum UserNotice {
+    /// Their room list changed (`reason`: joined, left, created, dm_opened).
+    RoomsChanged { room: RoomId, reason: String },
+    /// Their read marker of the room moved (on any device).
+    Read { room: RoomId, position: i64 },
 }
 
 /// What a [`BusEvent::Revoked`] takes away.
@@ -100,12 +118,15 @@ impl BusEvent {
             BusEvent::Typing { room, .. }
             | BusEvent::Member { room, .. }
             | BusEvent::Presence { room, .. } => Channel::Room(*room),
-            BusEvent::Revoked { user, .. } => Channel::User(*user),
+            BusEvent::Revoked { user, .. } | BusEvent::Notice { user, .. } => Channel::User(*user),
         }
     }
 }
 
 /// What a subscriber receives.
+// The large variant is the common one (a message): boxing it would cost an allocation
+// per message for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusNotice {
     Event(BusEvent),

@@ -47,6 +47,8 @@ pub struct Consumer {
     /// The store persist workers copy the log into; none when the log is the store
     /// itself (the embedded mode's SQLite file).
     pub persist: Option<Arc<dyn Store>>,
+    /// The rules persist workers check each event against again where they apply it.
+    pub limits: crate::events::Limits,
     /// This consumer's id among the live ones.
     pub me: String,
 }
@@ -63,6 +65,7 @@ impl Consumer {
             bus,
             coord,
             persist,
+            limits: crate::events::Limits::default(),
             me: uuid::Uuid::new_v4().simple().to_string(),
         }
     }

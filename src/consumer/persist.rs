@@ -93,7 +93,14 @@ pub async fn run(c: &Consumer, store: &dyn Store, partition: i32, stop: Cancella
             // could leave the connection mid-transaction.
             loop {
                 match store
-                    .commit_batch(topic, partition, from, batch.next_offset, &messages)
+                    .commit_batch(
+                        topic,
+                        partition,
+                        from,
+                        batch.next_offset,
+                        &messages,
+                        &c.limits,
+                    )
                     .await
                 {
                     Ok(inserted) => {

@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{Claim, CoordError, Lease, Leases, Positions, SendClaims, SendKey, Settled, Timings};
+use super::{
+    Claim, CoordError, Lease, Leases, Positions, SendClaims, SendKey, Settled, Timings, Tombstones,
+};
 use crate::model::{Message, MessageId};
 
 /// At most this many send records...
@@ -18,6 +20,9 @@ const MAX_SENDS: usize = 100_000;
 /// ...holding at most this many bytes of finished messages.
 const MAX_SEND_BYTES: usize = 64 << 20;
 
+// The large variant is the common one (a message): boxing it would cost an allocation
+// per message for nothing.
+#[allow(clippy::large_enum_variant)]
 enum State {
     Pending,
     Retry(MessageId),
@@ -117,10 +122,20 @@ impl LeaseState {
     }
 }
 
+/// Tombstones kept at most (the oldest go first beyond it).
+const MAX_TOMBSTONES: usize = 100_000;
+
+/// Buried message → when it expires; and the same by expiry, to sweep and bound.
+type Tombs = (
+    HashMap<MessageId, Instant>,
+    BTreeMap<(Instant, MessageId), ()>,
+);
+
 pub struct LocalCoord {
     timings: Timings,
     sends: Mutex<Sends>,
     leases: Mutex<LeaseState>,
+    tombs: Mutex<Tombs>,
 }
 
 impl LocalCoord {
@@ -129,6 +144,7 @@ impl LocalCoord {
             timings,
             sends: Mutex::default(),
             leases: Mutex::default(),
+            tombs: Mutex::default(),
         }
     }
 
@@ -168,6 +184,33 @@ impl SendClaims for LocalCoord {
             Settled::Retry(id) => s.put(key, State::Retry(*id), self.timings.retry, now),
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Tombstones for LocalCoord {
+    async fn bury(&self, message: MessageId) -> Result<(), CoordError> {
+        let now = Instant::now();
+        let mut guard = self.tombs.lock().unwrap_or_else(|p| p.into_inner());
+        let (by_id, by_expiry) = &mut *guard;
+        while let Some((&(at, id), ())) = by_expiry.first_key_value() {
+            if at > now && by_id.len() < MAX_TOMBSTONES {
+                break;
+            }
+            by_expiry.remove(&(at, id));
+            by_id.remove(&id);
+        }
+        let expires = now + self.timings.tombstone;
+        if let Some(old) = by_id.insert(message, expires) {
+            by_expiry.remove(&(old, message));
+        }
+        by_expiry.insert((expires, message), ());
+        Ok(())
+    }
+
+    async fn buried(&self, message: MessageId) -> Result<bool, CoordError> {
+        let guard = self.tombs.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(guard.0.get(&message).is_some_and(|at| *at > Instant::now()))
     }
 }
 
@@ -273,6 +316,7 @@ mod tests {
             client_msg_id: "c".into(),
             sent_at: chrono::Utc::now(),
             position: 0,
+            ..Default::default()
         }
     }
 

@@ -4,7 +4,9 @@
 //! - [`SendClaims`]: who is sending (sender, room, client_msg_id) right now, and what a
 //!   finished send returned, so a resend yields the first message and never a second one;
 //! - [`Leases`]: which consumer works which log partition (with a fencing epoch);
-//! - [`Positions`]: how far each partition's relay has published, saved under its lease.
+//! - [`Positions`]: how far each partition's relay has published, saved under its lease;
+//! - [`Tombstones`]: which messages were deleted a moment ago, for the checks that come
+//!   before the store has applied the delete.
 //!
 //! Implementations: [`RedisCoord`] (distributed mode: every gateway and consumer shares
 //! it) and [`LocalCoord`] (embedded mode: one process, in memory). Both pass the one
@@ -48,6 +50,8 @@ pub struct Timings {
     pub done: Duration,
     /// A lease (and a consumer's heartbeat) not renewed for this long is free.
     pub lease: Duration,
+    /// A tombstone is kept this long: far longer than the store takes to apply a delete.
+    pub tombstone: Duration,
 }
 
 impl Default for Timings {
@@ -57,6 +61,7 @@ impl Default for Timings {
             retry: Duration::from_secs(3_600),
             done: Duration::from_secs(86_400),
             lease: Duration::from_secs(5),
+            tombstone: Duration::from_secs(3_600),
         }
     }
 }
@@ -70,6 +75,9 @@ pub struct SendKey {
 }
 
 /// What [`SendClaims::claim`] found.
+// The large variant is the common one (a message): boxing it would cost an allocation
+// per message for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
     /// The caller now owns the send and appends it under this message id.
@@ -81,6 +89,9 @@ pub enum Claim {
 }
 
 /// How a claimed send ended.
+// The large variant is the common one (a message): boxing it would cost an allocation
+// per message for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Settled {
     /// Durable: resends get this message.
@@ -152,7 +163,21 @@ pub trait Positions: Send + Sync + 'static {
     async fn save(&self, lease: &Lease, offset: i64) -> Result<bool, CoordError>;
 }
 
-/// All three, as one handle: what the roles are given.
-pub trait Coord: SendClaims + Leases + Positions {}
+/// Recently deleted messages. The gateway records a delete here before it acks it, so a
+/// later edit, reaction or reply to the message is refused (`message_deleted`) on every
+/// gateway even while the persist worker has not applied the delete to the store yet.
+///
+/// Contract: after `bury(m)` returned Ok, `buried(m)` is true for [`Timings::tombstone`]
+/// (it may be forgotten early under [`LocalCoord`]'s memory bound or Redis eviction; the
+/// store's own check still refuses the change where it is applied); `buried` is never
+/// true for a message nobody buried.
+#[async_trait]
+pub trait Tombstones: Send + Sync + 'static {
+    async fn bury(&self, message: MessageId) -> Result<(), CoordError>;
+    async fn buried(&self, message: MessageId) -> Result<bool, CoordError>;
+}
 
-impl<T: SendClaims + Leases + Positions> Coord for T {}
+/// All four, as one handle: what the roles are given.
+pub trait Coord: SendClaims + Leases + Positions + Tombstones {}
+
+impl<T: SendClaims + Leases + Positions + Tombstones> Coord for T {}

@@ -7,7 +7,8 @@
 //! - `{prefix}:lease:{topic}:{partition}` = `owner:epoch` (PX lease TTL), its counter
 //!   `…:epoch`, and the live consumers `{prefix}:lease:{topic}:consumers` (sorted set,
 //!   score = expiry);
-//! - `{prefix}:relay:{topic}:{partition}` = the relay position.
+//! - `{prefix}:relay:{topic}:{partition}` = the relay position;
+//! - `{prefix}:tomb:{message id}` = `1` (EX tombstone TTL): a deleted message.
 //!
 //! Every multi-step change is one Lua script (in `lua/`), so it is atomic.
 
@@ -16,7 +17,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
-use super::{Claim, CoordError, Lease, Leases, Positions, SendClaims, SendKey, Settled, Timings};
+use super::{
+    Claim, CoordError, Lease, Leases, Positions, SendClaims, SendKey, Settled, Timings, Tombstones,
+};
 use crate::model::MessageId;
 
 struct Scripts {
@@ -240,6 +243,29 @@ impl Positions for RedisCoord {
             .arg(token(lease))
             .arg(offset)
             .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+}
+
+#[async_trait]
+impl Tombstones for RedisCoord {
+    async fn bury(&self, message: MessageId) -> Result<(), CoordError> {
+        redis::cmd("SET")
+            .arg(format!("{}:tomb:{message}", self.prefix))
+            .arg(1)
+            .arg("EX")
+            .arg(self.timings.tombstone.as_secs().max(1))
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn buried(&self, message: MessageId) -> Result<bool, CoordError> {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(format!("{}:tomb:{message}", self.prefix))
+            .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
         Ok(n == 1)

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::{Live, Out, OutTx, TrySendError};
-use crate::bus::{Bus, BusEvent, Channel, Revocation};
+use crate::bus::{Bus, BusEvent, Channel, Revocation, UserNotice};
 use crate::model::{Position, RoomId, UserId};
 use crate::protocol::{close, ServerFrame};
 use crate::shutdown::Shutdown;
@@ -215,6 +215,30 @@ impl Hub {
         }
     }
 
+    /// Shows a notice on this gateway's connections of the user.
+    pub fn notify(&self, user: UserId, notice: &UserNotice) {
+        let conns: Vec<ConnHandle> = match self.users().get(&user) {
+            Some(entry) => entry.conns.values().cloned().collect(),
+            None => return,
+        };
+        let text = match notice {
+            UserNotice::RoomsChanged { room, reason } => ServerFrame::RoomsChanged {
+                room: *room,
+                reason,
+            }
+            .to_text(),
+            UserNotice::Read { room, position } => ServerFrame::Read {
+                room: *room,
+                position: *position,
+            }
+            .to_text(),
+        };
+        let frame = Arc::new(ByteString::from(text));
+        for h in conns {
+            h.offer(Out::Frame(frame.clone()));
+        }
+    }
+
     /// Applies a revocation to this gateway's connections of the user: see the module
     /// documentation. Idempotent.
     pub fn revoke(&self, user: UserId, what: &Revocation) {
@@ -310,8 +334,10 @@ impl Hub {
         let room = match event.channel() {
             Channel::Room(room) => room,
             Channel::User(_) => {
-                if let BusEvent::Revoked { user, what } = event {
-                    self.revoke(*user, what);
+                match event {
+                    BusEvent::Revoked { user, what } => self.revoke(*user, what),
+                    BusEvent::Notice { user, notice } => self.notify(*user, notice),
+                    _ => {}
                 }
                 return;
             }
@@ -333,7 +359,7 @@ impl Hub {
                 let lag = chrono::Utc::now() - message.sent_at;
                 metrics::histogram!(names::SEND_TO_DELIVER_SECONDS)
                     .record(lag.num_microseconds().unwrap_or(0) as f64 / 1e6);
-                ServerFrame::Message { message }.to_text().into()
+                crate::protocol::record_frame(message).to_text().into()
             }
             BusEvent::Typing { room, user } => {
                 ServerFrame::Typing { room: *room, user }.to_text().into()
@@ -352,7 +378,7 @@ impl Hub {
             }
             .to_text()
             .into(),
-            BusEvent::Revoked { .. } => return,
+            BusEvent::Revoked { .. } | BusEvent::Notice { .. } => return,
         };
         // One allocation shared by every local subscriber.
         enum Shared {
@@ -477,6 +503,7 @@ mod tests {
                 client_msg_id: format!("c{position}"),
                 position,
                 sent_at: chrono::Utc::now(),
+                ..Default::default()
             },
         }
     }

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
-use crate::bus::{Bus, BusError, BusEvent, BusNotice, Revocation};
+use crate::bus::{Bus, BusError, BusEvent, BusNotice, Revocation, UserNotice};
 use crate::config::Limits;
 use crate::http::error::ApiError;
 use crate::log::Log;
@@ -165,6 +165,15 @@ impl Gateway {
         );
         self.sessions.cancel();
         self.sessions.wait_until(deadline.share(7, 8)).await
+    }
+
+    /// Tells every connection of the user, on every gateway (best effort: a client also
+    /// refreshes on reconnect).
+    pub async fn notify(&self, user: UserId, notice: UserNotice) {
+        let event = BusEvent::Notice { user, notice };
+        if let Err(e) = self.bus.publish(std::slice::from_ref(&event)).await {
+            tracing::debug!(error = %e, "user notice not published");
+        }
     }
 
     /// Ends the user's access (call it after the store changed): on this gateway before

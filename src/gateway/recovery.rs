@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::log::{partition_of, Log, LogError, LogReader};
-use crate::model::{Message, Position, RoomId};
+use crate::model::{Change, Message, Position, RoomId};
 use crate::store::Store;
 use uuid::Uuid;
 
@@ -52,6 +52,9 @@ pub struct Cursor {
     /// Their ids: a retried produce can be in the log twice (the relay drops the second
     /// copy, so must recovery). At most `max_backlog` of them.
     seen: HashSet<Uuid>,
+    /// Messages of the room deleted in the log's tail (not yet in the store): their
+    /// earlier records are returned without a body (docs/decisions/0005).
+    deleted: HashSet<Uuid>,
     phase: Phase,
 }
 
@@ -109,6 +112,16 @@ fn store_page(rows: &mut Vec<Message>, committed: i64) -> bool {
     more
 }
 
+/// Deleted means gone: a message deleted further on in the tail loses its body here, and
+/// so does an edit of it.
+fn forget_deleted(m: &mut Message, deleted: &HashSet<Uuid>) {
+    match &m.change {
+        None if deleted.contains(&m.id) => m.tombstone(),
+        Some(Change::Edit { message_id }) if deleted.contains(message_id) => m.body.clear(),
+        _ => {}
+    }
+}
+
 impl Recovery {
     pub fn new(store: Arc<dyn Store>, log: Arc<dyn Log>, max_backlog: usize) -> Self {
         Recovery {
@@ -130,6 +143,7 @@ impl Recovery {
             last: after,
             returned: 0,
             seen: HashSet::new(),
+            deleted: HashSet::new(),
             phase: Phase::Done,
         };
         let reader = self.take_reader(partition).await?;
@@ -138,7 +152,18 @@ impl Recovery {
         let (earliest, end) = bounds
             .await
             .map_err(|e| RecoveryError::Unavailable(e.to_string()))?;
-        match self.store.next_offset(self.log.topic(), partition).await {
+        let stored = self.store.next_offset(self.log.topic(), partition).await;
+        // Deletes the store has not applied yet: from what it has committed (or from
+        // `since` without it) to the end.
+        let tail_from = match &stored {
+            Ok(c) => c.unwrap_or(0).min(end).max(after + 1),
+            Err(_) => after + 1,
+        }
+        .max(earliest);
+        cursor.deleted = self
+            .deletes_in(reader.as_ref(), room, tail_from, end)
+            .await?;
+        match stored {
             Ok(committed) => {
                 let committed = committed.unwrap_or(0).min(end);
                 if committed > after + 1 {
@@ -260,9 +285,10 @@ impl Recovery {
             // Ascending, above everything returned, each id once (a retried produce can
             // be in the log twice; a row can be in the store and the log's tail).
             let mut out = Vec::with_capacity(page.len());
-            for m in page {
+            for mut m in page {
                 if m.position > cur.last && cur.seen.insert(m.id) {
                     cur.last = m.position;
+                    forget_deleted(&mut m, &cur.deleted);
                     out.push(m);
                 }
             }
@@ -274,6 +300,46 @@ impl Recovery {
                 return Ok(Some(out));
             }
         }
+    }
+
+    /// The ids of the room's messages deleted by records in `[from, end)`: one read of
+    /// the tail (ids only are kept), bounded like the tail phase itself.
+    async fn deletes_in(
+        &self,
+        reader: &dyn LogReader,
+        room: RoomId,
+        from: i64,
+        end: i64,
+    ) -> Result<HashSet<Uuid>, RecoveryError> {
+        let mut deleted = HashSet::new();
+        let mut offset = from;
+        let mut scanned = 0;
+        while offset < end {
+            let batch = reader
+                .read(offset, Duration::from_millis(0))
+                .await
+                .map_err(|e| RecoveryError::Unavailable(e.to_string()))?;
+            if batch.records.is_empty() {
+                break;
+            }
+            for r in &batch.records {
+                if r.offset < offset || r.offset >= end {
+                    continue;
+                }
+                scanned += 1;
+                if let Some(m) = &r.message {
+                    if let (true, Some(Change::Delete { message_id })) = (m.room == room, &m.change)
+                    {
+                        deleted.insert(*message_id);
+                    }
+                }
+            }
+            if scanned > MAX_SCAN {
+                return Err(RecoveryError::TooFar(self.max_backlog));
+            }
+            offset = batch.next_offset.max(offset + 1);
+        }
+        Ok(deleted)
     }
 
     /// The log phase from `from` to `end` (none if empty: the reader goes back).
@@ -335,6 +401,7 @@ mod tests {
                 client_msg_id: format!("c{p}"),
                 position: p,
                 sent_at: chrono::Utc::now(),
+                ..Default::default()
             })
             .collect()
     }

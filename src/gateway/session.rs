@@ -20,11 +20,11 @@ use super::frames::{self, Frames, Inbound, Pongs};
 use super::hub::{ConnHandle, ConnId, MEMBERSHIP_RECHECK};
 use super::outbox::{self, writer, Backlog, Out, OutTx};
 use super::recovery::RecoveryError;
-use super::send::FLUSH_TIMEOUT;
+use super::send::{Draft, FLUSH_TIMEOUT};
 use super::Gateway;
-use crate::bus::BusEvent;
-use crate::model::{check_body, check_client_msg_id, Position, RoomId, User};
-use crate::protocol::{close, ClientFrame, ErrorCode, ServerFrame};
+use crate::bus::{BusEvent, UserNotice};
+use crate::model::{check_body, check_client_msg_id, Change, Position, RoomId, User};
+use crate::protocol::{ack_frame, close, record_frame, ClientFrame, ErrorCode, ServerFrame};
 use crate::store::StoreError;
 use crate::telemetry::names;
 
@@ -66,7 +66,7 @@ const CLOSE_QUEUE_WAIT: Duration = Duration::from_secs(2);
 struct SendJob {
     room: RoomId,
     client_msg_id: String,
-    body: String,
+    draft: Draft,
 }
 
 struct Conn {
@@ -415,8 +415,13 @@ impl Conn {
                 msg = stream.recv() => match msg {
                     None => return None,
                     Some(Ok(Inbound::Text(text))) => match ClientFrame::parse(&text) {
-                        Ok(ClientFrame::Send { room, client_msg_id, body }) => {
-                            self.refuse_send(room, client_msg_id, body).await;
+                        Ok(
+                            ClientFrame::Send { room, client_msg_id, .. }
+                            | ClientFrame::Edit { room, client_msg_id, .. }
+                            | ClientFrame::Delete { room, client_msg_id, .. }
+                            | ClientFrame::React { room, client_msg_id, .. },
+                        ) => {
+                            self.refuse_send(room, client_msg_id).await;
                         }
                         Ok(ClientFrame::Subscribe { .. }) => {
                             let text = "this gateway is draining";
@@ -445,7 +450,7 @@ impl Conn {
 
     /// A send read while draining: answered `draining` by the send worker, behind the
     /// sends it has in flight (so answers keep the send order), or here if it has none.
-    async fn refuse_send(&mut self, room: RoomId, client_msg_id: String, body: String) {
+    async fn refuse_send(&mut self, room: RoomId, client_msg_id: String) {
         if check_client_msg_id(&client_msg_id).is_err() {
             return self
                 .refuse(
@@ -458,7 +463,7 @@ impl Conn {
         let job = SendJob {
             room,
             client_msg_id,
-            body,
+            draft: Draft::default(),
         };
         let job = match &self.sends {
             Some(pipe) => match pipe.jobs.try_send(job) {
@@ -512,15 +517,73 @@ impl Conn {
                 room,
                 client_msg_id,
                 body,
-            } => self.send(room, client_msg_id, body).await,
+                reply_to,
+                mentions,
+            } => {
+                let draft = Draft {
+                    body,
+                    reply_to,
+                    mentions,
+                    change: None,
+                };
+                self.send(room, client_msg_id, draft).await
+            }
+            ClientFrame::Edit {
+                room,
+                message_id,
+                client_msg_id,
+                body,
+            } => {
+                let draft = Draft {
+                    body,
+                    change: Some(Change::Edit { message_id }),
+                    ..Draft::default()
+                };
+                self.send(room, client_msg_id, draft).await
+            }
+            ClientFrame::Delete {
+                room,
+                message_id,
+                client_msg_id,
+            } => {
+                let draft = Draft {
+                    change: Some(Change::Delete { message_id }),
+                    ..Draft::default()
+                };
+                self.send(room, client_msg_id, draft).await
+            }
+            ClientFrame::React {
+                room,
+                message_id,
+                client_msg_id,
+                emoji,
+                on,
+            } => {
+                let draft = Draft {
+                    change: Some(Change::Reaction {
+                        message_id,
+                        emoji,
+                        on,
+                    }),
+                    ..Draft::default()
+                };
+                self.send(room, client_msg_id, draft).await
+            }
             ClientFrame::Typing { room } => self.typing(room).await,
             ClientFrame::Read { room, position } => {
                 if let Err(e) = self.check_member(room).await {
                     return self.refuse(e.0, &e.1, Some("read")).await;
                 }
-                if let Err(e) = self.gw.store.mark_read(room, self.user.id, position).await {
-                    self.refuse(store_code(&e), &e.to_string(), Some("read"))
-                        .await;
+                match self.gw.store.mark_read(room, self.user.id, position).await {
+                    // The user's other devices clear their badge at once.
+                    Ok(()) => {
+                        let notice = UserNotice::Read { room, position };
+                        self.gw.notify(self.user.id, notice).await;
+                    }
+                    Err(e) => {
+                        self.refuse(store_code(&e), &e.to_string(), Some("read"))
+                            .await;
+                    }
                 }
             }
         }
@@ -686,7 +749,7 @@ impl Conn {
             let messages = page
                 .iter()
                 .map(|m| {
-                    let text = ServerFrame::Message { message: m }.to_text();
+                    let text = record_frame(m).to_text();
                     (m.position, ByteString::from(text))
                 })
                 .collect();
@@ -703,20 +766,35 @@ impl Conn {
         Ok(cursor.last())
     }
 
-    async fn send(&mut self, room: RoomId, client_msg_id: String, body: String) {
+    /// A send, edit, delete or reaction: checked here as far as the frame alone allows,
+    /// then queued for the connection's send worker (which checks it against the store).
+    async fn send(&mut self, room: RoomId, client_msg_id: String, draft: Draft) {
         if let Err(e) = check_client_msg_id(&client_msg_id) {
             // An id unfit to echo back (empty or over-long) is answered by the frame type.
+            let kind = draft.change.as_ref().map_or("send", |c| match c {
+                Change::Edit { .. } => "edit",
+                Change::Delete { .. } => "delete",
+                Change::Reaction { .. } => "react",
+            });
             return self
-                .refuse(ErrorCode::InvalidClientMsgId, &e.to_string(), Some("send"))
+                .refuse(ErrorCode::InvalidClientMsgId, &e.to_string(), Some(kind))
                 .await;
         }
         let reference = Some(client_msg_id.as_str());
-        if let Err(e) = check_body(&body) {
-            let code = match e {
-                crate::model::InputError::EmptyBody => ErrorCode::EmptyBody,
-                _ => ErrorCode::BodyTooLong,
-            };
-            return self.refuse(code, &e.to_string(), reference).await;
+        let has_body = matches!(draft.change, None | Some(Change::Edit { .. }));
+        if has_body {
+            if let Err(e) = check_body(&draft.body) {
+                let code = match e {
+                    crate::model::InputError::EmptyBody => ErrorCode::EmptyBody,
+                    _ => ErrorCode::BodyTooLong,
+                };
+                return self.refuse(code, &e.to_string(), reference).await;
+            }
+        }
+        if let Some(Change::Reaction { emoji, .. }) = &draft.change {
+            if let Err(e) = crate::events::check_emoji(emoji) {
+                return self.refuse(e.code(), &e.to_string(), reference).await;
+            }
         }
         if self.limiter.check().is_err() {
             return self
@@ -733,7 +811,7 @@ impl Conn {
         let job = SendJob {
             room,
             client_msg_id,
-            body,
+            draft,
         };
         let gw = &self.gw;
         let (user, out, span) = (&self.user, &self.out, &self.span);
@@ -807,12 +885,7 @@ async fn send_worker(gw: Arc<Gateway>, user: User, mut rx: mpsc::Receiver<SendJo
             biased;
             Some((client_msg_id, result)) = in_flight.next(), if !in_flight.is_empty() => {
                 let frame: ByteString = match result {
-                    Ok(message) => ServerFrame::Ack {
-                        client_msg_id: &client_msg_id,
-                        message: &message,
-                    }
-                    .to_text()
-                    .into(),
+                    Ok(message) => ack_frame(&client_msg_id, &message).to_text().into(),
                     Err((code, message)) => error_frame(code, &message, Some(&client_msg_id)),
                 };
                 if !gone && out.send(Out::frame(frame)).await.is_err() {
@@ -836,7 +909,7 @@ async fn send_worker(gw: Arc<Gateway>, user: User, mut rx: mpsc::Receiver<SendJo
                 }
                 let started = gw
                     .sender
-                    .start(&gw.tasks, &user, job.room, &job.client_msg_id, &job.body)
+                    .start(&gw.tasks, &user, job.room, &job.client_msg_id, job.draft)
                     .await;
                 let client_msg_id = job.client_msg_id;
                 in_flight.push_back(Box::pin(async move {

@@ -34,6 +34,14 @@ pub fn api(cfg: &mut web::ServiceConfig) {
                 .route("/rooms/{id}/leave", web::post().to(rooms::leave))
                 .route("/rooms/{id}/members", get_or_head().to(rooms::members))
                 .route("/rooms/{id}/messages", get_or_head().to(rooms::messages))
+                .route(
+                    "/rooms/{id}/messages/{mid}/replies",
+                    get_or_head().to(rooms::replies),
+                )
+                .route(
+                    "/rooms/{id}/messages/{mid}/edits",
+                    get_or_head().to(rooms::edits),
+                )
                 .route("/dms", web::post().to(rooms::dm))
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::new(

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::Authed;
-use crate::bus::{BusEvent, Revocation, RevokeReason};
+use crate::bus::{BusEvent, Revocation, RevokeReason, UserNotice};
 use crate::gateway::Gateway;
 use crate::model::{parse_room_name, Position, RoomKind, RoomView, User};
 use crate::protocol::MemberEvent;
@@ -27,6 +27,7 @@ fn view(room: &Room, member: bool) -> RoomView {
         member,
         unread: 0,
         last_position: None,
+        unread_mentions: 0,
     }
 }
 
@@ -111,7 +112,17 @@ pub async fn create(
     gw.store
         .create_room(&room, me.0.id, i64::from(gw.limits.max_rooms_per_user))
         .await?;
+    rooms_changed(&gw, me.0.id, room.id, "created").await;
     Ok(HttpResponse::Created().json(view(&room, true)))
+}
+
+/// Tells the user's other devices (every gateway) to refresh their room list.
+async fn rooms_changed(gw: &Gateway, user: Uuid, room: Uuid, reason: &str) {
+    let notice = UserNotice::RoomsChanged {
+        room,
+        reason: reason.to_owned(),
+    };
+    gw.notify(user, notice).await;
 }
 
 async fn announce(gw: &Gateway, room: Uuid, user: &User, event: MemberEvent) {
@@ -144,6 +155,7 @@ pub async fn join(
     }
     if gw.store.join(room.id, me.0.id).await? {
         announce(&gw, room.id, &me.0, MemberEvent::Joined).await;
+        rooms_changed(&gw, me.0.id, room.id, "joined").await;
     }
     Ok(HttpResponse::Ok().json(view(&room, true)))
 }
@@ -175,6 +187,7 @@ pub async fn leave(
     }
     if was_member {
         announce(&gw, room.id, &me.0, MemberEvent::Left).await;
+        rooms_changed(&gw, me.0.id, room.id, "left").await;
     }
     Ok(HttpResponse::Ok().json(view(&room, false)))
 }
@@ -220,8 +233,44 @@ pub async fn messages(
 ) -> Result<HttpResponse, ApiError> {
     require_member(&gw, *id, me.0.id).await?;
     let limit = page_limit(page.limit, 50, 200)?;
-    let page = gw.store.history(*id, page.before, limit).await?;
+    let page = gw.store.history(*id, me.0.id, page.before, limit).await?;
     Ok(HttpResponse::Ok().json(json!({"messages": page.messages, "has_more": page.has_more})))
+}
+
+/// `GET /api/rooms/{id}/messages/{mid}/replies`: a thread, paged like history.
+pub async fn replies(
+    gw: web::Data<Arc<Gateway>>,
+    me: Authed,
+    path: web::Path<(Uuid, Uuid)>,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    let (room, parent) = path.into_inner();
+    require_member(&gw, room, me.0.id).await?;
+    let limit = page_limit(page.limit, 50, 200)?;
+    let page = gw
+        .store
+        .replies(room, me.0.id, parent, page.before, limit)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"messages": page.messages, "has_more": page.has_more})))
+}
+
+/// `GET /api/rooms/{id}/messages/{mid}/edits`: the bodies a message had, oldest first
+/// (empty once it is deleted).
+pub async fn edits(
+    gw: web::Data<Arc<Gateway>>,
+    me: Authed,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (room, message) = path.into_inner();
+    require_member(&gw, room, me.0.id).await?;
+    match gw.store.edits(room, message).await? {
+        Some(edits) => Ok(HttpResponse::Ok().json(json!({ "edits": edits }))),
+        None => Err(ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "message_not_found",
+            "no such message in this room",
+        )),
+    }
 }
 
 /// `{"user": id}`, or (an extension) `{"username": name}`.
@@ -261,6 +310,11 @@ pub async fn dm(
     // left, comes back by opening it themselves).
     if !created && gw.store.join(room.id, me.0.id).await? {
         announce(&gw, room.id, &me.0, MemberEvent::Joined).await;
+    }
+    // The other user sees the DM appear without reloading (and the caller's other devices).
+    rooms_changed(&gw, me.0.id, room.id, "dm_opened").await;
+    if created {
+        rooms_changed(&gw, other.id, room.id, "dm_opened").await;
     }
     let mut v = view(&room, true);
     v.name = other.name;

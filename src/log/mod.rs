@@ -33,6 +33,10 @@ pub enum LogError {
     /// The offset was deleted by retention (or is beyond the end).
     #[error("offset {offset} is out of range")]
     OutOfRange { offset: i64 },
+    /// An event refused where it is applied (the embedded log, which is the store):
+    /// nothing was written.
+    #[error("{0}")]
+    Refused(crate::events::RuleError),
     #[error("message log error: {0}")]
     Other(String),
 }
@@ -47,6 +51,7 @@ impl LogError {
         match self {
             LogError::Unavailable(m) => LogError::Unavailable(m.clone()),
             LogError::OutOfRange { offset } => LogError::OutOfRange { offset: *offset },
+            LogError::Refused(r) => LogError::Refused(r.clone()),
             LogError::Other(m) => LogError::Other(m.clone()),
         }
     }
@@ -102,6 +107,9 @@ pub trait Log: Send + Sync + 'static {
     /// A reader for a worker that follows one partition in order (relay, persist). Tails
     /// of the same pace may share their fetches (Kafka: one request for many partitions).
     async fn tail(&self, partition: i32, pace: Pace) -> Result<Box<dyn LogReader>, LogError>;
+    /// The offset the partition's next record will get (a short request on a shared
+    /// connection: no reader needed).
+    async fn end(&self, partition: i32) -> Result<i64, LogError>;
     async fn ping(&self) -> Result<(), LogError>;
 }
 
@@ -145,12 +153,20 @@ pub(crate) fn encode(msg: &NewMessage) -> Vec<u8> {
         #[serde(flatten)]
         message: &'a NewMessage,
     }
-    serde_json::to_vec(&PayloadRef { v: 1, message: msg }).unwrap_or_default()
+    // v2: an event record (edit, delete, reaction). A reader of v1 only skips it as "not
+    // a chat message" rather than taking it for a message (rolling upgrades).
+    let v = if msg.change.is_some() { 2 } else { 1 };
+    serde_json::to_vec(&PayloadRef { v, message: msg }).unwrap_or_default()
 }
 
 pub(crate) fn decode(bytes: &[u8], offset: i64) -> Option<Message> {
     let p: Payload = serde_json::from_slice(bytes).ok()?;
-    (p.v == 1).then(|| p.message.at(offset))
+    let ok = match p.v {
+        1 => p.message.change.is_none(),
+        2 => p.message.change.is_some(),
+        _ => false,
+    };
+    ok.then(|| p.message.at(offset))
 }
 
 #[cfg(test)]
@@ -184,9 +200,28 @@ mod tests {
             body: "hé <b>".into(),
             client_msg_id: "c-1".into(),
             sent_at: chrono::Utc::now(),
+            reply_to: None,
+            mentions: Vec::new(),
+            change: None,
         };
         let got = decode(&encode(&m), 42).unwrap();
         assert_eq!(got, m.clone().at(42));
         assert!(decode(b"garbage", 1).is_none());
+        // Events are v2 records; a v1 record never carries a change.
+        let e = NewMessage {
+            change: Some(crate::model::Change::Delete {
+                message_id: Uuid::new_v4(),
+            }),
+            ..m.clone()
+        };
+        let bytes = encode(&e);
+        assert!(std::str::from_utf8(&bytes)
+            .unwrap()
+            .starts_with(r#"{"v":2,"#));
+        assert_eq!(decode(&bytes, 43).unwrap(), e.clone().at(43));
+        let forged = String::from_utf8(bytes)
+            .unwrap()
+            .replace(r#""v":2"#, r#""v":1"#);
+        assert!(decode(forged.as_bytes(), 43).is_none());
     }
 }

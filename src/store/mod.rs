@@ -17,7 +17,12 @@ pub use sqlite::{SqliteLog, SqliteStore};
 
 use async_trait::async_trait;
 
-use crate::model::{Member, Message, Position, RoomId, RoomKind, RoomView, User, UserId};
+use chrono::{DateTime, Utc};
+
+use crate::events::{Limits, Target};
+use crate::model::{
+    Member, Message, MessageId, Position, RoomId, RoomKind, RoomView, User, UserId,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -75,6 +80,15 @@ pub struct HistoryPage {
     pub has_more: bool,
 }
 
+/// One version of a message's body (`GET …/messages/{mid}/edits`): the original first
+/// (`edited_at` = when it was sent), then each edit.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EditEntry {
+    pub body: String,
+    pub edited_at: DateTime<Utc>,
+    pub position: Position,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
@@ -130,15 +144,51 @@ pub trait Store: Send + Sync + 'static {
         position: Position,
     ) -> Result<(), StoreError>;
 
-    /// Messages with position < `before` (all if None), the newest `limit` of them,
-    /// returned ascending.
+    /// Messages (not event records) with position < `before` (all if None), the newest
+    /// `limit` of them, returned ascending, each in its current state (body after edits,
+    /// `edited_at`, a deleted one's tombstone, reactions as `me` sees them, reply count).
     async fn history(
         &self,
         room: RoomId,
+        me: UserId,
         before: Option<Position>,
         limit: i64,
     ) -> Result<HistoryPage, StoreError>;
-    /// Messages with position > `after`, ascending, at most `limit`.
+    /// The same for the replies to `parent` (its thread).
+    async fn replies(
+        &self,
+        room: RoomId,
+        me: UserId,
+        parent: MessageId,
+        before: Option<Position>,
+        limit: i64,
+    ) -> Result<HistoryPage, StoreError>;
+    /// What the rules of an event need of the message it targets (`emoji`: for a
+    /// reaction). None: no such message (an event record is none either).
+    async fn target(
+        &self,
+        message: MessageId,
+        actor: UserId,
+        emoji: Option<&str>,
+    ) -> Result<Option<Target>, StoreError>;
+    /// The bodies a message had, oldest first (empty once deleted). None: no such message
+    /// in the room.
+    async fn edits(
+        &self,
+        room: RoomId,
+        message: MessageId,
+    ) -> Result<Option<Vec<EditEntry>>, StoreError>;
+    /// The members of the room among the users named (by [`crate::model::name_key`]) or
+    /// given by id: who a message mentions. At most [`crate::events::MAX_MENTIONS`].
+    async fn resolve_mentions(
+        &self,
+        room: RoomId,
+        names: &[String],
+        ids: &[UserId],
+    ) -> Result<Vec<UserId>, StoreError>;
+    /// Log records (messages and events) with position > `after`, ascending, at most
+    /// `limit`; messages in their current state (a deleted one as its tombstone, edits
+    /// of it without their body).
     async fn messages_after(
         &self,
         room: RoomId,
@@ -157,7 +207,9 @@ pub trait Store: Send + Sync + 'static {
     async fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError>;
     /// Writes the batch and moves the partition's next offset from `from` (None: never
     /// committed) to `to`, in one transaction. Rows that exist already (same id, same
-    /// (sender, room, client_msg_id) or same log record) are skipped. Returns rows inserted.
+    /// (sender, room, client_msg_id) or same log record) are skipped. Each new record is
+    /// applied in log order (an event to the message it changes, checked again against
+    /// `limits`: one refused here is not stored). Returns records stored.
     /// `Fenced` if the stored offset is not `from`: nothing is written then.
     async fn commit_batch(
         &self,
@@ -166,5 +218,6 @@ pub trait Store: Send + Sync + 'static {
         from: Option<i64>,
         to: i64,
         messages: &[Message],
+        limits: &Limits,
     ) -> Result<usize, StoreError>;
 }

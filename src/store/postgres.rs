@@ -29,6 +29,7 @@ mod queries;
 use super::schema;
 use diesel::sql_types::Uuid as SqlUuid;
 type Backend = PgStore;
+type Conn = AsyncPgConnection;
 type MigrationConn =
     diesel_async::async_connection_wrapper::AsyncConnectionWrapper<AsyncPgConnection>;
 

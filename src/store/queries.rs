@@ -15,11 +15,15 @@ use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
-use super::schema::{consumer_offsets, memberships, messages, rooms, users};
-use super::{committed_offset, db_error, insert_messages, Backend, MigrationConn, SqlUuid};
-use crate::model::{name_key, Member, Message, Position, RoomId, RoomKind, RoomView, User, UserId};
+use super::schema::{consumer_offsets, memberships, mentions, messages, reactions, rooms, users};
+use super::{committed_offset, db_error, insert_messages, Backend, Conn, MigrationConn, SqlUuid};
+use crate::events::{self, Limits, RuleError, Target, MAX_MENTIONS};
+use crate::model::{
+    name_key, Change, Member, Message, MessageId, Position, ReactionCount, RoomId, RoomKind,
+    RoomView, User, UserId, REACTION_USERS_SHOWN,
+};
 use crate::store::sql_types::Id;
-use crate::store::{Credentials, HistoryPage, Room, RoomsPage, Store, StoreError};
+use crate::store::{Credentials, EditEntry, HistoryPage, Room, RoomsPage, Store, StoreError};
 
 fn is_unique_violation(e: &DieselError) -> bool {
     matches!(
@@ -30,19 +34,44 @@ fn is_unique_violation(e: &DieselError) -> bool {
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = messages)]
-struct MessageRow {
+pub(super) struct MessageRow {
     id: Id,
     room_id: Id,
     sender_id: Id,
     sender_name: String,
     client_msg_id: String,
     body: String,
-    position: i64,
+    pub(super) position: i64,
     sent_at: DateTime<Utc>,
+    kind: String,
+    target_id: Option<Id>,
+    reply_to: Option<Id>,
+    mentions: Option<String>,
+    emoji: Option<String>,
+    reaction_on: Option<bool>,
+    edited_at: Option<DateTime<Utc>>,
+    deleted_at: Option<DateTime<Utc>>,
+    reply_count: i32,
+    last_reply_at: Option<DateTime<Utc>>,
 }
 
 impl From<MessageRow> for Message {
     fn from(r: MessageRow) -> Self {
+        let change = match (r.kind.as_str(), r.target_id) {
+            ("edit", Some(t)) => Some(Change::Edit { message_id: t.0 }),
+            ("delete", Some(t)) => Some(Change::Delete { message_id: t.0 }),
+            ("reaction", Some(t)) => Some(Change::Reaction {
+                message_id: t.0,
+                emoji: r.emoji.unwrap_or_default(),
+                on: r.reaction_on.unwrap_or(true),
+            }),
+            _ => None,
+        };
+        let mentions = r
+            .mentions
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default();
         Message {
             id: r.id.0,
             room: r.room_id.0,
@@ -54,6 +83,14 @@ impl From<MessageRow> for Message {
             client_msg_id: r.client_msg_id,
             position: r.position,
             sent_at: r.sent_at,
+            reply_to: r.reply_to.map(|i| i.0),
+            mentions,
+            change,
+            edited_at: r.edited_at,
+            deleted: r.deleted_at.is_some(),
+            reactions: None,
+            reply_count: (r.reply_count > 0).then_some(i64::from(r.reply_count)),
+            last_reply_at: r.last_reply_at,
         }
     }
 }
@@ -70,6 +107,408 @@ pub(super) struct NewMessageRow<'a> {
     position: i64,
     log_partition: i32,
     sent_at: DateTime<Utc>,
+    kind: &'static str,
+    target_id: Option<Id>,
+    reply_to: Option<Id>,
+    mentions: Option<String>,
+    emoji: Option<&'a str>,
+    reaction_on: Option<bool>,
+}
+
+/// A record appended to SQLite's messages table, which gives it its position.
+#[derive(Insertable)]
+#[diesel(table_name = messages)]
+pub(super) struct AppendRow<'a> {
+    id: Id,
+    room_id: Id,
+    sender_id: Id,
+    sender_name: &'a str,
+    client_msg_id: &'a str,
+    body: &'a str,
+    sent_at: DateTime<Utc>,
+    kind: &'static str,
+    target_id: Option<Id>,
+    reply_to: Option<Id>,
+    mentions: Option<String>,
+    emoji: Option<&'a str>,
+    reaction_on: Option<bool>,
+}
+
+impl<'a> NewMessageRow<'a> {
+    /// SQLite's append (the PostgreSQL build of this file does not use it).
+    #[allow(dead_code)]
+    pub(super) fn without_position(self) -> AppendRow<'a> {
+        AppendRow {
+            id: self.id,
+            room_id: self.room_id,
+            sender_id: self.sender_id,
+            sender_name: self.sender_name,
+            client_msg_id: self.client_msg_id,
+            body: self.body,
+            sent_at: self.sent_at,
+            kind: self.kind,
+            target_id: self.target_id,
+            reply_to: self.reply_to,
+            mentions: self.mentions,
+            emoji: self.emoji,
+            reaction_on: self.reaction_on,
+        }
+    }
+
+    pub(super) fn of(m: &'a Message, log_partition: i32) -> Self {
+        let (kind, target_id, emoji, reaction_on) = match &m.change {
+            None => ("message", None, None, None),
+            Some(c @ Change::Reaction { emoji, on, .. }) => (
+                "reaction",
+                Some(Id(c.target())),
+                Some(emoji.as_str()),
+                Some(*on),
+            ),
+            Some(c) => (c.kind(), Some(Id(c.target())), None, None),
+        };
+        NewMessageRow {
+            id: Id(m.id),
+            room_id: Id(m.room),
+            sender_id: Id(m.sender.id),
+            sender_name: &m.sender.name,
+            client_msg_id: &m.client_msg_id,
+            body: &m.body,
+            position: m.position,
+            log_partition,
+            sent_at: m.sent_at,
+            kind,
+            target_id,
+            reply_to: m.reply_to.map(Id),
+            mentions: (!m.mentions.is_empty())
+                .then(|| serde_json::to_string(&m.mentions).unwrap_or_default()),
+            emoji,
+            reaction_on,
+        }
+    }
+
+    /// Whether the row can go in a multi-row insert: a plain message, which changes no
+    /// other row.
+    fn is_plain(&self) -> bool {
+        self.kind == "message" && self.reply_to.is_none() && self.mentions.is_none()
+    }
+}
+
+/// The state of message `id` that [`events::check`] needs, read in the caller's
+/// transaction (None: no such message; event records are not messages).
+pub(super) async fn load_target(
+    c: &mut Conn,
+    id: MessageId,
+    actor: UserId,
+    emoji: Option<&str>,
+) -> QueryResult<Option<Target>> {
+    use diesel::dsl::count_star;
+    /// (room, author, sent_at, deleted_at, edit_count, reply_to)
+    type Row = (
+        Id,
+        Id,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        i32,
+        Option<Id>,
+    );
+    let row: Option<Row> = messages::table
+        .filter(messages::id.eq(Id(id)))
+        .filter(messages::kind.eq("message"))
+        .select((
+            messages::room_id,
+            messages::sender_id,
+            messages::sent_at,
+            messages::deleted_at,
+            messages::edit_count,
+            messages::reply_to,
+        ))
+        .first(c)
+        .await
+        .optional()?;
+    let Some((room, author, sent_at, deleted_at, edit_count, reply_to)) = row else {
+        return Ok(None);
+    };
+    let mut t = Target {
+        room: room.0,
+        author: author.0,
+        sent_at,
+        deleted: deleted_at.is_some(),
+        edit_count: i64::from(edit_count),
+        reply_to: reply_to.map(|r| r.0),
+        emoji_count: 0,
+        has_emoji: false,
+        my_reactions: 0,
+        mine: false,
+    };
+    if let Some(emoji) = emoji {
+        let of_message = || reactions::table.filter(reactions::message_id.eq(Id(id)));
+        // At most `max_emoji_per_message` of them.
+        let kinds: Vec<String> = of_message()
+            .select(reactions::emoji)
+            .distinct()
+            .load(c)
+            .await?;
+        t.emoji_count = kinds.len() as i64;
+        let with_emoji: i64 = of_message()
+            .filter(reactions::emoji.eq(emoji))
+            .select(count_star())
+            .first(c)
+            .await?;
+        t.has_emoji = with_emoji > 0;
+        t.my_reactions = of_message()
+            .filter(reactions::user_id.eq(Id(actor)))
+            .select(count_star())
+            .first(c)
+            .await?;
+        let mine: i64 = of_message()
+            .filter(reactions::user_id.eq(Id(actor)))
+            .filter(reactions::emoji.eq(emoji))
+            .select(count_star())
+            .first(c)
+            .await?;
+        t.mine = mine > 0;
+    }
+    Ok(Some(t))
+}
+
+/// Applies a record to the state of the messages it concerns, in the caller's transaction,
+/// after its row was inserted (once: a record already stored is not applied again):
+/// a message bumps its thread parent and records its mentions; an event is checked again
+/// ([`events::check`], against the state the log's order gives) and changes its target.
+/// `Err(rule)`: the event is refused here; the caller removes its row.
+pub(super) async fn apply(
+    c: &mut Conn,
+    m: &Message,
+    limits: &Limits,
+) -> QueryResult<Result<(), RuleError>> {
+    let Some(change) = &m.change else {
+        if let Some(parent) = m.reply_to {
+            diesel::update(
+                messages::table
+                    .filter(messages::id.eq(Id(parent)))
+                    .filter(messages::room_id.eq(Id(m.room)))
+                    .filter(messages::kind.eq("message"))
+                    .filter(messages::deleted_at.is_null()),
+            )
+            .set((
+                messages::reply_count.eq(messages::reply_count + 1),
+                messages::last_reply_at.eq(m.sent_at),
+            ))
+            .execute(c)
+            .await?;
+        }
+        for user in m.mentions.iter().take(MAX_MENTIONS) {
+            diesel::insert_into(mentions::table)
+                .values((
+                    mentions::user_id.eq(Id(*user)),
+                    mentions::room_id.eq(Id(m.room)),
+                    mentions::message_id.eq(Id(m.id)),
+                    mentions::position.eq(m.position),
+                ))
+                .on_conflict_do_nothing()
+                .execute(c)
+                .await?;
+        }
+        return Ok(Ok(()));
+    };
+    let target_id = change.target();
+    let emoji = match change {
+        Change::Reaction { emoji, .. } => Some(emoji.as_str()),
+        _ => None,
+    };
+    let target = load_target(c, target_id, m.sender.id, emoji).await?;
+    if let Err(e) = events::check(
+        change,
+        m.sender.id,
+        m.room,
+        m.sent_at,
+        target.as_ref(),
+        limits,
+    ) {
+        return Ok(Err(e));
+    }
+    let target_row = || messages::table.filter(messages::id.eq(Id(target_id)));
+    match change {
+        Change::Edit { .. } => {
+            // The body before the first edit is the history's first entry.
+            diesel::update(target_row().filter(messages::original_body.is_null()))
+                .set(messages::original_body.eq(messages::body.nullable()))
+                .execute(c)
+                .await?;
+            diesel::update(target_row())
+                .set((
+                    messages::body.eq(&m.body),
+                    messages::edited_at.eq(m.sent_at),
+                    messages::edit_count.eq(messages::edit_count + 1),
+                ))
+                .execute(c)
+                .await?;
+        }
+        Change::Delete { .. } => {
+            // Deleted means gone: the body, every edit's body and the mentions go; the
+            // row keeps the tombstone (who, when).
+            diesel::update(target_row())
+                .set((
+                    messages::body.eq(""),
+                    messages::original_body.eq(None::<String>),
+                    messages::mentions.eq(None::<String>),
+                    messages::deleted_at.eq(m.sent_at),
+                    messages::deleted_by.eq(Id(m.sender.id)),
+                ))
+                .execute(c)
+                .await?;
+            diesel::update(
+                messages::table
+                    .filter(messages::target_id.eq(Id(target_id)))
+                    .filter(messages::kind.eq("edit")),
+            )
+            .set(messages::body.eq(""))
+            .execute(c)
+            .await?;
+            diesel::delete(reactions::table.filter(reactions::message_id.eq(Id(target_id))))
+                .execute(c)
+                .await?;
+            diesel::delete(mentions::table.filter(mentions::message_id.eq(Id(target_id))))
+                .execute(c)
+                .await?;
+            if let Some(parent) = target.and_then(|t| t.reply_to) {
+                diesel::update(
+                    messages::table
+                        .filter(messages::id.eq(Id(parent)))
+                        .filter(messages::reply_count.gt(0)),
+                )
+                .set(messages::reply_count.eq(messages::reply_count - 1))
+                .execute(c)
+                .await?;
+            }
+        }
+        Change::Reaction { emoji, on, .. } => {
+            if *on {
+                diesel::insert_into(reactions::table)
+                    .values((
+                        reactions::message_id.eq(Id(target_id)),
+                        reactions::user_id.eq(Id(m.sender.id)),
+                        reactions::emoji.eq(emoji),
+                        reactions::position.eq(m.position),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(c)
+                    .await?;
+            } else {
+                diesel::delete(
+                    reactions::table
+                        .filter(reactions::message_id.eq(Id(target_id)))
+                        .filter(reactions::user_id.eq(Id(m.sender.id)))
+                        .filter(reactions::emoji.eq(emoji)),
+                )
+                .execute(c)
+                .await?;
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Inserts one record, skipping it if stored already; whether it was inserted.
+async fn insert_one(c: &mut Conn, row: &NewMessageRow<'_>) -> QueryResult<bool> {
+    let n = diesel::insert_into(messages::table)
+        .values(row)
+        .on_conflict_do_nothing()
+        .execute(c)
+        .await?;
+    Ok(n == 1)
+}
+
+#[derive(QueryableByName)]
+struct ReactionRow {
+    #[diesel(sql_type = SqlUuid)]
+    message_id: Id,
+    #[diesel(sql_type = Text)]
+    emoji: String,
+    #[diesel(sql_type = SqlUuid)]
+    user_id: Id,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+    #[diesel(sql_type = BigInt)]
+    total: i64,
+}
+
+/// The reactions of the room's messages with positions in `[from, to]` (of thread `$4`'s
+/// replies only, when set; `$5` the reader; parameters appear in order, as SQLite numbers
+/// them by first appearance): per (message, emoji) the count and the first
+/// [`REACTION_USERS_SHOWN`] users, plus the reader's own row. Bounded: at most
+/// `max_emoji_per_message` emoji per message, 11 rows each.
+const REACTIONS_SQL: &str = "
+SELECT t.message_id, t.emoji, t.user_id, t.name, t.n, t.total FROM (
+  SELECT r.message_id, r.emoji, r.user_id, u.name,
+         row_number() OVER (PARTITION BY r.message_id, r.emoji ORDER BY r.position) AS n,
+         count(*) OVER (PARTITION BY r.message_id, r.emoji) AS total,
+         min(r.position) OVER (PARTITION BY r.message_id, r.emoji) AS first
+    FROM reactions r
+    JOIN messages m ON m.id = r.message_id
+    JOIN users u ON u.id = r.user_id
+   WHERE m.room_id = $1 AND m.position >= $2 AND m.position <= $3
+     AND ($4 IS NULL OR m.reply_to = $4)) t
+ WHERE t.n <= 10 OR t.user_id = $5
+ ORDER BY t.message_id, t.first, t.n";
+
+/// Fills in what a history page shows of each message beyond its row: reactions (with
+/// counts, `me` and who) and the reply count (0 too). `thread`: the page holds replies of it.
+async fn fill_state(
+    c: &mut Conn,
+    room: RoomId,
+    me: UserId,
+    page: &mut [Message],
+    thread: Option<MessageId>,
+) -> QueryResult<()> {
+    let (Some(first), Some(last)) = (
+        page.iter().map(|m| m.position).min(),
+        page.iter().map(|m| m.position).max(),
+    ) else {
+        return Ok(());
+    };
+    let rows: Vec<ReactionRow> = diesel::sql_query(REACTIONS_SQL)
+        .bind::<SqlUuid, _>(Id(room))
+        .bind::<BigInt, _>(first)
+        .bind::<BigInt, _>(last)
+        .bind::<Nullable<SqlUuid>, _>(thread.map(Id))
+        .bind::<SqlUuid, _>(Id(me))
+        .load(c)
+        .await?;
+    let mut by_message: std::collections::HashMap<MessageId, Vec<ReactionCount>> =
+        std::collections::HashMap::new();
+    for r in rows {
+        let list = by_message.entry(r.message_id.0).or_default();
+        let i = match list.iter().position(|x| x.emoji == r.emoji) {
+            Some(i) => i,
+            None => {
+                list.push(ReactionCount {
+                    emoji: r.emoji.clone(),
+                    count: r.total,
+                    me: false,
+                    users: Vec::new(),
+                });
+                list.len() - 1
+            }
+        };
+        let entry = &mut list[i];
+        if r.user_id.0 == me {
+            entry.me = true;
+        }
+        if r.n <= REACTION_USERS_SHOWN as i64 {
+            entry.users.push(User {
+                id: r.user_id.0,
+                name: r.name,
+            });
+        }
+    }
+    for m in page.iter_mut() {
+        m.reactions = Some(by_message.remove(&m.id).unwrap_or_default());
+        m.reply_count = Some(m.reply_count.unwrap_or(0));
+    }
+    Ok(())
 }
 
 #[derive(QueryableByName)]
@@ -86,6 +525,8 @@ struct RoomViewRow {
     unread: i64,
     #[diesel(sql_type = Nullable<BigInt>)]
     last_position: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    unread_mentions: i64,
 }
 
 /// A room as user $1 sees it; `rooms_for` adds the WHERE, ORDER and LIMIT.
@@ -100,8 +541,13 @@ SELECT r.id,
        CASE WHEN m.user_id IS NULL THEN 0 ELSE
             (SELECT count(*) FROM messages x
               WHERE x.room_id = r.id AND x.position > COALESCE(m.last_read, -1)
-                AND x.sender_id <> $1) END AS unread,
-       (SELECT max(x.position) FROM messages x WHERE x.room_id = r.id) AS last_position
+                AND x.sender_id <> $1 AND x.kind = 'message'
+                AND x.deleted_at IS NULL) END AS unread,
+       (SELECT max(x.position) FROM messages x WHERE x.room_id = r.id) AS last_position,
+       CASE WHEN m.user_id IS NULL THEN 0 ELSE
+            (SELECT count(*) FROM mentions n
+              WHERE n.user_id = $1 AND n.room_id = r.id
+                AND n.position > COALESCE(m.last_read, -1)) END AS unread_mentions
   FROM rooms r
   LEFT JOIN memberships m ON m.room_id = r.id AND m.user_id = $1";
 
@@ -132,6 +578,7 @@ fn room_view(r: RoomViewRow) -> RoomView {
         member: r.member,
         unread: r.unread,
         last_position: r.last_position,
+        unread_mentions: r.unread_mentions,
     }
 }
 
@@ -200,6 +647,43 @@ pub(super) fn backfill_name_keys(c: &mut MigrationConn) -> QueryResult<usize> {
 
 /// Chunk size for multi-row inserts: 9 binds a row stays far below PostgreSQL's 65,535.
 const INSERT_CHUNK: usize = 1_000;
+
+impl Backend {
+    /// A page of the room's messages (of one thread's replies, with `thread`), newest
+    /// `limit` below `before`, ascending, in their current state.
+    async fn page_of(
+        &self,
+        room: RoomId,
+        me: UserId,
+        thread: Option<MessageId>,
+        before: Option<Position>,
+        limit: i64,
+    ) -> Result<HistoryPage, StoreError> {
+        let mut c = self.conn().await?;
+        let mut q = messages::table
+            .filter(messages::room_id.eq(Id(room)))
+            .filter(messages::kind.eq("message"))
+            .select(MessageRow::as_select())
+            .order(messages::position.desc())
+            .limit(limit + 1)
+            .into_boxed();
+        if let Some(b) = before {
+            q = q.filter(messages::position.lt(b));
+        }
+        if let Some(parent) = thread {
+            q = q.filter(messages::reply_to.eq(Id(parent)));
+        }
+        let mut rows: Vec<MessageRow> = q.load(&mut c).await.map_err(db_error)?;
+        let has_more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        rows.reverse();
+        let mut messages: Vec<Message> = rows.into_iter().map(Message::from).collect();
+        fill_state(&mut c, room, me, &mut messages, thread)
+            .await
+            .map_err(db_error)?;
+        Ok(HistoryPage { messages, has_more })
+    }
+}
 
 #[async_trait]
 impl Store for Backend {
@@ -552,27 +1036,112 @@ impl Store for Backend {
     async fn history(
         &self,
         room: RoomId,
+        me: UserId,
         before: Option<Position>,
         limit: i64,
     ) -> Result<HistoryPage, StoreError> {
+        self.page_of(room, me, None, before, limit).await
+    }
+
+    async fn replies(
+        &self,
+        room: RoomId,
+        me: UserId,
+        parent: MessageId,
+        before: Option<Position>,
+        limit: i64,
+    ) -> Result<HistoryPage, StoreError> {
+        self.page_of(room, me, Some(parent), before, limit).await
+    }
+
+    async fn target(
+        &self,
+        message: MessageId,
+        actor: UserId,
+        emoji: Option<&str>,
+    ) -> Result<Option<Target>, StoreError> {
         let mut c = self.conn().await?;
-        let mut q = messages::table
+        load_target(&mut c, message, actor, emoji)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn edits(
+        &self,
+        room: RoomId,
+        message: MessageId,
+    ) -> Result<Option<Vec<EditEntry>>, StoreError> {
+        let mut c = self.conn().await?;
+        let row: Option<(
+            String,
+            Option<String>,
+            DateTime<Utc>,
+            Option<DateTime<Utc>>,
+            i64,
+        )> = messages::table
+            .filter(messages::id.eq(Id(message)))
             .filter(messages::room_id.eq(Id(room)))
-            .select(MessageRow::as_select())
-            .order(messages::position.desc())
-            .limit(limit + 1)
-            .into_boxed();
-        if let Some(b) = before {
-            q = q.filter(messages::position.lt(b));
+            .filter(messages::kind.eq("message"))
+            .select((
+                messages::body,
+                messages::original_body,
+                messages::sent_at,
+                messages::deleted_at,
+                messages::position,
+            ))
+            .first(&mut c)
+            .await
+            .optional()
+            .map_err(db_error)?;
+        let Some((body, original, sent_at, deleted_at, position)) = row else {
+            return Ok(None);
+        };
+        if deleted_at.is_some() {
+            return Ok(Some(Vec::new()));
         }
-        let mut rows: Vec<MessageRow> = q.load(&mut c).await.map_err(db_error)?;
-        let has_more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        rows.reverse();
-        Ok(HistoryPage {
-            messages: rows.into_iter().map(Message::from).collect(),
-            has_more,
-        })
+        let edits: Vec<(String, DateTime<Utc>, i64)> = messages::table
+            .filter(messages::target_id.eq(Id(message)))
+            .filter(messages::kind.eq("edit"))
+            .select((messages::body, messages::sent_at, messages::position))
+            .order(messages::position.asc())
+            .load(&mut c)
+            .await
+            .map_err(db_error)?;
+        let mut out = vec![EditEntry {
+            body: original.unwrap_or(body),
+            edited_at: sent_at,
+            position,
+        }];
+        out.extend(edits.into_iter().map(|(body, at, position)| EditEntry {
+            body,
+            edited_at: at,
+            position,
+        }));
+        Ok(Some(out))
+    }
+
+    async fn resolve_mentions(
+        &self,
+        room: RoomId,
+        names: &[String],
+        ids: &[UserId],
+    ) -> Result<Vec<UserId>, StoreError> {
+        if names.is_empty() && ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn().await?;
+        let keys: Vec<String> = names.iter().map(|n| name_key(n)).collect();
+        let ids: Vec<Id> = ids.iter().map(|i| Id(*i)).collect();
+        let found: Vec<Id> = memberships::table
+            .inner_join(users::table)
+            .filter(memberships::room_id.eq(Id(room)))
+            .filter(users::name_key.eq_any(keys).or(users::id.eq_any(ids)))
+            .select(users::id)
+            .limit(MAX_MENTIONS as i64)
+            .load(&mut c)
+            .await
+            .map_err(db_error)?;
+        Ok(found.into_iter().map(|i| i.0).collect())
     }
 
     async fn messages_after(
@@ -627,6 +1196,7 @@ impl Store for Backend {
         from: Option<i64>,
         to: i64,
         batch: &[Message],
+        limits: &Limits,
     ) -> Result<usize, StoreError> {
         enum TxError {
             Fenced,
@@ -640,17 +1210,7 @@ impl Store for Backend {
         let mut c = self.conn().await?;
         let rows: Vec<NewMessageRow<'_>> = batch
             .iter()
-            .map(|m| NewMessageRow {
-                id: Id(m.id),
-                room_id: Id(m.room),
-                sender_id: Id(m.sender.id),
-                sender_name: &m.sender.name,
-                client_msg_id: &m.client_msg_id,
-                body: &m.body,
-                position: m.position,
-                log_partition: partition,
-                sent_at: m.sent_at,
-            })
+            .map(|m| NewMessageRow::of(m, partition))
             .collect();
         let rows = &rows;
         let r = write_transaction!(c, TxError, async |c| {
@@ -682,9 +1242,32 @@ impl Store for Backend {
             if moved != 1 {
                 return Err(TxError::Fenced);
             }
+            // In log order: runs of plain messages in multi-row inserts; a record that
+            // changes other rows (an event, a reply, a mention) alone, applied once
+            // inserted, and removed again if its rule refuses it here.
             let mut inserted = 0;
-            for chunk in rows.chunks(INSERT_CHUNK) {
-                inserted += insert_messages(c, chunk).await?;
+            let mut i = 0;
+            while i < rows.len() {
+                let run = rows[i..].iter().take_while(|r| r.is_plain()).count();
+                if run > 0 {
+                    for chunk in rows[i..i + run].chunks(INSERT_CHUNK) {
+                        inserted += insert_messages(c, chunk).await?;
+                    }
+                    i += run;
+                    continue;
+                }
+                if insert_one(c, &rows[i]).await? {
+                    match apply(c, &batch[i], limits).await? {
+                        Ok(()) => inserted += 1,
+                        Err(rule) => {
+                            tracing::debug!(id = %batch[i].id, %rule, "event refused where applied");
+                            diesel::delete(messages::table.filter(messages::id.eq(Id(batch[i].id))))
+                                .execute(c)
+                                .await?;
+                        }
+                    }
+                }
+                i += 1;
             }
             Ok(inserted)
         })

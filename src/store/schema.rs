@@ -30,6 +30,37 @@ diesel::table! {
         log_partition -> Int4,
         sent_at -> Timestamptz,
         stored_at -> Timestamptz,
+        kind -> Text,
+        target_id -> Nullable<Uuid>,
+        reply_to -> Nullable<Uuid>,
+        mentions -> Nullable<Text>,
+        emoji -> Nullable<Text>,
+        reaction_on -> Nullable<Bool>,
+        edited_at -> Nullable<Timestamptz>,
+        original_body -> Nullable<Text>,
+        edit_count -> Int4,
+        deleted_at -> Nullable<Timestamptz>,
+        deleted_by -> Nullable<Uuid>,
+        reply_count -> Int4,
+        last_reply_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    reactions (message_id, user_id, emoji) {
+        message_id -> Uuid,
+        user_id -> Uuid,
+        emoji -> Text,
+        position -> Int8,
+    }
+}
+
+diesel::table! {
+    mentions (user_id, message_id) {
+        user_id -> Uuid,
+        room_id -> Uuid,
+        message_id -> Uuid,
+        position -> Int8,
     }
 }
 
@@ -63,7 +94,9 @@ diesel::joinable!(rooms -> users (created_by));
 diesel::allow_tables_to_appear_in_same_query!(
     consumer_offsets,
     memberships,
+    mentions,
     messages,
+    reactions,
     rooms,
     users,
 );

@@ -42,6 +42,43 @@ diesel::table! {
         log_partition -> Integer,
         sent_at -> TimestamptzSqlite,
         stored_at -> TimestamptzSqlite,
+        kind -> Text,
+        target_id -> Nullable<UuidText>,
+        reply_to -> Nullable<UuidText>,
+        mentions -> Nullable<Text>,
+        emoji -> Nullable<Text>,
+        reaction_on -> Nullable<Bool>,
+        edited_at -> Nullable<TimestamptzSqlite>,
+        original_body -> Nullable<Text>,
+        edit_count -> Integer,
+        deleted_at -> Nullable<TimestamptzSqlite>,
+        deleted_by -> Nullable<UuidText>,
+        reply_count -> Integer,
+        last_reply_at -> Nullable<TimestamptzSqlite>,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::UuidText;
+
+    reactions (message_id, user_id, emoji) {
+        message_id -> UuidText,
+        user_id -> UuidText,
+        emoji -> Text,
+        position -> BigInt,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::UuidText;
+
+    mentions (user_id, message_id) {
+        user_id -> UuidText,
+        room_id -> UuidText,
+        message_id -> UuidText,
+        position -> BigInt,
     }
 }
 
@@ -81,7 +118,9 @@ diesel::joinable!(rooms -> users (created_by));
 diesel::allow_tables_to_appear_in_same_query!(
     consumer_offsets,
     memberships,
+    mentions,
     messages,
+    reactions,
     rooms,
     users,
 );

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
@@ -23,8 +22,9 @@ use tokio::sync::watch;
 
 use super::sql_types::{Id, UuidText};
 use super::StoreError;
+use crate::events::{Limits, RuleError};
 use crate::log::{Appending, Log, LogBatch, LogError, LogReader, LogRecord, Pace};
-use crate::model::{Message, NewMessage, User};
+use crate::model::{Message, NewMessage};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
@@ -192,48 +192,6 @@ fn db_error(e: DieselError) -> StoreError {
     }
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = schema::messages)]
-struct AppendRow<'a> {
-    id: Id,
-    room_id: Id,
-    sender_id: Id,
-    sender_name: &'a str,
-    client_msg_id: &'a str,
-    body: &'a str,
-    sent_at: DateTime<Utc>,
-}
-
-#[derive(Queryable, Selectable)]
-#[diesel(table_name = schema::messages)]
-struct LogRow {
-    id: Id,
-    room_id: Id,
-    sender_id: Id,
-    sender_name: String,
-    client_msg_id: String,
-    body: String,
-    position: i64,
-    sent_at: DateTime<Utc>,
-}
-
-impl From<LogRow> for Message {
-    fn from(r: LogRow) -> Self {
-        Message {
-            id: r.id.0,
-            room: r.room_id.0,
-            sender: User {
-                id: r.sender_id.0,
-                name: r.sender_name,
-            },
-            body: r.body,
-            client_msg_id: r.client_msg_id,
-            position: r.position,
-            sent_at: r.sent_at,
-        }
-    }
-}
-
 /// Records one read returns at most.
 const READ_BATCH: i64 = 500;
 
@@ -245,12 +203,14 @@ const READ_BATCH: i64 = 500;
 #[derive(Clone)]
 pub struct SqliteLog {
     store: SqliteStore,
+    /// The rules an event is checked against where it is appended (and so applied).
+    limits: Arc<Limits>,
     /// The next position to be assigned, for long-polling readers.
     head: Arc<watch::Sender<i64>>,
 }
 
 impl SqliteLog {
-    pub async fn open(store: SqliteStore) -> Result<Self, LogError> {
+    pub async fn open(store: SqliteStore, limits: Limits) -> Result<Self, LogError> {
         let mut c = store.conn().await.map_err(unavailable)?;
         let head = committed_offset(&mut c, "", 0)
             .await
@@ -258,6 +218,7 @@ impl SqliteLog {
             .unwrap_or(1);
         Ok(SqliteLog {
             store,
+            limits: Arc::new(limits),
             head: Arc::new(watch::Sender::new(head)),
         })
     }
@@ -300,42 +261,60 @@ impl Log for SqliteLog {
         Ok(Box::pin(futures_util::future::ready(done)))
     }
 
+    /// The record and its effect (an event on its target, a reply on its parent) in one
+    /// transaction: here the log is the store, so this is where an event is applied, and
+    /// checked again under the write lock. A refused event writes nothing.
     async fn append(&self, msg: &NewMessage) -> Result<Message, LogError> {
         use schema::messages;
+        enum TxError {
+            Refused(RuleError),
+            Db(DieselError),
+        }
+        impl From<DieselError> for TxError {
+            fn from(e: DieselError) -> Self {
+                TxError::Db(e)
+            }
+        }
         let mut c = self.store.conn().await.map_err(unavailable)?;
-        let inserted: Option<i64> = diesel::insert_into(messages::table)
-            .values(AppendRow {
-                id: Id(msg.id),
-                room_id: Id(msg.room),
-                sender_id: Id(msg.sender.id),
-                sender_name: &msg.sender.name,
-                client_msg_id: &msg.client_msg_id,
-                body: &msg.body,
-                sent_at: msg.sent_at,
-            })
-            .on_conflict_do_nothing()
-            .returning(messages::position)
-            .get_result(&mut c)
-            .await
-            .optional()
-            .map_err(log_error)?;
-        match inserted {
-            Some(position) => {
-                self.advance(position + 1);
-                Ok(msg.clone().at(position))
+        let limits = self.limits.clone();
+        let record = msg.clone().at(0);
+        let r = write_transaction!(c, TxError, async |c| {
+            let row = queries::NewMessageRow::of(&record, 0);
+            let inserted: Option<i64> = diesel::insert_into(messages::table)
+                .values(row.without_position())
+                .on_conflict_do_nothing()
+                .returning(messages::position)
+                .get_result(c)
+                .await
+                .optional()?;
+            let Some(position) = inserted else {
+                // A resend: the first record stands.
+                let first: queries::MessageRow = messages::table
+                    .filter(messages::sender_id.eq(Id(record.sender.id)))
+                    .filter(messages::room_id.eq(Id(record.room)))
+                    .filter(messages::client_msg_id.eq(&record.client_msg_id))
+                    .select(queries::MessageRow::as_select())
+                    .first(c)
+                    .await?;
+                return Ok((Message::from(first), false));
+            };
+            let mut stored = record.clone();
+            stored.position = position;
+            queries::apply(c, &stored, &limits)
+                .await?
+                .map_err(TxError::Refused)?;
+            Ok((stored, true))
+        })
+        .await;
+        match r {
+            Ok((m, fresh)) => {
+                if fresh {
+                    self.advance(m.position + 1);
+                }
+                Ok(m)
             }
-            // A resend: the first message stands.
-            None => {
-                let first: LogRow = messages::table
-                    .filter(messages::sender_id.eq(Id(msg.sender.id)))
-                    .filter(messages::room_id.eq(Id(msg.room)))
-                    .filter(messages::client_msg_id.eq(&msg.client_msg_id))
-                    .select(LogRow::as_select())
-                    .first(&mut c)
-                    .await
-                    .map_err(log_error)?;
-                Ok(first.into())
-            }
+            Err(TxError::Refused(rule)) => Err(LogError::Refused(rule)),
+            Err(TxError::Db(e)) => Err(log_error(e)),
         }
     }
 
@@ -347,6 +326,10 @@ impl Log for SqliteLog {
     /// copied anywhere (no persist worker), so there is no batch to gather.
     async fn tail(&self, _partition: i32, _pace: Pace) -> Result<Box<dyn LogReader>, LogError> {
         Ok(Box::new(self.clone()))
+    }
+
+    async fn end(&self, _partition: i32) -> Result<i64, LogError> {
+        Ok(*self.head.borrow())
     }
 
     async fn ping(&self) -> Result<(), LogError> {
@@ -363,13 +346,13 @@ impl LogReader for SqliteLog {
         let mut head = self.head.subscribe();
         loop {
             let end = *head.borrow_and_update();
-            let rows: Vec<LogRow> = if offset < end {
+            let rows: Vec<queries::MessageRow> = if offset < end {
                 let mut c = self.store.conn().await.map_err(unavailable)?;
                 messages::table
                     .filter(messages::position.ge(offset))
                     .order(messages::position.asc())
                     .limit(READ_BATCH)
-                    .select(LogRow::as_select())
+                    .select(queries::MessageRow::as_select())
                     .load(&mut c)
                     .await
                     .map_err(log_error)?
@@ -381,9 +364,12 @@ impl LogReader for SqliteLog {
                 return Ok(LogBatch {
                     records: rows
                         .into_iter()
-                        .map(|r| LogRecord {
-                            offset: r.position,
-                            message: Some(r.into()),
+                        .map(|r| {
+                            let m = Message::from(r);
+                            LogRecord {
+                                offset: m.position,
+                                message: Some(m),
+                            }
                         })
                         .collect(),
                     next_offset,

@@ -17,6 +17,7 @@ fn timings() -> Timings {
         retry: Duration::from_secs(60),
         done: Duration::from_secs(2),
         lease: Duration::from_millis(400),
+        tombstone: Duration::from_secs(1),
     }
 }
 
@@ -55,6 +56,7 @@ fn message(id: Uuid, key: &SendKey) -> Message {
         client_msg_id: key.client_msg_id.clone(),
         position: 41,
         sent_at: chrono::Utc::now(),
+        ..Default::default()
     }
 }
 
@@ -181,6 +183,18 @@ async fn positions(c: &dyn Coord) {
     assert_eq!(c.position(3).await.expect("position"), Some(13));
 }
 
+async fn tombstones(c: &dyn Coord) {
+    let (m, other) = (Uuid::now_v7(), Uuid::now_v7());
+    assert!(!c.buried(m).await.expect("buried"));
+    c.bury(m).await.expect("bury");
+    assert!(c.buried(m).await.expect("buried"));
+    assert!(!c.buried(other).await.expect("buried"));
+    // Burying twice is harmless; a tombstone lives `tombstone` (1 s here), then goes.
+    c.bury(m).await.expect("bury");
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert!(!c.buried(m).await.expect("buried"));
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod redis_coord {
@@ -192,4 +206,4 @@ macro_rules! contract {
     };
 }
 
-contract!(claims, claims_expire, leases, positions);
+contract!(claims, claims_expire, leases, positions, tombstones);

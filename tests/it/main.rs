@@ -12,6 +12,7 @@ mod consumer;
 mod coord;
 mod delivery;
 mod embedded;
+mod events;
 mod features;
 mod hardening;
 mod rooms_tokens;

@@ -268,6 +268,10 @@ impl Log for KafkaLog {
         )))
     }
 
+    async fn end(&self, partition: i32) -> Result<i64, LogError> {
+        self.cluster.list_offset(partition, OffsetAt::Latest).await
+    }
+
     async fn ping(&self) -> Result<(), LogError> {
         self.cluster.ping().await
     }

@@ -1,0 +1,17 @@
+DROP TABLE mentions;
+DROP TABLE reactions;
+DROP INDEX messages_thread_idx;
+DROP INDEX messages_target_idx;
+ALTER TABLE messages DROP COLUMN last_reply_at;
+ALTER TABLE messages DROP COLUMN reply_count;
+ALTER TABLE messages DROP COLUMN deleted_by;
+ALTER TABLE messages DROP COLUMN deleted_at;
+ALTER TABLE messages DROP COLUMN edit_count;
+ALTER TABLE messages DROP COLUMN original_body;
+ALTER TABLE messages DROP COLUMN edited_at;
+ALTER TABLE messages DROP COLUMN reaction_on;
+ALTER TABLE messages DROP COLUMN emoji;
+ALTER TABLE messages DROP COLUMN mentions;
+ALTER TABLE messages DROP COLUMN reply_to;
+ALTER TABLE messages DROP COLUMN target_id;
+ALTER TABLE messages DROP COLUMN kind;
