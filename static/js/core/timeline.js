@@ -26,6 +26,9 @@ export function reactionsOf(m, me) {
 }
 
 /** Whether `m` mentions the user `me` (its `mentions`: user ids). */
+/** Milliseconds of an RFC 3339 time (the server's fraction digits vary), NaN if none. */
+const ms = (t) => (typeof t === 'string' ? Date.parse(t) : NaN);
+
 export const mentionsMe = (m, me) => !!me && !m.deleted && Array.isArray(m.mentions) && m.mentions.includes(me);
 
 export class Timeline {
@@ -63,7 +66,7 @@ export class Timeline {
       const parent = this.#byId.get(m.reply_to);
       if (parent) {
         parent.reply_count = (parent.reply_count || 0) + 1;
-        if (!parent.last_reply_at || parent.last_reply_at < m.sent_at) parent.last_reply_at = m.sent_at;
+        if (!(ms(parent.last_reply_at) >= ms(m.sent_at))) parent.last_reply_at = m.sent_at;
       }
     }
     if (this.#early.length) {
@@ -128,7 +131,7 @@ export class Timeline {
     if (e.kind === 'edit') {
       if (m._editPos != null && e.position <= m._editPos) return false; // an older edit
       // A message from a history page already in a later state than this edit.
-      if (m._editPos == null && m.edited_at && e.sent_at && m.edited_at > e.sent_at) return false;
+      if (m._editPos == null && ms(m.edited_at) > ms(e.sent_at)) return false;
       const changed = m.body !== e.body || m.edited_at !== e.sent_at;
       m.body = e.body; m.edited_at = e.sent_at || m.edited_at || '';
       Object.defineProperty(m, '_editPos', { value: e.position, writable: true, enumerable: false, configurable: true });
