@@ -33,6 +33,7 @@ const S = {
   confirmDelete: null, // message id whose delete awaits a confirmation
   palette: null, // message id whose emoji palette is open
   actionsFor: null, // message id whose actions show (a tap on a phone)
+  hoverId: null, // message id under the pointer (kept across redraws)
   threadParent: null, // the open thread's first message, when not in the room's timeline
   threadToBottom: false,
 };
@@ -469,7 +470,10 @@ async function showEdits(m) {
   if (!dlg.open) dlg.showModal();
   try {
     const d = await api('GET', `/api/rooms/${encodeURIComponent(m.room)}/messages/${encodeURIComponent(m.id)}/edits`);
-    const edits = Array.isArray(d.edits) ? d.edits : [];
+    const edits = Array.isArray(d.edits) ? d.edits.slice() : [];
+    // An edit this page has seen live may not be in the store yet: shown as the newest.
+    const last = edits[edits.length - 1];
+    if (m.edited_at && !m.deleted && (!last || Date.parse(last.edited_at) < Date.parse(m.edited_at))) edits.push({ body: m.body, edited_at: m.edited_at });
     if (!edits.length) { list.replaceChildren(h('li', { class: 'muted' }, m.deleted ? 'The message was deleted.' : 'No edits.')); return; }
     list.replaceChildren(...edits.map((x, i) => {
       const t = new Date(x.edited_at);

@@ -284,7 +284,7 @@ export function createRender({ S, sync, actions }) {
     const mine = ops.filter((x) => x.message_id && x.message_id === m.id);
     const row = h('div', {
       class: 'msg' + (o ? ' pending' : '') + (o && o.failed ? ' failed' : '') + (m.deleted ? ' is-deleted' : '')
-        + (held && mentionsMe(m, S.user.id) ? ' mentioned' : '') + (S.actionsFor === m.id && held ? ' show-actions' : ''),
+        + (held && mentionsMe(m, S.user.id) ? ' mentioned' : '') + (S.actionsFor === m.id && held ? ' show-actions' : '') + (S.hoverId === m.id && held ? ' hovered' : ''),
       dataset: {
         testid: 'message', messageId: m.id || '', clientMsgId: m.client_msg_id, position: m.position ?? '',
         pending: String(!!o), failed: String(!!(o && o.failed)), senderName: m.sender.name,
@@ -313,6 +313,9 @@ export function createRender({ S, sync, actions }) {
         }, `${m.reply_count} ${m.reply_count === 1 ? 'reply' : 'replies'}`));
       }
       row.append(actionBar(m, { inThread }));
+      // Hover is also kept in the state, so a redraw under the pointer keeps the actions shown.
+      row.addEventListener('mouseenter', () => { S.hoverId = m.id; row.classList.add('hovered'); });
+      row.addEventListener('mouseleave', () => { if (S.hoverId === m.id) S.hoverId = null; row.classList.remove('hovered'); });
       // A tap shows the actions (phones have no hover); a long-press too (contextmenu).
       row.addEventListener('click', (e) => { if (!e.target.closest('a, button')) actions.toggleActions(m.id); });
       row.addEventListener('contextmenu', (e) => { if (!e.target.closest('a')) { e.preventDefault(); actions.toggleActions(m.id, true); } });
