@@ -331,6 +331,7 @@ e2e('a hostile message and room name are shown as text, never run', async () => 
   await createRoom(a, evilRoom);
   await b.reload();
   await roomItem(b, evilRoom).waitFor();
+  await joinRoom(b, evilRoom);
   // Markdown is rendered (bold), the markup around it stays text.
   await send(a, '<script>window.__xss=3</script> **bold** &amp;');
   await waitDelivered(a, '<script>window.__xss=3</script> bold &amp;');
