@@ -2,15 +2,14 @@
 // and the wiring of the DOM-free core (core/sync.js) to the view (view/render.js).
 // Protocol: docs/protocol.md.
 import { createApi } from './core/api.js';
-import { bodyTooLong, MAX_BODY_CHARS } from './core/protocol.js';
+import { bodyTooLong, MAX_BODY_CHARS, mentionNames, mentionQuery, parseMarkdown, validEmoji } from './core/protocol.js';
 import { Sync } from './core/sync.js';
-import { $, toast, hue, initial, uuid } from './view/dom.js';
+import { $, h, avatarStyle, fullFmt, toast, hue, initial, uuid } from './view/dom.js';
 import { createRender } from './view/render.js';
 
 const PAGE = 50;
 const TYPING_SEND_EVERY = 2000;
 const TYPING_SHOW_MS = 4000;
-const ROOMS_REFRESH_MS = 4000;
 
 function safeJson(s) { try { return JSON.parse(s); } catch { return null; } }
 
@@ -30,6 +29,13 @@ const S = {
   typing: new Map(), // room -> Map(user id -> {name, until})
   typingSentAt: 0,
   drawnNewest: null,
+  compose: null, // {kind: 'edit', room, id}: the composer edits that message
+  confirmDelete: null, // message id whose delete awaits a confirmation
+  palette: null, // message id whose emoji palette is open
+  actionsFor: null, // message id whose actions show (a tap on a phone)
+  hoverId: null, // message id under the pointer (kept across redraws)
+  threadParent: null, // the open thread's first message, when not in the room's timeline
+  threadToBottom: false,
 };
 
 const api = createApi({ fetch: (...a) => fetch(...a), token: () => S.token, onUnauthorized: logout });
@@ -53,9 +59,31 @@ const sync = new Sync({
 const view = createRender({
   S, sync,
   actions: {
-    openRoom, startDm, toast, fillViewport,
+    openRoom, startDm, toast, fillViewport, openThread, showEdits,
     retry: (o) => { sync.retry(o); view.renderMessages({}); },
     discard: (o) => { sync.discard(o); view.renderMessages({}); },
+    react: (m, emoji, on) => {
+      if (!validEmoji(emoji)) return;
+      sync.react(m.room, m.id, emoji, on);
+      S.palette = null; S.actionsFor = null;
+      view.renderMessages({});
+    },
+    togglePalette: (id) => { S.palette = S.palette === id ? null : id; S.actionsFor = id; S.confirmDelete = null; view.renderMessages({}); },
+    toggleActions: (id, show) => {
+      S.actionsFor = show || S.actionsFor !== id ? id : null;
+      if (S.palette !== S.actionsFor) S.palette = null;
+      if (S.confirmDelete !== S.actionsFor) S.confirmDelete = null;
+      view.renderMessages({});
+    },
+    startEdit,
+    askDelete: (m) => { S.confirmDelete = m.id; S.actionsFor = m.id; S.palette = null; view.renderMessages({}); },
+    cancelDelete: () => { S.confirmDelete = null; view.renderMessages({}); },
+    remove: (m) => {
+      S.confirmDelete = null; S.actionsFor = null;
+      if (S.compose && S.compose.id === m.id) cancelEdit();
+      sync.remove(m.room, m.id);
+      view.renderMessages({});
+    },
   },
 });
 const room = (id) => S.rooms.get(id);
@@ -146,10 +174,11 @@ async function fetchRooms() {
     box.textContent = 'Could not load rooms (' + e.message + '). Retrying…';
     box.hidden = false;
   } finally {
-    // The protocol announces no new rooms or DMs to a user who is not in them yet: poll.
-    const wait = roomsFailures ? Math.min(30000, 1000 * 2 ** roomsFailures) : document.hidden ? 30000 : ROOMS_REFRESH_MS;
+    // No polling: the list is refreshed on `rooms_changed` (a DM or room of ours appeared
+    // or went, on any device), on reconnect and after our own actions. Only a failed load
+    // is tried again, with backoff.
     clearTimeout(roomsTimer);
-    if (S.token) roomsTimer = setTimeout(loadRooms, wait);
+    if (S.token && roomsFailures) roomsTimer = setTimeout(loadRooms, Math.min(30000, 1000 * 2 ** roomsFailures));
   }
   return S.rooms;
 }
@@ -245,7 +274,11 @@ async function openRoom(id) {
   const changed = S.current !== id;
   S.current = id;
   if (location.hash.slice(1) !== id) history.replaceState(null, '', '#' + id);
-  if (changed) { $('composer').value = ''; S.loadingOlder = false; $('jump').hidden = true; }
+  if (changed) {
+    $('composer').value = ''; S.loadingOlder = false; $('jump').hidden = true;
+    S.compose = null; S.confirmDelete = null; S.palette = null; S.actionsFor = null;
+    if (sync.thread && sync.thread.room !== id) closeThread();
+  }
   view.renderAll(changed);
   const r = room(id);
   if (!r || !r.member) return;
@@ -317,8 +350,19 @@ function markRead() { if (S.current) sync.markRead(S.current); }
 
 // ---------------------------------------------------------------- composer
 const composer = $('composer');
+attachMentions(composer, $('mention-list'));
+attachMentions($('thread-composer'), $('thread-mention-list'));
+$('thread-composer').addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && !e.defaultPrevented) { e.preventDefault(); $('thread-form').requestSubmit(); }
+});
 composer.addEventListener('keydown', (e) => {
-  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); $('composer-form').requestSubmit(); }
+  if (e.key === 'Escape' && S.compose) { e.preventDefault(); cancelEdit(); return; }
+  if (e.key === 'ArrowUp' && !composer.value && !S.compose && S.current) {
+    // Up in an empty composer edits one's newest message.
+    const mine = sync.timelines.get(S.current)?.list().filter((m) => m.sender.id === S.user.id && !m.deleted).at(-1);
+    if (mine) { e.preventDefault(); startEdit(mine); return; }
+  }
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && !e.defaultPrevented) { e.preventDefault(); $('composer-form').requestSubmit(); }
 });
 composer.addEventListener('input', () => {
   autosize();
@@ -333,12 +377,172 @@ $('composer-form').addEventListener('submit', (e) => {
   e.preventDefault();
   const body = composer.value;
   const id = S.current;
-  if (!body.trim() || !id || !room(id)?.member) return;
+  if (!id || !room(id)?.member) return;
   if (bodyTooLong(body)) { toast(`A message is at most ${MAX_BODY_CHARS.toLocaleString('en')} characters.`); return; }
-  sync.submit(id, body);
+  const ed = S.compose;
+  if (ed && ed.kind === 'edit' && ed.room === id) {
+    if (!body.trim()) { toast('A message cannot be empty: delete it instead.'); return; }
+    const m = sync.timelines.get(id)?.get(ed.id);
+    if (!m || m.body !== body) sync.edit(id, ed.id, body);
+    S.compose = null;
+    composer.value = ''; autosize();
+    view.renderComposeContext();
+    view.renderMessages({});
+    return;
+  }
+  if (!body.trim()) return;
+  sync.submit(id, body, { mentions: mentionIds(id, body) });
   composer.value = ''; autosize(); S.typingSentAt = 0;
   view.renderMessages({ toBottom: true });
 });
+
+/** The member ids of `room` that `body` mentions by @name (the server resolves them too). */
+function mentionIds(roomId, body) {
+  const ms = S.members.get(roomId);
+  if (!ms) return [];
+  const byName = new Map([...ms.values()].map((m) => [m.name.toLowerCase(), m.id]));
+  return mentionNames(parseMarkdown(body)).map((n) => byName.get(n.toLowerCase())).filter(Boolean);
+}
+
+/** The composer edits `m` (the user's own message). */
+function startEdit(m) {
+  S.compose = { kind: 'edit', room: m.room, id: m.id };
+  S.actionsFor = null; S.palette = null;
+  composer.value = m.body;
+  autosize();
+  view.renderComposeContext();
+  view.renderMessages({});
+  composer.focus();
+  composer.setSelectionRange(composer.value.length, composer.value.length);
+}
+function cancelEdit() {
+  if (!S.compose) return;
+  S.compose = null;
+  composer.value = ''; autosize();
+  view.renderComposeContext();
+}
+$('compose-ctx-cancel').addEventListener('click', cancelEdit);
+
+// ---------------------------------------------------------------- threads
+async function openThread(roomId, parentId) {
+  if (!roomId || !parentId) return;
+  const fresh = !sync.thread || sync.thread.parent !== parentId || sync.thread.room !== roomId;
+  sync.openThread(roomId, parentId);
+  document.body.classList.remove('nav-open', 'members-open');
+  S.actionsFor = null; S.palette = null;
+  if (fresh) { S.threadParent = null; S.threadToBottom = true; $('thread-composer').value = ''; }
+  view.renderThread();
+  if (!fresh) return;
+  try {
+    const page = await api('GET', `/api/rooms/${encodeURIComponent(roomId)}/messages/${encodeURIComponent(parentId)}/replies?limit=100`);
+    sync.addThreadPage(roomId, parentId, page);
+  } catch (e) {
+    if (sync.thread && sync.thread.parent === parentId) { sync.thread.timeline.loaded = true; toast('Could not load the thread: ' + e.message); }
+  }
+  S.threadToBottom = true;
+  view.renderThread();
+  if (window.matchMedia('(hover: hover)').matches) $('thread-composer').focus();
+}
+function closeThread() {
+  sync.closeThread();
+  S.threadParent = null;
+  view.renderThread();
+}
+$('close-thread').addEventListener('click', closeThread);
+const threadComposer = $('thread-composer');
+$('thread-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const th = sync.thread;
+  const body = threadComposer.value;
+  if (!th || !body.trim() || !room(th.room)?.member) return;
+  if (bodyTooLong(body)) { toast(`A message is at most ${MAX_BODY_CHARS.toLocaleString('en')} characters.`); return; }
+  sync.submit(th.room, body, { reply_to: th.parent, mentions: mentionIds(th.room, body) });
+  threadComposer.value = '';
+  S.threadToBottom = true;
+  view.renderMessages({});
+});
+
+// ---------------------------------------------------------------- edit history
+async function showEdits(m) {
+  const dlg = $('edits-dialog');
+  const list = $('edits-list');
+  list.replaceChildren(h('li', { class: 'muted' }, 'Loading…'));
+  if (!dlg.open) dlg.showModal();
+  try {
+    const d = await api('GET', `/api/rooms/${encodeURIComponent(m.room)}/messages/${encodeURIComponent(m.id)}/edits`);
+    const edits = Array.isArray(d.edits) ? d.edits.slice() : [];
+    // An edit this page has seen live may not be in the store yet: shown as the newest.
+    const last = edits[edits.length - 1];
+    if (m.edited_at && !m.deleted && (!last || Date.parse(last.edited_at) < Date.parse(m.edited_at))) edits.push({ body: m.body, edited_at: m.edited_at });
+    if (!edits.length) { list.replaceChildren(h('li', { class: 'muted' }, m.deleted ? 'The message was deleted.' : 'No edits.')); return; }
+    list.replaceChildren(...edits.map((x, i) => {
+      const t = new Date(x.edited_at);
+      return h('li', { class: 'edit-item', dataset: { testid: 'edit-history-item' } },
+        h('div', { class: 'edit-when muted' }, (i === 0 ? 'Original · ' : 'Edited · ') + (isNaN(t) ? '' : fullFmt.format(t))),
+        h('div', { class: 'body', dataset: { testid: 'edit-history-body' } }, ...view.renderTokens(parseMarkdown(String(x.body ?? '')))));
+    }));
+  } catch (e) {
+    list.replaceChildren(h('li', { class: 'form-error' }, 'Could not load the history: ' + e.message));
+  }
+}
+$('close-edits').addEventListener('click', () => $('edits-dialog').close());
+$('edits-dialog').addEventListener('click', (e) => { if (e.target === $('edits-dialog')) $('edits-dialog').close(); });
+
+// ---------------------------------------------------------------- mentions autocomplete
+/** Suggests the open room's members when `@…` is typed in `ta`; the list is `listEl`. */
+function attachMentions(ta, listEl) {
+  let items = []; let index = 0; let at = null;
+  const hide = () => { listEl.hidden = true; items = []; at = null; };
+  const choose = (u) => {
+    if (!at) return;
+    const v = ta.value;
+    const end = at.start + 1 + at.query.length;
+    const insert = '@' + u.name + ' ';
+    ta.value = v.slice(0, at.start) + insert + v.slice(end);
+    const caret = at.start + insert.length;
+    ta.setSelectionRange(caret, caret);
+    hide();
+    ta.focus();
+    ta.dispatchEvent(new Event('input'));
+  };
+  const draw = () => {
+    listEl.replaceChildren(...items.map((u, i) => h('li', { role: 'option', 'aria-selected': String(i === index) },
+      h('button', {
+        type: 'button', class: 'mention-option' + (i === index ? ' active' : ''), dataset: { testid: 'mention-option', userName: u.name },
+        onmousedown: (e) => e.preventDefault(), onclick: () => choose(u),
+      }, h('span', { class: 'avatar small', style: avatarStyle(u.id) }, initial(u.name)), h('span', {}, u.name)))));
+    listEl.hidden = !items.length;
+  };
+  const update = () => {
+    const q = mentionQuery(ta.value, ta.selectionStart);
+    const roomId = S.current;
+    if (!q || !roomId || ta.selectionStart !== ta.selectionEnd) { hide(); return; }
+    const ms = S.members.get(roomId);
+    if (!ms) { loadMembers(roomId).then(() => { if (S.current === roomId) update(); }).catch(() => {}); return; }
+    const needle = q.query.toLowerCase();
+    const found = [...ms.values()].filter((u) => u.id !== S.user.id && u.name.toLowerCase().startsWith(needle))
+      .sort((a, b) => a.name.localeCompare(b.name)).slice(0, 6);
+    if (!at || at.start !== q.start) index = 0;
+    at = q; items = found; index = Math.min(index, Math.max(0, items.length - 1));
+    draw();
+  };
+  ta.addEventListener('input', update);
+  ta.addEventListener('click', update);
+  ta.addEventListener('blur', () => setTimeout(hide, 150));
+  ta.addEventListener('keydown', (e) => {
+    if (listEl.hidden || !items.length) return;
+    if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
+      e.preventDefault();
+      index = (index + (e.key === 'ArrowDown' ? 1 : items.length - 1)) % items.length;
+      draw();
+    } else if (e.key === 'Enter' || e.key === 'Tab') {
+      e.preventDefault(); e.stopImmediatePropagation();
+      choose(items[index]);
+    } else if (e.key === 'Escape') {
+      e.preventDefault(); e.stopPropagation(); hide();
+    }
+  });
+}
 
 // ---------------------------------------------------------------- what the core reports
 function clearTyping(roomId, userId) {
@@ -381,8 +585,13 @@ function onSync(event, d) {
       break;
     }
     case 'ack':
-      if (!d.room || d.room === S.current) { view.renderMessages({ toBottom: true }); markRead(); }
+      if (!d.room || d.room === S.current) { view.renderMessages({ toBottom: !d.event }); markRead(); }
       break;
+    case 'event':
+      if (d.changed && d.event.room === S.current) view.renderMessages({});
+      if (d.changed) view.scheduleRenderRooms();
+      break;
+    case 'read': view.scheduleRenderRooms(); break;
     case 'outbox': view.renderMessages({}); break;
     case 'reset': if (d.room === S.current) openRoom(d.room); break;
     case 'rooms-stale': loadRooms(); break;
@@ -443,7 +652,17 @@ $('close-members').addEventListener('click', () => {
   else document.body.classList.add('members-hidden');
 });
 $('scrim').addEventListener('click', closeDrawers);
-window.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeDrawers(); });
+window.addEventListener('keydown', (e) => {
+  if (e.key !== 'Escape') return;
+  closeDrawers();
+  if (S.palette || S.confirmDelete || S.actionsFor) { S.palette = null; S.confirmDelete = null; S.actionsFor = null; view.renderMessages({}); }
+});
+// A click elsewhere closes an open palette or actions.
+document.addEventListener('click', (e) => {
+  if ((S.palette || S.actionsFor || S.confirmDelete) && !e.target.closest('.msg')) {
+    S.palette = null; S.actionsFor = null; S.confirmDelete = null; view.renderMessages({});
+  }
+});
 window.addEventListener('hashchange', () => { const id = location.hash.slice(1); if (id && id !== S.current && S.roomsLoaded) openRoom(id); });
 
 // ---------------------------------------------------------------- start

@@ -331,11 +331,21 @@ e2e('a hostile message and room name are shown as text, never run', async () => 
   await createRoom(a, evilRoom);
   await b.reload();
   await roomItem(b, evilRoom).waitFor();
+  await joinRoom(b, evilRoom);
+  // Markdown is rendered (bold), the markup around it stays text.
   await send(a, '<script>window.__xss=3</script> **bold** &amp;');
-  await waitDelivered(a, '<script>window.__xss=3</script> **bold** &amp;');
+  await waitDelivered(a, '<script>window.__xss=3</script> bold &amp;');
+  await waitDelivered(b, '<script>window.__xss=3</script> bold &amp;');
+  // Links: only http(s) become links; javascript: and friends stay text.
+  const links = '[click](javascript:window.__xss=4) javascript:window.__xss=5 [data](data:text/html,<b>x</b>) https://example.org/ok';
+  await send(a, links);
+  await b.locator('[data-testid="message-link"]').waitFor();
   for (const p of [a, b]) {
     assert.equal(await p.evaluate(() => window.__xss), undefined);
     assert.equal(await p.locator('#app img, #app script').count(), 0, 'no element from user text');
+    assert.equal(await p.locator('[data-testid="message-body"] strong', { hasText: 'bold' }).count(), 1);
+    const hrefs = await p.$$eval('[data-testid="message-body"] a', (as) => as.map((x) => [x.getAttribute('href'), x.rel, x.target]));
+    assert.deepEqual(hrefs, [['https://example.org/ok', 'noopener noreferrer', '_blank']]);
   }
   assert.equal(await a.getByTestId('room-title').textContent(), '# ' + evilRoom);
 });

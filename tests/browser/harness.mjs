@@ -101,8 +101,12 @@ export class ChatProc {
   }
 }
 
+// `BROWSER_STATIC_DIR` (developing the client): the processes serve static/ from there
+// (`--static-dir`) instead of the copy built into the binary, so no rebuild is needed.
+const staticDir = process.env.BROWSER_STATIC_DIR ? ['--static-dir', path.resolve(process.env.BROWSER_STATIC_DIR)] : [];
+
 // Relaxed: every test registers its users from 127.0.0.1.
-const limits = ['--send-rate-per-sec', '1000', '--send-rate-burst', '1000',
+const limits = [...staticDir, '--send-rate-per-sec', '1000', '--send-rate-burst', '1000',
   '--login-rate-per-account', '100000', '--login-burst-per-account', '100000',
   '--login-rate-per-address', '100000', '--login-burst-per-address', '100000',
   '--register-rate-per-address', '100000', '--register-burst-per-address', '100000',
@@ -303,9 +307,10 @@ export async function createRoom(page, name) {
 }
 
 /**
- * Opens a room from the list. The list refreshes on its own every few seconds and when the
- * window gets the focus: a room not listed yet gets a focus event (what a user switching
- * back to the tab does).
+ * Opens a room from the list. The list refreshes when the server says our rooms changed
+ * (`rooms_changed`), on reconnect and when the window gets the focus (it is not polled): a
+ * public room someone else created is not announced, so a room not listed yet gets a focus
+ * event (what a user switching back to the tab does).
  */
 export async function openRoom(page, name) {
   await showRooms(page);

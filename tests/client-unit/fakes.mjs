@@ -101,3 +101,11 @@ export function harness({ rooms = [], storage = new MemoryStorage(), user = ME, 
   };
   return h;
 }
+
+/** A room event as the server sends it (v1.1): `kind` edit | delete | reaction. */
+export function ev(room, position, kind, messageId, { id = `e-${room}-${position}`, actor = OTHER, body, emoji, on, cmid = `ce-${room}-${position}`, sent_at } = {}) {
+  const e = { id, room, kind, position, sent_at: sent_at || `2026-01-01T00:00:${String(position % 60).padStart(2, '0')}Z`, actor, client_msg_id: cmid, message_id: messageId };
+  if (kind === 'edit') e.body = body ?? `edited ${position}`;
+  if (kind === 'reaction') { e.emoji = emoji ?? '👍'; e.on = on ?? true; }
+  return e;
+}

@@ -1,8 +1,10 @@
-// The outbox: the user's sends until the server has them. Kept in storage (per user), so
+// The outbox: the user's sends (and edits, deletes and reactions: `kind`) until the server has them. Kept in storage (per user), so
 // they survive a reload. Each keeps its client_msg_id for good: a resend after a reconnect,
 // a reload, a timeout or a retryable refusal carries the same id, and the server answers it
 // with the one message it made (docs/protocol.md, `send`). An entry leaves the outbox when
-// its `ack` or its own `message` comes (whichever is first), or when the user discards it.
+// its `ack` or its own `message` (or `event`) comes (whichever is first), or when the user
+// discards it. An edit, delete or reaction is kept and resent exactly like a send
+// (docs/protocol.md: the client_msg_id namespace is shared with sends).
 
 /** An unanswered send is sent again (same client_msg_id) after this long. */
 export const ACK_TIMEOUT_MS = 8000;
@@ -11,8 +13,19 @@ export const ACK_TIMEOUT_MS = 8000;
 export const retryDelay = (tries) => Math.min(10000, 500 * 2 ** Math.min(5, tries || 1));
 
 const KEY = 'chat.outbox.';
-const valid = (o) => o && typeof o === 'object' && typeof o.client_msg_id === 'string' && o.client_msg_id
-  && typeof o.room === 'string' && o.room && typeof o.body === 'string';
+const KINDS = new Set(['send', 'edit', 'delete', 'react']);
+const str = (x) => typeof x === 'string' && x.length > 0;
+const valid = (o) => {
+  if (!o || typeof o !== 'object' || !str(o.client_msg_id) || !str(o.room)) return false;
+  const kind = o.kind ?? 'send';
+  if (!KINDS.has(kind)) return false;
+  if ((kind === 'send' || kind === 'edit') && typeof o.body !== 'string') return false;
+  if (kind !== 'send' && !str(o.message_id)) return false;
+  if (kind === 'react' && (!str(o.emoji) || typeof o.on !== 'boolean')) return false;
+  return true;
+};
+/** What is kept of an entry (storage): the frame's fields and the state the user sees. */
+const FIELDS = ['client_msg_id', 'room', 'body', 'sent_at', 'failed', 'error', 'kind', 'message_id', 'emoji', 'on', 'reply_to', 'mentions'];
 
 export class Outbox {
   /**
@@ -52,13 +65,32 @@ export class Outbox {
 
   save() {
     if (!this.key) return;
-    const keep = this.entries.map(({ client_msg_id, room, body, sent_at, failed, error }) => ({ client_msg_id, room, body, sent_at, failed, error }));
+    const keep = this.entries.map((o) => {
+      const k = {};
+      for (const f of FIELDS) if (o[f] !== undefined) k[f] = o[f];
+      return k;
+    });
     try { this.storage.setItem(this.key, JSON.stringify(keep)); } catch (e) { console.warn('outbox not saved', e); }
   }
 
-  /** A new send (not sent yet). */
-  add(room, body) {
-    const o = { client_msg_id: this.uuid(), room, body, sent_at: new Date(this.now()).toISOString(), failed: false, inflight: false, tries: 0, retryAt: 0 };
+  /**
+   * A new send (not sent yet). `extra`: `{reply_to, mentions}` for a send, or
+   * `{kind: 'edit'|'delete'|'react', message_id, emoji, on}` for an event. A newer edit or
+   * reaction of the same message (and emoji) replaces one not sent yet; a reaction that
+   * undoes one not sent yet cancels both (then null is returned).
+   */
+  add(room, body, extra = {}) {
+    const o = Object.assign({ client_msg_id: this.uuid(), room, body, sent_at: new Date(this.now()).toISOString(), failed: false, inflight: false, tries: 0, retryAt: 0 }, extra);
+    if (o.kind === 'send') delete o.kind;
+    if (o.kind && o.kind !== 'delete' && o.kind !== 'send') {
+      const same = (x) => x.kind === o.kind && x.room === room && x.message_id === o.message_id && (o.kind !== 'react' || x.emoji === o.emoji);
+      const i = this.entries.findIndex((x) => same(x) && !x.inflight && (x.tries || 0) === 0);
+      if (i >= 0) {
+        const old = this.entries[i];
+        this.entries.splice(i, 1);
+        if (o.kind === 'react' && old.on !== o.on) { this.save(); return null; }
+      }
+    }
     this.entries.push(o);
     this.save();
     return o;

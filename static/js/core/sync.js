@@ -1,17 +1,23 @@
 // The client half of the delivery guarantees (docs/protocol.md), DOM-free:
 // - every room the user is a member of is subscribed on the WebSocket, with `since` = the
 //   room's cursor (cursor.js), so a reconnect replays exactly what was missed;
-// - messages are kept per room once each, in position order (timeline.js);
-// - sends go through the outbox (outbox.js): resent with the same client_msg_id after a
-//   reconnect, a reload, a timeout or a retryable refusal; dropped on their ack or message;
-// - unread counts and `read` frames (unread.js);
+// - messages are kept per room once each, in position order (timeline.js), and room events
+//   (edit, delete, reaction) are applied to them in position order: from the stream they
+//   move the cursor like messages, so a resubscribe neither skips nor repeats one;
+// - sends, edits, deletes and reactions go through the outbox (outbox.js): resent with the
+//   same client_msg_id after a reconnect, a reload, a timeout or a retryable refusal;
+//   dropped on their ack or their own message / event;
+// - unread counts and `read` frames (unread.js), also from other devices (`read` frames
+//   of the server);
+// - one open thread (`openThread`): its replies as a timeline of their own;
 // - the socket's life (connection.js): backoff, the `reconnect` frame, keepalive.
 // The view hears what changed through `on(event, detail)`:
 //   'conn' {state, detail} · 'closed' {code} · 'welcome' {again, user} ·
-//   'message' {message, fresh} · 'ack' {room} · 'outbox' {} · 'subscribed' {room} ·
-//   'unsubscribed' {room, reason} · 'reset' {room} (history must be reloaded) ·
-//   'rooms-stale' {} (the room list is out of date) · 'typing' | 'presence' | 'member' (the
-//   frame) · 'error' (an error frame for nothing of ours).
+//   'message' {message, fresh} · 'event' {event, changed} · 'ack' {room} · 'outbox' {} ·
+//   'subscribed' {room} · 'unsubscribed' {room, reason} · 'reset' {room} (history must be
+//   reloaded) · 'rooms-stale' {reason} (the room list is out of date: a `rooms_changed`
+//   frame, a refused subscribe) · 'read' {room, position} (read on another device) ·
+//   'typing' | 'presence' | 'member' (the frame) · 'error' (an error frame for nothing of ours).
 import { Connection } from './connection.js';
 import { Cursors } from './cursor.js';
 import { Outbox } from './outbox.js';
@@ -37,6 +43,8 @@ export class Sync {
     this.cursors = new Cursors();
     this.reads = new Reads();
     this.timelines = new Map();
+    /** The open thread: `{room, parent, timeline}`, or null. */
+    this.thread = null;
     this.outbox = new Outbox({ storage: deps.storage, now: deps.now, uuid: deps.uuid });
     this.subscribed = new Set(); // rooms subscribed (or being subscribed) on this connection
     this.subQueue = []; // rooms whose subscribe awaits `subscribed` or an error, in order
@@ -68,7 +76,7 @@ export class Sync {
 
   timeline(room) {
     let t = this.timelines.get(room);
-    if (!t) { t = new Timeline(); this.timelines.set(room, t); }
+    if (!t) { t = new Timeline({ me: () => (this.user ? this.user.id : null) }); this.timelines.set(room, t); }
     return t;
   }
 
@@ -88,12 +96,44 @@ export class Sync {
     this.subscribed.delete(room);
     this.subQueue = this.subQueue.filter((x) => x !== room);
     this.timelines.delete(room); this.cursors.forget(room); this.reads.forget(room);
+    if (this.thread && this.thread.room === room) this.thread = null;
+  }
+
+  /**
+   * Opens the thread of message `parent` in `room` (one at a time): a timeline of its
+   * replies, filled from `addThreadPage` (GET …/replies) and by live replies.
+   */
+  openThread(room, parent) {
+    if (this.thread && this.thread.room === room && this.thread.parent === parent) return this.thread.timeline;
+    const timeline = new Timeline({ me: () => (this.user ? this.user.id : null) });
+    for (const m of this.timelines.get(room)?.repliesTo(parent) || []) timeline.add(m, { live: false });
+    this.thread = { room, parent, timeline };
+    return timeline;
+  }
+
+  closeThread() { this.thread = null; }
+
+  /** A page of the open thread (`{messages, has_more}`, ascending). */
+  addThreadPage(room, parent, page) {
+    const th = this.thread;
+    if (!th || th.room !== room || th.parent !== parent) return;
+    for (const m of page.messages || []) if (proto.isMessage(m) && m.room === room && m.reply_to === parent) th.timeline.add(m, { live: false });
+    th.timeline.hasMore = !!page.has_more;
+    th.timeline.loaded = true;
   }
 
   /** A history page (`{messages, has_more}`, ascending): older pages, or the newest one. */
   addHistory(room, page) {
     const t = this.timeline(room);
     for (const m of page.messages || []) if (proto.isMessage(m) && m.room === room) this.#add(m, 'history');
+    // A parent's reply_count is the server's, or the replies held when more came since.
+    for (const m of page.messages || []) {
+      const held = t.get(m.id);
+      if (held && held.reply_count != null) {
+        const n = t.repliesTo(held.id).filter((r) => !r.deleted).length;
+        if (n > held.reply_count) held.reply_count = n;
+      }
+    }
     t.hasMore = !!page.has_more;
     t.loaded = true;
   }
@@ -103,23 +143,60 @@ export class Sync {
    * 'other'. The user's own message settles its outbox entry. Returns whether it is new.
    */
   #add(m, source) {
-    const fresh = this.timeline(m.room).add(m);
+    const fresh = this.timeline(m.room).add(m, { live: source !== 'history' });
+    const th = this.thread;
+    if (source !== 'history' && th && th.room === m.room && m.reply_to === th.parent) th.timeline.add(m);
     if (this.user && m.sender.id === this.user.id && this.outbox.settle(m.client_msg_id)) this.#emit('outbox', {});
     if (source === 'stream' || source === 'history') this.cursors.advance(m.room, m.position);
     return fresh;
   }
 
-  /** A new send from the composer: into the outbox, out on the socket if it is up. */
-  submit(room, body) {
-    const o = this.outbox.add(room, body);
+  /**
+   * Applies a room event; `source` as for #add. The user's own event settles its outbox
+   * entry. Returns whether a message held changed.
+   */
+  #applyEvent(e, source) {
+    const r = this.timeline(e.room).applyEvent(e);
+    const th = this.thread;
+    const rt = th && th.room === e.room ? th.timeline.applyEvent(e) : 'same';
+    if (this.user && e.actor.id === this.user.id && typeof e.client_msg_id === 'string' && this.outbox.settle(e.client_msg_id)) this.#emit('outbox', {});
+    if (source === 'stream') this.cursors.advance(e.room, e.position);
+    return r === 'applied' || rt === 'applied';
+  }
+
+  /**
+   * A new send from the composer: into the outbox, out on the socket if it is up.
+   * `opts`: `{reply_to, mentions}`.
+   */
+  submit(room, body, opts = {}) {
+    const extra = {};
+    if (typeof opts.reply_to === 'string' && opts.reply_to) extra.reply_to = opts.reply_to;
+    if (Array.isArray(opts.mentions) && opts.mentions.length) extra.mentions = opts.mentions.slice(0, proto.MAX_MENTIONS);
+    const o = this.outbox.add(room, body, extra);
     this.flush();
+    return o;
+  }
+
+  /** Edits the user's message `messageId` (through the outbox, like a send). */
+  edit(room, messageId, body) { return this.#op(room, body, { kind: 'edit', message_id: messageId }); }
+
+  /** Deletes the user's message `messageId`. */
+  remove(room, messageId) { return this.#op(room, undefined, { kind: 'delete', message_id: messageId }); }
+
+  /** Adds (`on`) or takes back the user's reaction `emoji` to `messageId`. */
+  react(room, messageId, emoji, on) { return this.#op(room, undefined, { kind: 'react', message_id: messageId, emoji, on: !!on }); }
+
+  #op(room, body, extra) {
+    const o = this.outbox.add(room, body, extra);
+    this.flush();
+    this.#emit('outbox', {});
     return o;
   }
 
   /** Sends every due outbox entry (only after `welcome`: the server must know who we are). */
   flush() {
     if (!this.conn.welcomed) return;
-    for (const o of this.outbox.due()) if (this.conn.send(proto.send(o))) this.outbox.sent(o);
+    for (const o of this.outbox.due()) if (this.conn.send(proto.frameOf(o))) this.outbox.sent(o);
   }
 
   /** Once a second: resend what timed out or waited for its retry. */
@@ -129,8 +206,13 @@ export class Sync {
 
   discard(o) { this.outbox.discard(o); }
 
-  /** The outbox entries of `room` not yet seen as messages, in the order written. */
-  pending(room) {
+  /** The sends of `room` not yet seen as messages, in the order written. */
+  pending(room) { return this.#pendingIn(room).filter((o) => !o.kind); }
+
+  /** The edits, deletes and reactions of `room` not yet seen as events, in the order written. */
+  pendingOps(room) { return this.#pendingIn(room).filter((o) => !!o.kind); }
+
+  #pendingIn(room) {
     const t = this.timelines.get(room);
     return this.outbox.pendingIn(room, t && this.user ? t.clientIdsOf(this.user.id) : new Set());
   }
@@ -147,6 +229,11 @@ export class Sync {
 
   unread(room, current) {
     return this.reads.unread(room, this.timelines.get(room.id), this.user ? this.user.id : null, current);
+  }
+
+  /** Unread messages of `room` that mention the user. */
+  unreadMentions(room, current) {
+    return this.reads.unreadMentions(room, this.timelines.get(room.id), this.user ? this.user.id : null, current);
   }
 
   /** A `typing` frame for `room` (when subscribed); true if it went out. */
@@ -183,13 +270,29 @@ export class Sync {
         this.#emit('message', { message: m, fresh });
         break;
       }
+      case 'event': {
+        const e = f.event;
+        if (!proto.isEvent(e) || !member(e.room)) break;
+        const changed = this.#applyEvent(e, this.subscribed.has(e.room) ? 'stream' : 'other');
+        this.#emit('event', { event: e, changed });
+        break;
+      }
       case 'ack': {
         if (this.outbox.settle(f.client_msg_id)) this.#emit('outbox', {});
         const m = proto.isMessage(f.message) ? f.message : null;
         if (m && member(m.room)) this.#add(m, 'ack');
-        this.#emit('ack', { room: m ? m.room : null });
+        const e = proto.isEvent(f.event) ? f.event : null;
+        if (e && member(e.room)) this.#applyEvent(e, 'ack');
+        this.#emit('ack', { room: m ? m.room : e ? e.room : null, event: e });
         break;
       }
+      case 'rooms_changed': this.#emit('rooms-stale', { reason: f.reason, room: f.room }); break;
+      case 'read':
+        if (typeof f.room === 'string' && Number.isSafeInteger(f.position) && member(f.room)) {
+          this.reads.remote(f.room, f.position);
+          this.#emit('read', { room: f.room, position: f.position });
+        }
+        break;
       case 'error': this.#error(f); break;
       case 'typing': case 'presence': case 'member': this.#emit(f.type, f); break;
       default: break;
@@ -210,7 +313,7 @@ export class Sync {
       } else if (f.retryable === true) {
         this.d.timers.setTimeout(() => this.syncSubscriptions(), RESUBSCRIBE_MS);
       } else if (f.code === 'not_member' || f.code === 'room_not_found') {
-        this.#emit('rooms-stale', {});
+        this.#emit('rooms-stale', { reason: f.code });
       }
       return;
     }

@@ -1,8 +1,12 @@
 // Drawing the page from the view state and the sync core. Every function redraws its part
 // from scratch; user text goes in as text nodes only (dom.js `h`).
+import { parseMarkdown } from '../core/protocol.js';
+import { mentionsMe, reactionsOf } from '../core/timeline.js';
 import { $, h, avatarStyle, dayLabel, fullFmt, initial, roomLabel, timeFmt } from './dom.js';
 
 const GROUP_GAP_MS = 5 * 60 * 1000;
+/** The reactions the palette offers (any emoji of others' reactions can be added by clicking it). */
+export const EMOJI = ['👍', '❤️', '😂', '🎉', '😮', '😢', '👀', '✅'];
 
 /**
  * `S`: the view state (main.js); `sync`: the core (core/sync.js); `actions`: `openRoom(id)`,
@@ -26,6 +30,7 @@ export function createRender({ S, sync, actions }) {
       const r = S.rooms.get(id); if (!r) continue;
       const group = !r.member ? 'other' : r.kind === 'dm' ? 'dm' : 'room';
       const unread = sync.unread(r, S.current);
+      const mentions = unread ? sync.unreadMentions(r, S.current) : 0;
       total += unread;
       const partner = r.kind === 'dm' ? dmPartner(r) : null;
       const online = partner ? (S.online.get(partner.id) ?? partner.online) : false;
@@ -37,9 +42,10 @@ export function createRender({ S, sync, actions }) {
         h('a', {
           href: '#' + r.id,
           class: 'room-item' + (id === S.current ? ' active' : '') + (unread ? ' has-unread' : ''),
-          dataset: { testid: 'room-item', roomId: r.id, roomName: r.name, kind: r.kind, member: String(r.member), unread: String(unread) },
+          dataset: { testid: 'room-item', roomId: r.id, roomName: r.name, kind: r.kind, member: String(r.member), unread: String(unread), mentions: String(mentions) },
           onclick: (e) => { e.preventDefault(); actions.openRoom(r.id); },
         }, icon, h('span', { class: 'room-name', dataset: { testid: 'room-name' } }, r.name),
+        mentions ? h('span', { class: 'badge mention-badge', title: `${mentions} mention${mentions === 1 ? '' : 's'} of you`, dataset: { testid: 'mention-badge' } }, '@') : null,
         unread ? h('span', { class: 'badge', dataset: { testid: 'unread-badge' } }, unread > 99 ? '99+' : String(unread)) : null));
       items[group].push(li);
     }
@@ -142,7 +148,8 @@ export function createRender({ S, sync, actions }) {
     const list = sync.timeline(id).list();
     const pending = sync.pending(id);
     const items = list.map((m) => ({ m, pending: null }))
-      .concat(pending.map((o) => ({ m: { id: null, room: o.room, sender: S.user, body: o.body, client_msg_id: o.client_msg_id, position: null, sent_at: o.sent_at }, pending: o })));
+      .concat(pending.map((o) => ({ m: pendingMessage(o), pending: o })));
+    const ops = sync.pendingOps(id);
 
     const frag = document.createDocumentFragment();
     let day = null; let group = null; let prev = null;
@@ -153,38 +160,10 @@ export function createRender({ S, sync, actions }) {
         frag.append(h('li', { class: 'day-sep', dataset: { testid: 'day-separator' } }, h('span', {}, isNaN(t) ? '' : dayLabel(t))));
         day = d; group = null;
       }
-      const sameGroup = group && prev && prev.sender.id === m.sender.id && (t - new Date(prev.sent_at)) < GROUP_GAP_MS;
-      if (!sameGroup) {
-        const body = h('div', { class: 'group-body' },
-          h('div', { class: 'group-head' },
-            h('span', { class: 'sender', dataset: { testid: 'message-sender' } }, m.sender.name),
-            m.sender.id === S.user.id ? h('span', { class: 'you' }, 'you') : null,
-            h('time', { datetime: m.sent_at, title: isNaN(t) ? '' : fullFmt.format(t) }, isNaN(t) ? '' : timeFmt.format(t))));
-        group = h('li', { class: 'group' + (m.sender.id === S.user.id ? ' own' : ''), dataset: { testid: 'message-group', senderId: m.sender.id, senderName: m.sender.name } },
-          h('span', { class: 'avatar', style: avatarStyle(m.sender.id), 'aria-hidden': 'true' }, initial(m.sender.name)), body);
-        frag.append(group);
-      }
-      const row = h('div', {
-        class: 'msg' + (o ? ' pending' : '') + (o && o.failed ? ' failed' : ''),
-        dataset: {
-          testid: 'message', messageId: m.id || '', clientMsgId: m.client_msg_id, position: m.position ?? '',
-          pending: String(!!o), failed: String(!!(o && o.failed)), senderName: m.sender.name,
-        },
-      },
-      h('time', { class: 'row-time', datetime: m.sent_at, title: isNaN(t) ? '' : fullFmt.format(t) }, isNaN(t) ? '' : timeFmt.format(t)),
-      h('div', { class: 'body', dataset: { testid: 'message-body' } }, m.body));
-      if (o) {
-        const status = h('div', { class: 'status', dataset: { testid: 'message-status' } });
-        if (o.failed) {
-          status.append(h('span', { class: 'err' }, 'Not sent' + (o.error ? ': ' + o.error : '')),
-            h('button', { type: 'button', class: 'link', dataset: { testid: 'retry-send' }, onclick: () => actions.retry(o) }, 'Retry'),
-            h('button', { type: 'button', class: 'link', dataset: { testid: 'discard-send' }, onclick: () => actions.discard(o) }, 'Discard'));
-        } else {
-          status.append(h('span', {}, sync.welcomed ? 'Sending…' : 'Waiting for connection…'));
-        }
-        row.append(status);
-      }
-      group.lastChild.append(row);
+      // A reply starts a group of its own (its quote goes above it).
+      const sameGroup = group && prev && prev.sender.id === m.sender.id && (t - new Date(prev.sent_at)) < GROUP_GAP_MS && !m.reply_to;
+      if (!sameGroup) { group = groupItem(m); frag.append(group); }
+      group.lastChild.append(messageRow(m, o, ops, {}));
       prev = m;
     }
     ol.replaceChildren(frag);
@@ -194,6 +173,219 @@ export function createRender({ S, sync, actions }) {
     else if (newest && S.drawnNewest && S.drawnNewest.room === id && S.drawnNewest.id !== newest) $('jump').hidden = false;
     S.drawnNewest = { room: id, id: newest };
     if (sync.timeline(id).loaded) actions.fillViewport();
+    renderThread();
+  }
+
+  const pendingMessage = (o) => ({ id: null, room: o.room, sender: S.user, body: o.body, client_msg_id: o.client_msg_id, position: null, sent_at: o.sent_at, reply_to: o.reply_to });
+
+  /** A group: avatar, sender and time, then its rows (appended to its last child). */
+  function groupItem(m) {
+    const t = new Date(m.sent_at);
+    const own = m.sender.id === S.user.id;
+    const body = h('div', { class: 'group-body' },
+      h('div', { class: 'group-head' },
+        h('span', { class: 'sender', dataset: { testid: 'message-sender' } }, m.sender.name),
+        own ? h('span', { class: 'you' }, 'you') : null,
+        h('time', { datetime: m.sent_at, title: isNaN(t) ? '' : fullFmt.format(t) }, isNaN(t) ? '' : timeFmt.format(t))));
+    return h('li', { class: 'group' + (own ? ' own' : ''), dataset: { testid: 'message-group', senderId: m.sender.id, senderName: m.sender.name } },
+      h('span', { class: 'avatar', style: avatarStyle(m.sender.id), 'aria-hidden': 'true' }, initial(m.sender.name)), body);
+  }
+
+  /** Markdown tokens (core/protocol.js) as DOM nodes: elements and text nodes only. */
+  function renderTokens(tokens) {
+    const me = S.user ? S.user.name.toLowerCase() : '';
+    const out = [];
+    for (const tok of tokens) {
+      switch (tok.t) {
+        case 'text': out.push(document.createTextNode(tok.text)); break;
+        case 'bold': out.push(h('strong', {}, ...renderTokens(tok.children))); break;
+        case 'italic': out.push(h('em', {}, ...renderTokens(tok.children))); break;
+        case 'code': out.push(h('code', { class: 'inline-code' }, tok.text)); break;
+        case 'codeblock': out.push(h('pre', { class: 'codeblock', dataset: { lang: tok.lang || null } }, h('code', {}, tok.text))); break;
+        case 'link': out.push(h('a', { href: tok.href, target: '_blank', rel: 'noopener noreferrer', class: 'msg-link', dataset: { testid: 'message-link' } }, ...renderTokens(tok.children))); break;
+        case 'mention': out.push(h('span', { class: 'mention' + (tok.name.toLowerCase() === me ? ' me' : ''), dataset: { testid: 'mention' } }, '@' + tok.name)); break;
+        default: break;
+      }
+    }
+    return out;
+  }
+
+  /** A body as the page shows it (markdown subset; a deleted message says so). */
+  function bodyOf(m) {
+    if (m.deleted) return h('div', { class: 'body deleted', dataset: { testid: 'message-body' } }, 'message deleted');
+    return h('div', { class: 'body', dataset: { testid: 'message-body' } }, ...renderTokens(parseMarkdown(m.body)));
+  }
+
+  const snippet = (text) => { const c = [...text.replace(/\s+/g, ' ')]; return c.length > 90 ? c.slice(0, 90).join('') + '…' : c.join(''); };
+
+  /** The quote above a reply: who and what it answers; a click opens the thread. */
+  function replyQuote(m) {
+    const parent = sync.timelines.get(m.room)?.get(m.reply_to) || null;
+    const text = !parent ? 'an earlier message' : parent.deleted ? 'message deleted' : snippet(parent.body);
+    return h('button', {
+      type: 'button', class: 'reply-quote', dataset: { testid: 'reply-quote', replyTo: m.reply_to },
+      title: 'Open the thread', onclick: (e) => { e.stopPropagation(); actions.openThread(m.room, m.reply_to); },
+    }, parent ? h('strong', {}, parent.sender.name) : null, parent ? ' ' : null, h('span', {}, text));
+  }
+
+  /** The reactions row: counts, mine highlighted, who reacted in the title; a click toggles mine. */
+  function reactionsRow(m) {
+    const list = reactionsOf(m, S.user.id);
+    if (!list.length) return null;
+    return h('div', { class: 'reactions', dataset: { testid: 'reactions' } }, ...list.map((r) => {
+      const names = r.users.map((u) => (u.id === S.user.id ? 'you' : u.name || '?'));
+      const others = r.count - r.users.length;
+      const who = names.join(', ') + (others > 0 ? (names.length ? ` and ${others} more` : `${others} people`) : '');
+      return h('button', {
+        type: 'button', class: 'reaction' + (r.me ? ' mine' : ''), title: who + ' reacted with ' + r.emoji,
+        'aria-pressed': String(r.me), dataset: { testid: 'reaction', emoji: r.emoji, count: r.count, me: String(r.me) },
+        onclick: (e) => { e.stopPropagation(); actions.react(m, r.emoji, !r.me); },
+      }, h('span', { class: 'emoji' }, r.emoji), h('span', { class: 'count' }, String(r.count)));
+    }));
+  }
+
+  /** Reply, React, and for the author Edit and Delete (hover; a tap or long-press on a phone). */
+  function actionBar(m, { inThread }) {
+    const own = m.sender.id === S.user.id;
+    const btn = (testid, label, title, f) => h('button', {
+      type: 'button', class: 'act', title, 'aria-label': title, dataset: { testid },
+      onclick: (e) => { e.stopPropagation(); f(); },
+    }, label);
+    const bar = h('div', { class: 'msg-actions', dataset: { testid: 'message-actions' } });
+    if (S.confirmDelete === m.id) {
+      bar.append(h('span', { class: 'confirm' }, 'Delete this message?'),
+        btn('confirm-delete', 'Delete', 'Delete for everyone', () => actions.remove(m)),
+        btn('cancel-delete', 'Keep', 'Keep it', () => actions.cancelDelete()));
+      return bar;
+    }
+    if (!inThread) bar.append(btn('action-reply', '↩ Reply', 'Reply in thread', () => actions.openThread(m.room, m.reply_to || m.id)));
+    bar.append(btn('action-react', '☺ React', 'Add a reaction', () => actions.togglePalette(m.id)));
+    if (own) {
+      bar.append(btn('action-edit', '✎ Edit', 'Edit', () => actions.startEdit(m)),
+        btn('action-delete', '🗑 Delete', 'Delete', () => actions.askDelete(m)));
+    }
+    if (S.palette === m.id) {
+      const mine = new Set(reactionsOf(m, S.user.id).filter((r) => r.me).map((r) => r.emoji));
+      bar.append(h('div', { class: 'palette', role: 'menu', dataset: { testid: 'emoji-palette' } }, ...EMOJI.map((em) => h('button', {
+        type: 'button', class: 'palette-emoji' + (mine.has(em) ? ' mine' : ''), title: em, dataset: { testid: 'emoji-option', emoji: em },
+        onclick: (e) => { e.stopPropagation(); actions.react(m, em, !mine.has(em)); },
+      }, em))));
+    }
+    return bar;
+  }
+
+  /**
+   * One message: body, "(edited)", reply quote, reactions, thread summary, the actions, and
+   * the state of a pending send (`o`) or of pending edits/deletes/reactions (`ops`).
+   */
+  function messageRow(m, o, ops, { inThread = false }) {
+    const t = new Date(m.sent_at);
+    const held = !!m.id && !o;
+    const mine = ops.filter((x) => x.message_id && x.message_id === m.id);
+    const row = h('div', {
+      class: 'msg' + (o ? ' pending' : '') + (o && o.failed ? ' failed' : '') + (m.deleted ? ' is-deleted' : '')
+        + (held && mentionsMe(m, S.user.id) ? ' mentioned' : '') + (S.actionsFor === m.id && held ? ' show-actions' : '') + (S.hoverId === m.id && held ? ' hovered' : ''),
+      dataset: {
+        testid: 'message', messageId: m.id || '', clientMsgId: m.client_msg_id, position: m.position ?? '',
+        pending: String(!!o), failed: String(!!(o && o.failed)), senderName: m.sender.name,
+        deleted: String(!!m.deleted), edited: String(!!m.edited_at && !m.deleted), mentioned: String(held && mentionsMe(m, S.user.id)),
+        replyTo: m.reply_to || null,
+      },
+    },
+    h('time', { class: 'row-time', datetime: m.sent_at, title: isNaN(t) ? '' : fullFmt.format(t) }, isNaN(t) ? '' : timeFmt.format(t)));
+    if (m.reply_to && !inThread) row.append(replyQuote(m));
+    // "(edited)" follows the text on its line, outside the body element (whose text is the body).
+    const line = h('div', { class: 'body-line' }, bodyOf(m));
+    if (m.edited_at && !m.deleted) {
+      line.append(' ', h('button', {
+        type: 'button', class: 'edited', title: 'Show the edit history', dataset: { testid: 'edited-marker' },
+        onclick: (e) => { e.stopPropagation(); actions.showEdits(m); },
+      }, '(edited)'));
+    }
+    row.append(line);
+    if (held && !m.deleted) {
+      const rr = reactionsRow(m);
+      if (rr) row.append(rr);
+      if (!inThread && m.reply_count > 0) {
+        row.append(h('button', {
+          type: 'button', class: 'thread-link', dataset: { testid: 'thread-link', count: m.reply_count },
+          onclick: (e) => { e.stopPropagation(); actions.openThread(m.room, m.id); },
+        }, `${m.reply_count} ${m.reply_count === 1 ? 'reply' : 'replies'}`));
+      }
+      row.append(actionBar(m, { inThread }));
+      // Hover is also kept in the state, so a redraw under the pointer keeps the actions shown.
+      row.addEventListener('mouseenter', () => { S.hoverId = m.id; row.classList.add('hovered'); });
+      row.addEventListener('mouseleave', () => { if (S.hoverId === m.id) S.hoverId = null; row.classList.remove('hovered'); });
+      // A tap shows the actions (phones have no hover); a long-press too (contextmenu).
+      row.addEventListener('click', (e) => { if (!e.target.closest('a, button')) actions.toggleActions(m.id); });
+      row.addEventListener('contextmenu', (e) => { if (!e.target.closest('a')) { e.preventDefault(); actions.toggleActions(m.id, true); } });
+    }
+    if (o) {
+      const status = h('div', { class: 'status', dataset: { testid: 'message-status' } });
+      if (o.failed) {
+        status.append(h('span', { class: 'err' }, 'Not sent' + (o.error ? ': ' + o.error : '')),
+          h('button', { type: 'button', class: 'link', dataset: { testid: 'retry-send' }, onclick: () => actions.retry(o) }, 'Retry'),
+          h('button', { type: 'button', class: 'link', dataset: { testid: 'discard-send' }, onclick: () => actions.discard(o) }, 'Discard'));
+      } else {
+        status.append(h('span', {}, sync.welcomed ? 'Sending…' : 'Waiting for connection…'));
+      }
+      row.append(status);
+    }
+    for (const x of mine) {
+      const what = x.kind === 'edit' ? 'Edit' : x.kind === 'delete' ? 'Delete' : `Reaction ${x.emoji}`;
+      const status = h('div', { class: 'status' + (x.failed ? ' op-failed' : ''), dataset: { testid: 'op-status', kind: x.kind, failed: String(!!x.failed) } });
+      if (x.failed) {
+        status.append(h('span', { class: 'err' }, `${what} not saved` + (x.error ? ': ' + x.error : '')),
+          h('button', { type: 'button', class: 'link', dataset: { testid: 'retry-op' }, onclick: (e) => { e.stopPropagation(); actions.retry(x); } }, 'Retry'),
+          h('button', { type: 'button', class: 'link', dataset: { testid: 'discard-op' }, onclick: (e) => { e.stopPropagation(); actions.discard(x); } }, 'Discard'));
+      } else {
+        status.append(h('span', {}, `${what}: ` + (sync.welcomed ? 'saving…' : 'waiting for connection…')));
+      }
+      row.append(status);
+    }
+    return row;
+  }
+
+  /** The thread panel: the parent, its replies (page and live), pending replies. */
+  function renderThread() {
+    const panel = $('thread');
+    const th = sync.thread;
+    const open = !!th && th.room === S.current;
+    panel.hidden = !open;
+    document.body.classList.toggle('thread-open', open);
+    if (!open) return;
+    const sc = $('thread-scroller');
+    const atBottom = sc.scrollHeight - sc.scrollTop - sc.clientHeight < 80;
+    const parent = sync.timelines.get(th.room)?.get(th.parent) || S.threadParent;
+    const ops = sync.pendingOps(th.room);
+    const top = $('thread-parent');
+    if (parent && parent.id === th.parent) {
+      const g = groupItem(parent);
+      g.lastChild.append(messageRow(parent, null, ops, { inThread: true }));
+      top.replaceChildren(h('ol', { class: 'messages' }, g));
+    } else {
+      top.replaceChildren(h('p', { class: 'muted thread-missing' }, 'The first message of this thread is further back in the history.'));
+    }
+    const t = th.timeline;
+    $('thread-state').textContent = !t.loaded ? 'Loading replies…' : t.hasMore ? 'Older replies not shown' : t.size ? '' : 'No replies yet.';
+    const frag = document.createDocumentFragment();
+    for (const m of t.list()) { const g = groupItem(m); g.lastChild.append(messageRow(m, null, ops, { inThread: true })); frag.append(g); }
+    for (const o of sync.pending(th.room).filter((x) => x.reply_to === th.parent)) {
+      const m = pendingMessage(o);
+      const g = groupItem(m); g.lastChild.append(messageRow(m, o, ops, { inThread: true })); frag.append(g);
+    }
+    $('thread-messages').replaceChildren(frag);
+    if (atBottom || S.threadToBottom) { sc.scrollTop = sc.scrollHeight; S.threadToBottom = false; }
+  }
+
+  /** The line above the composer while editing a message. */
+  function renderComposeContext() {
+    const ctx = S.compose;
+    const bar = $('compose-ctx');
+    bar.hidden = !ctx;
+    $('composer-form').classList.toggle('editing', !!ctx);
+    if (!ctx) return;
+    $('compose-ctx-text').textContent = 'Editing your message';
   }
 
   function renderMembers() {
@@ -251,11 +443,11 @@ export function createRender({ S, sync, actions }) {
   }
 
   function renderAll(changed) {
-    renderRooms(); renderHeader(); renderMessages({ toBottom: changed }); renderMembers(); renderTyping();
+    renderRooms(); renderHeader(); renderMessages({ toBottom: changed }); renderMembers(); renderTyping(); renderComposeContext();
   }
 
   return {
     dmPartner, renderRooms, scheduleRenderRooms, renderHeader, renderHistoryState, renderMessages,
-    drawNow, renderMembers, renderTyping, setConn, renderAll,
+    drawNow, renderMembers, renderTyping, setConn, renderAll, renderThread, renderComposeContext, renderTokens,
   };
 }
