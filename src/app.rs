@@ -62,6 +62,7 @@ async fn distributed(cfg: &Config, s: &Services, tasks: &Shutdown) -> anyhow::Re
         brokers: s.kafka_brokers.clone(),
         topic: s.kafka_topic.clone(),
         partitions: s.kafka_partitions,
+        replication_factor: s.kafka_replication_factor,
         produce_timeout: cfg.produce_timeout,
         security: s.kafka_security.clone(),
         compression: s.kafka_compression,

@@ -127,6 +127,10 @@ pub struct ServeArgs {
     /// Partitions of the topic when it is created (an existing topic keeps its own).
     #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 8)]
     pub kafka_partitions: i32,
+    /// Copies of each partition for a topic created at start (an existing topic keeps
+    /// its own). Default: as many as the cluster has brokers, at most 3.
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR")]
+    pub kafka_replication_factor: Option<i16>,
     /// How the record batches chat produces are compressed (reading takes every codec).
     #[arg(long, value_enum, env = "KAFKA_COMPRESSION", default_value_t = KafkaCompression::None)]
     pub kafka_compression: KafkaCompression,

@@ -35,6 +35,9 @@ pub struct Services {
     pub kafka_brokers: Vec<String>,
     pub kafka_topic: String,
     pub kafka_partitions: i32,
+    /// Copies of each partition for a topic created at start (None: as many as there
+    /// are brokers, at most 3).
+    pub kafka_replication_factor: Option<i16>,
     /// TLS and SASL to Kafka (none: plaintext, no authentication).
     pub kafka_security: KafkaSecurity,
     /// How produced record batches are compressed.
@@ -50,6 +53,7 @@ impl std::fmt::Debug for Services {
             .field("kafka_brokers", &self.kafka_brokers)
             .field("kafka_topic", &self.kafka_topic)
             .field("kafka_partitions", &self.kafka_partitions)
+            .field("kafka_replication_factor", &self.kafka_replication_factor)
             .field("kafka_security", &self.kafka_security)
             .field("kafka_compression", &self.kafka_compression)
             .finish()
@@ -553,6 +557,14 @@ fn backend(a: &ServeArgs, secrets: &Secrets) -> Result<Backend, ConfigError> {
     if !(1..=1024).contains(&a.kafka_partitions) {
         return Err(bad("--kafka-partitions / KAFKA_PARTITIONS", "1 to 1024"));
     }
+    if a.kafka_replication_factor
+        .is_some_and(|r| !(1..=32).contains(&r))
+    {
+        return Err(bad(
+            "--kafka-replication-factor / KAFKA_REPLICATION_FACTOR",
+            "1 to 32",
+        ));
+    }
     let kafka_security = kafka_security(a, secrets.kafka_password.as_deref())?;
     if a.redis_prefix.is_empty() || a.redis_prefix.contains(char::is_whitespace) {
         return Err(bad(
@@ -567,6 +579,7 @@ fn backend(a: &ServeArgs, secrets: &Secrets) -> Result<Backend, ConfigError> {
         kafka_brokers,
         kafka_topic: a.kafka_topic.clone(),
         kafka_partitions: a.kafka_partitions,
+        kafka_replication_factor: a.kafka_replication_factor,
         kafka_security,
         kafka_compression: match a.kafka_compression {
             KafkaCompression::None => Compression::None,

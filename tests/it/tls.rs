@@ -719,3 +719,46 @@ async fn readyz_names_kafka_and_the_class_of_its_failure() {
     kafka_scram_user(&user, &first).await;
     readyz_until(&h, "", None).await;
 }
+
+/// A replication factor the cluster cannot hold (3 copies on the one test broker) stops
+/// the start with the topic, the factor and Kafka's answer, and creates nothing; without
+/// the flag the topic is created with one copy per broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_factor_the_cluster_cannot_hold_stops_the_start() {
+    let env = Env::new("kafka-replication").await;
+    let topic = env.topic.clone();
+    let stderr = refused(
+        &env.db_url,
+        &service("REDIS_URL"),
+        &["--kafka-topic", &topic, "--kafka-replication-factor", "3"],
+    )
+    .await;
+    assert!(
+        stderr.contains(&topic) && stderr.contains("replication factor 3"),
+        "{stderr}"
+    );
+    assert!(stderr.lines().count() <= 2, "one line: {stderr}");
+    // Nothing was created: the next start creates the topic, with the default.
+    let gw = env.spawn("all", "gw-m").await;
+    let log = std::fs::read_to_string(env.log_dir.join("gw-m.log")).unwrap_or_default();
+    let plain: String = {
+        // Without the terminal colours of the log lines.
+        let mut out = String::new();
+        let mut esc = false;
+        for c in log.chars() {
+            match (esc, c) {
+                (false, '\u{1b}') => esc = true,
+                (true, 'm') => esc = false,
+                (true, _) => {}
+                (false, c) => out.push(c),
+            }
+        }
+        out
+    };
+    let created = plain
+        .lines()
+        .find(|l| l.contains("created the Kafka topic"))
+        .unwrap_or_else(|| panic!("{plain}"));
+    assert!(created.contains("replication=1"), "{created}");
+    drop(gw);
+}

@@ -237,9 +237,19 @@ impl Cluster {
         })
     }
 
-    /// Creates the topic unless it exists; true if it was created.
-    pub(super) async fn create_topic(&self, partitions: i32) -> Result<bool, LogError> {
+    /// Creates the topic unless it exists, with `replication` copies of each partition
+    /// (None: [`default_replication`] of the brokers the metadata lists); the replication
+    /// factor if it was created.
+    pub(super) async fn create_topic(
+        &self,
+        partitions: i32,
+        replication: Option<i16>,
+    ) -> Result<Option<i16>, LogError> {
         self.refresh().await?;
+        let replication = replication.unwrap_or_else(|| {
+            let meta = self.meta.read().unwrap_or_else(|e| e.into_inner());
+            default_replication(meta.addrs.len())
+        });
         let addr = {
             let meta = self.meta.read().unwrap_or_else(|e| e.into_inner());
             meta.controller
@@ -257,16 +267,17 @@ impl Cluster {
         let conn = self.connect(&addr).await?;
         let answer = tokio::time::timeout(
             SHORT_TIMEOUT * 2,
-            conn.create_topic(&self.topic, partitions, 1, SHORT_TIMEOUT),
+            conn.create_topic(&self.topic, partitions, replication, SHORT_TIMEOUT),
         )
         .await
         .map_err(|_| unavailable("creating the topic", "no answer"))?
         .map_err(|e| unavailable("creating the topic", e))?;
         match answer {
-            Ok(()) => Ok(true),
-            Err(r) if r.already_exists() => Ok(false),
+            Ok(()) => Ok(Some(replication)),
+            Err(r) if r.already_exists() => Ok(None),
             Err(r) => Err(LogError::Other(format!(
-                "creating the topic {}: Kafka answered {r}",
+                "creating the topic {} ({partitions} partitions, replication factor \
+                 {replication}): Kafka answered {r}",
                 self.topic
             ))),
         }
@@ -391,5 +402,25 @@ async fn tls_handshake(
              (a plaintext port?)",
             CONNECT_TIMEOUT.as_secs()
         )),
+    }
+}
+
+/// The replication factor of a topic chat creates when none is given: one copy per broker,
+/// at most 3 (with `min.insync.replicas=2`, what survives one broker lost with acks=all).
+pub(super) fn default_replication(brokers: usize) -> i16 {
+    brokers.clamp(1, 3) as i16
+}
+
+#[cfg(test)]
+mod replication_tests {
+    use super::default_replication;
+
+    #[test]
+    fn one_copy_per_broker_up_to_three() {
+        assert_eq!(default_replication(0), 1);
+        assert_eq!(default_replication(1), 1);
+        assert_eq!(default_replication(2), 2);
+        assert_eq!(default_replication(3), 3);
+        assert_eq!(default_replication(7), 3);
     }
 }

@@ -111,6 +111,9 @@ pub struct KafkaSettings {
     pub brokers: Vec<String>,
     pub topic: String,
     pub partitions: i32,
+    /// Copies of each partition for a topic created here (None: as many as there are
+    /// brokers, at most 3).
+    pub replication_factor: Option<i16>,
     /// How long a sender waits for the broker's ack before giving up (retryably).
     pub produce_timeout: Duration,
     pub security: KafkaSecurity,
@@ -186,8 +189,11 @@ impl KafkaLog {
             settings.security.clone(),
             tasks,
         );
-        if cluster.create_topic(settings.partitions).await? {
-            tracing::info!(topic = %settings.topic, partitions = settings.partitions, "created the Kafka topic");
+        if let Some(replication) = cluster
+            .create_topic(settings.partitions, settings.replication_factor)
+            .await?
+        {
+            tracing::info!(topic = %settings.topic, partitions = settings.partitions, replication, "created the Kafka topic");
         }
         let partitions = cluster.wait_for_partitions().await?;
         if partitions != settings.partitions {
