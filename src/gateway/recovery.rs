@@ -398,15 +398,9 @@ impl Recovery {
         let reader = self.take_reader(partition).await?;
         let unavailable = |e: LogError| RecoveryError::Unavailable(e.to_string());
         let found = async {
-            let (earliest, end) = (
-                reader.earliest().await.map_err(unavailable)?,
-                reader.latest().await.map_err(unavailable)?,
-            );
-            let committed = self
-                .store
-                .next_offset(self.log.topic(), partition)
-                .await
-                .map_err(|e| RecoveryError::Unavailable(e.to_string()))?;
+            // The bounds read above: the message was acked before it was named, so it is
+            // below `end`; what was persisted since is read twice at worst.
+            let earliest = reader.earliest().await.map_err(unavailable)?;
             let from = committed.unwrap_or(0).max(earliest);
             let mut target: Option<Target> = None;
             // (user, emoji) → on, in log order.
