@@ -31,6 +31,38 @@ pub enum Command {
     /// List every setting (flag, environment variable, default), or check a command line
     /// and the environment without starting anything.
     Config(ConfigArgs),
+    /// Server administrators: grant, revoke, list (against the configured store).
+    Admin(AdminArgs),
+}
+
+/// `chat admin grant|revoke USERNAME`, `chat admin list`: against the store the server
+/// uses (PostgreSQL with --database-url, else the embedded database in --data-dir).
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    pub action: AdminAction,
+    /// PostgreSQL URL, or sqlite://FILE; none: `<data dir>/chat.db`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// File holding the database URL, instead of --database-url.
+    #[arg(long, env = "DATABASE_URL_FILE", global = true)]
+    pub database_url_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that signed PostgreSQL's certificate.
+    #[arg(long, env = "DATABASE_CA_FILE", global = true)]
+    pub database_ca_file: Option<PathBuf>,
+    /// The embedded mode's data directory (default: the current directory).
+    #[arg(long, env = "DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminAction {
+    /// Make the user a server administrator.
+    Grant { username: String },
+    /// Take it back.
+    Revoke { username: String },
+    /// Print the server administrators, one a line.
+    List,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -204,6 +236,11 @@ pub struct ServeArgs {
     /// Rooms one user may create in all (then 403 `too_many_rooms`); 0: no cap.
     #[arg(long, env = "MAX_ROOMS_PER_USER", default_value_t = 200)]
     pub max_rooms_per_user: u32,
+    /// Members of a group DM at most, its creator included (3 or more; then
+    /// `group_size`/`group_full`).
+    #[arg(long, env = "MAX_GROUP_MEMBERS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(3..=1000))]
+    pub max_group_members: u32,
     /// How long after sending its author may edit a message, in seconds (then
     /// `edit_window_closed`); 0: always.
     #[arg(long, env = "EDIT_WINDOW_SECS", default_value_t = 0)]

@@ -172,6 +172,8 @@ pub struct Limits {
     pub room_creations_per_minute: u32,
     /// Rooms one user may have created in all (0: no cap).
     pub max_rooms_per_user: u32,
+    /// Members of a group DM at most (its creator included).
+    pub max_group_members: usize,
     /// Edits, deletes and reactions.
     pub events: crate::events::Limits,
 }
@@ -193,6 +195,7 @@ impl Default for Limits {
             max_backlog: 2_000,
             room_creations_per_minute: 10,
             max_rooms_per_user: 200,
+            max_group_members: 10,
             events: crate::events::Limits::default(),
         }
     }
@@ -387,6 +390,7 @@ impl Config {
                 send_burst: a.send_rate_burst.max(1),
                 room_creations_per_minute: a.room_create_per_minute.max(1),
                 max_rooms_per_user: a.max_rooms_per_user,
+                max_group_members: a.max_group_members as usize,
                 events: crate::events::Limits {
                     edit_window: (a.edit_window_secs > 0)
                         .then(|| Duration::from_secs(a.edit_window_secs)),

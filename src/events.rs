@@ -108,6 +108,24 @@ pub fn check(
     target: Option<&Target>,
     limits: &Limits,
 ) -> Result<(), RuleError> {
+    check_as(change, actor, false, room, at, target, limits)
+}
+
+/// [`check`] for an actor who may (`moderator`) or may not delete others' messages
+/// ([`crate::governance::Action::DeleteOthers`]). Governance events (`member`, `room`)
+/// are decided by the permission table, not here: they pass.
+pub fn check_as(
+    change: &Change,
+    actor: UserId,
+    moderator: bool,
+    room: RoomId,
+    at: DateTime<Utc>,
+    target: Option<&Target>,
+    limits: &Limits,
+) -> Result<(), RuleError> {
+    if change.is_governance() {
+        return Ok(());
+    }
     let t = target
         .filter(|t| t.room == room)
         .ok_or(RuleError::NotFound)?;
@@ -129,9 +147,8 @@ pub fn check(
                 return Err(RuleError::TooManyEdits(limits.max_edits));
             }
         }
-        // Moderators arrive with governance (issue 19): the hook is here.
         Change::Delete { .. } => {
-            if t.author != actor {
+            if t.author != actor && !moderator {
                 return Err(RuleError::NotAuthor("delete"));
             }
         }
@@ -152,6 +169,7 @@ pub fn check(
                 }
             }
         }
+        Change::Member { .. } | Change::Room { .. } => {}
     }
     Ok(())
 }

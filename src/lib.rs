@@ -13,6 +13,7 @@
 //! - `bench` (cargo feature `bench`, off by default): the `chat-bench` binary, a load
 //!   generator speaking the public protocol; not part of the server build.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 #[cfg(feature = "bench")]
@@ -24,6 +25,7 @@ pub mod consumer;
 pub mod coord;
 pub mod events;
 pub mod gateway;
+pub mod governance;
 pub mod http;
 pub mod log;
 pub mod model;

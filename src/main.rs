@@ -75,6 +75,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Config(_) => return ExitCode::SUCCESS, // handled in main
+        Command::Admin(args) => chat::admin::run(args).await,
         Command::Migrate(args) => match MigrateTarget::from_args(&args) {
             Ok(MigrateTarget::Sqlite(path)) => store::SqliteStore::migrate(&path)
                 .await

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 
+pub use crate::governance::Role;
+
 pub type UserId = Uuid;
 pub type RoomId = Uuid;
 pub type MessageId = Uuid;
@@ -32,6 +34,33 @@ pub struct User {
 pub enum RoomKind {
     Room,
     Dm,
+    /// A group direct message: 3 to `--max-group-members` people, private.
+    Group,
+}
+
+/// Who sees and may join a room: anyone (listed), or members and the invited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    #[default]
+    Public,
+    Private,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Public => "public",
+            Visibility::Private => "private",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "public" => Some(Visibility::Public),
+            "private" => Some(Visibility::Private),
+            _ => None,
+        }
+    }
 }
 
 impl RoomKind {
@@ -39,12 +68,14 @@ impl RoomKind {
         match self {
             RoomKind::Room => "room",
             RoomKind::Dm => "dm",
+            RoomKind::Group => "group",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "room" => Some(RoomKind::Room),
             "dm" => Some(RoomKind::Dm),
+            "group" => Some(RoomKind::Group),
             _ => None,
         }
     }
@@ -61,6 +92,16 @@ pub struct RoomView {
     pub last_position: Option<Position>,
     /// Unread messages that mention the user.
     pub unread_mentions: i64,
+    pub visibility: Visibility,
+    /// The user's role (None: not a member).
+    pub my_role: Option<Role>,
+    pub topic: String,
+    pub description: String,
+    pub slow_mode_secs: i32,
+    /// Until when the user may only read (None: not muted).
+    pub muted_until: Option<DateTime<Utc>>,
+    /// How many members the room has.
+    pub members: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +109,60 @@ pub struct Member {
     pub id: UserId,
     pub name: String,
     pub online: bool,
+    pub role: Role,
+    pub muted_until: Option<DateTime<Utc>>,
+}
+
+/// What a membership event did (`member` events of the room's log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberAction {
+    Joined,
+    Left,
+    Invited,
+    Kicked,
+    Banned,
+    Unbanned,
+    Muted,
+    Unmuted,
+    Role,
+}
+
+impl MemberAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberAction::Joined => "joined",
+            MemberAction::Left => "left",
+            MemberAction::Invited => "invited",
+            MemberAction::Kicked => "kicked",
+            MemberAction::Banned => "banned",
+            MemberAction::Unbanned => "unbanned",
+            MemberAction::Muted => "muted",
+            MemberAction::Unmuted => "unmuted",
+            MemberAction::Role => "role",
+        }
+    }
+}
+
+/// The settings a `room` event changed (only those given).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomChanges {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<Visibility>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_mode_secs: Option<i32>,
+}
+
+impl RoomChanges {
+    pub fn is_empty(&self) -> bool {
+        *self == RoomChanges::default()
+    }
 }
 
 /// A record of a room's log: a chat message, or (with `change`) an event that changes
@@ -102,6 +197,9 @@ pub struct Message {
     pub reply_count: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reply_at: Option<DateTime<Utc>>,
+    /// In a history page: the reader has blocked the sender (clients hide it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blocked: bool,
 }
 
 impl Message {
@@ -132,6 +230,22 @@ pub enum Change {
         emoji: String,
         on: bool,
     },
+    /// A membership change of `user`; the record's sender is who made it (the user
+    /// themselves for joined and left).
+    Member {
+        user: User,
+        action: MemberAction,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<Role>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<DateTime<Utc>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Room settings changed.
+    Room {
+        changes: RoomChanges,
+    },
 }
 
 impl Change {
@@ -140,15 +254,22 @@ impl Change {
             Change::Edit { .. } => "edit",
             Change::Delete { .. } => "delete",
             Change::Reaction { .. } => "reaction",
+            Change::Member { .. } => "member",
+            Change::Room { .. } => "room",
         }
     }
-    /// The message this event changes.
-    pub fn target(&self) -> MessageId {
+    /// The message this event changes (None: a governance event, about the room).
+    pub fn target(&self) -> Option<MessageId> {
         match self {
             Change::Edit { message_id }
             | Change::Delete { message_id }
-            | Change::Reaction { message_id, .. } => *message_id,
+            | Change::Reaction { message_id, .. } => Some(*message_id),
+            Change::Member { .. } | Change::Room { .. } => None,
         }
+    }
+    /// Whether this is a governance event (`member` or `room`).
+    pub fn is_governance(&self) -> bool {
+        self.target().is_none()
     }
 }
 
@@ -201,6 +322,7 @@ impl NewMessage {
             reactions: None,
             reply_count: None,
             last_reply_at: None,
+            blocked: false,
         }
     }
 }

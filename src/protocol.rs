@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Change, Message, MessageId, Position, RoomId, User, UserId};
+use crate::model::{
+    Change, MemberAction, Message, MessageId, Position, Role, RoomChanges, RoomId, User, UserId,
+};
 
 /// Close codes the gateway uses besides the standard ones.
 pub mod close {
@@ -180,6 +182,10 @@ pub enum ServerFrame<'a> {
         user: &'a User,
         position: Position,
     },
+    /// On every connection of the invited user: an invite to a room.
+    Invite {
+        invite: &'a crate::store::governance::Invite,
+    },
     /// On every connection of the user: their room list changed (refresh it).
     RoomsChanged {
         room: RoomId,
@@ -229,13 +235,29 @@ pub struct EventView<'a> {
     pub sent_at: DateTime<Utc>,
     pub actor: &'a User,
     pub client_msg_id: &'a str,
-    pub message_id: MessageId,
+    /// The message an edit, delete or reaction changes (absent on `member`, `room`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emoji: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on: Option<bool>,
+    /// `member`: whose membership changed, how, and the details.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a User>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<MemberAction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    /// `room`: the settings changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<&'a RoomChanges>,
 }
 
 impl<'a> EventView<'a> {
@@ -244,10 +266,10 @@ impl<'a> EventView<'a> {
         let change = record.change.as_ref()?;
         let (body, emoji, on) = match change {
             Change::Edit { .. } => (Some(record.body.as_str()), None, None),
-            Change::Delete { .. } => (None, None, None),
             Change::Reaction { emoji, on, .. } => (None, Some(emoji.as_str()), Some(*on)),
+            _ => (None, None, None),
         };
-        Some(EventView {
+        let mut view = EventView {
             id: record.id,
             room: record.room,
             kind: change.kind(),
@@ -259,7 +281,31 @@ impl<'a> EventView<'a> {
             body,
             emoji,
             on,
-        })
+            user: None,
+            action: None,
+            role: None,
+            until: None,
+            reason: None,
+            changes: None,
+        };
+        match change {
+            Change::Member {
+                user,
+                action,
+                role,
+                until,
+                reason,
+            } => {
+                view.user = Some(user);
+                view.action = Some(*action);
+                view.role = *role;
+                view.until = *until;
+                view.reason = reason.as_deref();
+            }
+            Change::Room { changes } => view.changes = Some(changes),
+            _ => {}
+        }
+        Some(view)
     }
 }
 
@@ -323,6 +369,12 @@ pub enum ErrorCode {
     TooManyEdits,
     TooManyReactions,
     InvalidEmoji,
+    /// Banned from the room.
+    Banned,
+    /// Muted in the room: read only until the mute ends.
+    Muted,
+    /// The room's slow mode: wait before sending again (retryable).
+    SlowMode,
     Draining,
     Internal,
 }
@@ -332,6 +384,7 @@ impl ErrorCode {
         matches!(
             self,
             ErrorCode::RateLimited
+                | ErrorCode::SlowMode
                 | ErrorCode::InFlight
                 | ErrorCode::Unavailable
                 | ErrorCode::Draining

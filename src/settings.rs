@@ -242,6 +242,7 @@ pub fn check(args: &[String]) -> Result<String, ConfigError> {
             setting: "command line",
             problem: "give the command to check: chat config --check -- serve …".to_owned(),
         }),
+        Command::Admin(_) => Ok("chat admin".to_owned()),
     }
 }
 

@@ -83,6 +83,10 @@ pub enum UserNotice {
     RoomsChanged { room: RoomId, reason: String },
     /// Their read marker of the room moved (on any device).
     Read { room: RoomId, position: i64 },
+    /// They were invited to a room.
+    Invite {
+        invite: crate::store::governance::Invite,
+    },
 }
 
 /// What a [`BusEvent::Revoked`] takes away.
@@ -92,6 +96,10 @@ pub enum Revocation {
     /// Membership of a room ended (left; kick and ban will come this way too): live
     /// delivery of the room stops, sends, subscribe, recovery and history are refused.
     Room { room: RoomId, reason: RevokeReason },
+    /// The user's standing in the room changed (muted, unmuted, role lowered or raised):
+    /// the cached standing is forgotten, the next frame reads it from the store; delivery
+    /// goes on.
+    Standing { room: RoomId },
     /// Every token issued so far is void: the user's sockets close with 4401.
     Sessions,
 }
@@ -100,12 +108,18 @@ pub enum Revocation {
 #[serde(rename_all = "snake_case")]
 pub enum RevokeReason {
     Left,
+    Kicked,
+    Banned,
+    RoomDeleted,
 }
 
 impl RevokeReason {
     pub fn as_str(self) -> &'static str {
         match self {
             RevokeReason::Left => "left",
+            RevokeReason::Kicked => "kicked",
+            RevokeReason::Banned => "banned",
+            RevokeReason::RoomDeleted => "room_deleted",
         }
     }
 }

@@ -11,9 +11,10 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{
-    Claim, CoordError, Lease, Leases, Positions, SendClaims, SendKey, Settled, Timings, Tombstones,
+    Claim, CoordError, Lease, Leases, Positions, SendClaims, SendKey, Settled, SlowMode, Timings,
+    Tombstones,
 };
-use crate::model::{Message, MessageId};
+use crate::model::{Message, MessageId, RoomId, UserId};
 
 /// At most this many send records...
 const MAX_SENDS: usize = 100_000;
@@ -136,7 +137,13 @@ pub struct LocalCoord {
     sends: Mutex<Sends>,
     leases: Mutex<LeaseState>,
     tombs: Mutex<Tombs>,
+    /// (room, user) → when the next turn is, for slow rooms; at most [`MAX_TURNS`].
+    turns: Mutex<HashMap<(RoomId, UserId), Instant>>,
 }
+
+/// Slow-mode turns held at most; past it, expired ones are dropped, and if none has
+/// expired the oldest go (a member may then send early: memory stays bounded).
+const MAX_TURNS: usize = 100_000;
 
 impl LocalCoord {
     pub fn new(timings: Timings) -> Self {
@@ -145,6 +152,7 @@ impl LocalCoord {
             sends: Mutex::default(),
             leases: Mutex::default(),
             tombs: Mutex::default(),
+            turns: Mutex::default(),
         }
     }
 
@@ -288,6 +296,35 @@ impl Positions for LocalCoord {
         }
         l.positions.insert(lease.partition, offset);
         Ok(true)
+    }
+}
+
+#[async_trait]
+impl SlowMode for LocalCoord {
+    async fn take_turn(
+        &self,
+        room: RoomId,
+        user: UserId,
+        interval: Duration,
+    ) -> Result<Option<Duration>, CoordError> {
+        let now = Instant::now();
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(next) = turns.get(&(room, user)) {
+            if *next > now {
+                return Ok(Some(*next - now));
+            }
+        }
+        if turns.len() >= MAX_TURNS {
+            turns.retain(|_, next| *next > now);
+            while turns.len() >= MAX_TURNS {
+                let Some(oldest) = turns.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) else {
+                    break;
+                };
+                turns.remove(&oldest);
+            }
+        }
+        turns.insert((room, user), now + interval);
+        Ok(None)
     }
 }
 

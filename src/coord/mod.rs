@@ -6,7 +6,8 @@
 //! - [`Leases`]: which consumer works which log partition (with a fencing epoch);
 //! - [`Positions`]: how far each partition's relay has published, saved under its lease;
 //! - [`Tombstones`]: which messages were deleted a moment ago, for the checks that come
-//!   before the store has applied the delete.
+//!   before the store has applied the delete;
+//! - [`SlowMode`]: when each member of a slow room may send next.
 //!
 //! Implementations: [`RedisCoord`] (distributed mode: every gateway and consumer shares
 //! it) and [`LocalCoord`] (embedded mode: one process, in memory). Both pass the one
@@ -177,7 +178,20 @@ pub trait Tombstones: Send + Sync + 'static {
     async fn buried(&self, message: MessageId) -> Result<bool, CoordError>;
 }
 
-/// All four, as one handle: what the roles are given.
-pub trait Coord: SendClaims + Leases + Positions + Tombstones {}
+/// A room's slow mode: one message per member per interval, across every gateway.
+#[async_trait]
+pub trait SlowMode: Send + Sync + 'static {
+    /// Takes the user's turn in the room if the last one was at least `interval` ago
+    /// (None: send now; the next turn is `interval` away), else returns how long to wait.
+    async fn take_turn(
+        &self,
+        room: RoomId,
+        user: UserId,
+        interval: Duration,
+    ) -> Result<Option<Duration>, CoordError>;
+}
 
-impl<T: SendClaims + Leases + Positions + Tombstones> Coord for T {}
+/// All five, as one handle: what the roles are given.
+pub trait Coord: SendClaims + Leases + Positions + Tombstones + SlowMode {}
+
+impl<T: SendClaims + Leases + Positions + Tombstones + SlowMode> Coord for T {}

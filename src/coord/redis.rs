@@ -13,14 +13,16 @@
 //! Every multi-step change is one Lua script (in `lua/`), so it is atomic.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
 use super::{
-    Claim, CoordError, Lease, Leases, Positions, SendClaims, SendKey, Settled, Timings, Tombstones,
+    Claim, CoordError, Lease, Leases, Positions, SendClaims, SendKey, Settled, SlowMode, Timings,
+    Tombstones,
 };
-use crate::model::MessageId;
+use crate::model::{MessageId, RoomId, UserId};
 
 struct Scripts {
     claim: redis::Script,
@@ -269,5 +271,37 @@ impl Tombstones for RedisCoord {
             .await
             .map_err(unavailable)?;
         Ok(n == 1)
+    }
+}
+
+#[async_trait]
+impl SlowMode for RedisCoord {
+    async fn take_turn(
+        &self,
+        room: RoomId,
+        user: UserId,
+        interval: Duration,
+    ) -> Result<Option<Duration>, CoordError> {
+        let key = format!("{}:slow:{{{room}}}:{user}", self.prefix);
+        let ms = interval.as_millis().clamp(1, u128::from(u32::MAX)) as u64;
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .arg("PX")
+            .arg(ms)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if set.is_some() {
+            return Ok(None);
+        }
+        let left: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(Duration::from_millis(left.max(1) as u64)))
     }
 }

@@ -76,10 +76,52 @@ struct RoomEntry {
     ready: watch::Receiver<bool>,
 }
 
+/// What the send path needs of a member's standing in a room (from the store's
+/// [`crate::store::governance::Access`]), cached with the membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// Read only until then.
+    pub muted_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// The room's slow mode, for this member (None: off, or a moderator or above).
+    pub slow_mode: Option<Duration>,
+    /// May delete others' messages.
+    pub moderator: bool,
+}
+
+impl Standing {
+    /// A member's standing from what the store said.
+    pub fn of(a: &crate::store::governance::Access) -> Standing {
+        use crate::governance::{allowed, Action};
+        let moderator = allowed(
+            a.actor(),
+            Action::DeleteOthers,
+            a.room.kind,
+            a.room.visibility,
+        );
+        let secs = u64::try_from(a.room.slow_mode_secs).unwrap_or(0);
+        Standing {
+            muted_until: a.member.and_then(|m| m.muted_until),
+            slow_mode: (secs > 0 && !moderator).then(|| Duration::from_secs(secs)),
+            moderator,
+        }
+    }
+
+    /// Nothing known beyond membership (the store was unavailable).
+    pub const PLAIN: Standing = Standing {
+        muted_until: None,
+        slow_mode: None,
+        moderator: false,
+    };
+
+    pub fn muted(&self) -> bool {
+        self.muted_until.is_some_and(|t| t > chrono::Utc::now())
+    }
+}
+
 struct UserEntry {
     conns: HashMap<ConnId, ConnHandle>,
-    /// Rooms the store said the user is a member of, and when.
-    member_of: HashMap<RoomId, Instant>,
+    /// Rooms the store said the user is a member of, when, and their standing there.
+    member_of: HashMap<RoomId, (Instant, Standing)>,
     /// True once the user's bus channel is subscribed.
     ready: watch::Receiver<bool>,
 }
@@ -184,9 +226,9 @@ impl Hub {
         self.revision.load(Ordering::Acquire)
     }
 
-    /// When the store last confirmed the user's membership of the room, if it is cached
-    /// and the bus link is intact (None: ask the store).
-    pub fn member_since(&self, user: UserId, room: RoomId) -> Option<Instant> {
+    /// When the store last confirmed the user's membership of the room, and the standing
+    /// it gave, if it is cached and the bus link is intact (None: ask the store).
+    pub fn member_since(&self, user: UserId, room: RoomId) -> Option<(Instant, Standing)> {
         if self.suspended.load(Ordering::Acquire) {
             return None;
         }
@@ -196,16 +238,26 @@ impl Hub {
 
     /// Caches a membership the store confirmed, unless a revocation (or bus loss) came in
     /// since `revision` was read.
-    pub fn remember_member(&self, user: UserId, room: RoomId, revision: u64) {
+    pub fn remember_member(&self, user: UserId, room: RoomId, revision: u64, standing: Standing) {
         let mut users = self.users();
         if self.revision() != revision || self.suspended.load(Ordering::Acquire) {
             return;
         }
         if let Some(e) = users.get_mut(&user) {
             if e.member_of.len() < MAX_CACHED_ROOMS || e.member_of.contains_key(&room) {
-                e.member_of.insert(room, Instant::now());
+                e.member_of.insert(room, (Instant::now(), standing));
             }
         }
+    }
+
+    /// Forgets every cached standing in the room (its settings changed: slow mode), so
+    /// the next frame of each member reads it again.
+    pub fn forget_room(&self, room: RoomId) {
+        let mut users = self.users();
+        for e in users.values_mut() {
+            e.member_of.remove(&room);
+        }
+        self.revision.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Forgets a membership (the store said no).
@@ -232,10 +284,26 @@ impl Hub {
                 position: *position,
             }
             .to_text(),
+            UserNotice::Invite { invite } => ServerFrame::Invite { invite }.to_text(),
         };
         let frame = Arc::new(ByteString::from(text));
         for h in conns {
             h.offer(Out::Frame(frame.clone()));
+        }
+    }
+
+    /// What a relayed `member` or `room` event changes in this gateway's caches: the
+    /// standing cached is forgotten, so the next frame asks the store. (Ending delivery is
+    /// the user channel's job, published by the deciding gateway before it answers: an
+    /// event relayed late must not end a membership that was granted again since.)
+    fn learn(&self, record: &crate::model::Message) {
+        use crate::model::Change;
+        match &record.change {
+            Some(Change::Member { user, .. }) => {
+                self.revoke(user.id, &Revocation::Standing { room: record.room });
+            }
+            Some(Change::Room { .. }) => self.forget_room(record.room),
+            _ => {}
         }
     }
 
@@ -249,7 +317,7 @@ impl Hub {
             // see the new revision after joining the room (and ask the store again).
             let conns = match users.get_mut(&user) {
                 Some(entry) => {
-                    if let Revocation::Room { room, .. } = what {
+                    if let Revocation::Room { room, .. } | Revocation::Standing { room } = what {
                         entry.member_of.remove(room);
                     }
                     entry.conns.iter().map(|(id, h)| (*id, h.clone())).collect()
@@ -287,6 +355,8 @@ impl Hub {
                     let _ = self.ctl.send(Ctl::Unsubscribe(Channel::Room(*room)));
                 }
             }
+            // The cache is forgotten above: nothing else to do.
+            Revocation::Standing { .. } => {}
             Revocation::Sessions => {
                 for (_, h) in &conns {
                     let reason = CloseReason {
@@ -342,6 +412,12 @@ impl Hub {
                 return;
             }
         };
+        // Governance events invalidate what this gateway cached (a second path beside the
+        // user's channel, which the deciding gateway publishes on): before the room's
+        // shard is locked (`revoke` locks users, then rooms).
+        if let BusEvent::Message { message } = event {
+            self.learn(message);
+        }
         if matches!(event, BusEvent::Message { .. }) && self.suspended.load(Ordering::Acquire) {
             // After a gap: the client recovers it (and this message) from the log.
             return;

@@ -32,7 +32,7 @@ use crate::config::Limits;
 use crate::coord::Coord;
 use crate::http::error::ApiError;
 use crate::log::Log;
-use crate::model::{User, UserId};
+use crate::model::{Change, RoomId, User, UserId};
 use crate::protocol::ServerFrame;
 use crate::shutdown::{Deadline, Shutdown};
 use crate::store::{Store, StoreError};
@@ -216,6 +216,52 @@ impl Gateway {
             });
         }
         first
+    }
+
+    /// Appends a governance event (`member`, `room`) to the room's log, made by `actor`,
+    /// after the store's state changed (http/govern.rs): the record readers see, in
+    /// order with the messages. If the log cannot take it now, it is appended again in
+    /// the background (for a minute, under the same client id: never twice); the change
+    /// itself holds either way.
+    pub async fn record(&self, actor: &User, room: RoomId, change: Change) {
+        let client_msg_id = format!("gov:{}", uuid::Uuid::new_v4().simple());
+        let draft = || send::Draft {
+            change: Some(change.clone()),
+            ..send::Draft::default()
+        };
+        let first = match self
+            .sender
+            .start(&self.tasks, actor, room, &client_msg_id, draft())
+            .await
+        {
+            Ok(pending) => pending.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        let Err(e) = first else { return };
+        tracing::warn!(error = %e, %room, "governance event not in the log yet; retrying");
+        let (gw_sender, tasks, actor) = (self.sender.clone(), self.tasks.clone(), actor.clone());
+        let change = change.clone();
+        self.tasks.spawn_until_cancelled(async move {
+            let mut delay = Duration::from_millis(250);
+            let until = tokio::time::Instant::now() + Duration::from_secs(60);
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep(delay).await;
+                let draft = send::Draft {
+                    change: Some(change.clone()),
+                    ..send::Draft::default()
+                };
+                if let Ok(pending) = gw_sender
+                    .start(&tasks, &actor, room, &client_msg_id, draft)
+                    .await
+                {
+                    if pending.await.is_ok() {
+                        return;
+                    }
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            tracing::error!(%room, "governance event never reached the log");
+        });
     }
 
     /// Checks a token: signature and expiry, then (one primary-key look-up, no cache) that

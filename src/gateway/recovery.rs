@@ -408,7 +408,7 @@ impl Recovery {
             // A retried produce can be in the log twice: each record counts once.
             let mut seen: HashSet<Uuid> = HashSet::new();
             self.scan(reader.as_ref(), room, from, end, |m| match &m.change {
-                _ if (m.id == id || m.change.as_ref().is_some_and(|c| c.target() == id))
+                _ if (m.id == id || m.change.as_ref().is_some_and(|c| c.target() == Some(id)))
                     && !seen.insert(m.id) => {}
                 None if m.id == id && target.is_none() => {
                     target = Some(Target {
@@ -424,7 +424,7 @@ impl Recovery {
                         mine: false,
                     })
                 }
-                Some(c) if c.target() == id => {
+                Some(c) if c.target() == Some(id) => {
                     let Some(t) = target.as_mut() else { return };
                     match c {
                         Change::Edit { .. } => t.edit_count += 1,
@@ -432,6 +432,7 @@ impl Recovery {
                         Change::Reaction { emoji, on, .. } => {
                             reactions.insert((m.sender.id, emoji.clone()), *on);
                         }
+                        Change::Member { .. } | Change::Room { .. } => {}
                     }
                 }
                 _ => {}

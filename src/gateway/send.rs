@@ -38,6 +38,9 @@ pub enum SendError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// Slow mode: the member's next turn in the room is this far away.
+    #[error("this room is in slow mode: wait {}s before sending again", .0.as_secs().max(1))]
+    SlowMode(std::time::Duration),
     /// The rules refuse it (see `events.rs`): nothing was written.
     #[error("{0}")]
     Refused(#[from] RuleError),
@@ -50,6 +53,7 @@ impl SendError {
             SendError::InFlight => ErrorCode::InFlight,
             SendError::Unavailable(_) => ErrorCode::Unavailable,
             SendError::Internal(_) => ErrorCode::Internal,
+            SendError::SlowMode(_) => ErrorCode::SlowMode,
         }
     }
 }
@@ -72,6 +76,10 @@ pub struct Draft {
     /// Mentioned explicitly by the client (the `@name`s in the body are added).
     pub mentions: Vec<UserId>,
     pub change: Option<Change>,
+    /// The sender may delete others' messages (a moderator or above of the room).
+    pub moderator: bool,
+    /// The room's slow mode applies to this send: one per interval per member.
+    pub slow_mode: Option<std::time::Duration>,
 }
 
 fn store_error(e: StoreError) -> SendError {
@@ -108,9 +116,11 @@ impl Sender {
 
     /// Checks a claimed record before it is written: an event against its target, a
     /// reply against its parent; fills in the mentions (members only).
-    async fn prepare(&self, new: &mut NewMessage) -> Result<(), SendError> {
+    async fn prepare(&self, new: &mut NewMessage, moderator: bool) -> Result<(), SendError> {
         let (room, actor) = (new.room, new.sender.id);
         match &new.change {
+            // Decided by the permission table before the state changed (http/govern.rs).
+            Some(change) if change.is_governance() => {}
             None => {
                 if let Some(parent) = new.reply_to {
                     let t = self.target(room, parent, actor, None, true).await?;
@@ -132,10 +142,19 @@ impl Sender {
                     _ => None,
                 };
                 let delete = matches!(change, Change::Delete { .. });
-                let t = self
-                    .target(room, change.target(), actor, emoji, !delete)
-                    .await?;
-                events::check(change, actor, room, new.sent_at, t.as_ref(), &self.limits)?;
+                let Some(target) = change.target() else {
+                    return Ok(());
+                };
+                let t = self.target(room, target, actor, emoji, !delete).await?;
+                events::check_as(
+                    change,
+                    actor,
+                    moderator,
+                    room,
+                    new.sent_at,
+                    t.as_ref(),
+                    &self.limits,
+                )?;
                 if let Change::Delete { message_id } = change {
                     // Before it is written: what the client sends next (this
                     // connection's pipeline included) is refused on every gateway. A
@@ -246,6 +265,19 @@ impl Sender {
             Claim::InFlight => return Err(SendError::InFlight),
             Claim::Mine(id) => id,
         };
+        if let Some(interval) = draft.slow_mode {
+            // Taken only by a send that is new (a resend above was answered already).
+            let turn = self.claims.take_turn(room, sender.id, interval).await;
+            let refusal = match turn {
+                Ok(None) => None,
+                Ok(Some(wait)) => Some(SendError::SlowMode(wait)),
+                Err(e) => Some(coord_error(e)),
+            };
+            if let Some(e) = refusal {
+                settle(&*self.claims, &key, Settled::Retry(id)).await;
+                return Err(e);
+            }
+        }
         let mut new = NewMessage {
             id,
             room,
@@ -257,7 +289,7 @@ impl Sender {
             mentions: draft.mentions,
             change: draft.change,
         };
-        if let Err(e) = self.prepare(&mut new).await {
+        if let Err(e) = self.prepare(&mut new, draft.moderator).await {
             // Nothing was written: the claim goes (a resend is checked again).
             settle(&*self.claims, &key, Settled::Retry(id)).await;
             return Err(e);

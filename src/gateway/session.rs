@@ -17,7 +17,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::frames::{self, Frames, Inbound, Pongs};
-use super::hub::{ConnHandle, ConnId, MEMBERSHIP_RECHECK};
+use super::hub::{ConnHandle, ConnId, Standing, MEMBERSHIP_RECHECK};
 use super::outbox::{self, writer, Backlog, Out, OutTx};
 use super::recovery::RecoveryError;
 use super::send::{Draft, FLUSH_TIMEOUT};
@@ -524,7 +524,7 @@ impl Conn {
                     body,
                     reply_to,
                     mentions,
-                    change: None,
+                    ..Draft::default()
                 };
                 self.send(room, client_msg_id, draft).await
             }
@@ -629,7 +629,7 @@ impl Conn {
     /// came, see `hub.rs`) or the store. While the store is unavailable, a membership
     /// known before is trusted past its re-check time (chat goes on while PostgreSQL is
     /// down); never while the bus link is down (a revocation could have been missed).
-    async fn check_member(&mut self, room: RoomId) -> Result<(), (ErrorCode, String)> {
+    async fn check_member(&mut self, room: RoomId) -> Result<Standing, (ErrorCode, String)> {
         let hub = &self.gw.hub;
         let user = self.user.id;
         let trusted = *self.revocations.borrow();
@@ -638,22 +638,25 @@ impl Conn {
         } else {
             None
         };
-        if known.is_some_and(|at| at.elapsed() < MEMBERSHIP_RECHECK) {
-            return Ok(());
+        if let Some((at, standing)) = known {
+            if at.elapsed() < MEMBERSHIP_RECHECK {
+                return Ok(standing);
+            }
         }
         let revision = hub.revision();
-        match self.gw.store.is_member(room, user).await {
-            Ok(true) => {
+        match self.gw.store.access(room, user).await {
+            Ok(Some(access)) if access.member.is_some() => {
+                let standing = Standing::of(&access);
                 if trusted {
-                    hub.remember_member(user, room, revision);
+                    hub.remember_member(user, room, revision, standing);
                 }
-                Ok(())
+                Ok(standing)
             }
             Err(e) if e.retryable() && known.is_some() => {
                 tracing::debug!(error = %e, "store unavailable; membership from the cache");
-                Ok(())
+                Ok(known.map_or(Standing::PLAIN, |(_, s)| s))
             }
-            Ok(false) => {
+            Ok(found) => {
                 hub.forget_member(user, room);
                 // Still subscribed (a revocation that never reached this gateway): the
                 // subscription ends here too.
@@ -665,10 +668,12 @@ impl Conn {
                     };
                     self.reply(frame.to_text().into()).await;
                 }
-                match self.gw.store.room(room).await {
-                    Ok(Some(_)) => Err((ErrorCode::NotMember, "join the room first".into())),
-                    Ok(None) => Err((ErrorCode::RoomNotFound, "no such room".into())),
-                    Err(e) => Err((store_code(&e), e.to_string())),
+                match found {
+                    Some(a) if a.banned => {
+                        Err((ErrorCode::Banned, "you are banned from this room".into()))
+                    }
+                    Some(_) => Err((ErrorCode::NotMember, "join the room first".into())),
+                    None => Err((ErrorCode::RoomNotFound, "no such room".into())),
                 }
             }
             Err(e) => Err((store_code(&e), e.to_string())),
@@ -733,9 +738,13 @@ impl Conn {
         // A revocation between the check and joining the hub's room would have missed
         // this connection: ask the store once more.
         if self.gw.hub.revision() != revision {
-            let refusal = match self.gw.store.is_member(room, self.user.id).await {
-                Ok(true) => None,
-                Ok(false) => Some((ErrorCode::NotMember, "join the room first".to_owned())),
+            let refusal = match self.gw.store.access(room, self.user.id).await {
+                Ok(Some(a)) if a.member.is_some() => None,
+                Ok(Some(a)) if a.banned => Some((
+                    ErrorCode::Banned,
+                    "you are banned from this room".to_owned(),
+                )),
+                Ok(_) => Some((ErrorCode::NotMember, "join the room first".to_owned())),
                 Err(e) => Some((store_code(&e), e.to_string())),
             };
             if let Some((code, message)) = refusal {
@@ -811,6 +820,7 @@ impl Conn {
                 Change::Edit { .. } => "edit",
                 Change::Delete { .. } => "delete",
                 Change::Reaction { .. } => "react",
+                Change::Member { .. } | Change::Room { .. } => "send",
             });
             return self
                 .refuse(ErrorCode::InvalidClientMsgId, &e.to_string(), Some(kind))
@@ -841,8 +851,31 @@ impl Conn {
                 )
                 .await;
         }
-        if let Err((code, msg)) = self.check_member(room).await {
-            return self.refuse(code, &msg, reference).await;
+        let standing = match self.check_member(room).await {
+            Ok(s) => s,
+            Err((code, msg)) => return self.refuse(code, &msg, reference).await,
+        };
+        // Muted: read only. Deleting one's own message is still allowed.
+        let own_delete = matches!(draft.change, Some(Change::Delete { .. }));
+        if standing.muted() && !own_delete {
+            let until = standing
+                .muted_until
+                .filter(|t| *t < crate::store::governance::forever_utc())
+                .map_or("until a moderator lifts it".to_owned(), |t| {
+                    format!("until {}", t.to_rfc3339())
+                });
+            return self
+                .refuse(
+                    ErrorCode::Muted,
+                    &format!("you are muted here {until}"),
+                    reference,
+                )
+                .await;
+        }
+        let mut draft = draft;
+        draft.moderator = standing.moderator;
+        if draft.change.is_none() {
+            draft.slow_mode = standing.slow_mode;
         }
         let job = SendJob {
             room,

@@ -81,12 +81,21 @@ pub async fn login(
     };
     let ticket = guard.hashing()?;
     let creds = gw.store.credentials(&username).await?;
+    let suspended = creds.as_ref().is_some_and(|c| c.suspended);
     let (user, hash) = match creds {
         Some(c) => (Some((c.user, c.token_generation)), Some(c.password_hash)),
         None => (None, None),
     };
     if !ticket.verify(password, hash).await {
         return Err(bad());
+    }
+    // Told only to whoever knows the password.
+    if suspended {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::FORBIDDEN,
+            "suspended",
+            "this account is suspended",
+        ));
     }
     let (user, generation) = user.ok_or_else(bad)?;
     guard.succeeded(address, &account);

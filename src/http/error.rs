@@ -44,6 +44,27 @@ impl ApiError {
     pub fn not_member() -> Self {
         Self::new(StatusCode::FORBIDDEN, "not_member", "join the room first")
     }
+    pub fn banned() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "banned",
+            "you are banned from this room",
+        )
+    }
+    pub fn blocked() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "blocked",
+            "this user does not accept that from you",
+        )
+    }
+    pub fn forbidden(what: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("your role in this room does not allow you to {what}"),
+        )
+    }
 }
 
 impl From<InputError> for ApiError {
@@ -60,6 +81,7 @@ impl From<StoreError> for ApiError {
                 match what {
                     "username" => "username_taken",
                     "room name" => "room_name_taken",
+                    "member" => "already_member",
                     _ => "conflict",
                 },
                 format!("that {what} is taken"),
@@ -68,10 +90,19 @@ impl From<StoreError> for ApiError {
                 StatusCode::FORBIDDEN,
                 match what {
                     "rooms" => "too_many_rooms",
+                    "invites" => "too_many_invites",
+                    "links" => "too_many_links",
+                    "blocks" => "too_many_blocks",
                     _ => "limit_reached",
                 },
-                format!("you have created too many {what}"),
+                format!("too many {what}"),
             ),
+            StoreError::Gone(what) => ApiError::new(
+                StatusCode::GONE,
+                "invite_invalid",
+                format!("this {what} is no longer valid (used, expired or revoked)"),
+            ),
+            StoreError::Banned => ApiError::banned(),
             StoreError::NotFound(what) => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",

@@ -4,6 +4,7 @@
 mod accounts;
 pub mod assets;
 pub mod error;
+mod govern;
 pub mod guard;
 pub mod headers;
 pub mod ops;
@@ -44,6 +45,64 @@ pub fn api(cfg: &mut web::ServiceConfig) {
                 )
                 .route("/rooms/{id}/receipts", get_or_head().to(rooms::receipts))
                 .route("/dms", web::post().to(rooms::dm))
+                .route("/me", get_or_head().to(govern::me))
+                .route("/users", get_or_head().to(govern::search_users))
+                .route("/rooms/{id}", web::patch().to(govern::settings))
+                .route("/rooms/{id}", web::delete().to(govern::delete_room))
+                .route("/rooms/{id}/owner", web::post().to(govern::transfer))
+                .route(
+                    "/rooms/{id}/moderation",
+                    get_or_head().to(govern::moderation_log),
+                )
+                .route("/rooms/{id}/bans", get_or_head().to(govern::bans))
+                .route("/rooms/{id}/invites", web::post().to(govern::invite))
+                .route("/rooms/{id}/links", web::post().to(govern::create_link))
+                .route("/rooms/{id}/links", get_or_head().to(govern::links))
+                .route(
+                    "/rooms/{id}/links/{code}",
+                    web::delete().to(govern::revoke_link),
+                )
+                .route(
+                    "/rooms/{id}/members/{user}/kick",
+                    web::post().to(govern::kick),
+                )
+                .route(
+                    "/rooms/{id}/members/{user}/ban",
+                    web::post().to(govern::ban),
+                )
+                .route(
+                    "/rooms/{id}/members/{user}/unban",
+                    web::post().to(govern::unban),
+                )
+                .route(
+                    "/rooms/{id}/members/{user}/mute",
+                    web::post().to(govern::mute),
+                )
+                .route(
+                    "/rooms/{id}/members/{user}/unmute",
+                    web::post().to(govern::unmute),
+                )
+                .route(
+                    "/rooms/{id}/members/{user}/role",
+                    web::put().to(govern::set_role),
+                )
+                .route("/invites", get_or_head().to(govern::my_invites))
+                .route("/invites/{id}/accept", web::post().to(govern::accept))
+                .route("/invites/{id}/decline", web::post().to(govern::decline))
+                .route("/invites/{id}", web::delete().to(govern::revoke_invite))
+                .route("/links/{code}", get_or_head().to(govern::preview_link))
+                .route("/links/{code}/join", web::post().to(govern::join_link))
+                .route("/groups", web::post().to(govern::create_group))
+                .route("/blocks", get_or_head().to(govern::blocks))
+                .route("/blocks/{id}", web::put().to(govern::block))
+                .route("/blocks/{id}", web::delete().to(govern::unblock))
+                .route("/admin/users", get_or_head().to(govern::admin_users))
+                .route("/admin/rooms", get_or_head().to(govern::admin_rooms))
+                .route("/admin/users/{id}/suspend", web::post().to(govern::suspend))
+                .route(
+                    "/admin/users/{id}/reinstate",
+                    web::post().to(govern::reinstate),
+                )
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::new(
                         actix_web::http::StatusCode::NOT_FOUND,

@@ -15,20 +15,18 @@ use super::error::ApiError;
 use super::Authed;
 use crate::bus::{BusEvent, Revocation, RevokeReason, UserNotice};
 use crate::gateway::Gateway;
-use crate::model::{parse_room_name, Position, RoomKind, RoomView, User};
+use crate::model::{
+    parse_room_name, Change, MemberAction, Position, Role, RoomKind, RoomView, User, Visibility,
+};
 use crate::protocol::MemberEvent;
 use crate::store::Room;
 
-fn view(room: &Room, member: bool) -> RoomView {
-    RoomView {
-        id: room.id,
-        name: room.name.clone(),
-        kind: room.kind,
-        member,
-        unread: 0,
-        last_position: None,
-        unread_mentions: 0,
-    }
+/// The room as the caller sees it now (after a change: their role, the member count).
+pub(super) async fn view(gw: &Gateway, room: Uuid, me: Uuid) -> Result<RoomView, ApiError> {
+    gw.store
+        .room_view(room, me)
+        .await?
+        .ok_or_else(ApiError::room_not_found)
 }
 
 /// Other public rooms per page of `GET /api/rooms`, unless `limit` says otherwise.
@@ -91,6 +89,8 @@ fn rate_limited(wait: std::time::Duration, message: &str) -> HttpResponse {
 #[derive(Deserialize)]
 pub struct NewRoom {
     name: String,
+    #[serde(default)]
+    visibility: Option<String>,
 }
 
 pub async fn create(
@@ -100,6 +100,16 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     // A refused name costs nothing and counts for nothing; every attempt on the store does.
     let name = parse_room_name(&body.name)?;
+    let visibility = match body.visibility.as_deref() {
+        None => Visibility::Public,
+        Some(v) => Visibility::parse(v).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_visibility",
+                "visibility is \"public\" or \"private\"",
+            )
+        })?,
+    };
     if let Err(not_until) = gw.room_creations.check_key(&me.0.id) {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         return Ok(rate_limited(wait, "too many rooms created; wait a moment"));
@@ -108,16 +118,17 @@ pub async fn create(
         id: Uuid::now_v7(),
         name,
         kind: RoomKind::Room,
+        visibility,
     };
     gw.store
         .create_room(&room, me.0.id, i64::from(gw.limits.max_rooms_per_user))
         .await?;
     rooms_changed(&gw, me.0.id, room.id, "created").await;
-    Ok(HttpResponse::Created().json(view(&room, true)))
+    Ok(HttpResponse::Created().json(view(&gw, room.id, me.0.id).await?))
 }
 
 /// Tells the user's other devices (every gateway) to refresh their room list.
-async fn rooms_changed(gw: &Gateway, user: Uuid, room: Uuid, reason: &str) {
+pub(super) async fn rooms_changed(gw: &Gateway, user: Uuid, room: Uuid, reason: &str) {
     let notice = UserNotice::RoomsChanged {
         room,
         reason: reason.to_owned(),
@@ -125,7 +136,7 @@ async fn rooms_changed(gw: &Gateway, user: Uuid, room: Uuid, reason: &str) {
     gw.notify(user, notice).await;
 }
 
-async fn announce(gw: &Gateway, room: Uuid, user: &User, event: MemberEvent) {
+pub(super) async fn announce(gw: &Gateway, room: Uuid, user: &User, event: MemberEvent) {
     let e = BusEvent::Member {
         room,
         user: user.clone(),
@@ -141,23 +152,53 @@ pub async fn join(
     me: Authed,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let room = gw
+    let access = gw
         .store
-        .room(*id)
+        .access(*id, me.0.id)
         .await?
         .ok_or_else(ApiError::room_not_found)?;
-    if room.kind == RoomKind::Dm && !gw.store.is_member(room.id, me.0.id).await? {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "direct message rooms cannot be joined; open the DM with POST /api/dms",
-        ));
+    if access.member.is_none() {
+        if access.banned {
+            return Err(ApiError::banned());
+        }
+        match access.room.kind {
+            RoomKind::Dm => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "direct message rooms cannot be joined; open the DM with POST /api/dms",
+                ))
+            }
+            // Server administrators may join any room (to moderate it).
+            _ if access.room.visibility == Visibility::Private && !access.server_admin => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "this room is private: it is joined by invite",
+                ))
+            }
+            _ => {}
+        }
     }
-    if gw.store.join(room.id, me.0.id).await? {
-        announce(&gw, room.id, &me.0, MemberEvent::Joined).await;
-        rooms_changed(&gw, me.0.id, room.id, "joined").await;
+    if gw.store.join(access.room.id, me.0.id).await? {
+        joined(&gw, access.room.id, &me.0, &me.0).await;
     }
-    Ok(HttpResponse::Ok().json(view(&room, true)))
+    Ok(HttpResponse::Ok().json(view(&gw, access.room.id, me.0.id).await?))
+}
+
+/// After `user` became a member (by `actor`): the log's `member` event, the v1 `member`
+/// frame and the user's room list.
+pub(super) async fn joined(gw: &Gateway, room: Uuid, user: &User, actor: &User) {
+    let change = Change::Member {
+        user: user.clone(),
+        action: MemberAction::Joined,
+        role: None,
+        until: None,
+        reason: None,
+    };
+    gw.record(actor, room, change).await;
+    announce(gw, room, user, MemberEvent::Joined).await;
+    rooms_changed(gw, user.id, room, "joined").await;
 }
 
 pub async fn leave(
@@ -165,11 +206,19 @@ pub async fn leave(
     me: Authed,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let room = gw
+    let access = gw
         .store
-        .room(*id)
+        .access(*id, me.0.id)
         .await?
         .ok_or_else(ApiError::room_not_found)?;
+    if access.member.is_some_and(|m| m.role == Role::Owner) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "owner_must_transfer",
+            "the owner cannot leave: pass ownership on first (POST /api/rooms/{id}/owner), or delete the room",
+        ));
+    }
+    let room = access.room;
     let was_member = gw.store.leave(room.id, me.0.id).await?;
     // Access ends before the answer on this gateway, and on the others as the bus
     // delivers the notice; not reported done until it is published (a retry revokes again).
@@ -186,17 +235,29 @@ pub async fn leave(
         ));
     }
     if was_member {
+        let change = Change::Member {
+            user: me.0.clone(),
+            action: MemberAction::Left,
+            role: None,
+            until: None,
+            reason: None,
+        };
+        gw.record(&me.0, room.id, change).await;
         announce(&gw, room.id, &me.0, MemberEvent::Left).await;
         rooms_changed(&gw, me.0.id, room.id, "left").await;
     }
-    Ok(HttpResponse::Ok().json(view(&room, false)))
+    Ok(HttpResponse::Ok().json(view(&gw, room.id, me.0.id).await?))
 }
 
-async fn require_member(gw: &Gateway, room: Uuid, user: Uuid) -> Result<(), ApiError> {
-    if gw.store.is_member(room, user).await? {
-        return Ok(());
-    }
-    match gw.store.room(room).await? {
+/// The caller's access to a room they must be a member of (to read it).
+pub(super) async fn require_member(
+    gw: &Gateway,
+    room: Uuid,
+    user: Uuid,
+) -> Result<crate::store::governance::Access, ApiError> {
+    match gw.store.access(room, user).await? {
+        Some(a) if a.member.is_some() => Ok(a),
+        Some(a) if a.banned => Err(ApiError::banned()),
         Some(_) => Err(ApiError::not_member()),
         None => Err(ApiError::room_not_found()),
     }
@@ -326,6 +387,9 @@ pub async fn dm(
     };
     let other = other
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no such user"))?;
+    if gw.store.blocked(other.id, me.0.id).await? {
+        return Err(ApiError::blocked());
+    }
     if other.id == me.0.id {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -337,15 +401,14 @@ pub async fn dm(
     // Re-opening a DM one had left rejoins it (only the caller: the other user, if they
     // left, comes back by opening it themselves).
     if !created && gw.store.join(room.id, me.0.id).await? {
-        announce(&gw, room.id, &me.0, MemberEvent::Joined).await;
+        joined(&gw, room.id, &me.0, &me.0).await;
     }
     // The other user sees the DM appear without reloading (and the caller's other devices).
     rooms_changed(&gw, me.0.id, room.id, "dm_opened").await;
     if created {
         rooms_changed(&gw, other.id, room.id, "dm_opened").await;
     }
-    let mut v = view(&room, true);
-    v.name = other.name;
+    let v = view(&gw, room.id, me.0.id).await?;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -6,6 +6,7 @@
 //! The store is not on the real-time path: a message reaches readers through the log and
 //! the bus whether or not it has been written here yet.
 
+pub mod governance;
 mod postgres;
 pub mod schema;
 mod schema_sqlite;
@@ -21,7 +22,7 @@ use chrono::{DateTime, Utc};
 
 use crate::events::{Limits, Target};
 use crate::model::{
-    Member, Message, MessageId, Position, RoomId, RoomKind, RoomView, User, UserId,
+    Member, Message, MessageId, Position, RoomId, RoomKind, RoomView, User, UserId, Visibility,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,12 @@ pub enum StoreError {
     Conflict(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// An invite or invite link that is no longer valid (used, expired, revoked).
+    #[error("this {0} is no longer valid")]
+    Gone(&'static str),
+    /// The user is banned from the room.
+    #[error("banned from this room")]
+    Banned,
     /// A per-user cap was reached (e.g. rooms created).
     #[error("too many {0}")]
     Limit(&'static str),
@@ -56,6 +63,8 @@ pub struct Credentials {
     pub password_hash: String,
     /// The user's current token generation ([`Store::token_generation`]).
     pub token_generation: i64,
+    /// A suspended account cannot log in.
+    pub suspended: bool,
 }
 
 /// One page of `GET /api/rooms`.
@@ -71,6 +80,7 @@ pub struct Room {
     pub id: RoomId,
     pub name: String,
     pub kind: RoomKind,
+    pub visibility: Visibility,
 }
 
 /// One page of a room's history, ascending by position.
@@ -90,7 +100,7 @@ pub struct EditEntry {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: governance::Governance + Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// `Conflict("username")` if the name is taken (by [`crate::model::name_key`]: any
@@ -128,7 +138,7 @@ pub trait Store: Send + Sync + 'static {
         creator: UserId,
         max_per_user: i64,
     ) -> Result<(), StoreError>;
-    /// Returns whether the user was not a member before.
+    /// Returns whether the user was not a member before; `Banned` if the user is banned.
     async fn join(&self, room: RoomId, user: UserId) -> Result<bool, StoreError>;
     /// Returns whether the user was a member before.
     async fn leave(&self, room: RoomId, user: UserId) -> Result<bool, StoreError>;

@@ -23,11 +23,17 @@ macro_rules! write_transaction {
 }
 
 // The shared queries (queries.rs) compile against these.
+#[path = "gov_queries.rs"]
+#[allow(clippy::duplicate_mod)] // the same: governance's queries, once per backend
+mod gov_queries;
 #[path = "queries.rs"]
 #[allow(clippy::duplicate_mod)] // on purpose: one query file, compiled once per backend
 mod queries;
 use super::schema;
+use diesel::sql_types::Timestamptz as SqlTime;
 use diesel::sql_types::Uuid as SqlUuid;
+/// The string aggregate of this SQL dialect (with its opening parenthesis).
+const STRING_AGG: &str = "string_agg(";
 type Backend = PgStore;
 type Conn = AsyncPgConnection;
 type MigrationConn =

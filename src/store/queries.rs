@@ -11,21 +11,26 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::{BigInt, Bool, Nullable, Text};
+use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
-use super::schema::{consumer_offsets, memberships, mentions, messages, reactions, rooms, users};
-use super::{committed_offset, db_error, insert_messages, Backend, Conn, MigrationConn, SqlUuid};
+use super::schema::{
+    blocks, consumer_offsets, memberships, mentions, messages, reactions, rooms, users,
+};
+use super::{
+    committed_offset, db_error, insert_messages, Backend, Conn, MigrationConn, SqlTime, SqlUuid,
+};
 use crate::events::{self, Limits, RuleError, Target, MAX_MENTIONS};
+use crate::governance::Role;
 use crate::model::{
     name_key, Change, Member, Message, MessageId, Position, ReactionCount, RoomId, RoomKind,
-    RoomView, User, UserId, REACTION_USERS_SHOWN,
+    RoomView, User, UserId, Visibility, REACTION_USERS_SHOWN,
 };
 use crate::store::sql_types::Id;
 use crate::store::{Credentials, EditEntry, HistoryPage, Room, RoomsPage, Store, StoreError};
 
-fn is_unique_violation(e: &DieselError) -> bool {
+pub(super) fn is_unique_violation(e: &DieselError) -> bool {
     matches!(
         e,
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
@@ -53,11 +58,17 @@ pub(super) struct MessageRow {
     deleted_at: Option<DateTime<Utc>>,
     reply_count: i32,
     last_reply_at: Option<DateTime<Utc>>,
+    detail: Option<String>,
 }
 
 impl From<MessageRow> for Message {
     fn from(r: MessageRow) -> Self {
         let change = match (r.kind.as_str(), r.target_id) {
+            // A governance event's fields, as the log carried them.
+            ("member" | "room", _) => r
+                .detail
+                .as_deref()
+                .and_then(|d| serde_json::from_str(d).ok()),
             ("edit", Some(t)) => Some(Change::Edit { message_id: t.0 }),
             ("delete", Some(t)) => Some(Change::Delete { message_id: t.0 }),
             ("reaction", Some(t)) => Some(Change::Reaction {
@@ -91,6 +102,7 @@ impl From<MessageRow> for Message {
             reactions: None,
             reply_count: (r.reply_count > 0).then_some(i64::from(r.reply_count)),
             last_reply_at: r.last_reply_at,
+            blocked: false,
         }
     }
 }
@@ -113,6 +125,7 @@ pub(super) struct NewMessageRow<'a> {
     mentions: Option<String>,
     emoji: Option<&'a str>,
     reaction_on: Option<bool>,
+    detail: Option<String>,
 }
 
 /// A record appended to SQLite's messages table, which gives it its position.
@@ -132,6 +145,7 @@ pub(super) struct AppendRow<'a> {
     mentions: Option<String>,
     emoji: Option<&'a str>,
     reaction_on: Option<bool>,
+    detail: Option<String>,
 }
 
 impl<'a> NewMessageRow<'a> {
@@ -152,6 +166,7 @@ impl<'a> NewMessageRow<'a> {
             mentions: self.mentions,
             emoji: self.emoji,
             reaction_on: self.reaction_on,
+            detail: self.detail,
         }
     }
 
@@ -160,12 +175,17 @@ impl<'a> NewMessageRow<'a> {
             None => ("message", None, None, None),
             Some(c @ Change::Reaction { emoji, on, .. }) => (
                 "reaction",
-                Some(Id(c.target())),
+                c.target().map(Id),
                 Some(emoji.as_str()),
                 Some(*on),
             ),
-            Some(c) => (c.kind(), Some(Id(c.target())), None, None),
+            Some(c) => (c.kind(), c.target().map(Id), None, None),
         };
+        let detail = m
+            .change
+            .as_ref()
+            .filter(|c| c.is_governance())
+            .and_then(|c| serde_json::to_string(c).ok());
         NewMessageRow {
             id: Id(m.id),
             room_id: Id(m.room),
@@ -183,6 +203,7 @@ impl<'a> NewMessageRow<'a> {
                 .then(|| serde_json::to_string(&m.mentions).unwrap_or_default()),
             emoji,
             reaction_on,
+            detail,
         }
     }
 
@@ -311,15 +332,24 @@ pub(super) async fn apply(
         }
         return Ok(Ok(()));
     };
-    let target_id = change.target();
+    // Membership and settings are written by the gateway that decided them, before the
+    // event was appended (docs/decisions/0005): the record is stored, nothing to apply.
+    let Some(target_id) = change.target() else {
+        return Ok(Ok(()));
+    };
     let emoji = match change {
         Change::Reaction { emoji, .. } => Some(emoji.as_str()),
         _ => None,
     };
     let target = load_target(c, target_id, m.sender.id, emoji).await?;
-    if let Err(e) = events::check(
+    // Someone else's message: only a moderator (or above) of the room deletes it.
+    let moderator = matches!(change, Change::Delete { .. })
+        && target.as_ref().is_some_and(|t| t.author != m.sender.id)
+        && may_delete_others(c, m.room, m.sender.id).await?;
+    if let Err(e) = events::check_as(
         change,
         m.sender.id,
+        moderator,
         m.room,
         m.sent_at,
         target.as_ref(),
@@ -405,8 +435,47 @@ pub(super) async fn apply(
                 .await?;
             }
         }
+        Change::Member { .. } | Change::Room { .. } => {}
     }
     Ok(Ok(()))
+}
+
+/// Whether the user may delete others' messages in the room now (the permission table,
+/// read in the caller's transaction).
+async fn may_delete_others(c: &mut Conn, room: RoomId, user: UserId) -> QueryResult<bool> {
+    use crate::governance::{allowed, Action, Actor};
+    let role: Option<String> = memberships::table
+        .find((Id(room), Id(user)))
+        .select(memberships::role)
+        .first(c)
+        .await
+        .optional()?;
+    let server_admin: bool = users::table
+        .find(Id(user))
+        .select(users::is_admin)
+        .first(c)
+        .await
+        .optional()?
+        .unwrap_or(false);
+    let info: Option<(String, bool, String)> = rooms::table
+        .find(Id(room))
+        .select((rooms::kind, rooms::is_group, rooms::visibility))
+        .first(c)
+        .await
+        .optional()?;
+    let Some((kind, is_group, visibility)) = info else {
+        return Ok(false);
+    };
+    let kind = match RoomKind::parse(&kind) {
+        Some(RoomKind::Room) if is_group => RoomKind::Group,
+        k => k.unwrap_or(RoomKind::Room),
+    };
+    let actor = Actor {
+        role: role.as_deref().and_then(Role::parse),
+        server_admin,
+    };
+    let visibility = Visibility::parse(&visibility).unwrap_or_default();
+    Ok(allowed(actor, Action::DeleteOthers, kind, visibility))
 }
 
 /// Inserts one record, skipping it if stored already; whether it was inserted.
@@ -532,6 +601,8 @@ struct RoomViewRow {
     #[diesel(sql_type = Text)]
     kind: String,
     #[diesel(sql_type = Bool)]
+    is_group: bool,
+    #[diesel(sql_type = Bool)]
     member: bool,
     #[diesel(sql_type = BigInt)]
     unread: i64,
@@ -539,16 +610,36 @@ struct RoomViewRow {
     last_position: Option<i64>,
     #[diesel(sql_type = BigInt)]
     unread_mentions: i64,
+    #[diesel(sql_type = Text)]
+    visibility: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    my_role: Option<String>,
+    #[diesel(sql_type = Text)]
+    topic: String,
+    #[diesel(sql_type = Text)]
+    description: String,
+    #[diesel(sql_type = Integer)]
+    slow_mode_secs: i32,
+    #[diesel(sql_type = Nullable<SqlTime>)]
+    muted_until: Option<DateTime<Utc>>,
+    #[diesel(sql_type = BigInt)]
+    members: i64,
 }
 
-/// A room as user $1 sees it; `rooms_for` adds the WHERE, ORDER and LIMIT.
+/// A room as user $1 sees it; `rooms_for` adds the WHERE, ORDER and LIMIT. A DM is named
+/// after the other member; a group without a name after its other members.
 const ROOM_VIEW: &str = "
 SELECT r.id,
        CASE WHEN r.kind = 'dm' THEN COALESCE(
             (SELECT u.name FROM memberships o JOIN users u ON u.id = o.user_id
               WHERE o.room_id = r.id AND o.user_id <> $1 LIMIT 1), r.name)
+            WHEN r.is_group AND r.name = '' THEN COALESCE(
+            (SELECT string_agg(g.name, ', ') FROM
+              (SELECT u.name FROM memberships o JOIN users u ON u.id = o.user_id
+                WHERE o.room_id = r.id AND o.user_id <> $1 ORDER BY u.name LIMIT 10) g), '')
             ELSE r.name END AS name,
        r.kind,
+       r.is_group,
        (m.user_id IS NOT NULL) AS member,
        CASE WHEN m.user_id IS NULL THEN 0 ELSE
             (SELECT count(*) FROM messages x
@@ -559,39 +650,91 @@ SELECT r.id,
        CASE WHEN m.user_id IS NULL THEN 0 ELSE
             (SELECT count(*) FROM mentions n
               WHERE n.user_id = $1 AND n.room_id = r.id
-                AND n.position > COALESCE(m.last_read, -1)) END AS unread_mentions
+                AND n.position > COALESCE(m.last_read, -1)) END AS unread_mentions,
+       r.visibility,
+       m.role AS my_role,
+       r.topic,
+       r.description,
+       r.slow_mode_secs,
+       m.muted_until,
+       (SELECT count(*) FROM memberships a WHERE a.room_id = r.id) AS members
   FROM rooms r
   LEFT JOIN memberships m ON m.room_id = r.id AND m.user_id = $1";
 
+/// `ROOM_VIEW` in the backend's dialect (`string_agg` is SQLite's `group_concat`).
+fn room_view_sql() -> String {
+    ROOM_VIEW.replace("string_agg(", super::STRING_AGG)
+}
+
 /// Every room of the user: the whole list, whatever its length.
 fn member_rooms_sql() -> String {
-    format!("{ROOM_VIEW} WHERE m.user_id IS NOT NULL ORDER BY r.kind, lower(r.name), r.id")
+    let view = room_view_sql();
+    format!(
+        "{view} WHERE m.user_id IS NOT NULL AND r.deleted_at IS NULL \
+         ORDER BY r.kind, lower(r.name), r.id"
+    )
+}
+
+/// One room as user $1 sees it ($2 the room).
+fn one_room_sql() -> String {
+    let view = room_view_sql();
+    format!("{view} WHERE r.id = $2 AND r.deleted_at IS NULL")
 }
 
 /// Public rooms the user is not in, in creation order (ids are UUIDv7), from the start
-/// (`$2` the limit) or after the room `$2` (`$3` the limit).
+/// (`$2` the limit) or after the room `$2` (`$3` the limit). Private rooms and groups are
+/// not listed to non-members.
 fn other_rooms_sql(after: bool) -> String {
     let (cursor, limit) = if after {
         ("AND r.id > $2", "$3")
     } else {
         ("", "$2")
     };
+    let view = room_view_sql();
     format!(
-        "{ROOM_VIEW} WHERE r.kind = 'room' AND m.user_id IS NULL {cursor} \
+        "{view} WHERE r.kind = 'room' AND r.visibility = 'public' AND NOT r.is_group \
+         AND r.deleted_at IS NULL AND m.user_id IS NULL {cursor} \
          ORDER BY r.id LIMIT {limit}"
     )
 }
 
 fn room_view(r: RoomViewRow) -> RoomView {
+    let kind = match RoomKind::parse(&r.kind) {
+        Some(RoomKind::Room) if r.is_group => RoomKind::Group,
+        Some(k) => k,
+        None => RoomKind::Room,
+    };
     RoomView {
         id: r.id.0,
         name: r.name,
-        kind: RoomKind::parse(&r.kind).unwrap_or(RoomKind::Room),
+        kind,
         member: r.member,
         unread: r.unread,
         last_position: r.last_position,
         unread_mentions: r.unread_mentions,
+        visibility: Visibility::parse(&r.visibility).unwrap_or_default(),
+        my_role: r.my_role.as_deref().and_then(Role::parse),
+        topic: r.topic,
+        description: r.description,
+        slow_mode_secs: r.slow_mode_secs,
+        muted_until: r.muted_until.filter(|t| *t > Utc::now()),
+        members: r.members,
     }
+}
+
+/// The room as `user` sees it (None: no such room, or deleted).
+pub(super) async fn room_view_of(
+    c: &mut Conn,
+    room: RoomId,
+    user: UserId,
+) -> QueryResult<Option<RoomView>> {
+    let row: Option<RoomViewRow> = diesel::sql_query(one_room_sql())
+        .bind::<SqlUuid, _>(Id(user))
+        .bind::<SqlUuid, _>(Id(room))
+        .get_result(c)
+        .await
+        .optional()?;
+    Ok(row.map(room_view))
 }
 
 /// Fills `name_key` ([`name_key`]) of the users and rooms written before the column
@@ -695,6 +838,18 @@ impl Backend {
         fill_state(&mut c, room, me, &mut messages, thread)
             .await
             .map_err(db_error)?;
+        // Messages of users the reader blocked are flagged (the client hides them).
+        let senders: Vec<Id> = messages.iter().map(|m| Id(m.sender.id)).collect();
+        let blocked: Vec<Id> = blocks::table
+            .filter(blocks::user_id.eq(Id(me)))
+            .filter(blocks::blocked_id.eq_any(senders))
+            .select(blocks::blocked_id)
+            .load(&mut c)
+            .await
+            .map_err(db_error)?;
+        for m in &mut messages {
+            m.blocked = blocked.iter().any(|b| b.0 == m.sender.id);
+        }
         Ok(HistoryPage { messages, has_more })
     }
 }
@@ -730,25 +885,27 @@ impl Store for Backend {
 
     async fn credentials(&self, name: &str) -> Result<Option<Credentials>, StoreError> {
         let mut c = self.conn().await?;
-        let row: Option<(Id, String, String, i64)> = users::table
+        let row: Option<(Id, String, String, i64, Option<DateTime<Utc>>)> = users::table
             .filter(users::name_key.eq(name_key(name)))
             .select((
                 users::id,
                 users::name,
                 users::password_hash,
                 users::token_generation,
+                users::suspended_at,
             ))
             .first(&mut c)
             .await
             .optional()
             .map_err(db_error)?;
-        Ok(
-            row.map(|(id, name, password_hash, token_generation)| Credentials {
+        Ok(row.map(
+            |(id, name, password_hash, token_generation, suspended)| Credentials {
                 user: User { id: id.0, name },
                 password_hash,
                 token_generation,
-            }),
-        )
+                suspended: suspended.is_some(),
+            },
+        ))
     }
 
     async fn token_generation(&self, user: UserId) -> Result<Option<i64>, StoreError> {
@@ -848,17 +1005,28 @@ impl Store for Backend {
 
     async fn room(&self, id: RoomId) -> Result<Option<Room>, StoreError> {
         let mut c = self.conn().await?;
-        let row: Option<(Id, String, String)> = rooms::table
+        let row: Option<(Id, String, String, bool, String)> = rooms::table
             .find(Id(id))
-            .select((rooms::id, rooms::name, rooms::kind))
+            .filter(rooms::deleted_at.is_null())
+            .select((
+                rooms::id,
+                rooms::name,
+                rooms::kind,
+                rooms::is_group,
+                rooms::visibility,
+            ))
             .first(&mut c)
             .await
             .optional()
             .map_err(db_error)?;
-        Ok(row.map(|(id, name, kind)| Room {
+        Ok(row.map(|(id, name, kind, is_group, visibility)| Room {
             id: id.0,
             name,
-            kind: RoomKind::parse(&kind).unwrap_or(RoomKind::Room),
+            kind: match RoomKind::parse(&kind) {
+                Some(RoomKind::Room) if is_group => RoomKind::Group,
+                k => k.unwrap_or(RoomKind::Room),
+            },
+            visibility: Visibility::parse(&visibility).unwrap_or_default(),
         }))
     }
 
@@ -898,6 +1066,7 @@ impl Store for Backend {
                     rooms::name.eq(&room.name),
                     rooms::name_key.eq(&key),
                     rooms::kind.eq(room.kind.as_str()),
+                    rooms::visibility.eq(room.visibility.as_str()),
                     rooms::created_by.eq(Id(creator)),
                 ))
                 .execute(c)
@@ -906,6 +1075,7 @@ impl Store for Backend {
                 .values((
                     memberships::room_id.eq(Id(room.id)),
                     memberships::user_id.eq(Id(creator)),
+                    memberships::role.eq(Role::Owner.as_str()),
                 ))
                 .execute(c)
                 .await?;
@@ -924,16 +1094,23 @@ impl Store for Backend {
 
     async fn join(&self, room: RoomId, user: UserId) -> Result<bool, StoreError> {
         let mut c = self.conn().await?;
-        let n = diesel::insert_into(memberships::table)
-            .values((
-                memberships::room_id.eq(Id(room)),
-                memberships::user_id.eq(Id(user)),
-            ))
-            .on_conflict_do_nothing()
-            .execute(&mut c)
-            .await
-            .map_err(db_error)?;
-        Ok(n == 1)
+        let r = write_transaction!(c, DieselError, async |c| {
+            if super::gov_queries::banned(c, room, user).await? {
+                return Ok(None);
+            }
+            let n = diesel::insert_into(memberships::table)
+                .values((
+                    memberships::room_id.eq(Id(room)),
+                    memberships::user_id.eq(Id(user)),
+                ))
+                .on_conflict_do_nothing()
+                .execute(c)
+                .await?;
+            Ok(Some(n == 1))
+        })
+        .await
+        .map_err(db_error)?;
+        r.ok_or(StoreError::Banned)
     }
 
     async fn leave(&self, room: RoomId, user: UserId) -> Result<bool, StoreError> {
@@ -959,20 +1136,28 @@ impl Store for Backend {
 
     async fn members(&self, room: RoomId) -> Result<Vec<Member>, StoreError> {
         let mut c = self.conn().await?;
-        let rows: Vec<(Id, String)> = memberships::table
+        let rows: Vec<(Id, String, String, Option<DateTime<Utc>>)> = memberships::table
             .inner_join(users::table)
             .filter(memberships::room_id.eq(Id(room)))
-            .select((users::id, users::name))
+            .select((
+                users::id,
+                users::name,
+                memberships::role,
+                memberships::muted_until,
+            ))
             .order(users::name.asc())
             .load(&mut c)
             .await
             .map_err(db_error)?;
+        let now = Utc::now();
         Ok(rows
             .into_iter()
-            .map(|(id, name)| Member {
+            .map(|(id, name, role, muted_until)| Member {
                 id: id.0,
                 name,
                 online: false,
+                role: Role::parse(&role).unwrap_or(Role::Member),
+                muted_until: muted_until.filter(|t| *t > now),
             })
             .collect())
     }
@@ -1006,6 +1191,7 @@ impl Store for Backend {
                     rooms::id.eq(id),
                     rooms::name.eq(format!("dm:{key}")),
                     rooms::kind.eq(RoomKind::Dm.as_str()),
+                    rooms::visibility.eq(Visibility::Private.as_str()),
                     rooms::dm_key.eq(&key),
                     rooms::created_by.eq(Id(a)),
                 ))
@@ -1039,6 +1225,7 @@ impl Store for Backend {
                 id: rid.0,
                 name,
                 kind: RoomKind::Dm,
+                visibility: Visibility::Private,
             },
             created,
         ))

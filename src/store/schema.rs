@@ -15,6 +15,8 @@ diesel::table! {
         user_id -> Uuid,
         joined_at -> Timestamptz,
         last_read -> Nullable<Int8>,
+        role -> Text,
+        muted_until -> Nullable<Timestamptz>,
     }
 }
 
@@ -43,6 +45,7 @@ diesel::table! {
         deleted_by -> Nullable<Uuid>,
         reply_count -> Int4,
         last_reply_at -> Nullable<Timestamptz>,
+        detail -> Nullable<Text>,
     }
 }
 
@@ -73,6 +76,12 @@ diesel::table! {
         created_by -> Uuid,
         created_at -> Timestamptz,
         name_key -> Nullable<Text>,
+        visibility -> Text,
+        is_group -> Bool,
+        topic -> Text,
+        description -> Text,
+        slow_mode_secs -> Int4,
+        deleted_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -84,6 +93,51 @@ diesel::table! {
         created_at -> Timestamptz,
         token_generation -> Int8,
         name_key -> Nullable<Text>,
+        is_admin -> Bool,
+        suspended_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    bans (room_id, user_id) {
+        room_id -> Uuid,
+        user_id -> Uuid,
+        until -> Nullable<Timestamptz>,
+        reason -> Nullable<Text>,
+        banned_by -> Uuid,
+        banned_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    invites (id) {
+        id -> Uuid,
+        room_id -> Uuid,
+        user_id -> Uuid,
+        inviter_id -> Uuid,
+        created_at -> Timestamptz,
+        state -> Text,
+    }
+}
+
+diesel::table! {
+    invite_links (code) {
+        code -> Text,
+        room_id -> Uuid,
+        created_by -> Uuid,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        max_uses -> Nullable<Int4>,
+        uses -> Int4,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    blocks (user_id, blocked_id) {
+        user_id -> Uuid,
+        blocked_id -> Uuid,
+        created_at -> Timestamptz,
     }
 }
 
@@ -92,6 +146,10 @@ diesel::joinable!(memberships -> users (user_id));
 diesel::joinable!(rooms -> users (created_by));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    bans,
+    blocks,
+    invite_links,
+    invites,
     consumer_offsets,
     memberships,
     mentions,

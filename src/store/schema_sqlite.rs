@@ -24,6 +24,8 @@ diesel::table! {
         user_id -> UuidText,
         joined_at -> TimestamptzSqlite,
         last_read -> Nullable<BigInt>,
+        role -> Text,
+        muted_until -> Nullable<TimestamptzSqlite>,
     }
 }
 
@@ -55,6 +57,7 @@ diesel::table! {
         deleted_by -> Nullable<UuidText>,
         reply_count -> Integer,
         last_reply_at -> Nullable<TimestamptzSqlite>,
+        detail -> Nullable<Text>,
     }
 }
 
@@ -94,6 +97,12 @@ diesel::table! {
         created_by -> UuidText,
         created_at -> TimestamptzSqlite,
         name_key -> Nullable<Text>,
+        visibility -> Text,
+        is_group -> Bool,
+        topic -> Text,
+        description -> Text,
+        slow_mode_secs -> Integer,
+        deleted_at -> Nullable<TimestamptzSqlite>,
     }
 }
 
@@ -108,6 +117,63 @@ diesel::table! {
         created_at -> TimestamptzSqlite,
         token_generation -> BigInt,
         name_key -> Nullable<Text>,
+        is_admin -> Bool,
+        suspended_at -> Nullable<TimestamptzSqlite>,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::UuidText;
+
+    bans (room_id, user_id) {
+        room_id -> UuidText,
+        user_id -> UuidText,
+        until -> Nullable<TimestamptzSqlite>,
+        reason -> Nullable<Text>,
+        banned_by -> UuidText,
+        banned_at -> TimestamptzSqlite,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::UuidText;
+
+    invites (id) {
+        id -> UuidText,
+        room_id -> UuidText,
+        user_id -> UuidText,
+        inviter_id -> UuidText,
+        created_at -> TimestamptzSqlite,
+        state -> Text,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::UuidText;
+
+    invite_links (code) {
+        code -> Text,
+        room_id -> UuidText,
+        created_by -> UuidText,
+        created_at -> TimestamptzSqlite,
+        expires_at -> TimestamptzSqlite,
+        max_uses -> Nullable<Integer>,
+        uses -> Integer,
+        revoked_at -> Nullable<TimestamptzSqlite>,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::UuidText;
+
+    blocks (user_id, blocked_id) {
+        user_id -> UuidText,
+        blocked_id -> UuidText,
+        created_at -> TimestamptzSqlite,
     }
 }
 
@@ -116,6 +182,10 @@ diesel::joinable!(memberships -> users (user_id));
 diesel::joinable!(rooms -> users (created_by));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    bans,
+    blocks,
+    invite_links,
+    invites,
     consumer_offsets,
     memberships,
     mentions,

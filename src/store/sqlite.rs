@@ -39,11 +39,17 @@ macro_rules! write_transaction {
 }
 
 // The shared queries (queries.rs) compile against these.
+#[path = "gov_queries.rs"]
+#[allow(clippy::duplicate_mod)] // the same: governance's queries, once per backend
+mod gov_queries;
 #[path = "queries.rs"]
 #[allow(clippy::duplicate_mod)] // on purpose: one query file, compiled once per backend
 mod queries;
 use super::schema_sqlite as schema;
+/// The string aggregate of this SQL dialect (with its opening parenthesis).
+const STRING_AGG: &str = "group_concat(";
 type Backend = SqliteStore;
+type SqlTime = diesel::sql_types::TimestamptzSqlite;
 type SqlUuid = UuidText;
 type Conn = SyncConnectionWrapper<SqliteConnection>;
 type MigrationConn = SqliteConnection;

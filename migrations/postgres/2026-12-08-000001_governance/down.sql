@@ -1,0 +1,20 @@
+DROP TABLE blocks;
+DROP TABLE invite_links;
+DROP TABLE invites;
+DROP TABLE bans;
+ALTER TABLE users DROP COLUMN suspended_at;
+ALTER TABLE users DROP COLUMN is_admin;
+ALTER TABLE memberships DROP COLUMN muted_until;
+ALTER TABLE memberships DROP COLUMN role;
+ALTER TABLE rooms DROP COLUMN deleted_at;
+ALTER TABLE rooms DROP COLUMN slow_mode_secs;
+ALTER TABLE rooms DROP COLUMN description;
+ALTER TABLE rooms DROP COLUMN topic;
+ALTER TABLE rooms DROP COLUMN is_group;
+ALTER TABLE rooms DROP COLUMN visibility;
+DROP INDEX messages_governance_idx;
+DELETE FROM messages WHERE kind IN ('member', 'room');
+ALTER TABLE messages DROP COLUMN detail;
+ALTER TABLE messages DROP CONSTRAINT messages_kind_check;
+ALTER TABLE messages ADD CONSTRAINT messages_kind_check
+    CHECK (kind IN ('message', 'edit', 'delete', 'reaction', 'refused'));
