@@ -284,10 +284,14 @@ impl SlowMode for RedisCoord {
     ) -> Result<Option<Duration>, CoordError> {
         let key = format!("{}:slow:{{{room}}}:{user}", self.prefix);
         let ms = interval.as_millis().clamp(1, u128::from(u32::MAX)) as u64;
+        // The value is when the next turn is (ms since the epoch): the wait is read back
+        // with GET, which the ACL of a least-privilege user allows (README), unlike PTTL.
+        let now = chrono::Utc::now().timestamp_millis();
+        let next = now.saturating_add(ms as i64);
         let mut conn = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
             .arg(&key)
-            .arg(1)
+            .arg(next)
             .arg("PX")
             .arg(ms)
             .arg("NX")
@@ -297,11 +301,12 @@ impl SlowMode for RedisCoord {
         if set.is_some() {
             return Ok(None);
         }
-        let left: i64 = redis::cmd("PTTL")
+        let held: Option<i64> = redis::cmd("GET")
             .arg(&key)
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(Some(Duration::from_millis(left.max(1) as u64)))
+        let left = held.map_or(1, |t| t.saturating_sub(now).max(1));
+        Ok(Some(Duration::from_millis(left as u64)))
     }
 }

@@ -211,7 +211,7 @@ impl Scenario {
         let n = self
             .env
             .wait_count(
-                "SELECT count(*) AS n FROM messages",
+                "SELECT count(*) AS n FROM messages WHERE kind NOT IN ('member', 'room')",
                 acked.len() as i64,
                 Duration::from_secs(60),
             )
@@ -219,7 +219,7 @@ impl Scenario {
         let persisted_at = Instant::now();
         let distinct = self
             .env
-            .count("SELECT count(DISTINCT (sender_id, client_msg_id)) AS n FROM messages")
+            .count("SELECT count(DISTINCT (sender_id, client_msg_id)) AS n FROM messages WHERE kind NOT IN ('member', 'room')")
             .await;
         let sent: usize = self.clients.iter().map(|c| c.with(|r| r.sent)).sum();
         let mut ack_times: Vec<Instant> = self

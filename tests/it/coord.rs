@@ -195,6 +195,25 @@ async fn tombstones(c: &dyn Coord) {
     assert!(!c.buried(m).await.expect("buried"));
 }
 
+async fn slow_mode(c: &dyn Coord) {
+    let (room, ann, bob) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let every = Duration::from_millis(1_500);
+    assert_eq!(c.take_turn(room, ann, every).await.expect("turn"), None);
+    // Ann's next turn is up to 1.5 s away; Bob's and Ann's in another room are not.
+    let wait = c.take_turn(room, ann, every).await.expect("turn");
+    assert!(
+        wait.is_some_and(|w| w > Duration::ZERO && w <= every),
+        "{wait:?}"
+    );
+    assert_eq!(c.take_turn(room, bob, every).await.expect("turn"), None);
+    assert_eq!(
+        c.take_turn(Uuid::now_v7(), ann, every).await.expect("turn"),
+        None
+    );
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(c.take_turn(room, ann, every).await.expect("turn"), None);
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod redis_coord {
@@ -206,4 +225,11 @@ macro_rules! contract {
     };
 }
 
-contract!(claims, claims_expire, leases, positions, tombstones);
+contract!(
+    claims,
+    claims_expire,
+    leases,
+    positions,
+    tombstones,
+    slow_mode
+);

@@ -15,6 +15,7 @@ mod embedded;
 mod events;
 mod features;
 mod hardening;
+mod moderation;
 mod rooms_tokens;
 mod sessions;
 mod shutdown;
