@@ -4,8 +4,11 @@
 // offered, room settings, blocking, group DMs.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import {
-  TEST_TIMEOUT, startDistributed, checkAssets, launchBrowser, openPage, register,
+  TEST_TIMEOUT, startDistributed, embedded, checkAssets, launchBrowser, openPage, register,
   createRoom, joinRoom, openRoom, roomItem, send, messages, waitDelivered, until, shot,
   currentRoomId, uniq, reportFailure,
 } from './harness.mjs';
@@ -14,8 +17,19 @@ let C; let browser;
 const pages = [];
 const T = { timeout: TEST_TIMEOUT };
 
+/**
+ * The distributed cluster; with GOV_EMBEDDED=1 one embedded server instead (both "gateways"
+ * are the same process), for when the services are not available.
+ */
+async function cluster() {
+  if (process.env.GOV_EMBEDDED !== '1') return startDistributed('gov');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chat-gov-'));
+  const p = await embedded('gov-embedded', dir).start();
+  return { gw: () => p.url, async close() { await p.stop('SIGKILL'); fs.rmSync(dir, { recursive: true, force: true }); } };
+}
+
 before(async () => {
-  [C, browser] = await Promise.all([startDistributed('gov'), launchBrowser()]);
+  [C, browser] = await Promise.all([cluster(), launchBrowser()]);
 });
 after(async () => {
   for (const p of pages) await p.context().close().catch(() => {});
