@@ -177,6 +177,7 @@ async function fetchRooms() {
       S.rooms.set(r.id, r);
       if (old && old.member && !r.member) forgetRoom(r.id);
       if (r.member) S.gone.delete(r.id);
+      if (r.muted_until) S.mutedHint.delete(r.id); // the mute's end is known: it takes over
     }
     for (const id of [...S.rooms.keys()]) if (!seen.has(id)) { forgetRoom(id); S.rooms.delete(id); }
     S.roomOrder = list.map((r) => r.id);
