@@ -4,11 +4,12 @@
 // offered, room settings, blocking, group DMs.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  TEST_TIMEOUT, startDistributed, embedded, checkAssets, launchBrowser, openPage, register,
+  TEST_TIMEOUT, startDistributed, embedded, chatBin, online, login, checkAssets, launchBrowser, openPage, register,
   createRoom, joinRoom, openRoom, roomItem, send, messages, waitDelivered, until, shot,
   currentRoomId, uniq, reportFailure,
 } from './harness.mjs';
@@ -22,10 +23,21 @@ const T = { timeout: TEST_TIMEOUT };
  * are the same process), for when the services are not available.
  */
 async function cluster() {
-  if (process.env.GOV_EMBEDDED !== '1') return startDistributed('gov');
+  const env = Object.assign({}, process.env);
+  for (const k of ['DATABASE_URL', 'REDIS_URL', 'KAFKA_BROKERS', 'DATA_DIR']) delete env[k];
+  /** `chat admin grant NAME` against the cluster's store. */
+  const grant = (store) => (name) => execFileSync(chatBin(), ['admin', 'grant', name, ...store], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  if (process.env.GOV_EMBEDDED !== '1') {
+    const c = await startDistributed('gov');
+    c.grantAdmin = grant(['--database-url', c.dbUrl]);
+    return c;
+  }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chat-gov-'));
   const p = await embedded('gov-embedded', dir).start();
-  return { gw: () => p.url, async close() { await p.stop('SIGKILL'); fs.rmSync(dir, { recursive: true, force: true }); } };
+  return {
+    gw: () => p.url, grantAdmin: grant(['--data-dir', dir]),
+    async close() { await p.stop('SIGKILL'); fs.rmSync(dir, { recursive: true, force: true }); },
+  };
 }
 
 before(async () => {
@@ -341,4 +353,31 @@ e2e('group DM from the people picker: three users talk, the others get it withou
     await waitDelivered(p, text);
   }
   noErrors(a, b, c);
+});
+
+e2e('server admin: deletes a room (its members are told), suspends an account (its session ends) and reinstates it', async () => {
+  const { ps: [a, b], names: [an, bn] } = await users(2);
+  const rn = uniq('doomed-');
+  await createRoom(b, rn);
+  assert.equal(await a.getByTestId('admin-open').isVisible(), false, 'not an admin yet');
+  C.grantAdmin(an);
+  await a.reload();
+  await online(a);
+  await a.getByTestId('admin-open').click();
+  const roomRow = a.locator(`[data-testid="admin-room"][data-room-name="${rn}"]`);
+  await roomRow.getByTestId('admin-delete-room').click();
+  await roomRow.getByTestId('admin-delete-room').click(); // "Delete for everyone?"
+  await roomRow.waitFor({ state: 'detached' });
+  await b.locator('[data-testid="gone-reason"][data-reason="room_deleted"]').waitFor({ timeout: 20_000 });
+  await roomItem(b, rn).waitFor({ state: 'detached' });
+  await shot(a, '24-admin');
+  const userRow = a.locator(`[data-testid="admin-user"][data-user-name="${bn}"]`);
+  await userRow.getByTestId('admin-suspend').click();
+  await userRow.getByTestId('admin-suspend').click(); // "Suspend …?"
+  await a.locator(`[data-testid="admin-user"][data-user-name="${bn}"][data-suspended="true"]`).waitFor();
+  await b.getByTestId('login-view').waitFor({ timeout: 20_000 });
+  await userRow.getByTestId('admin-reinstate').click();
+  await a.locator(`[data-testid="admin-user"][data-user-name="${bn}"][data-suspended="false"]`).waitFor();
+  await login(b, bn);
+  noErrors(a, b);
 });
