@@ -163,21 +163,22 @@ export function createRender({ S, sync, actions }) {
     const id = S.current; const ol = $('messages'); const sc = $('scroller'); const empty = $('empty');
     renderHistoryState();
     const r = room(id);
+    // Why the user lost the room (kicked, banned, deleted), in place of its messages.
     const gone = id ? S.gone.get(id) : null;
-    const goneLine = gone ? h('p', { class: 'gone-reason', dataset: { testid: 'gone-reason', reason: gone.reason } },
-      (gone.name ? roomLabel({ kind: 'room', name: gone.name }) + ': ' : '') + goneText(gone.reason)) : null;
+    const goneTitle = (r) => h('h3', { class: 'gone-reason', dataset: { testid: 'gone-reason', reason: gone.reason } },
+      (!r && gone.name ? roomLabel({ kind: 'room', name: gone.name }) + ': ' : '') + goneText(gone.reason));
     if (!id || !r) {
       ol.replaceChildren();
-      empty.replaceChildren(h('div', { class: 'empty-card' }, h('h3', {}, gone ? goneText(gone.reason) : S.current ? 'This room does not exist (any more).' : 'Pick a room'),
-        goneLine, h('p', { class: 'muted' }, 'Choose a room on the left, create one, or start a direct message.')));
+      empty.replaceChildren(h('div', { class: 'empty-card' }, gone ? goneTitle(null) : h('h3', {}, S.current ? 'This room does not exist (any more).' : 'Pick a room'),
+        h('p', { class: 'muted' }, 'Choose a room on the left, create one, or start a direct message.')));
       empty.hidden = false;
       return;
     }
     if (!r.member) {
       ol.replaceChildren();
       const joinable = r.visibility !== 'private' && !(gone && gone.reason === 'banned');
-      empty.replaceChildren(h('div', { class: 'empty-card' }, h('h3', {}, gone ? goneText(gone.reason) : 'You are not in ' + roomLabel(r) + ' yet'),
-        goneLine, h('p', { class: 'muted' }, joinable ? 'Join it to read the conversation and write.' : 'You need an invite to join it.'),
+      empty.replaceChildren(h('div', { class: 'empty-card' }, gone ? goneTitle(r) : h('h3', {}, 'You are not in ' + roomLabel(r) + ' yet'),
+        h('p', { class: 'muted' }, joinable ? 'Join it to read the conversation and write.' : 'You need an invite to join it.'),
         joinable ? h('button', { class: 'primary', type: 'button', dataset: { testid: 'join-room-cta' }, onclick: () => $('join').click() }, 'Join ' + roomLabel(r)) : null));
       empty.hidden = false;
       return;
