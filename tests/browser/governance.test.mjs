@@ -298,6 +298,9 @@ e2e('room settings: the topic shows in every member\'s header live, with a syste
   for (const p of [a, b]) await p.locator('[data-testid="room-topic"]', { hasText: topic }).waitFor({ timeout: 20_000 });
   await sysLine(b, `set the topic to “${topic}”`).waitFor();
   assert.equal(await b.locator('[data-testid="room-topic"] b').count(), 0, 'text, not HTML');
+  // The moderation log (admins and up) has it too.
+  await a.getByTestId('room-settings').click();
+  await a.locator('[data-testid="mod-log-item"]', { hasText: 'set the topic to' }).waitFor();
   noErrors(a, b);
 });
 

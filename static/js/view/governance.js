@@ -3,6 +3,7 @@
 // invite link (`/#join=CODE`), pending invites, room settings, group DMs from a people
 // picker, and the server administrators' view. One dialog (#gov-dialog) at a time; user text
 // only as text (dom.js `h`).
+import { describeEvent, isGovEvent } from '../core/governance.js';
 import { memberActions, mutedAt } from '../core/permissions.js';
 import { $, h, avatarStyle, fullFmt, initial, roomLabel } from './dom.js';
 
@@ -336,6 +337,25 @@ export function createGovernance({ S, api, view, actions }) {
       h('label', {}, 'Who can join', f.visibility), h('label', {}, 'Slow mode (seconds between messages, 0: off)', f.slow_mode_secs),
       h('div', { class: 'row' }, h('button', { class: 'primary', dataset: { testid: 'settings-save' } }, 'Save')));
       parts.push(form);
+    }
+    if (view.may(r, 'viewModLog')) {
+      // The room's moderation log: its member and settings events, newest first.
+      const log = h('ol', { class: 'plain-list mod-log', dataset: { testid: 'mod-log' } }, h('li', { class: 'muted small' }, 'Loading…'));
+      const more = button('mod-log-more', 'Older', () => loadLog(more.dataset.before));
+      const loadLog = async (before) => {
+        more.remove();
+        try {
+          const d = await api('GET', `/api/rooms/${enc(roomId)}/moderation?limit=50${before ? '&before=' + enc(before) : ''}`);
+          const events = (Array.isArray(d.events) ? d.events : []).filter(isGovEvent);
+          if (!before) log.replaceChildren();
+          log.append(...events.map((e) => h('li', { class: 'small', dataset: { testid: 'mod-log-item' } },
+            h('span', { class: 'muted' }, when(e.sent_at) + ' · '), describeEvent(e, { fmtTime: when }))));
+          if (!log.children.length) log.append(h('li', { class: 'muted small' }, 'Nothing yet.'));
+          if (d.has_more && events.length) { more.dataset.before = String(events[events.length - 1].position); log.after(more); }
+        } catch (e) { log.replaceChildren(h('li', { class: 'form-error' }, 'Could not load the log: ' + e.message)); }
+      };
+      parts.push(h('h4', {}, 'Moderation log'), log);
+      loadLog(null);
     }
     if (view.may(r, 'deleteRoom') && r.kind === 'room') {
       parts.push(h('div', { class: 'danger-zone' }, armed('settings-delete', 'Delete this room', `Delete ${roomLabel(r)} for everyone?`, (b) => run(b, err, async () => {
