@@ -101,6 +101,7 @@ const view = createRender({
 const room = (id) => S.rooms.get(id);
 const gov = createGovernance({ S, api, view, actions: { loadRooms, openRoom, startDm, loadMembers, forgetRoom, toast } });
 $('invite-people').addEventListener('click', () => gov.openInvite());
+$('members-invite').addEventListener('click', () => gov.openInvite());
 $('room-settings').addEventListener('click', () => gov.openSettings());
 $('new-group').addEventListener('click', () => gov.openGroupPicker());
 $('admin-open').addEventListener('click', () => gov.openAdmin());

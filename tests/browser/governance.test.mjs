@@ -279,6 +279,22 @@ e2e('roles: badges in the member list; a moderator is offered kick/mute on a mem
   assert.equal(await c.getByTestId('member-actions').count(), 0);
   assert.equal(await c.getByTestId('card-dm').count(), 1);
   await c.getByTestId('close-dialog').click();
+  // A moderator deletes someone else's message; everyone sees it deleted.
+  const words = `c's words ${uniq('')}`;
+  await send(c, words);
+  for (const p of [a, b, c]) await waitDelivered(p, words);
+  const row = b.locator('[data-testid="message"]', { has: b.locator('[data-testid="message-body"]', { hasText: words }) });
+  await row.hover();
+  await row.getByTestId('action-delete').click();
+  await row.getByTestId('confirm-delete').click();
+  for (const p of [a, b, c]) await p.locator('[data-testid="message"][data-deleted="true"]').first().waitFor({ timeout: 20_000 });
+  // c (member) is offered no delete on a's messages.
+  const hi = `owner speaks ${uniq('')}`;
+  await send(a, hi);
+  await waitDelivered(c, hi);
+  const aRow = c.locator('[data-testid="message"]', { has: c.locator('[data-testid="message-body"]', { hasText: hi }) });
+  await aRow.hover();
+  assert.equal(await aRow.getByTestId('action-delete').count(), 0);
   // Settings only for admins and up.
   assert.equal(await b.getByTestId('room-settings').isVisible(), false);
   assert.equal(await a.getByTestId('room-settings').isVisible(), true);

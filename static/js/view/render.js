@@ -101,6 +101,7 @@ export function createRender({ S, sync, actions }) {
     $('leave').hidden = !r || !member || r.kind === 'dm';
     $('open-members').hidden = !member;
     $('invite-people').hidden = !member || !may(r, 'invite');
+    $('members-invite').hidden = $('invite-people').hidden;
     $('room-settings').hidden = !member || !(may(r, 'editSettings') || may(r, 'deleteRoom'));
     $('composer-form').hidden = !member;
     renderMuted(member ? r : null);
