@@ -314,9 +314,14 @@ e2e('room settings: the topic shows in every member\'s header live, with a syste
   for (const p of [a, b]) await p.locator('[data-testid="room-topic"]', { hasText: topic }).waitFor({ timeout: 20_000 });
   await sysLine(b, `set the topic to “${topic}”`).waitFor();
   assert.equal(await b.locator('[data-testid="room-topic"] b').count(), 0, 'text, not HTML');
-  // The moderation log (admins and up) has it too.
-  await a.getByTestId('room-settings').click();
-  await a.locator('[data-testid="mod-log-item"]', { hasText: 'set the topic to' }).waitFor();
+  // The moderation log (admins and up) has it too, once stored (the consumer writes it after
+  // the live event went out): the dialog is opened again until it does.
+  await until(async () => {
+    if (await a.getByTestId('dialog').isVisible()) await a.getByTestId('close-dialog').click();
+    await a.getByTestId('room-settings').click();
+    await a.locator('[data-testid="mod-log-item"]').first().waitFor();
+    return (await a.locator('[data-testid="mod-log-item"]', { hasText: 'set the topic to' }).count()) > 0;
+  }, { what: 'the topic change in the moderation log', every: 500, timeout: 30_000 });
   noErrors(a, b);
 });
 
