@@ -119,6 +119,9 @@ export function createRender({ S, sync, actions }) {
     $('composer').disabled = muted; $('send').disabled = muted;
     $('composer-form').classList.toggle('muted-composer', muted);
     clearTimeout(mutedTimer);
+    // Slow mode (moderators and up are exempt): said in the composer's placeholder.
+    const slow = r && r.slow_mode_secs > 0 && !may(r, 'deleteOthers') ? r.slow_mode_secs : 0;
+    $('composer').placeholder = slow ? `Message (slow mode: one every ${slow} s)` : 'Message';
     if (!muted) return;
     const until = Date.parse(r.muted_until);
     const forever = !(until < Date.parse('9999-01-01T00:00:00Z'));
