@@ -59,12 +59,15 @@ pub const ASSETS: &[Asset] = &[
     asset!("js/core/api.js", JS),
     asset!("js/core/connection.js", JS),
     asset!("js/core/cursor.js", JS),
+    asset!("js/core/governance.js", JS),
     asset!("js/core/outbox.js", JS),
+    asset!("js/core/permissions.js", JS),
     asset!("js/core/protocol.js", JS),
     asset!("js/core/sync.js", JS),
     asset!("js/core/timeline.js", JS),
     asset!("js/core/unread.js", JS),
     asset!("js/view/dom.js", JS),
+    asset!("js/view/governance.js", JS),
     asset!("js/view/render.js", JS),
 ];
 

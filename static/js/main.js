@@ -2,9 +2,11 @@
 // and the wiring of the DOM-free core (core/sync.js) to the view (view/render.js).
 // Protocol: docs/protocol.md.
 import { createApi } from './core/api.js';
+import { applyMemberEvent, applyRoomChanges, goneText, Invites, joinCode } from './core/governance.js';
 import { bodyTooLong, MAX_BODY_CHARS, mentionNames, mentionQuery, parseMarkdown, validEmoji } from './core/protocol.js';
 import { Sync } from './core/sync.js';
 import { $, h, avatarStyle, fullFmt, toast, hue, initial, uuid } from './view/dom.js';
+import { createGovernance } from './view/governance.js';
 import { createRender } from './view/render.js';
 
 const PAGE = 50;
@@ -36,6 +38,14 @@ const S = {
   hoverId: null, // message id under the pointer (kept across redraws)
   threadParent: null, // the open thread's first message, when not in the room's timeline
   threadToBottom: false,
+  // Governance (view/governance.js).
+  me: null, // GET /api/me: {id, name, admin}
+  invites: new Invites(), // pending invites of the user
+  blocked: new Set(), // user ids the user blocked (GET /api/blocks)
+  unblocked: new Set(), // user ids unblocked on this page (history flags of theirs are stale)
+  revealed: new Set(), // message ids of blocked users shown anyway
+  gone: new Map(), // room -> {reason, name}: why the user lost it (kicked, banned, room_deleted)
+  mutedHint: new Set(), // rooms where a send was refused `muted`
 };
 
 const api = createApi({ fetch: (...a) => fetch(...a), token: () => S.token, onUnauthorized: logout });
@@ -60,6 +70,8 @@ const view = createRender({
   S, sync,
   actions: {
     openRoom, startDm, toast, fillViewport, openThread, showEdits,
+    openUserCard: (u) => gov.openUserCard(u),
+    reveal: (id) => { S.revealed.add(id); view.renderMessages({}); },
     retry: (o) => { sync.retry(o); view.renderMessages({}); },
     discard: (o) => { sync.discard(o); view.renderMessages({}); },
     react: (m, emoji, on) => {
@@ -87,6 +99,12 @@ const view = createRender({
   },
 });
 const room = (id) => S.rooms.get(id);
+const gov = createGovernance({ S, api, view, actions: { loadRooms, openRoom, startDm, loadMembers, forgetRoom, toast } });
+$('invite-people').addEventListener('click', () => gov.openInvite());
+$('members-invite').addEventListener('click', () => gov.openInvite());
+$('room-settings').addEventListener('click', () => gov.openSettings());
+$('new-group').addEventListener('click', () => gov.openGroupPicker());
+$('admin-open').addEventListener('click', () => gov.openAdmin());
 
 // ---------------------------------------------------------------- login
 async function auth(kind) {
@@ -159,6 +177,8 @@ async function fetchRooms() {
       const old = S.rooms.get(r.id);
       S.rooms.set(r.id, r);
       if (old && old.member && !r.member) forgetRoom(r.id);
+      if (r.member) S.gone.delete(r.id);
+      if (r.muted_until) S.mutedHint.delete(r.id); // the mute's end is known: it takes over
     }
     for (const id of [...S.rooms.keys()]) if (!seen.has(id)) { forgetRoom(id); S.rooms.delete(id); }
     S.roomOrder = list.map((r) => r.id);
@@ -205,7 +225,7 @@ $('more-rooms').addEventListener('click', loadMoreRooms);
 /** Drops what we hold of a room we are no longer a member of. */
 function forgetRoom(id) {
   sync.forget(id);
-  S.members.delete(id); S.typing.delete(id);
+  S.members.delete(id); S.typing.delete(id); S.mutedHint.delete(id);
 }
 
 $('new-room').addEventListener('click', () => {
@@ -214,9 +234,10 @@ $('new-room').addEventListener('click', () => {
 $('create-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   const name = $('create-name').value.trim(); if (!name) return;
+  const visibility = $('create-visibility').value === 'private' ? 'private' : 'public';
   try {
-    const r = await api('POST', '/api/rooms', { name });
-    $('create-name').value = ''; $('create-form').hidden = true;
+    const r = await api('POST', '/api/rooms', { name, visibility });
+    $('create-name').value = ''; $('create-visibility').value = 'public'; $('create-form').hidden = true;
     S.rooms.set(r.id, Object.assign({ unread: 0, last_position: null }, r));
     await loadRooms();
     openRoom(r.id);
@@ -253,14 +274,22 @@ $('join').addEventListener('click', async () => {
   const id = S.current; if (!id) return;
   try {
     await api('POST', '/api/rooms/' + id + '/join');
+    S.gone.delete(id);
     await loadRooms();
     if (S.current === id) openRoom(id);
-  } catch (err) { toast(err.message); }
+  } catch (err) {
+    toast(err.code === 'banned' ? 'You are banned from this room.' : err.code === 'forbidden' ? 'This room is private: you need an invite.' : err.message);
+  }
 });
 $('leave').addEventListener('click', async () => {
   const id = S.current; const r = room(id); if (!r) return;
   try {
-    await api('POST', '/api/rooms/' + id + '/leave');
+    try {
+      await api('POST', '/api/rooms/' + id + '/leave');
+    } catch (e) {
+      if (e.code === 'owner_must_transfer') throw new Error('You own this room: make someone else the owner first (their card in the member list), or delete the room.');
+      throw e;
+    }
     forgetRoom(id);
     await loadRooms();
     const next = S.roomOrder.find((x) => x !== id && S.rooms.get(x)?.member);
@@ -338,7 +367,7 @@ async function loadMembers(id) {
   const list = await api('GET', `/api/rooms/${id}/members`);
   const map = new Map();
   for (const m of list) {
-    map.set(m.id, { id: m.id, name: m.name, online: !!m.online });
+    map.set(m.id, { id: m.id, name: m.name, online: !!m.online, role: m.role || 'member', muted_until: m.muted_until ?? null });
     S.online.set(m.id, !!m.online);
   }
   S.members.set(id, map);
@@ -568,11 +597,19 @@ function onSync(event, d) {
           if (id === S.current || room(id)?.kind === 'dm') loadMembers(id).then(() => { if (id === S.current) view.renderMembers(); }).catch(() => {});
         }
         loadRooms();
+        gov.loadInvites(); gov.loadBlocks();
       }
       break;
     case 'subscribed': if (d.room === S.current) markRead(); break;
     case 'unsubscribed':
       if (d.reason !== 'resync') {
+        const why = goneText(d.reason);
+        if (why) {
+          // Kicked, banned, or the room was deleted: its messages go, and the page says why.
+          const name = room(d.room)?.name ?? S.gone.get(d.room)?.name ?? null;
+          S.gone.set(d.room, { reason: d.reason, name });
+          toast((name ? name + ': ' : '') + why);
+        }
         forgetRoom(d.room);
         loadRooms().then(() => view.renderAll()).catch(() => {});
       }
@@ -590,6 +627,11 @@ function onSync(event, d) {
     case 'event':
       if (d.changed && d.event.room === S.current) view.renderMessages({});
       if (d.changed) view.scheduleRenderRooms();
+      break;
+    case 'notice': onNotice(d.event, d.fresh); break;
+    case 'invite': gov.invited(d.invite); break;
+    case 'refused':
+      if (d.code === 'muted') { S.mutedHint.add(d.room); loadRooms(); if (d.room === S.current) view.renderHeader(); }
       break;
     case 'read': view.scheduleRenderRooms(); break;
     case 'outbox': view.renderMessages({}); break;
@@ -632,6 +674,25 @@ function onSync(event, d) {
   }
 }
 
+/** A `member` or `room` event of a room of ours: the room, header and member list follow it. */
+function onNotice(e, fresh) {
+  if (fresh) {
+    const r = room(e.room);
+    if (e.kind === 'room') {
+      if (applyRoomChanges(r, e.changes)) view.scheduleRenderRooms();
+    } else {
+      const ch = applyMemberEvent(e, { members: S.members.get(e.room), room: r, me: S.user.id });
+      if (e.user.id === S.user.id) {
+        if (e.action === 'unmuted') S.mutedHint.delete(e.room);
+        if (e.action === 'kicked' || e.action === 'banned') S.gone.set(e.room, { reason: e.action, name: r ? r.name : null });
+        if (ch.me) loadRooms();
+      }
+      if (ch.members && e.room === S.current) view.renderMembers();
+    }
+  }
+  if (e.room === S.current) { view.renderHeader(); view.renderMessages({}); }
+}
+
 $('banner-retry').addEventListener('click', () => sync.reconnectNow());
 window.addEventListener('online', () => { if (!sync.conn.active && S.token) sync.reconnectNow(); });
 // Coming back to the tab refreshes the room list at once (new rooms and DMs).
@@ -663,7 +724,11 @@ document.addEventListener('click', (e) => {
     S.palette = null; S.actionsFor = null; S.confirmDelete = null; view.renderMessages({});
   }
 });
-window.addEventListener('hashchange', () => { const id = location.hash.slice(1); if (id && id !== S.current && S.roomsLoaded) openRoom(id); });
+window.addEventListener('hashchange', () => {
+  const code = joinCode(location.hash);
+  if (code) { if (S.token && S.roomsLoaded) gov.openJoinLink(code); return; }
+  const id = location.hash.slice(1); if (id && id !== S.current && S.roomsLoaded) openRoom(id);
+});
 
 // ---------------------------------------------------------------- start
 async function start() {
@@ -674,12 +739,16 @@ async function start() {
   view.setConn('connecting');
   sync.start(S.user);
   view.renderAll(true);
+  gov.loadMe(); gov.loadInvites(); gov.loadBlocks();
   await loadRooms();
   while (!S.roomsLoaded && S.token) await new Promise((res) => setTimeout(res, 500));
   if (!S.token) return;
-  const wanted = location.hash.slice(1);
+  const code = joinCode(location.hash);
+  const wanted = code ? '' : location.hash.slice(1);
   const first = (wanted && S.rooms.has(wanted) && wanted) || S.roomOrder.find((x) => S.rooms.get(x).member) || null;
   if (first) openRoom(first); else view.renderAll(true);
+  // An invite link (`/#join=CODE`) opened, before or after logging in.
+  if (code) gov.openJoinLink(code);
 }
 
 if (S.token && S.user) start(); else $('login').hidden = false;

@@ -333,7 +333,8 @@ export async function send(page, text) {
 /** The open room's messages as the page shows them. */
 export function messages(page) {
   return page.$$eval('[data-testid="message"]', (els) => els.map((e) => ({
-    body: e.querySelector('[data-testid="message-body"]').textContent,
+    // A message of a blocked user shows a placeholder instead of its body (null here).
+    body: e.querySelector('[data-testid="message-body"]')?.textContent ?? null,
     pending: e.dataset.pending === 'true',
     failed: e.dataset.failed === 'true',
     position: e.dataset.position === '' ? null : Number(e.dataset.position),

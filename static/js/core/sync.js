@@ -17,9 +17,13 @@
 //   'subscribed' {room} · 'unsubscribed' {room, reason} · 'reset' {room} (history must be
 //   reloaded) · 'rooms-stale' {reason} (the room list is out of date: a `rooms_changed`
 //   frame, a refused subscribe) · 'read' {room, position} (read on another device) ·
-//   'typing' | 'presence' | 'member' (the frame) · 'error' (an error frame for nothing of ours).
+//   'typing' | 'presence' | 'member' (the frame) · 'error' (an error frame for nothing of ours) ·
+//   'notice' {event, fresh} (a `member` or `room` event of a room: governance) · 'invite'
+//   {invite} (the user was invited) · 'refused' {room, code} (a send or op of ours refused
+//   for good, e.g. `muted`).
 import { Connection } from './connection.js';
 import { Cursors } from './cursor.js';
+import { isGovEvent } from './governance.js';
 import { Outbox } from './outbox.js';
 import * as proto from './protocol.js';
 import { Timeline } from './timeline.js';
@@ -272,6 +276,13 @@ export class Sync {
       }
       case 'event': {
         const e = f.event;
+        if (isGovEvent(e) && member(e.room)) {
+          // Membership and settings changes: a system line; they move the cursor like messages.
+          const fresh = this.timeline(e.room).addNotice(e);
+          if (this.subscribed.has(e.room)) this.cursors.advance(e.room, e.position);
+          this.#emit('notice', { event: e, fresh });
+          break;
+        }
         if (!proto.isEvent(e) || !member(e.room)) break;
         const changed = this.#applyEvent(e, this.subscribed.has(e.room) ? 'stream' : 'other');
         this.#emit('event', { event: e, changed });
@@ -295,12 +306,19 @@ export class Sync {
         break;
       case 'error': this.#error(f); break;
       case 'typing': case 'presence': case 'member': this.#emit(f.type, f); break;
+      case 'invite': if (f.invite && typeof f.invite === 'object') this.#emit('invite', { invite: f.invite }); break;
       default: break;
     }
   }
 
   #error(f) {
-    if (this.outbox.refused(f)) { this.#emit('outbox', {}); return; }
+    const o = typeof f.ref === 'string' ? this.outbox.find(f.ref) : null;
+    const refused = this.outbox.refused(f);
+    if (refused) {
+      this.#emit('outbox', {});
+      if (refused === 'failed' && o) this.#emit('refused', { room: o.room, code: f.code });
+      return;
+    }
     if (f.ref === 'subscribe') {
       const id = this.subQueue.shift();
       if (!id) return;

@@ -11,6 +11,8 @@
 
 /** Events of messages not held yet, kept per room until their message comes. */
 export const MAX_EARLY_EVENTS = 500;
+/** `member` and `room` events kept per room (system lines), the newest. */
+export const MAX_NOTICES = 500;
 
 /**
  * The reactions of `m` for the view, in first-seen order:
@@ -37,6 +39,7 @@ export class Timeline {
   #applied = new Set(); // event ids applied
   #early = []; // events of messages not held yet
   #eventCmids = new Map(); // client_msg_id -> actor id, of events applied
+  #notices = []; // `member` and `room` events (system lines), ascending position
   /** The newest history page is in. */
   loaded = false;
   /** Older history exists on the server (from the last page's `has_more`). */
@@ -152,6 +155,22 @@ export class Timeline {
     if (r.users.size + r.anon === 0) m._reactions.delete(e.emoji);
     return true;
   }
+
+  /**
+   * A `member` or `room` event (governance.js isGovEvent), shown as a system line; true if
+   * new (each once by id, in position order, the newest MAX_NOTICES kept).
+   */
+  addNotice(e) {
+    if (this.#notices.some((x) => x.id === e.id)) return false;
+    let i = this.#notices.length;
+    while (i > 0 && this.#notices[i - 1].position > e.position) i--;
+    this.#notices.splice(i, 0, e);
+    if (this.#notices.length > MAX_NOTICES) this.#notices.shift();
+    return true;
+  }
+
+  /** The system lines held, in position order (read only). */
+  notices() { return this.#notices; }
 
   has(id) { return this.#byId.has(id); }
 

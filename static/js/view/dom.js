@@ -31,7 +31,7 @@ export function toast(text) {
 export function hue(id) { let x = 0; for (const c of String(id)) x = (x * 31 + c.charCodeAt(0)) >>> 0; return x % 360; }
 export function avatarStyle(id) { return { '--hue': hue(id) }; }
 export function initial(name) { return (name || '?').trim().charAt(0).toUpperCase() || '?'; }
-export const roomLabel = (r) => (r.kind === 'dm' ? r.name : '# ' + r.name);
+export const roomLabel = (r) => (r.kind === 'dm' || r.kind === 'group' ? r.name : '# ' + r.name);
 
 export const timeFmt = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
 export const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'short' });

@@ -1,5 +1,7 @@
 // Drawing the page from the view state and the sync core. Every function redraws its part
 // from scratch; user text goes in as text nodes only (dom.js `h`).
+import { describeEvent, goneText, HIDDEN_TEXT, isHidden } from '../core/governance.js';
+import { can, mutedAt } from '../core/permissions.js';
 import { parseMarkdown } from '../core/protocol.js';
 import { mentionsMe, reactionsOf } from '../core/timeline.js';
 import { $, h, avatarStyle, dayLabel, fullFmt, initial, roomLabel, timeFmt } from './dom.js';
@@ -10,10 +12,15 @@ export const EMOJI = ['👍', '❤️', '😂', '🎉', '😮', '😢', '👀', 
 
 /**
  * `S`: the view state (main.js); `sync`: the core (core/sync.js); `actions`: `openRoom(id)`,
- * `retry(o)`, `discard(o)`, `startDm(who)`, `fillViewport()`, `toast(text)`.
+ * `retry(o)`, `discard(o)`, `startDm(who)`, `fillViewport()`, `toast(text)`,
+ * `openUserCard(user)`, `reveal(messageId)`, …
  */
 export function createRender({ S, sync, actions }) {
   const room = (id) => S.rooms.get(id);
+  /** Whether the user may do `action` in room `r` (core/permissions.js). */
+  const may = (r, action) => can(r, action, { serverAdmin: !!(S.me && S.me.admin) });
+  /** Whether the user cannot send in `r` now (muted). */
+  const mutedIn = (r) => !!r && (S.mutedHint.has(r.id) || mutedAt(r.muted_until, Date.now()));
 
   function dmPartner(r) {
     const ms = S.members.get(r.id);
@@ -28,7 +35,7 @@ export function createRender({ S, sync, actions }) {
     let total = 0;
     for (const id of S.roomOrder) {
       const r = S.rooms.get(id); if (!r) continue;
-      const group = !r.member ? 'other' : r.kind === 'dm' ? 'dm' : 'room';
+      const group = !r.member ? 'other' : r.kind === 'dm' || r.kind === 'group' ? 'dm' : 'room';
       const unread = sync.unread(r, S.current);
       const mentions = unread ? sync.unreadMentions(r, S.current) : 0;
       total += unread;
@@ -37,12 +44,13 @@ export function createRender({ S, sync, actions }) {
       const icon = r.kind === 'dm'
         ? h('span', { class: 'avatar small', style: avatarStyle(partner ? partner.id : r.id) }, initial(r.name),
           h('i', { class: 'presence', dataset: { online: String(!!online) } }))
-        : h('span', { class: 'hash', 'aria-hidden': 'true' }, '#');
+        : r.kind === 'group' ? h('span', { class: 'avatar small group-icon', style: avatarStyle(r.id), 'aria-hidden': 'true' }, initial(r.name))
+          : h('span', { class: 'hash', 'aria-hidden': 'true', title: r.visibility === 'private' ? 'Private room' : null }, r.visibility === 'private' ? '🔒' : '#');
       const li = h('li', {},
         h('a', {
           href: '#' + r.id,
           class: 'room-item' + (id === S.current ? ' active' : '') + (unread ? ' has-unread' : ''),
-          dataset: { testid: 'room-item', roomId: r.id, roomName: r.name, kind: r.kind, member: String(r.member), unread: String(unread), mentions: String(mentions) },
+          dataset: { testid: 'room-item', roomId: r.id, roomName: r.name, kind: r.kind, visibility: r.visibility || null, member: String(r.member), unread: String(unread), mentions: String(mentions) },
           onclick: (e) => { e.preventDefault(); actions.openRoom(r.id); },
         }, icon, h('span', { class: 'room-name', dataset: { testid: 'room-name' } }, r.name),
         mentions ? h('span', { class: 'badge mention-badge', title: `${mentions} mention${mentions === 1 ? '' : 's'} of you`, dataset: { testid: 'mention-badge' } }, '@') : null,
@@ -80,16 +88,48 @@ export function createRender({ S, sync, actions }) {
     } else {
       title.textContent = roomLabel(r);
       const ms = S.members.get(r.id);
-      sub.textContent = ms ? `${ms.size} member${ms.size === 1 ? '' : 's'}` : '';
+      const n = ms ? ms.size : r.member ? null : r.members;
+      sub.textContent = Number.isSafeInteger(n) ? `${n} member${n === 1 ? '' : 's'}` : '';
     }
     title.dataset.kind = r ? r.kind : '';
-    $('join').hidden = !r || member;
+    title.dataset.visibility = (r && r.visibility) || '';
+    const topic = r && r.kind !== 'dm' && typeof r.topic === 'string' ? r.topic : '';
+    $('room-topic').textContent = topic;
+    $('room-topic').title = topic;
+    $('room-topic').hidden = !topic;
+    $('join').hidden = !r || member || r.visibility === 'private';
     $('leave').hidden = !r || !member || r.kind === 'dm';
     $('open-members').hidden = !member;
+    $('invite-people').hidden = !member || !may(r, 'invite');
+    $('members-invite').hidden = $('invite-people').hidden;
+    $('room-settings').hidden = !member || !(may(r, 'editSettings') || may(r, 'deleteRoom'));
     $('composer-form').hidden = !member;
+    renderMuted(member ? r : null);
     const ms = r && S.members.get(r.id);
     $('member-count').textContent = ms ? String(ms.size) : '';
     document.body.classList.toggle('no-room', !member);
+  }
+
+  let mutedTimer = null;
+  /** The composer is disabled, with a notice, while the user is muted in `r`. */
+  function renderMuted(r) {
+    const muted = mutedIn(r);
+    const notice = $('composer-notice');
+    notice.hidden = !muted;
+    $('composer').disabled = muted; $('send').disabled = muted;
+    $('composer-form').classList.toggle('muted-composer', muted);
+    clearTimeout(mutedTimer);
+    // Slow mode (moderators and up are exempt): said in the composer's placeholder.
+    const slow = r && r.slow_mode_secs > 0 && !may(r, 'deleteOthers') ? r.slow_mode_secs : 0;
+    $('composer').placeholder = slow ? `Message (slow mode: one every ${slow} s)` : 'Message';
+    if (!muted) return;
+    const until = Date.parse(r.muted_until);
+    const forever = !(until < Date.parse('9999-01-01T00:00:00Z'));
+    notice.textContent = forever || Number.isNaN(until) ? 'You are muted in this room.' : `You are muted in this room until ${fullFmt.format(new Date(until))}.`;
+    // The end of a mute re-enables the composer by itself.
+    if (!forever && until > Date.now()) {
+      mutedTimer = setTimeout(() => { if (S.current === r.id) { S.mutedHint.delete(r.id); renderHeader(); } }, Math.min(until - Date.now() + 50, 2 ** 31 - 1));
+    }
   }
 
   function renderHistoryState() {
@@ -127,18 +167,23 @@ export function createRender({ S, sync, actions }) {
     const id = S.current; const ol = $('messages'); const sc = $('scroller'); const empty = $('empty');
     renderHistoryState();
     const r = room(id);
+    // Why the user lost the room (kicked, banned, deleted), in place of its messages.
+    const gone = id ? S.gone.get(id) : null;
+    const goneTitle = (r) => h('h3', { class: 'gone-reason', dataset: { testid: 'gone-reason', reason: gone.reason } },
+      (!r && gone.name ? roomLabel({ kind: 'room', name: gone.name }) + ': ' : '') + goneText(gone.reason));
     if (!id || !r) {
       ol.replaceChildren();
-      empty.replaceChildren(h('div', { class: 'empty-card' }, h('h3', {}, S.current ? 'This room does not exist (any more).' : 'Pick a room'),
+      empty.replaceChildren(h('div', { class: 'empty-card' }, gone ? goneTitle(null) : h('h3', {}, S.current ? 'This room does not exist (any more).' : 'Pick a room'),
         h('p', { class: 'muted' }, 'Choose a room on the left, create one, or start a direct message.')));
       empty.hidden = false;
       return;
     }
     if (!r.member) {
       ol.replaceChildren();
-      empty.replaceChildren(h('div', { class: 'empty-card' }, h('h3', {}, 'You are not in ' + roomLabel(r) + ' yet'),
-        h('p', { class: 'muted' }, 'Join it to read the conversation and write.'),
-        h('button', { class: 'primary', type: 'button', dataset: { testid: 'join-room-cta' }, onclick: () => $('join').click() }, 'Join ' + roomLabel(r))));
+      const joinable = r.visibility !== 'private' && !(gone && gone.reason === 'banned');
+      empty.replaceChildren(h('div', { class: 'empty-card' }, gone ? goneTitle(r) : h('h3', {}, 'You are not in ' + roomLabel(r) + ' yet'),
+        h('p', { class: 'muted' }, joinable ? 'Join it to read the conversation and write.' : 'You need an invite to join it.'),
+        joinable ? h('button', { class: 'primary', type: 'button', dataset: { testid: 'join-room-cta' }, onclick: () => $('join').click() }, 'Join ' + roomLabel(r)) : null));
       empty.hidden = false;
       return;
     }
@@ -153,7 +198,17 @@ export function createRender({ S, sync, actions }) {
 
     const frag = document.createDocumentFragment();
     let day = null; let group = null; let prev = null;
+    // Membership and settings changes as system lines, between the messages by position.
+    const notices = sync.timeline(id).notices();
+    let ni = 0;
+    const noticesUpTo = (pos) => {
+      for (; ni < notices.length && (pos === null || notices[ni].position < pos); ni++) {
+        frag.append(noticeLine(notices[ni]));
+        group = null;
+      }
+    };
     for (const { m, pending: o } of items) {
+      noticesUpTo(m.position ?? null);
       const t = new Date(m.sent_at);
       const d = isNaN(t) ? '' : t.toDateString();
       if (d !== day) {
@@ -166,6 +221,7 @@ export function createRender({ S, sync, actions }) {
       group.lastChild.append(messageRow(m, o, ops, {}));
       prev = m;
     }
+    noticesUpTo(null);
     ol.replaceChildren(frag);
     // Scrolled up reading older messages: stay there, and offer a way down when new ones come.
     const newest = list.length ? list[list.length - 1].id : null;
@@ -176,6 +232,14 @@ export function createRender({ S, sync, actions }) {
     renderThread();
   }
 
+  /** A `member` or `room` event as one line of text. */
+  function noticeLine(e) {
+    const t = new Date(e.sent_at);
+    return h('li', { class: 'sys-line', dataset: { testid: 'system-line', kind: e.kind, action: e.action || null, position: e.position } },
+      h('span', {}, describeEvent(e, { fmtTime: (x) => { const d = new Date(x); return isNaN(d) ? String(x) : fullFmt.format(d); } })),
+      isNaN(t) ? null : h('time', { datetime: e.sent_at, title: fullFmt.format(t) }, timeFmt.format(t)));
+  }
+
   const pendingMessage = (o) => ({ id: null, room: o.room, sender: S.user, body: o.body, client_msg_id: o.client_msg_id, position: null, sent_at: o.sent_at, reply_to: o.reply_to });
 
   /** A group: avatar, sender and time, then its rows (appended to its last child). */
@@ -184,7 +248,8 @@ export function createRender({ S, sync, actions }) {
     const own = m.sender.id === S.user.id;
     const body = h('div', { class: 'group-body' },
       h('div', { class: 'group-head' },
-        h('span', { class: 'sender', dataset: { testid: 'message-sender' } }, m.sender.name),
+        own || !m.id ? h('span', { class: 'sender', dataset: { testid: 'message-sender' } }, m.sender.name)
+          : h('button', { type: 'button', class: 'sender link-like', title: 'About ' + m.sender.name, dataset: { testid: 'message-sender' }, onclick: (e) => { e.stopPropagation(); actions.openUserCard(m.sender); } }, m.sender.name),
         own ? h('span', { class: 'you' }, 'you') : null,
         h('time', { datetime: m.sent_at, title: isNaN(t) ? '' : fullFmt.format(t) }, isNaN(t) ? '' : timeFmt.format(t))));
     return h('li', { class: 'group' + (own ? ' own' : ''), dataset: { testid: 'message-group', senderId: m.sender.id, senderName: m.sender.name } },
@@ -260,10 +325,8 @@ export function createRender({ S, sync, actions }) {
     }
     if (!inThread) bar.append(btn('action-reply', '↩ Reply', 'Reply in thread', () => actions.openThread(m.room, m.reply_to || m.id)));
     bar.append(btn('action-react', '☺ React', 'Add a reaction', () => actions.togglePalette(m.id)));
-    if (own) {
-      bar.append(btn('action-edit', '✎ Edit', 'Edit', () => actions.startEdit(m)),
-        btn('action-delete', '🗑 Delete', 'Delete', () => actions.askDelete(m)));
-    }
+    if (own) bar.append(btn('action-edit', '✎ Edit', 'Edit', () => actions.startEdit(m)));
+    if (own || may(room(m.room), 'deleteOthers')) bar.append(btn('action-delete', '🗑 Delete', 'Delete', () => actions.askDelete(m)));
     if (S.palette === m.id) {
       const mine = new Set(reactionsOf(m, S.user.id).filter((r) => r.me).map((r) => r.emoji));
       bar.append(h('div', { class: 'palette', role: 'menu', dataset: { testid: 'emoji-palette' } }, ...EMOJI.map((em) => h('button', {
@@ -293,6 +356,12 @@ export function createRender({ S, sync, actions }) {
       },
     },
     h('time', { class: 'row-time', datetime: m.sent_at, title: isNaN(t) ? '' : fullFmt.format(t) }, isNaN(t) ? '' : timeFmt.format(t)));
+    if (held && isHidden(m, S.blocked, S.unblocked) && !S.revealed.has(m.id)) {
+      row.dataset.hidden = 'true';
+      row.append(h('div', { class: 'body-line hidden-msg' }, h('span', { class: 'body deleted', dataset: { testid: 'hidden-message' } }, HIDDEN_TEXT), ' ',
+        h('button', { type: 'button', class: 'link small', dataset: { testid: 'reveal-message' }, onclick: (e) => { e.stopPropagation(); actions.reveal(m.id); } }, 'Show')));
+      return row;
+    }
     if (m.reply_to && !inThread) row.append(replyQuote(m));
     // "(edited)" follows the text on its line, outside the body element (whose text is the body).
     const line = h('div', { class: 'body-line' }, bodyOf(m));
@@ -397,17 +466,22 @@ export function createRender({ S, sync, actions }) {
       .sort((a, b) => (b.online - a.online) || a.name.localeCompare(b.name));
     const online = list.filter((m) => m.online).length;
     const items = [h('li', { class: 'member-sum muted' }, `${online} online · ${list.length} total`)];
+    const now = Date.now();
     for (const m of list) {
       const me = m.id === S.user.id;
+      const role = m.role && m.role !== 'member' ? m.role : null;
+      const muted = mutedAt(m.muted_until, now);
       items.push(h('li', {},
         h('button', {
-          type: 'button', class: 'member' + (me ? ' me' : ''), title: me ? 'You' : 'Message ' + m.name,
-          dataset: { testid: 'member', userId: m.id, userName: m.name, online: String(m.online) },
-          onclick: me ? null : () => actions.startDm({ user: m.id }).catch((e) => actions.toast(e.message)),
+          type: 'button', class: 'member' + (me ? ' me' : ''), title: me ? 'You' : 'About ' + m.name,
+          dataset: { testid: 'member', userId: m.id, userName: m.name, online: String(m.online), role: m.role || 'member', muted: String(muted), blocked: String(S.blocked.has(m.id)) },
+          onclick: me ? null : () => actions.openUserCard({ id: m.id, name: m.name }),
         },
         h('span', { class: 'avatar small', style: avatarStyle(m.id) }, initial(m.name),
           h('i', { class: 'presence', dataset: { testid: 'online-dot', online: String(m.online) } })),
-        h('span', { class: 'member-name' }, m.name), me ? h('span', { class: 'muted small' }, ' (you)') : null)));
+        h('span', { class: 'member-name' }, m.name), me ? h('span', { class: 'muted small' }, ' (you)') : null,
+        role ? h('span', { class: 'role-badge', dataset: { testid: 'role-badge', role } }, role) : null,
+        muted ? h('span', { class: 'muted-mark', title: 'Muted', dataset: { testid: 'muted-marker' } }, 'muted') : null)));
     }
     ul.replaceChildren(...items);
     renderHeader();
@@ -447,7 +521,7 @@ export function createRender({ S, sync, actions }) {
   }
 
   return {
-    dmPartner, renderRooms, scheduleRenderRooms, renderHeader, renderHistoryState, renderMessages,
+    may, mutedIn, dmPartner, renderRooms, scheduleRenderRooms, renderHeader, renderHistoryState, renderMessages,
     drawNow, renderMembers, renderTyping, setConn, renderAll, renderThread, renderComposeContext, renderTokens,
   };
 }
