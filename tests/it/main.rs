@@ -14,6 +14,7 @@ mod delivery;
 mod embedded;
 mod events;
 mod features;
+mod governance;
 mod hardening;
 mod rooms_tokens;
 mod sessions;

@@ -1,0 +1,991 @@
+//! Governance (issue 19): the authorization matrix, derived from the one permission table
+//! (`chat::governance`) and checked against a real server in both modes; private rooms,
+//! invite links and group DM limits; blocking.
+//!
+//! The matrix crosses every standing a user can have in a room (non-member, invited,
+//! banned, muted, member, moderator, admin, owner, server administrator, suspended
+//! account) with every HTTP endpoint of governance and every WebSocket frame that touches
+//! a room, in a public and a private room. The EXPECTED answer of each cell is computed
+//! by [`expected`] from the table's functions (`allowed`, `may_act_on`, `may_set_role`)
+//! and the documented standing rules; the ACTUAL one comes from the server. Every cell
+//! has a room of its own, set up afresh, so a destructive action (kick, ban, transfer,
+//! delete, leave) cannot change another cell.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chat::governance::{allowed, may_act_on, may_set_role, Action, Actor, Role};
+use chat::model::{RoomKind, Visibility};
+use reqwest::Method;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::both_modes;
+use crate::harness::{Account, Cluster, Env, Http, Mode, Ws};
+
+const PASSWORD: &str = "correct horse battery";
+
+// ---------------------------------------------------------------------- the model
+
+/// A user's standing in the room of a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    NonMember,
+    /// A pending invite, not a member.
+    Invited,
+    Banned,
+    /// A member (role member) with a mute.
+    Muted,
+    Member,
+    Moderator,
+    Admin,
+    Owner,
+    /// A server administrator (`chat admin grant`) who is not a member of the room.
+    ServerAdmin,
+    /// A member whose account a server administrator suspended (its token is void).
+    Suspended,
+}
+
+const STANDINGS: [Standing; 10] = [
+    Standing::NonMember,
+    Standing::Invited,
+    Standing::Banned,
+    Standing::Muted,
+    Standing::Member,
+    Standing::Moderator,
+    Standing::Admin,
+    Standing::Owner,
+    Standing::ServerAdmin,
+    Standing::Suspended,
+];
+
+impl Standing {
+    fn label(self) -> &'static str {
+        match self {
+            Standing::NonMember => "non-member",
+            Standing::Invited => "invited",
+            Standing::Banned => "banned",
+            Standing::Muted => "muted",
+            Standing::Member => "member",
+            Standing::Moderator => "moderator",
+            Standing::Admin => "admin",
+            Standing::Owner => "owner",
+            Standing::ServerAdmin => "server admin",
+            Standing::Suspended => "suspended",
+        }
+    }
+
+    /// The role in the room (None: not a member).
+    fn role(self) -> Option<Role> {
+        match self {
+            Standing::Muted | Standing::Member | Standing::Suspended => Some(Role::Member),
+            Standing::Moderator => Some(Role::Moderator),
+            Standing::Admin => Some(Role::Admin),
+            Standing::Owner => Some(Role::Owner),
+            Standing::NonMember | Standing::Invited | Standing::Banned | Standing::ServerAdmin => {
+                None
+            }
+        }
+    }
+
+    fn actor(self) -> Actor {
+        Actor {
+            role: self.role(),
+            server_admin: self == Standing::ServerAdmin,
+        }
+    }
+}
+
+/// An operation on the room of a cell: an HTTP endpoint or a WebSocket frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Kick,
+    Ban,
+    Unban,
+    Mute,
+    Unmute,
+    SetRole,
+    Transfer,
+    Settings,
+    DeleteRoom,
+    ModLog,
+    Bans,
+    Invite,
+    CreateLink,
+    ListLinks,
+    Members,
+    Messages,
+    Join,
+    Leave,
+    Subscribe,
+    Send,
+    EditOwn,
+    DeleteOthers,
+    React,
+    Typing,
+    Read,
+}
+
+const OPS: [Op; 25] = [
+    Op::Kick,
+    Op::Ban,
+    Op::Unban,
+    Op::Mute,
+    Op::Unmute,
+    Op::SetRole,
+    Op::Transfer,
+    Op::Settings,
+    Op::DeleteRoom,
+    Op::ModLog,
+    Op::Bans,
+    Op::Invite,
+    Op::CreateLink,
+    Op::ListLinks,
+    Op::Members,
+    Op::Messages,
+    Op::Join,
+    Op::Leave,
+    Op::Subscribe,
+    Op::Send,
+    Op::EditOwn,
+    Op::DeleteOthers,
+    Op::React,
+    Op::Typing,
+    Op::Read,
+];
+
+impl Op {
+    /// A column header (at most 6 characters).
+    fn label(self) -> &'static str {
+        match self {
+            Op::Kick => "kick",
+            Op::Ban => "ban",
+            Op::Unban => "unban",
+            Op::Mute => "mute",
+            Op::Unmute => "unmute",
+            Op::SetRole => "role",
+            Op::Transfer => "owner",
+            Op::Settings => "patch",
+            Op::DeleteRoom => "delete",
+            Op::ModLog => "modlog",
+            Op::Bans => "bans",
+            Op::Invite => "invite",
+            Op::CreateLink => "link+",
+            Op::ListLinks => "links",
+            Op::Members => "memb",
+            Op::Messages => "msgs",
+            Op::Join => "join",
+            Op::Leave => "leave",
+            Op::Subscribe => "w:sub",
+            Op::Send => "w:send",
+            Op::EditOwn => "w:edit",
+            Op::DeleteOthers => "w:del",
+            Op::React => "w:reac",
+            Op::Typing => "w:typ",
+            Op::Read => "w:read",
+        }
+    }
+
+    /// The table's action the operation is (None: joining and leaving, which the
+    /// standing rules decide).
+    fn action(self) -> Option<Action> {
+        Some(match self {
+            Op::Kick => Action::Kick,
+            Op::Ban | Op::Unban | Op::Bans => Action::Ban,
+            Op::Mute | Op::Unmute => Action::Mute,
+            Op::SetRole => Action::ChangeRoles,
+            Op::Transfer => Action::TransferOwnership,
+            Op::Settings => Action::EditSettings,
+            Op::DeleteRoom => Action::DeleteRoom,
+            Op::ModLog => Action::ViewModLog,
+            Op::Invite => Action::Invite,
+            Op::CreateLink | Op::ListLinks => Action::ManageLinks,
+            Op::Members | Op::Messages | Op::Subscribe | Op::Typing | Op::Read => Action::Read,
+            Op::Send | Op::EditOwn | Op::React => Action::Send,
+            Op::DeleteOthers => Action::DeleteOthers,
+            Op::Join | Op::Leave => return None,
+        })
+    }
+
+    fn ws(self) -> bool {
+        matches!(
+            self,
+            Op::Subscribe
+                | Op::Send
+                | Op::EditOwn
+                | Op::DeleteOthers
+                | Op::React
+                | Op::Typing
+                | Op::Read
+        )
+    }
+
+    /// The HTTP status of a success.
+    fn ok_status(self) -> u16 {
+        match self {
+            Op::Invite | Op::CreateLink => 201,
+            Op::DeleteRoom => 204,
+            _ => 200,
+        }
+    }
+
+    /// Whether the cell needs a message of someone else in the room.
+    fn needs_other_message(self) -> bool {
+        matches!(self, Op::DeleteOthers | Op::React | Op::Read)
+    }
+}
+
+/// An answer: an HTTP status with `ok` or the error code, or (status 0) a WebSocket
+/// answer: `ok`, an error frame's code, or `close:<code>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Outcome {
+    status: u16,
+    code: String,
+}
+
+impl Outcome {
+    fn http(status: u16, code: &str) -> Outcome {
+        Outcome {
+            status,
+            code: code.to_owned(),
+        }
+    }
+    fn ws(code: &str) -> Outcome {
+        Outcome {
+            status: 0,
+            code: code.to_owned(),
+        }
+    }
+    /// Refused for `code` (the status it has over HTTP), on the operation's transport.
+    fn refused(op: Op, code: &str) -> Outcome {
+        if op.ws() {
+            return Outcome::ws(code);
+        }
+        let status = match code {
+            "unauthorized" => 401,
+            "owner_must_transfer" => 409,
+            _ => 403,
+        };
+        Outcome::http(status, code)
+    }
+    fn ok(op: Op) -> Outcome {
+        if op.ws() {
+            Outcome::ws("ok")
+        } else {
+            Outcome::http(op.ok_status(), "ok")
+        }
+    }
+    /// Four characters for the printed table.
+    fn short(&self) -> String {
+        let s = match self.code.as_str() {
+            "ok" => "ok",
+            "forbidden" => "forb",
+            "not_member" => "nmem",
+            "banned" => "bann",
+            "muted" => "mute",
+            "owner_must_transfer" => "o409",
+            "unauthorized" => "401",
+            "close:4401" => "4401",
+            "not_subscribed" => "nsub",
+            other => return other.chars().take(4).collect(),
+        };
+        s.to_owned()
+    }
+}
+
+/// The target's role for a kick, ban, mute or unmute: the highest role the actor may act
+/// on (per the table), or member when there is none.
+fn victim_role(actor: Actor, action: Action) -> Role {
+    Role::ALL
+        .into_iter()
+        .rev()
+        .find(|r| may_act_on(actor, action, Some(*r), false))
+        .unwrap_or(Role::Member)
+}
+
+/// A role change the actor may make if any (the highest target, then the lowest new
+/// role), else member to moderator.
+fn role_change(actor: Actor) -> (Role, Role) {
+    for target in Role::ALL.into_iter().rev() {
+        for to in Role::ALL {
+            if to != target && may_set_role(actor, target, to, false) {
+                return (target, to);
+            }
+        }
+    }
+    (Role::Member, Role::Moderator)
+}
+
+/// The target of an operation: a fresh member of this role (None: no member target).
+fn target_of(op: Op, actor: Actor) -> Option<Role> {
+    match op {
+        Op::Kick | Op::Ban | Op::Mute | Op::Unmute => {
+            Some(victim_role(actor, op.action().unwrap_or(Action::Kick)))
+        }
+        Op::SetRole => Some(role_change(actor).0),
+        Op::Transfer => Some(Role::Member),
+        _ => None,
+    }
+}
+
+/// THE expected answer of a cell: the permission table plus the documented standing
+/// rules. Never written per cell.
+fn expected(s: Standing, op: Op, vis: Visibility) -> Outcome {
+    // A suspended account's token is void: 401 on HTTP; the gateway closes 4401.
+    if s == Standing::Suspended {
+        return if op.ws() {
+            Outcome::ws("close:4401")
+        } else {
+            Outcome::refused(op, "unauthorized")
+        };
+    }
+    let actor = s.actor();
+    let member = actor.role.is_some();
+    // Who is not a member is told why: banned, or not a member.
+    let outsider = || {
+        Outcome::refused(
+            op,
+            if s == Standing::Banned {
+                "banned"
+            } else {
+                "not_member"
+            },
+        )
+    };
+    let table = |action: Action| allowed(actor, action, RoomKind::Room, vis);
+    match op {
+        Op::Join => {
+            if member {
+                Outcome::ok(op) // already one: nothing changes
+            } else if s == Standing::Banned {
+                outsider()
+            } else if vis == Visibility::Private && !actor.server_admin {
+                // A private room is joined by invite (server admins may join any room).
+                Outcome::refused(op, "forbidden")
+            } else {
+                Outcome::ok(op)
+            }
+        }
+        Op::Leave => {
+            if actor.role == Some(Role::Owner) {
+                Outcome::refused(op, "owner_must_transfer")
+            } else {
+                Outcome::ok(op)
+            }
+        }
+        // Reading and sending need a membership, server administrators' too.
+        _ if op.ws() || matches!(op, Op::Members | Op::Messages) => {
+            if !member {
+                // Typing needs a subscription, which a non-member cannot have.
+                return if op == Op::Typing {
+                    Outcome::ws("not_subscribed")
+                } else {
+                    outsider()
+                };
+            }
+            if s == Standing::Muted && matches!(op, Op::Send | Op::EditOwn | Op::React) {
+                return Outcome::refused(op, "muted");
+            }
+            let action = op.action().unwrap_or(Action::Read);
+            if table(action) {
+                Outcome::ok(op)
+            } else {
+                Outcome::refused(op, "forbidden")
+            }
+        }
+        // Governance: members and server administrators, by the table.
+        _ => {
+            let Some(action) = op.action() else {
+                return Outcome::ok(op);
+            };
+            if !member && !actor.server_admin {
+                return outsider();
+            }
+            if !table(action) {
+                return Outcome::refused(op, "forbidden");
+            }
+            let on_target = match op {
+                Op::Kick | Op::Ban | Op::Mute | Op::Unmute => {
+                    may_act_on(actor, action, target_of(op, actor), false)
+                }
+                // The banned user is not a member.
+                Op::Unban => may_act_on(actor, action, None, false),
+                Op::SetRole => {
+                    let (target, to) = role_change(actor);
+                    may_set_role(actor, target, to, false)
+                }
+                _ => true,
+            };
+            if on_target {
+                Outcome::ok(op)
+            } else {
+                Outcome::refused(op, "forbidden")
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------- the client side
+
+fn code_of(status: u16, v: &Value) -> Outcome {
+    if (200..300).contains(&status) {
+        Outcome::http(status, "ok")
+    } else {
+        Outcome::http(status, v["error"]["code"].as_str().unwrap_or("?"))
+    }
+}
+
+/// Sends a frame carrying a `client_msg_id`; its answer (ack or error).
+async fn ws_call(ws: &mut Ws, frame: Value) -> Value {
+    let cmid = frame["client_msg_id"]
+        .as_str()
+        .expect("client_msg_id")
+        .to_owned();
+    ws.send(frame).await;
+    loop {
+        let v = ws.next().await;
+        if (v["type"] == "ack" && v["client_msg_id"] == cmid.as_str())
+            || (v["type"] == "error" && v["ref"] == cmid.as_str())
+        {
+            return v;
+        }
+    }
+}
+
+fn ws_outcome(v: &Value) -> Outcome {
+    if v["type"] == "error" {
+        Outcome::ws(v["code"].as_str().unwrap_or("?"))
+    } else {
+        Outcome::ws("ok")
+    }
+}
+
+/// Subscribes: `ok` or the refusal's code.
+async fn ws_subscribe(ws: &mut Ws, room: &str) -> Outcome {
+    ws.send(json!({"type": "subscribe", "room": room})).await;
+    loop {
+        let v = ws.next().await;
+        if v["type"] == "subscribed" && v["room"] == room {
+            return Outcome::ws("ok");
+        }
+        if v["type"] == "error" && v["ref"] == "subscribe" {
+            return ws_outcome(&v);
+        }
+    }
+}
+
+/// For frames answered only when refused (typing, read): a ping after it; an error
+/// (with `reference`) before the pong is the answer, else `ok`.
+async fn ws_fence(ws: &mut Ws, reference: &str) -> Outcome {
+    ws.send(json!({"type": "ping"})).await;
+    loop {
+        let v = ws.next().await;
+        if v["type"] == "error" && v["ref"] == reference {
+            return ws_outcome(&v);
+        }
+        if v["type"] == "pong" {
+            return Outcome::ws("ok");
+        }
+    }
+}
+
+fn cmid() -> String {
+    format!("g{}", Uuid::new_v4().simple())
+}
+
+/// One concurrent worker's users (a cell's room is fresh; the users are reused).
+struct Lane {
+    http: Http,
+    addr: String,
+    /// Creates every room of the lane (its owner).
+    owner: Account,
+    /// The actor of every standing but owner, server admin and suspended.
+    actor: Account,
+    /// The target of kicks, bans, mutes, role changes, transfers and invites.
+    victim: Account,
+    /// Writes "someone else's message".
+    author: Account,
+    author_ws: Ws,
+    /// A server administrator.
+    admin: Account,
+    /// Suspended for a cell, reinstated (and logged in again) after it.
+    suspendee: Account,
+    /// Whether this lane saw login refused `suspended` (checked once).
+    saw_login_refused: bool,
+}
+
+impl Lane {
+    async fn api(&self, m: Method, path: &str, who: &Account, body: Option<Value>) -> (u16, Value) {
+        self.http.call(m, path, Some(&who.token), body).await
+    }
+
+    /// A call of the set-up, which must answer `want`.
+    async fn must(&self, m: Method, path: &str, who: &Account, body: Option<Value>, want: u16) {
+        let (s, v) = self.api(m.clone(), path, who, body).await;
+        assert_eq!(s, want, "set-up {m} {path} as {}: {v}", who.name);
+    }
+
+    async fn login(&self, who: &Account) -> (u16, Value) {
+        self.http
+            .call(
+                Method::POST,
+                "/api/login",
+                None,
+                Some(json!({"username": who.name, "password": PASSWORD})),
+            )
+            .await
+    }
+
+    /// Sends a message as the author (on its lane socket) or the given socket; its id and
+    /// position.
+    async fn post(ws: &mut Ws, room: &str) -> (String, i64) {
+        let v = ws_call(
+            ws,
+            json!({"type": "send", "room": room, "client_msg_id": cmid(), "body": "hello"}),
+        )
+        .await;
+        assert_eq!(v["type"], "ack", "set-up send: {v}");
+        (
+            v["message"]["id"].as_str().expect("message id").to_owned(),
+            v["message"]["position"].as_i64().expect("position"),
+        )
+    }
+
+    /// Runs one cell: a fresh room, the actor put in `standing`, the targets the
+    /// operation needs; then the operation as the actor. Its answer.
+    async fn cell(&mut self, vis: Visibility, standing: Standing, op: Op) -> Outcome {
+        let name = format!("gm-{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let (s, v) = self
+            .api(
+                Method::POST,
+                "/api/rooms",
+                &self.owner,
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(s, 201, "create room: {v}");
+        let room = v["id"].as_str().expect("room id").to_owned();
+        let r = format!("/api/rooms/{room}");
+
+        // Someone else's message.
+        let other = if op.needs_other_message() {
+            self.must(Method::POST, &format!("{r}/join"), &self.author, None, 200)
+                .await;
+            Some(Lane::post(&mut self.author_ws, &room).await)
+        } else {
+            None
+        };
+
+        // The actor, and its socket for WebSocket operations.
+        let actor = match standing {
+            Standing::Owner => self.owner.clone(),
+            Standing::ServerAdmin => self.admin.clone(),
+            Standing::Suspended => self.suspendee.clone(),
+            _ => self.actor.clone(),
+        };
+        let mut ws = if op.ws() {
+            Some(Ws::login_to(&self.addr, &actor).await)
+        } else {
+            None
+        };
+        let mut joined = standing == Standing::Owner;
+        let join = |who: &Account| (Method::POST, format!("{r}/join"), who.clone());
+        // Edit own: the actor wrote a message while a member, then got its standing.
+        let own = if op == Op::EditOwn && standing != Standing::Suspended {
+            if !joined {
+                let (m, p, w) = join(&actor);
+                self.must(m, &p, &w, None, 200).await;
+                joined = true;
+            }
+            let socket = ws.as_mut().expect("socket");
+            Some(Lane::post(socket, &room).await.0)
+        } else {
+            None
+        };
+        let member_path = |u: &Account, what: &str| format!("{r}/members/{}/{what}", u.id);
+        match standing {
+            Standing::NonMember | Standing::Invited | Standing::ServerAdmin => {
+                if joined {
+                    self.must(Method::POST, &format!("{r}/leave"), &actor, None, 200)
+                        .await;
+                }
+                if standing == Standing::Invited {
+                    let body = json!({"user": actor.id});
+                    self.must(Method::POST, &format!("{r}/invites"), &self.owner, Some(body), 201)
+                        .await;
+                }
+            }
+            Standing::Banned => {
+                let p = member_path(&actor, "ban");
+                self.must(Method::POST, &p, &self.owner, None, 200).await;
+            }
+            Standing::Muted
+            | Standing::Member
+            | Standing::Moderator
+            | Standing::Admin
+            | Standing::Suspended => {
+                if !joined {
+                    let (m, p, w) = join(&actor);
+                    self.must(m, &p, &w, None, 200).await;
+                }
+                if standing == Standing::Muted {
+                    let p = member_path(&actor, "mute");
+                    self.must(Method::POST, &p, &self.owner, None, 200).await;
+                }
+                if let Some(role) = standing.role().filter(|r| *r > Role::Member) {
+                    let p = member_path(&actor, "role");
+                    let body = json!({"role": role.as_str()});
+                    self.must(Method::PUT, &p, &self.owner, Some(body), 200)
+                        .await;
+                }
+            }
+            Standing::Owner => {}
+        }
+
+        // The target.
+        let target = target_of(op, standing.actor());
+        if let Some(role) = target {
+            let (m, p, w) = join(&self.victim);
+            self.must(m, &p, &w, None, 200).await;
+            if role > Role::Member {
+                let p = member_path(&self.victim, "role");
+                let body = json!({"role": role.as_str()});
+                self.must(Method::PUT, &p, &self.owner, Some(body), 200)
+                    .await;
+            }
+            if op == Op::Unmute {
+                let p = member_path(&self.victim, "mute");
+                self.must(Method::POST, &p, &self.owner, None, 200).await;
+            }
+        }
+        if op == Op::Unban {
+            let p = member_path(&self.victim, "ban");
+            self.must(Method::POST, &p, &self.owner, None, 200).await;
+        }
+
+        if vis == Visibility::Private {
+            let body = json!({"visibility": "private"});
+            self.must(Method::PATCH, &r, &self.owner, Some(body), 200)
+                .await;
+        }
+
+        if standing == Standing::Suspended {
+            let p = format!("/api/admin/users/{}/suspend", actor.id);
+            self.must(Method::POST, &p, &self.admin, None, 204).await;
+            if !self.saw_login_refused {
+                let (s, v) = self.login(&actor).await;
+                assert_eq!(
+                    (s, v["error"]["code"].as_str()),
+                    (403, Some("suspended")),
+                    "a suspended account logs in: {v}"
+                );
+                self.saw_login_refused = true;
+            }
+        }
+
+        // The operation, as the actor.
+        let outcome = if let Some(ws) = ws.as_mut() {
+            if standing == Standing::Suspended {
+                suspended_socket(ws, &self.addr, &actor).await
+            } else {
+                self.ws_op(ws, op, &room, own.as_deref(), other.as_ref())
+                    .await
+            }
+        } else {
+            self.http_op(op, &r, &actor, standing).await
+        };
+
+        if standing == Standing::Suspended {
+            let p = format!("/api/admin/users/{}/reinstate", actor.id);
+            self.must(Method::POST, &p, &self.admin, None, 204).await;
+            let (s, v) = self.login(&actor).await;
+            assert_eq!(s, 200, "login after reinstatement: {v}");
+            self.suspendee.token = v["token"].as_str().expect("token").to_owned();
+        }
+        outcome
+    }
+
+    async fn http_op(&self, op: Op, r: &str, actor: &Account, standing: Standing) -> Outcome {
+        let victim = |what: &str| format!("{r}/members/{}/{what}", self.victim.id);
+        let (m, path, body) = match op {
+            Op::Kick => (Method::POST, victim("kick"), None),
+            Op::Ban => (Method::POST, victim("ban"), None),
+            Op::Unban => (Method::POST, victim("unban"), None),
+            Op::Mute => (Method::POST, victim("mute"), None),
+            Op::Unmute => (Method::POST, victim("unmute"), None),
+            Op::SetRole => {
+                let (_, to) = role_change(standing.actor());
+                (
+                    Method::PUT,
+                    victim("role"),
+                    Some(json!({"role": to.as_str()})),
+                )
+            }
+            Op::Transfer => (
+                Method::POST,
+                format!("{r}/owner"),
+                Some(json!({"user": self.victim.id})),
+            ),
+            Op::Settings => (
+                Method::PATCH,
+                r.to_owned(),
+                Some(json!({"topic": "governed"})),
+            ),
+            Op::DeleteRoom => (Method::DELETE, r.to_owned(), None),
+            Op::ModLog => (Method::GET, format!("{r}/moderation"), None),
+            Op::Bans => (Method::GET, format!("{r}/bans"), None),
+            Op::Invite => (
+                Method::POST,
+                format!("{r}/invites"),
+                Some(json!({"user": self.victim.id})),
+            ),
+            Op::CreateLink => (Method::POST, format!("{r}/links"), Some(json!({}))),
+            Op::ListLinks => (Method::GET, format!("{r}/links"), None),
+            Op::Members => (Method::GET, format!("{r}/members"), None),
+            Op::Messages => (Method::GET, format!("{r}/messages"), None),
+            Op::Join => (Method::POST, format!("{r}/join"), None),
+            Op::Leave => (Method::POST, format!("{r}/leave"), None),
+            _ => unreachable!("{op:?} is a WebSocket operation"),
+        };
+        let (s, v) = self.api(m, &path, actor, body).await;
+        code_of(s, &v)
+    }
+
+    async fn ws_op(
+        &self,
+        ws: &mut Ws,
+        op: Op,
+        room: &str,
+        own: Option<&str>,
+        other: Option<&(String, i64)>,
+    ) -> Outcome {
+        let other_id = || other.map(|o| o.0.clone()).expect("someone else's message");
+        match op {
+            Op::Subscribe => ws_subscribe(ws, room).await,
+            Op::Send => {
+                let f = json!({"type": "send", "room": room, "client_msg_id": cmid(), "body": "hi"});
+                ws_outcome(&ws_call(ws, f).await)
+            }
+            Op::EditOwn => {
+                let f = json!({"type": "edit", "room": room, "message_id": own.expect("own message"),
+                               "client_msg_id": cmid(), "body": "edited"});
+                ws_outcome(&ws_call(ws, f).await)
+            }
+            Op::DeleteOthers => {
+                let f = json!({"type": "delete", "room": room, "message_id": other_id(),
+                               "client_msg_id": cmid()});
+                ws_outcome(&ws_call(ws, f).await)
+            }
+            Op::React => {
+                let f = json!({"type": "react", "room": room, "message_id": other_id(),
+                               "client_msg_id": cmid(), "emoji": "👍", "on": true});
+                ws_outcome(&ws_call(ws, f).await)
+            }
+            Op::Typing => {
+                // After a subscribe (refused or not).
+                let _ = ws_subscribe(ws, room).await;
+                ws.send(json!({"type": "typing", "room": room})).await;
+                ws_fence(ws, "typing").await
+            }
+            Op::Read => {
+                let position = other.map(|o| o.1).expect("a position");
+                ws.send(json!({"type": "read", "room": room, "position": position}))
+                    .await;
+                ws_fence(ws, "read").await
+            }
+            _ => unreachable!("{op:?} is an HTTP operation"),
+        }
+    }
+}
+
+/// A suspended user's sockets: the open one is closed 4401, and a new one's `hello`
+/// with the old token too.
+async fn suspended_socket(ws: &mut Ws, addr: &str, who: &Account) -> Outcome {
+    let open = ws.close_code(Duration::from_secs(15)).await;
+    let mut fresh = Ws::connect_to(addr).await;
+    fresh
+        .send(json!({"type": "hello", "token": who.token}))
+        .await;
+    let again = fresh.close_code(Duration::from_secs(15)).await;
+    match (open, again) {
+        (Some(4401), Some(4401)) => Outcome::ws("close:4401"),
+        (a, b) => Outcome::ws(&format!("close:{a:?}/{b:?}")),
+    }
+}
+
+// ----------------------------------------------------------------------- the matrix
+
+/// Concurrent workers, each with users of its own (cells run one at a time in each).
+const LANES: usize = 4;
+
+/// Makes the named user a server administrator with the binary, as an operator does.
+async fn grant_admin(env: &Env, name: &str) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat"));
+    cmd.args(["admin", "grant", name]);
+    for var in [
+        "DATABASE_URL",
+        "DATABASE_URL_FILE",
+        "DATABASE_CA_FILE",
+        "DATA_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    if env.mode == Mode::Embedded {
+        cmd.arg("--data-dir").arg(env.log_dir.join("data"));
+    } else {
+        cmd.args(["--database-url", &env.db_url]);
+        if let Some(ca) = &env.ca_file {
+            cmd.arg("--database-ca-file").arg(ca);
+        }
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("chat admin grant within 60 s")
+        .expect("run chat admin grant");
+    assert!(
+        out.status.success(),
+        "chat admin grant {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Registers `n` users at once.
+async fn register_many(http: &Http, prefix: &str, n: usize) -> Vec<Account> {
+    futures_util::future::join_all((0..n).map(|_| http.register(prefix))).await
+}
+
+type Cell = (Visibility, Standing, Op);
+
+/// The matrix as a table (standing × operation), one per visibility; a cell whose answer
+/// is not the expected one is marked `*`, and listed below with both.
+fn render(cells: &[Cell], actual: &[Outcome]) -> (String, usize) {
+    let mut out = String::new();
+    let mut wrong = Vec::new();
+    for vis in [Visibility::Public, Visibility::Private] {
+        let _ = write!(out, "\n{:<13}", format!("{vis:?} room"));
+        for op in OPS {
+            let _ = write!(out, "{:>7}", op.label());
+        }
+        out.push('\n');
+        for s in STANDINGS {
+            let _ = write!(out, "{:<13}", s.label());
+            for op in OPS {
+                let i = cells
+                    .iter()
+                    .position(|c| *c == (vis, s, op))
+                    .expect("every cell is run");
+                let want = expected(s, op, vis);
+                let got = &actual[i];
+                let mark = if *got == want { "" } else { "*" };
+                let _ = write!(out, "{:>7}", format!("{mark}{}", got.short()));
+                if *got != want {
+                    wrong.push(format!(
+                        "{} {} in a {vis:?} room: expected {want:?}, got {got:?}",
+                        s.label(),
+                        op.label()
+                    ));
+                }
+            }
+            out.push('\n');
+        }
+    }
+    let n = wrong.len();
+    for w in wrong {
+        let _ = writeln!(out, "  * {w}");
+    }
+    (out, n)
+}
+
+async fn matrix(mode: Mode) {
+    // Every action of the table is exercised by some operation.
+    for action in Action::ALL {
+        assert!(
+            OPS.iter().any(|op| op.action() == Some(action)),
+            "{action:?} has no operation in the matrix"
+        );
+    }
+    let env = Env::with_mode("gov-matrix", mode).await;
+    let cluster: Cluster = env
+        .start_with(
+            1,
+            &[
+                "--room-create-per-minute",
+                "100000",
+                "--max-rooms-per-user",
+                "0",
+            ],
+        )
+        .await;
+    let gw = cluster.gw(0);
+    let http = Http::new(gw);
+    let users = register_many(&http, "gm", LANES * 6).await;
+    let mut lanes = Vec::new();
+    for u in users.chunks(6) {
+        grant_admin(&env, &u[4].name).await;
+        lanes.push(Lane {
+            http: http.clone(),
+            addr: gw.addr.clone(),
+            owner: u[0].clone(),
+            actor: u[1].clone(),
+            victim: u[2].clone(),
+            author: u[3].clone(),
+            author_ws: Ws::login_to(&gw.addr, &u[3]).await,
+            admin: u[4].clone(),
+            suspendee: u[5].clone(),
+            saw_login_refused: false,
+        });
+    }
+
+    let mut cells: Vec<Cell> = Vec::new();
+    for vis in [Visibility::Public, Visibility::Private] {
+        for s in STANDINGS {
+            for op in OPS {
+                cells.push((vis, s, op));
+            }
+        }
+    }
+    let queue: Arc<Mutex<VecDeque<(usize, Cell)>>> =
+        Arc::new(Mutex::new(cells.iter().copied().enumerate().collect()));
+    let results: Arc<Mutex<Vec<Option<Outcome>>>> = Arc::new(Mutex::new(vec![None; cells.len()]));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut lane in lanes {
+        let (queue, results) = (queue.clone(), results.clone());
+        tasks.spawn(async move {
+            loop {
+                let next = queue.lock().expect("queue").pop_front();
+                let Some((i, (vis, s, op))) = next else { break };
+                let got = tokio::time::timeout(Duration::from_secs(60), lane.cell(vis, s, op))
+                    .await
+                    .unwrap_or_else(|_| panic!("{s:?} {op:?} {vis:?} took over 60 s"));
+                results.lock().expect("results")[i] = Some(got);
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    let elapsed = started.elapsed();
+    let actual: Vec<Outcome> = std::mem::take(&mut *results.lock().expect("results"))
+        .into_iter()
+        .map(|r| r.expect("every cell ran"))
+        .collect();
+    let (table, wrong) = render(&cells, &actual);
+    println!(
+        "{mode:?}: {} cells ({} standings x {} operations x 2 visibilities) in {:.1} s{table}",
+        cells.len(),
+        STANDINGS.len(),
+        OPS.len(),
+        elapsed.as_secs_f64()
+    );
+    assert_eq!(
+        wrong, 0,
+        "{wrong} cells of the authorization matrix differ from the table:{table}"
+    );
+}
+
+both_modes!(matrix);
