@@ -613,8 +613,14 @@ impl Lane {
                 }
                 if standing == Standing::Invited {
                     let body = json!({"user": actor.id});
-                    self.must(Method::POST, &format!("{r}/invites"), &self.owner, Some(body), 201)
-                        .await;
+                    self.must(
+                        Method::POST,
+                        &format!("{r}/invites"),
+                        &self.owner,
+                        Some(body),
+                        201,
+                    )
+                    .await;
                 }
             }
             Standing::Banned => {
@@ -765,7 +771,8 @@ impl Lane {
         match op {
             Op::Subscribe => ws_subscribe(ws, room).await,
             Op::Send => {
-                let f = json!({"type": "send", "room": room, "client_msg_id": cmid(), "body": "hi"});
+                let f =
+                    json!({"type": "send", "room": room, "client_msg_id": cmid(), "body": "hi"});
                 ws_outcome(&ws_call(ws, f).await)
             }
             Op::EditOwn => {
@@ -989,3 +996,460 @@ async fn matrix(mode: Mode) {
 }
 
 both_modes!(matrix);
+
+// ------------------------------------------------ private rooms, invite links, groups
+
+fn err_code(v: &Value) -> Option<&str> {
+    v["error"]["code"].as_str()
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list.as_array()
+        .expect("a JSON array")
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Private rooms are listed to members only and are not found by the user search; an
+/// invite link used up or revoked is refused 410 `invite_invalid`, a lifetime under a
+/// minute 400 `invalid_expiry`; group DMs have 3 to `--max-group-members` (10) members.
+async fn rooms_links_groups(mode: Mode) {
+    let env = Env::with_mode("gov-links", mode).await;
+    let cluster = env.start(1).await;
+    let http = Http::new(cluster.gw(0));
+    let tag = &Uuid::new_v4().simple().to_string()[..8];
+    let people = register_many(&http, "gl", 15).await;
+    let (owner, outsider, a, b, c) = (&people[0], &people[1], &people[2], &people[3], &people[4]);
+    let call = |m: Method, path: String, who: &Account, body: Option<Value>| {
+        let (http, token) = (http.clone(), who.token.clone());
+        async move { http.call(m, &path, Some(&token), body).await }
+    };
+
+    // A private room and a public one; a user whose name starts like the private room's.
+    let private_name = format!("pv{tag}");
+    let (s, v) = call(
+        Method::POST,
+        "/api/rooms".into(),
+        owner,
+        Some(json!({"name": format!("{private_name} room"), "visibility": "private"})),
+    )
+    .await;
+    assert_eq!(s, 201, "create a private room: {v}");
+    assert_eq!(v["visibility"], "private");
+    assert_eq!(v["my_role"], "owner");
+    let private = v["id"].as_str().expect("id").to_owned();
+    let public = http.create_room(owner, &format!("pb{tag}")).await;
+    let (s, v) = http
+        .call(
+            Method::POST,
+            "/api/register",
+            None,
+            Some(json!({"username": private_name, "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(s, 201, "register: {v}");
+    let namesake = v["user"]["id"].as_str().expect("id").to_owned();
+
+    let (s, listed) = call(Method::GET, "/api/rooms".into(), outsider, None).await;
+    assert_eq!(s, 200, "{listed}");
+    let listed = ids(&listed);
+    assert!(listed.contains(&public), "the public room is listed");
+    assert!(
+        !listed.contains(&private),
+        "a private room is not listed to a non-member"
+    );
+    let (_, listed) = call(Method::GET, "/api/rooms".into(), owner, None).await;
+    assert!(
+        ids(&listed).contains(&private),
+        "its members see a private room"
+    );
+    let (s, found) = call(
+        Method::GET,
+        format!("/api/users?q={private_name}"),
+        outsider,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{found}");
+    assert_eq!(ids(&found), vec![namesake], "the search finds users only");
+    for u in found.as_array().expect("array") {
+        let mut keys: Vec<&str> = u
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["id", "name"], "a user is an id and a name: {u}");
+    }
+    let (s, v) = call(
+        Method::POST,
+        format!("/api/rooms/{private}/join"),
+        outsider,
+        None,
+    )
+    .await;
+    assert_eq!((s, err_code(&v)), (403, Some("forbidden")), "{v}");
+
+    // Invite links: used up, revoked, unknown; lifetimes.
+    let links = format!("/api/rooms/{private}/links");
+    let (s, v) = call(
+        Method::POST,
+        links.clone(),
+        owner,
+        Some(json!({"expires_in_secs": 59})),
+    )
+    .await;
+    assert_eq!((s, err_code(&v)), (400, Some("invalid_expiry")), "{v}");
+    let (s, v) = call(
+        Method::POST,
+        links.clone(),
+        owner,
+        Some(json!({"expires_in_secs": 30 * 24 * 3600 + 1})),
+    )
+    .await;
+    assert_eq!((s, err_code(&v)), (400, Some("invalid_expiry")), "{v}");
+    let (s, once) = call(
+        Method::POST,
+        links.clone(),
+        owner,
+        Some(json!({"expires_in_secs": 60, "max_uses": 1})),
+    )
+    .await;
+    assert_eq!(s, 201, "{once}");
+    assert_eq!(once["max_uses"], 1);
+    assert_eq!(once["uses"], 0);
+    let once = once["code"].as_str().expect("code").to_owned();
+    let (s, v) = call(Method::GET, format!("/api/links/{once}"), a, None).await;
+    assert_eq!(s, 200, "preview: {v}");
+    assert_eq!(v["room"]["id"], private.as_str());
+    let (s, v) = call(Method::POST, format!("/api/links/{once}/join"), a, None).await;
+    assert_eq!(s, 200, "join by link: {v}");
+    assert_eq!(
+        (v["member"].as_bool(), v["my_role"].as_str()),
+        (Some(true), Some("member"))
+    );
+    // The link is used up: refused to the next one, gone from previews and the list.
+    let (s, v) = call(Method::POST, format!("/api/links/{once}/join"), b, None).await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (410, Some("invite_invalid")),
+        "used up: {v}"
+    );
+    let (s, v) = call(Method::GET, format!("/api/links/{once}"), b, None).await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (410, Some("invite_invalid")),
+        "used up: {v}"
+    );
+    let (s, listed) = call(Method::GET, links.clone(), owner, None).await;
+    assert_eq!(s, 200, "{listed}");
+    assert!(
+        listed
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|l| l["code"] != once.as_str()),
+        "a used-up link is not listed: {listed}"
+    );
+    let (s, open) = call(Method::POST, links.clone(), owner, Some(json!({}))).await;
+    assert_eq!(s, 201, "{open}");
+    assert!(open["max_uses"].is_null(), "unlimited by default: {open}");
+    let open = open["code"].as_str().expect("code").to_owned();
+    let (s, v) = call(Method::DELETE, format!("{links}/{open}"), owner, None).await;
+    assert_eq!(s, 204, "revoke: {v}");
+    let (s, v) = call(Method::POST, format!("/api/links/{open}/join"), b, None).await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (410, Some("invite_invalid")),
+        "revoked: {v}"
+    );
+    let (s, v) = call(Method::GET, format!("/api/links/{open}"), b, None).await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (410, Some("invite_invalid")),
+        "revoked: {v}"
+    );
+    let unknown = Uuid::new_v4().simple().to_string();
+    let (s, v) = call(Method::POST, format!("/api/links/{unknown}/join"), b, None).await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (410, Some("invite_invalid")),
+        "unknown: {v}"
+    );
+    let (_, members) = call(
+        Method::GET,
+        format!("/api/rooms/{private}/members"),
+        owner,
+        None,
+    )
+    .await;
+    assert_eq!(
+        members.as_array().map(Vec::len),
+        Some(2),
+        "only the owner and the one who used the link: {members}"
+    );
+
+    // Group DMs: 3 to 10 members, the creator included.
+    let others = &people[5..15];
+    let group_of =
+        |n: usize| json!({"users": others[..n].iter().map(|u| u.id.clone()).collect::<Vec<_>>()});
+    let (s, v) = call(Method::POST, "/api/groups".into(), c, Some(group_of(1))).await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (400, Some("group_size")),
+        "2 people: {v}"
+    );
+    let (s, v) = call(Method::POST, "/api/groups".into(), c, Some(group_of(10))).await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (400, Some("group_size")),
+        "11 people: {v}"
+    );
+    let (s, small) = call(Method::POST, "/api/groups".into(), c, Some(group_of(2))).await;
+    assert_eq!(s, 201, "3 people: {small}");
+    assert_eq!(
+        (small["kind"].as_str(), small["members"].as_i64()),
+        (Some("group"), Some(3))
+    );
+    let (s, full) = call(Method::POST, "/api/groups".into(), c, Some(group_of(9))).await;
+    assert_eq!(s, 201, "10 people: {full}");
+    assert_eq!(full["members"], 10);
+    assert_eq!(full["visibility"], "private");
+    let full = full["id"].as_str().expect("id").to_owned();
+    let (s, v) = call(
+        Method::POST,
+        format!("/api/rooms/{full}/invites"),
+        c,
+        Some(json!({"user": a.id})),
+    )
+    .await;
+    assert_eq!((s, err_code(&v)), (409, Some("group_full")), "an 11th: {v}");
+    // Any member of a group may invite (while there is room).
+    let small = small["id"].as_str().expect("id").to_owned();
+    let (s, v) = call(
+        Method::POST,
+        format!("/api/rooms/{small}/invites"),
+        &others[0],
+        Some(json!({"user": a.id})),
+    )
+    .await;
+    assert_eq!(s, 201, "a member invites into a group: {v}");
+}
+
+both_modes!(rooms_links_groups);
+
+// ------------------------------------------------------------------------- blocking
+
+/// A sends a message in the room on its own socket; its id.
+async fn say(ws: &mut Ws, room: &str, body: &str) -> String {
+    let v = ws_call(
+        ws,
+        json!({"type": "send", "room": room, "client_msg_id": cmid(), "body": body}),
+    )
+    .await;
+    assert_eq!(v["type"], "ack", "send: {v}");
+    v["message"]["id"].as_str().expect("id").to_owned()
+}
+
+/// The `blocked` flag of each message of the room's history as `who` reads it, by id,
+/// once the history holds every message of `want` (the consumer stores them after the
+/// ack in the distributed mode).
+async fn blocked_flags(
+    http: &Http,
+    who: &Account,
+    room: &str,
+    want: &[&str],
+) -> Vec<(String, Option<bool>)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, v) = http
+            .call(
+                Method::GET,
+                &format!("/api/rooms/{room}/messages"),
+                Some(&who.token),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "history: {v}");
+        let flags: Vec<(String, Option<bool>)> = v["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().expect("id").to_owned(),
+                    m.get("blocked").map(|b| b.as_bool().expect("a boolean")),
+                )
+            })
+            .collect();
+        if want.iter().all(|w| flags.iter().any(|(id, _)| id == w)) {
+            return flags;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the history lacks some of {want:?} after 30 s: {flags:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Blocking: the blocked user cannot open a DM with the blocker nor put them in a group;
+/// their invites to the blocker are dropped; the blocker's history flags their messages
+/// (the blocker's only). Unblocking restores all of it.
+async fn blocking(mode: Mode) {
+    let env = Env::with_mode("gov-blocks", mode).await;
+    let cluster = env.start(1).await;
+    let gw = cluster.gw(0);
+    let http = Http::new(gw);
+    let people = register_many(&http, "gb", 3).await;
+    let (blocker, blocked, third) = (&people[0], &people[1], &people[2]);
+    let call = |m: Method, path: String, who: &Account, body: Option<Value>| {
+        let (http, token) = (http.clone(), who.token.clone());
+        async move { http.call(m, &path, Some(&token), body).await }
+    };
+
+    // A room all three are in, with a message of each of the other two.
+    let room = http
+        .create_room(
+            third,
+            &format!("gb-{}", &Uuid::new_v4().simple().to_string()[..8]),
+        )
+        .await;
+    http.join(blocker, &room).await;
+    http.join(blocked, &room).await;
+    let mut ws_blocked = Ws::login(gw, blocked).await;
+    let mut ws_third = Ws::login(gw, third).await;
+    let from_blocked = say(&mut ws_blocked, &room, "before").await;
+    let from_third = say(&mut ws_third, &room, "neutral").await;
+    // The blocked user's own room, to invite from.
+    let own_room = http
+        .create_room(
+            blocked,
+            &format!("gb-{}", &Uuid::new_v4().simple().to_string()[..8]),
+        )
+        .await;
+
+    let (s, v) = call(
+        Method::PUT,
+        format!("/api/blocks/{}", blocked.id),
+        blocker,
+        None,
+    )
+    .await;
+    assert_eq!(s, 204, "block: {v}");
+    let (_, list) = call(Method::GET, "/api/blocks".into(), blocker, None).await;
+    assert_eq!(
+        ids(&list),
+        vec![blocked.id.clone()],
+        "the block list: {list}"
+    );
+    let after = say(&mut ws_blocked, &room, "after").await;
+
+    let (s, v) = call(
+        Method::POST,
+        "/api/dms".into(),
+        blocked,
+        Some(json!({"user": blocker.id})),
+    )
+    .await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (403, Some("blocked")),
+        "a DM with the blocker: {v}"
+    );
+    let group = json!({"users": [blocker.id, third.id]});
+    let (s, v) = call(
+        Method::POST,
+        "/api/groups".into(),
+        blocked,
+        Some(group.clone()),
+    )
+    .await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (403, Some("blocked")),
+        "a group with the blocker: {v}"
+    );
+    let invite = json!({"user": blocker.id});
+    let (s, v) = call(
+        Method::POST,
+        format!("/api/rooms/{own_room}/invites"),
+        blocked,
+        Some(invite.clone()),
+    )
+    .await;
+    assert_eq!(s, 201, "an invite to the blocker looks sent: {v}");
+    let (s, pending) = call(Method::GET, "/api/invites".into(), blocker, None).await;
+    assert_eq!(s, 200, "{pending}");
+    assert_eq!(pending, json!([]), "the invite was dropped");
+    let all = [from_blocked.as_str(), from_third.as_str(), after.as_str()];
+    let flags = blocked_flags(&http, blocker, &room, &all).await;
+    for (id, flag) in &flags {
+        let want = if *id == from_blocked || *id == after {
+            Some(true)
+        } else {
+            None
+        };
+        assert_eq!(
+            *flag, want,
+            "the blocker's history, message {id}: {flags:?}"
+        );
+    }
+    for reader in [third, blocked] {
+        let flags = blocked_flags(&http, reader, &room, &all).await;
+        assert!(
+            flags.iter().all(|(_, f)| f.is_none()),
+            "only the blocker's history is flagged: {flags:?}"
+        );
+    }
+
+    let (s, v) = call(
+        Method::DELETE,
+        format!("/api/blocks/{}", blocked.id),
+        blocker,
+        None,
+    )
+    .await;
+    assert_eq!(s, 204, "unblock: {v}");
+    let (_, list) = call(Method::GET, "/api/blocks".into(), blocker, None).await;
+    assert_eq!(list, json!([]), "the block list after unblocking");
+    let flags = blocked_flags(&http, blocker, &room, &all).await;
+    assert!(
+        flags.iter().all(|(_, f)| f.is_none()),
+        "unblocked: nothing flagged: {flags:?}"
+    );
+    let (s, v) = call(
+        Method::POST,
+        "/api/dms".into(),
+        blocked,
+        Some(json!({"user": blocker.id})),
+    )
+    .await;
+    assert_eq!(s, 201, "a DM after unblocking: {v}");
+    let (s, v) = call(Method::POST, "/api/groups".into(), blocked, Some(group)).await;
+    assert_eq!(s, 201, "a group after unblocking: {v}");
+    let (s, v) = call(
+        Method::POST,
+        format!("/api/rooms/{own_room}/invites"),
+        blocked,
+        Some(invite),
+    )
+    .await;
+    assert_eq!(s, 201, "an invite after unblocking: {v}");
+    let (_, pending) = call(Method::GET, "/api/invites".into(), blocker, None).await;
+    let rooms: Vec<&str> = pending
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|i| i["room"].as_str())
+        .collect();
+    assert_eq!(
+        rooms,
+        vec![own_room.as_str()],
+        "the invite arrives: {pending}"
+    );
+}
+
+both_modes!(blocking);
