@@ -1328,7 +1328,7 @@ async fn rooms_links_groups(mode: Mode) {
     let cluster = env.start(1).await;
     let http = Http::new(cluster.gw(0));
     let tag = &Uuid::new_v4().simple().to_string()[..8];
-    let people = register_many(&http, "gl", 15).await;
+    let people = register_many(&http, "gl", 19).await;
     let (owner, outsider, a, b, c) = (&people[0], &people[1], &people[2], &people[3], &people[4]);
     let call = |m: Method, path: String, who: &Account, body: Option<Value>| {
         let (http, token) = (http.clone(), who.token.clone());
@@ -1498,6 +1498,148 @@ async fn rooms_links_groups(mode: Mode) {
         members.as_array().map(Vec::len),
         Some(2),
         "only the owner and the one who used the link: {members}"
+    );
+
+    // Invites into the private room: accepted, revoked, to a banned user, to a member.
+    let (d, e, f) = (&people[15], &people[16], &people[17]);
+    let invites = format!("/api/rooms/{private}/invites");
+    let (s, inv) = call(
+        Method::POST,
+        invites.clone(),
+        owner,
+        Some(json!({"user": d.id})),
+    )
+    .await;
+    assert_eq!(s, 201, "invite: {inv}");
+    let (_, pending) = call(Method::GET, "/api/invites".into(), d, None).await;
+    assert_eq!(
+        ids(&pending),
+        vec![inv["id"].as_str().expect("id").to_owned()],
+        "{pending}"
+    );
+    assert_eq!(pending[0]["room"], private.as_str());
+    let (s, v) = call(Method::POST, format!("/api/rooms/{private}/join"), d, None).await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (403, Some("forbidden")),
+        "invited, joining: {v}"
+    );
+    let (s, v) = call(
+        Method::POST,
+        format!("/api/invites/{}/accept", inv["id"].as_str().expect("id")),
+        d,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "accept: {v}");
+    assert_eq!(
+        (v["member"].as_bool(), v["my_role"].as_str()),
+        (Some(true), Some("member"))
+    );
+    let (_, listed) = call(Method::GET, "/api/rooms".into(), d, None).await;
+    assert!(
+        ids(&listed).contains(&private),
+        "a member by invite sees the private room"
+    );
+    let (s, inv) = call(
+        Method::POST,
+        invites.clone(),
+        owner,
+        Some(json!({"username": e.name})),
+    )
+    .await;
+    assert_eq!(s, 201, "invite by name: {inv}");
+    let inv = inv["id"].as_str().expect("id").to_owned();
+    let (s, v) = call(Method::DELETE, format!("/api/invites/{inv}"), owner, None).await;
+    assert_eq!(s, 204, "revoke the invite: {v}");
+    let (_, pending) = call(Method::GET, "/api/invites".into(), e, None).await;
+    assert_eq!(pending, json!([]), "a revoked invite is not pending");
+    let (s, v) = call(Method::POST, format!("/api/invites/{inv}/accept"), e, None).await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (410, Some("invite_invalid")),
+        "a revoked invite: {v}"
+    );
+    let (s, v) = call(
+        Method::POST,
+        format!("/api/rooms/{private}/members/{}/ban", f.id),
+        owner,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "ban a non-member: {v}");
+    let (s, v) = call(
+        Method::POST,
+        invites.clone(),
+        owner,
+        Some(json!({"user": f.id})),
+    )
+    .await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (403, Some("banned")),
+        "invite a banned user: {v}"
+    );
+    let (s, link) = call(Method::POST, links.clone(), owner, Some(json!({}))).await;
+    assert_eq!(s, 201, "{link}");
+    let link = link["code"].as_str().expect("code").to_owned();
+    let (s, v) = call(Method::POST, format!("/api/links/{link}/join"), f, None).await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (403, Some("banned")),
+        "a banned user's link: {v}"
+    );
+    let (s, v) = call(
+        Method::POST,
+        invites.clone(),
+        owner,
+        Some(json!({"user": a.id})),
+    )
+    .await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (409, Some("already_member")),
+        "invite a member: {v}"
+    );
+    // Nobody invites into a direct message; only server administrators suspend.
+    let (s, dm) = call(
+        Method::POST,
+        "/api/dms".into(),
+        c,
+        Some(json!({"user": outsider.id})),
+    )
+    .await;
+    assert_eq!(s, 201, "a DM: {dm}");
+    let dm = dm["id"].as_str().expect("id").to_owned();
+    let (s, v) = call(
+        Method::POST,
+        format!("/api/rooms/{dm}/invites"),
+        c,
+        Some(json!({"user": a.id})),
+    )
+    .await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (403, Some("forbidden")),
+        "invite into a DM: {v}"
+    );
+    let (s, v) = call(
+        Method::POST,
+        format!("/api/admin/users/{}/suspend", a.id),
+        owner,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (403, Some("forbidden")),
+        "suspend as a non-admin: {v}"
+    );
+    let (s, v) = call(Method::GET, "/api/admin/users".into(), owner, None).await;
+    assert_eq!(
+        (s, err_code(&v)),
+        (403, Some("forbidden")),
+        "list accounts as a non-admin: {v}"
     );
 
     // Group DMs: 3 to 10 members, the creator included.
