@@ -46,6 +46,13 @@ enum Standing {
     ServerAdmin,
     /// A member whose account a server administrator suspended (its token is void).
     Suspended,
+    /// Was a moderator, its standing known to the gateway (subscribed), then made a
+    /// member.
+    Demoted,
+    /// Was muted, known to the gateway, then unmuted.
+    Unmuted,
+    /// Was a member, known to the gateway, then kicked.
+    Kicked,
 }
 
 const STANDINGS: [Standing; 10] = [
@@ -61,6 +68,10 @@ const STANDINGS: [Standing; 10] = [
     Standing::Suspended,
 ];
 
+/// Standings reached by a change while the actor's socket used the room: what the
+/// gateway cached must follow (the WebSocket operations only; HTTP reads the store).
+const CHANGED: [Standing; 3] = [Standing::Demoted, Standing::Unmuted, Standing::Kicked];
+
 impl Standing {
     fn label(self) -> &'static str {
         match self {
@@ -74,19 +85,28 @@ impl Standing {
             Standing::Owner => "owner",
             Standing::ServerAdmin => "server admin",
             Standing::Suspended => "suspended",
+            Standing::Demoted => "demoted",
+            Standing::Unmuted => "unmuted",
+            Standing::Kicked => "kicked",
         }
     }
 
     /// The role in the room (None: not a member).
     fn role(self) -> Option<Role> {
         match self {
-            Standing::Muted | Standing::Member | Standing::Suspended => Some(Role::Member),
+            Standing::Muted
+            | Standing::Member
+            | Standing::Suspended
+            | Standing::Demoted
+            | Standing::Unmuted => Some(Role::Member),
             Standing::Moderator => Some(Role::Moderator),
             Standing::Admin => Some(Role::Admin),
             Standing::Owner => Some(Role::Owner),
-            Standing::NonMember | Standing::Invited | Standing::Banned | Standing::ServerAdmin => {
-                None
-            }
+            Standing::NonMember
+            | Standing::Invited
+            | Standing::Banned
+            | Standing::ServerAdmin
+            | Standing::Kicked => None,
         }
     }
 
@@ -595,19 +615,31 @@ fn code_of(status: u16, v: &Value) -> Outcome {
 }
 
 /// Sends a frame carrying a `client_msg_id`; its answer (ack or error).
-async fn ws_call(ws: &mut Ws, frame: Value) -> Value {
-    let cmid = frame["client_msg_id"]
-        .as_str()
-        .expect("client_msg_id")
-        .to_owned();
-    ws.send(frame).await;
+/// Tried again (up to 5 times, with a new `client_msg_id`) while the answer is a
+/// retryable `unavailable` (the store or the log could not take it).
+async fn ws_call(ws: &mut Ws, mut frame: Value) -> Value {
+    let mut tries = 0;
     loop {
-        let v = ws.next().await;
-        if (v["type"] == "ack" && v["client_msg_id"] == cmid.as_str())
-            || (v["type"] == "error" && v["ref"] == cmid.as_str())
-        {
-            return v;
+        let id = frame["client_msg_id"]
+            .as_str()
+            .expect("client_msg_id")
+            .to_owned();
+        ws.send(frame.clone()).await;
+        let answer = loop {
+            let v = ws.next().await;
+            if (v["type"] == "ack" && v["client_msg_id"] == id.as_str())
+                || (v["type"] == "error" && v["ref"] == id.as_str())
+            {
+                break v;
+            }
+        };
+        tries += 1;
+        if answer["code"] != "unavailable" || tries == 5 {
+            return answer;
         }
+        eprintln!("{frame}: {answer}; trying again");
+        tokio::time::sleep(Duration::from_millis(500 * tries)).await;
+        frame["client_msg_id"] = json!(cmid());
     }
 }
 
@@ -674,8 +706,23 @@ struct Lane {
 }
 
 impl Lane {
+    /// A call as `who`, tried again (up to 5 times) while the answer is 503: the store
+    /// was unavailable (SQLite waits at most 10 s for its write lock, which a loaded
+    /// disk can exceed) and nothing changed; it is no answer of the permission table.
     async fn api(&self, m: Method, path: &str, who: &Account, body: Option<Value>) -> (u16, Value) {
-        self.http.call(m, path, Some(&who.token), body).await
+        let mut tries = 0;
+        loop {
+            let (s, v) = self
+                .http
+                .call(m.clone(), path, Some(&who.token), body.clone())
+                .await;
+            tries += 1;
+            if s != 503 || tries == 5 {
+                return (s, v);
+            }
+            eprintln!("{m} {path}: 503 {v}; trying again");
+            tokio::time::sleep(Duration::from_millis(500 * tries)).await;
+        }
     }
 
     /// A call of the set-up, which must answer `want`.
@@ -804,6 +851,32 @@ impl Lane {
                     self.must(Method::PUT, &p, &self.owner, Some(body), 200)
                         .await;
                 }
+            }
+            Standing::Demoted | Standing::Unmuted | Standing::Kicked => {
+                if !joined {
+                    let (m, p, w) = join(&actor);
+                    self.must(m, &p, &w, None, 200).await;
+                }
+                let role = member_path(&actor, "role");
+                if standing == Standing::Demoted {
+                    let body = json!({"role": "moderator"});
+                    self.must(Method::PUT, &role, &self.owner, Some(body), 200)
+                        .await;
+                }
+                if standing == Standing::Unmuted {
+                    let p = member_path(&actor, "mute");
+                    self.must(Method::POST, &p, &self.owner, None, 200).await;
+                }
+                // The gateway learns the standing (and the socket subscribes).
+                if let Some(ws) = ws.as_mut() {
+                    assert_eq!(ws_subscribe(ws, &room).await, Outcome::ws("ok"));
+                }
+                let (m, p, body) = match standing {
+                    Standing::Demoted => (Method::PUT, role, Some(json!({"role": "member"}))),
+                    Standing::Unmuted => (Method::POST, member_path(&actor, "unmute"), None),
+                    _ => (Method::POST, member_path(&actor, "kick"), None),
+                };
+                self.must(m, &p, &self.owner, body, 200).await;
             }
             Standing::Owner => {}
         }
@@ -1180,6 +1253,20 @@ fn render(answers: &[(Job, Outcome)]) -> (String, usize) {
             &mut out, &mut wrong, &title, &standings, &ops, find, answers,
         );
     }
+    let changed: Vec<(Standing, String)> =
+        CHANGED.iter().map(|s| (*s, s.label().to_owned())).collect();
+    let ws_ops: Vec<(Op, String)> = OPS
+        .iter()
+        .filter(|o| o.ws())
+        .map(|o| (*o, o.label().to_owned()))
+        .collect();
+    for vis in [Visibility::Public, Visibility::Private] {
+        let title = format!("{vis:?}, after");
+        let find = |s, op| Job::Standing(vis, s, op);
+        table(
+            &mut out, &mut wrong, &title, &changed, &ws_ops, find, answers,
+        );
+    }
     let actors: Vec<(Standing, String)> = TARGET_ACTORS
         .iter()
         .map(|s| (*s, s.label().to_owned()))
@@ -1248,6 +1335,13 @@ async fn matrix(mode: Mode) {
             }
         }
     }
+    for vis in [Visibility::Public, Visibility::Private] {
+        for s in CHANGED {
+            for op in OPS.into_iter().filter(|op| op.ws()) {
+                jobs.push(Job::Standing(vis, s, op));
+            }
+        }
+    }
     for s in TARGET_ACTORS {
         for op in TARGET_OPS {
             for t in TARGETS {
@@ -1288,11 +1382,14 @@ async fn matrix(mode: Mode) {
     assert_eq!(answers.len(), jobs.len(), "every cell ran");
     let (tables, wrong) = render(&answers);
     println!(
-        "{mode:?}: {} cells ({} standings x {} operations x 2 visibilities, and {} actors x {} \
-         actions x {} targets) in {:.1} s{tables}",
+        "{mode:?}: {} cells ({} standings x {} operations x 2 visibilities, {} changed standings \
+         x {} WebSocket operations x 2 visibilities, and {} actors x {} actions x {} targets) \
+         in {:.1} s{tables}",
         jobs.len(),
         STANDINGS.len(),
         OPS.len(),
+        CHANGED.len(),
+        OPS.iter().filter(|o| o.ws()).count(),
         TARGET_ACTORS.len(),
         TARGET_OPS.len(),
         TARGETS.len(),
