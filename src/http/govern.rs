@@ -367,6 +367,11 @@ pub async fn transfer(
             None => me.0.clone(),
         }
     };
+    // A server administrator naming the owner: the owner would become an admin and
+    // the room be left without one.
+    if body.user == owner.id {
+        return Err(bad("invalid_user", "that user owns this room already"));
+    }
     let new = gw.store.user(body.user).await?.ok_or_else(user_not_found)?;
     gw.store
         .govern(room, new.id, MemberOp::TakeOwnership { from: owner.id })

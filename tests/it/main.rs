@@ -14,6 +14,7 @@ mod delivery;
 mod embedded;
 mod events;
 mod features;
+mod governance;
 mod hardening;
 mod moderation;
 mod rooms_tokens;
