@@ -137,8 +137,9 @@ pub struct LocalCoord {
     sends: Mutex<Sends>,
     leases: Mutex<LeaseState>,
     tombs: Mutex<Tombs>,
-    /// (room, user) → when the next turn is, for slow rooms; at most [`MAX_TURNS`].
-    turns: Mutex<HashMap<(RoomId, UserId), Instant>>,
+    /// (room, user) → when the next turn is and the send that took it, for slow rooms;
+    /// at most [`MAX_TURNS`].
+    turns: Mutex<HashMap<(RoomId, UserId), (Instant, MessageId)>>,
 }
 
 /// Slow-mode turns held at most; past it, expired ones are dropped, and if none has
@@ -306,24 +307,27 @@ impl SlowMode for LocalCoord {
         room: RoomId,
         user: UserId,
         interval: Duration,
+        id: MessageId,
     ) -> Result<Option<Duration>, CoordError> {
         let now = Instant::now();
         let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(next) = turns.get(&(room, user)) {
+        if let Some((next, holder)) = turns.get(&(room, user)) {
+            if *holder == id {
+                return Ok(None);
+            }
             if *next > now {
                 return Ok(Some(*next - now));
             }
         }
         if turns.len() >= MAX_TURNS {
-            turns.retain(|_, next| *next > now);
+            turns.retain(|_, (next, _)| *next > now);
             while turns.len() >= MAX_TURNS {
-                let Some(oldest) = turns.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) else {
-                    break;
-                };
+                let oldest = turns.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| *k);
+                let Some(oldest) = oldest else { break };
                 turns.remove(&oldest);
             }
         }
-        turns.insert((room, user), now + interval);
+        turns.insert((room, user), (now + interval, id));
         Ok(None)
     }
 }

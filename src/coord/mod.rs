@@ -181,13 +181,16 @@ pub trait Tombstones: Send + Sync + 'static {
 /// A room's slow mode: one message per member per interval, across every gateway.
 #[async_trait]
 pub trait SlowMode: Send + Sync + 'static {
-    /// Takes the user's turn in the room if the last one was at least `interval` ago
-    /// (None: send now; the next turn is `interval` away), else returns how long to wait.
+    /// Takes the user's turn in the room for the send `id` if the last one was at least
+    /// `interval` ago (None: send now; the next turn is `interval` away), else returns how
+    /// long to wait. The turn taken by `id` is `id`'s again (a retry of the same send,
+    /// after a failure, is not kept waiting).
     async fn take_turn(
         &self,
         room: RoomId,
         user: UserId,
         interval: Duration,
+        id: MessageId,
     ) -> Result<Option<Duration>, CoordError>;
 }
 

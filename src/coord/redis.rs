@@ -281,6 +281,7 @@ impl SlowMode for RedisCoord {
         room: RoomId,
         user: UserId,
         interval: Duration,
+        id: MessageId,
     ) -> Result<Option<Duration>, CoordError> {
         let key = format!("{}:slow:{{{room}}}:{user}", self.prefix);
         let ms = interval.as_millis().clamp(1, u128::from(u32::MAX)) as u64;
@@ -291,7 +292,7 @@ impl SlowMode for RedisCoord {
         let mut conn = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
             .arg(&key)
-            .arg(next)
+            .arg(format!("{next}:{id}"))
             .arg("PX")
             .arg(ms)
             .arg("NX")
@@ -301,12 +302,21 @@ impl SlowMode for RedisCoord {
         if set.is_some() {
             return Ok(None);
         }
-        let held: Option<i64> = redis::cmd("GET")
+        let held: Option<String> = redis::cmd("GET")
             .arg(&key)
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let left = held.map_or(1, |t| t.saturating_sub(now).max(1));
+        let Some((at, holder)) = held.as_deref().and_then(|h| h.split_once(':')) else {
+            // Expired between the two commands: wait a moment and try again.
+            return Ok(Some(Duration::from_millis(1)));
+        };
+        if holder == id.to_string() {
+            return Ok(None);
+        }
+        let left = at
+            .parse::<i64>()
+            .map_or(1, |t| t.saturating_sub(now).max(1));
         Ok(Some(Duration::from_millis(left as u64)))
     }
 }

@@ -267,7 +267,7 @@ impl Sender {
         };
         if let Some(interval) = draft.slow_mode {
             // Taken only by a send that is new (a resend above was answered already).
-            let turn = self.claims.take_turn(room, sender.id, interval).await;
+            let turn = self.claims.take_turn(room, sender.id, interval, id).await;
             let refusal = match turn {
                 Ok(None) => None,
                 Ok(Some(wait)) => Some(SendError::SlowMode(wait)),

@@ -855,9 +855,10 @@ impl Conn {
             Ok(s) => s,
             Err((code, msg)) => return self.refuse(code, &msg, reference).await,
         };
-        // Muted: read only. Deleting one's own message is still allowed.
-        let own_delete = matches!(draft.change, Some(Change::Delete { .. }));
-        if standing.muted() && !own_delete {
+        // Muted: read only. Deleting one's own message is still allowed (below, a muted
+        // moderator's delete of another's message is refused as anyone's is).
+        let delete = matches!(draft.change, Some(Change::Delete { .. }));
+        if standing.muted() && !delete {
             let until = standing
                 .muted_until
                 .filter(|t| *t < crate::store::governance::forever_utc())
@@ -873,7 +874,8 @@ impl Conn {
                 .await;
         }
         let mut draft = draft;
-        draft.moderator = standing.moderator;
+        // Muted: deleting one's own messages only.
+        draft.moderator = standing.moderator && !standing.muted();
         if draft.change.is_none() {
             draft.slow_mode = standing.slow_mode;
         }

@@ -82,9 +82,16 @@ impl From<StoreError> for ApiError {
                     "username" => "username_taken",
                     "room name" => "room_name_taken",
                     "member" => "already_member",
+                    "owner" => "owner_must_transfer",
+                    "standing" => "conflict",
                     _ => "conflict",
                 },
-                format!("that {what} is taken"),
+                match what {
+                    "owner" => "the owner cannot leave: pass ownership on first".to_owned(),
+                    "standing" => "the member's standing changed meanwhile; look again".to_owned(),
+                    "member" => "already a member".to_owned(),
+                    _ => format!("that {what} is taken"),
+                },
             ),
             StoreError::Limit(what) => ApiError::new(
                 StatusCode::FORBIDDEN,

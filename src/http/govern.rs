@@ -41,6 +41,17 @@ const LINK_DEFAULT_SECS: i64 = 7 * 24 * 3600;
 const LINK_MAX_SECS: i64 = 30 * 24 * 3600;
 const LINK_MAX_USES: i32 = 10_000;
 
+/// An optional JSON body: none (or empty) is the default; anything else must parse
+/// (`Option<web::Json<_>>` would take a malformed body for none).
+fn body_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: &web::Bytes,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| bad("bad_request", format!("invalid JSON body: {e}")))
+}
+
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
@@ -104,6 +115,12 @@ fn reason_of(reason: Option<String>) -> Result<Option<String>, ApiError> {
 fn until_of(until: Option<DateTime<Utc>>) -> Result<Option<DateTime<Utc>>, ApiError> {
     match until {
         Some(t) if t <= Utc::now() => Err(bad("invalid_until", "`until` must be in the future")),
+        // Four-digit years only (stored as text in SQLite, compared as text); leave it out
+        // for "until lifted".
+        Some(t) if t >= crate::store::governance::forever_utc() => Err(bad(
+            "invalid_until",
+            "`until` is before the year 9999; leave it out for \"until lifted\"",
+        )),
         t => Ok(t),
     }
 }
@@ -144,14 +161,24 @@ async fn end_access(
         })
 }
 
-/// The user's standing changed (mute, role): every gateway forgets what it cached.
-async fn refresh_standing(gw: &Gateway, user: UserId, room: Uuid) {
-    if let Err(e) = gw.revoke(user, Revocation::Standing { room }).await {
-        tracing::warn!(error = %e, "standing change not published yet; retried in the background");
-    }
+/// The user's standing changed (mute, role): every gateway forgets what it cached, before
+/// the answer (503 if the bus could not take it; it is published again in the
+/// background, and a retry of the request publishes again).
+async fn refresh_standing(gw: &Gateway, user: UserId, room: Uuid) -> Result<(), ApiError> {
+    gw.revoke(user, Revocation::Standing { room })
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "standing change not published");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "done, but not every connection could be told yet; retry",
+            )
+        })
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct Moderation {
     #[serde(default)]
     until: Option<DateTime<Utc>>,
@@ -184,22 +211,26 @@ pub async fn kick(
     gw: web::Data<Arc<Gateway>>,
     me: Authed,
     path: web::Path<(Uuid, Uuid)>,
-    body: Option<web::Json<Moderation>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (room, user) = path.into_inner();
-    let body = body.map(|b| b.into_inner()).unwrap_or_default();
+    let body: Moderation = body_or_default(&body)?;
     let reason = reason_of(body.reason)?;
     let a = permit(&gw, room, me.0.id, Action::Kick, "kick members").await?;
     let (u, role) = target(&gw, &a, me.0.id, user, Action::Kick).await?;
     if role.is_none() {
         return Err(member_not_found());
     }
-    gw.store.govern(room, user, MemberOp::Kick).await?;
-    end_access(&gw, user, room, RevokeReason::Kicked).await?;
+    if !gw.store.govern(room, user, MemberOp::Kick, role).await? {
+        return Ok(HttpResponse::Ok().json(json!({})));
+    }
+    // Recorded whether or not every gateway could be told yet (the kick stands).
+    let told = end_access(&gw, user, room, RevokeReason::Kicked).await;
     let change = member_change(u.clone(), MemberAction::Kicked, None, None, reason);
     gw.record(&me.0, room, change).await;
     announce(&gw, room, &u, MemberEvent::Left).await;
     rooms_changed(&gw, user, room, "kicked").await;
+    told?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
@@ -207,10 +238,10 @@ pub async fn ban(
     gw: web::Data<Arc<Gateway>>,
     me: Authed,
     path: web::Path<(Uuid, Uuid)>,
-    body: Option<web::Json<Moderation>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (room, user) = path.into_inner();
-    let body = body.map(|b| b.into_inner()).unwrap_or_default();
+    let body: Moderation = body_or_default(&body)?;
     let (reason, until) = (reason_of(body.reason)?, until_of(body.until)?);
     let a = permit(&gw, room, me.0.id, Action::Ban, "ban members").await?;
     let (u, role) = target(&gw, &a, me.0.id, user, Action::Ban).await?;
@@ -219,14 +250,15 @@ pub async fn ban(
         reason: reason.clone(),
         by: me.0.id,
     };
-    gw.store.govern(room, user, op).await?;
-    end_access(&gw, user, room, RevokeReason::Banned).await?;
+    gw.store.govern(room, user, op, role).await?;
+    let told = end_access(&gw, user, room, RevokeReason::Banned).await;
     let change = member_change(u.clone(), MemberAction::Banned, None, until, reason);
     gw.record(&me.0, room, change).await;
     if role.is_some() {
         announce(&gw, room, &u, MemberEvent::Left).await;
     }
     rooms_changed(&gw, user, room, "banned").await;
+    told?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
@@ -238,7 +270,7 @@ pub async fn unban(
     let (room, user) = path.into_inner();
     permit(&gw, room, me.0.id, Action::Ban, "unban members").await?;
     let u = gw.store.user(user).await?.ok_or_else(user_not_found)?;
-    if gw.store.govern(room, user, MemberOp::Unban).await? {
+    if gw.store.govern(room, user, MemberOp::Unban, None).await? {
         let change = member_change(u, MemberAction::Unbanned, None, None, None);
         gw.record(&me.0, room, change).await;
     }
@@ -249,10 +281,10 @@ pub async fn mute(
     gw: web::Data<Arc<Gateway>>,
     me: Authed,
     path: web::Path<(Uuid, Uuid)>,
-    body: Option<web::Json<Moderation>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (room, user) = path.into_inner();
-    let body = body.map(|b| b.into_inner()).unwrap_or_default();
+    let body: Moderation = body_or_default(&body)?;
     let (reason, until) = (reason_of(body.reason)?, until_of(body.until)?);
     let a = permit(&gw, room, me.0.id, Action::Mute, "mute members").await?;
     let (u, role) = target(&gw, &a, me.0.id, user, Action::Mute).await?;
@@ -260,12 +292,13 @@ pub async fn mute(
         return Err(member_not_found());
     }
     gw.store
-        .govern(room, user, MemberOp::Mute { until })
+        .govern(room, user, MemberOp::Mute { until }, role)
         .await?;
-    refresh_standing(&gw, user, room).await;
+    let told = refresh_standing(&gw, user, room).await;
     let change = member_change(u, MemberAction::Muted, None, until, reason);
     gw.record(&me.0, room, change).await;
     rooms_changed(&gw, user, room, "muted").await;
+    told?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
@@ -276,12 +309,13 @@ pub async fn unmute(
 ) -> Result<HttpResponse, ApiError> {
     let (room, user) = path.into_inner();
     let a = permit(&gw, room, me.0.id, Action::Mute, "unmute members").await?;
-    let (u, _) = target(&gw, &a, me.0.id, user, Action::Mute).await?;
-    if gw.store.govern(room, user, MemberOp::Unmute).await? {
-        refresh_standing(&gw, user, room).await;
+    let (u, role) = target(&gw, &a, me.0.id, user, Action::Mute).await?;
+    if gw.store.govern(room, user, MemberOp::Unmute, role).await? {
+        let told = refresh_standing(&gw, user, room).await;
         let change = member_change(u, MemberAction::Unmuted, None, None, None);
         gw.record(&me.0, room, change).await;
         rooms_changed(&gw, user, room, "unmuted").await;
+        told?;
     }
     Ok(HttpResponse::Ok().json(json!({})))
 }
@@ -319,11 +353,16 @@ pub async fn set_role(
     if !may_set_role(a.actor(), their, to, user == me.0.id) {
         return Err(ApiError::forbidden("give this role to this member"));
     }
-    if gw.store.govern(room, user, MemberOp::SetRole(to)).await? {
-        refresh_standing(&gw, user, room).await;
+    if gw
+        .store
+        .govern(room, user, MemberOp::SetRole(to), Some(their))
+        .await?
+    {
+        let told = refresh_standing(&gw, user, room).await;
         let change = member_change(u, MemberAction::Role, Some(to), None, None);
         gw.record(&me.0, room, change).await;
         rooms_changed(&gw, user, room, "role").await;
+        told?;
     }
     Ok(HttpResponse::Ok().json(json!({})))
 }
@@ -373,19 +412,30 @@ pub async fn transfer(
         return Err(bad("invalid_user", "that user owns this room already"));
     }
     let new = gw.store.user(body.user).await?.ok_or_else(user_not_found)?;
+    let seen = gw
+        .store
+        .access(room, new.id)
+        .await?
+        .and_then(|t| t.member.map(|m| m.role))
+        .ok_or_else(member_not_found)?;
     gw.store
-        .govern(room, new.id, MemberOp::TakeOwnership { from: owner.id })
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound(_) => member_not_found(),
-            e => e.into(),
-        })?;
+        .govern(
+            room,
+            new.id,
+            MemberOp::TakeOwnership { from: owner.id },
+            Some(seen),
+        )
+        .await?;
+    let mut told = Ok(());
     for (u, role) in [(new.clone(), Role::Owner), (owner.clone(), Role::Admin)] {
-        refresh_standing(&gw, u.id, room).await;
+        if let Err(e) = refresh_standing(&gw, u.id, room).await {
+            told = Err(e);
+        }
         let change = member_change(u.clone(), MemberAction::Role, Some(role), None, None);
         gw.record(&me.0, room, change).await;
         rooms_changed(&gw, u.id, room, "role").await;
     }
+    told?;
     Ok(HttpResponse::Ok().json(view(&gw, room, me.0.id).await?))
 }
 
@@ -684,6 +734,7 @@ pub async fn revoke_invite(
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct NewLink {
     expires_in_secs: Option<i64>,
     max_uses: Option<i32>,
@@ -693,10 +744,10 @@ pub async fn create_link(
     gw: web::Data<Arc<Gateway>>,
     me: Authed,
     id: web::Path<Uuid>,
-    body: Option<web::Json<NewLink>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let room = *id;
-    let b = body.map(|b| b.into_inner()).unwrap_or_default();
+    let b: NewLink = body_or_default(&body)?;
     let secs = b.expires_in_secs.unwrap_or(LINK_DEFAULT_SECS);
     if !(60..=LINK_MAX_SECS).contains(&secs) {
         return Err(bad(
@@ -829,6 +880,15 @@ pub async fn create_group(
 ) -> Result<HttpResponse, ApiError> {
     let max = gw.limits.max_group_members;
     let b = body.into_inner();
+    // Groups count as rooms created: the same per-minute limit (and cap, in the store).
+    if gw.room_creations.check_key(&me.0.id).is_err() {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many rooms created; wait a moment",
+        )
+        .with_retry_after(6));
+    }
     if b.users.len() + b.usernames.len() > max {
         return Err(bad("group_size", format!("a group has 3 to {max} members")));
     }
@@ -861,7 +921,14 @@ pub async fn create_group(
         visibility: Visibility::Private,
     };
     let ids: Vec<UserId> = others.iter().map(|u| u.id).collect();
-    gw.store.create_group(&room, me.0.id, &ids).await?;
+    gw.store
+        .create_group(
+            &room,
+            me.0.id,
+            &ids,
+            i64::from(gw.limits.max_rooms_per_user),
+        )
+        .await?;
     for u in std::iter::once(&me.0).chain(others.iter()) {
         let change = member_change(u.clone(), MemberAction::Joined, None, None, None);
         gw.record(&me.0, room.id, change).await;

@@ -8,8 +8,10 @@ use diesel::result::Error as DieselError;
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
-use super::schema::{bans, blocks, invite_links, invites, memberships, messages, rooms, users};
-use super::{db_error, Backend, Conn};
+use super::schema::{
+    bans, blocks, invite_links, invites, memberships, messages, mutes, rooms, users,
+};
+use super::{db_error, lock_room, Backend, Conn};
 use crate::governance::Role;
 use crate::model::{
     name_key, Message, Position, RoomChanges, RoomId, RoomKind, RoomView, User, UserId, Visibility,
@@ -90,6 +92,30 @@ async fn user_of(c: &mut Conn, id: UserId) -> QueryResult<User> {
         id,
         name: name.unwrap_or_default(),
     })
+}
+
+/// Someone removed from a room (or no longer a moderator) loses what they handed out:
+/// their invite links of the room and their pending invites to it.
+async fn drop_authority(c: &mut Conn, room: RoomId, user: UserId) -> QueryResult<()> {
+    diesel::update(
+        invite_links::table
+            .filter(invite_links::room_id.eq(Id(room)))
+            .filter(invite_links::created_by.eq(Id(user)))
+            .filter(invite_links::revoked_at.is_null()),
+    )
+    .set(invite_links::revoked_at.eq(Some(Utc::now())))
+    .execute(c)
+    .await?;
+    diesel::update(
+        invites::table
+            .filter(invites::room_id.eq(Id(room)))
+            .filter(invites::inviter_id.eq(Id(user)))
+            .filter(invites::state.eq("pending")),
+    )
+    .set(invites::state.eq("revoked"))
+    .execute(c)
+    .await?;
+    Ok(())
 }
 
 type InviteRow = (Id, Id, Id, Id, DateTime<Utc>);
@@ -177,9 +203,17 @@ impl Governance for Backend {
         let Some((id, name, kind, is_group, visibility, slow_mode_secs)) = row else {
             return Ok(None);
         };
-        let member: Option<(String, Option<DateTime<Utc>>)> = memberships::table
+        let role: Option<String> = memberships::table
             .find((Id(room), Id(user)))
-            .select((memberships::role, memberships::muted_until))
+            .select(memberships::role)
+            .first(c)
+            .await
+            .optional()
+            .map_err(db_error)?;
+        let muted_until: Option<DateTime<Utc>> = mutes::table
+            .find((Id(room), Id(user)))
+            .filter(mutes::until.gt(Utc::now()))
+            .select(mutes::until)
             .first(c)
             .await
             .optional()
@@ -201,7 +235,8 @@ impl Governance for Backend {
                 visibility: Visibility::parse(&visibility).unwrap_or_default(),
                 slow_mode_secs,
             },
-            member: member.map(|(role, muted_until)| Membership {
+            // A ban wins over a membership row (none should be left beside one).
+            member: role.filter(|_| !banned).map(|role| Membership {
                 role: Role::parse(&role).unwrap_or(Role::Member),
                 muted_until,
             }),
@@ -215,12 +250,27 @@ impl Governance for Backend {
         room_view_of(&mut c, room, user).await.map_err(db_error)
     }
 
-    async fn govern(&self, room: RoomId, user: UserId, op: MemberOp) -> Result<bool, StoreError> {
+    async fn govern(
+        &self,
+        room: RoomId,
+        user: UserId,
+        op: MemberOp,
+        seen: Option<Role>,
+    ) -> Result<bool, StoreError> {
         let mut c = self.conn().await?;
         let r = write_transaction!(c, TxError, async move |c| {
+            lock_room(c, room).await?;
             let this = || memberships::table.find((Id(room), Id(user)));
+            let now: Option<String> = this().select(memberships::role).first(c).await.optional()?;
+            if now.as_deref().and_then(Role::parse) != seen {
+                return Err(TxError::Store(StoreError::Conflict("standing")));
+            }
             let changed = match op {
-                MemberOp::Kick => diesel::delete(this()).execute(c).await? == 1,
+                MemberOp::Kick => {
+                    let n = diesel::delete(this()).execute(c).await?;
+                    drop_authority(c, room, user).await?;
+                    n == 1
+                }
                 MemberOp::Ban { until, reason, by } => {
                     diesel::delete(this()).execute(c).await?;
                     diesel::delete(bans::table.find((Id(room), Id(user))))
@@ -246,6 +296,7 @@ impl Governance for Backend {
                     .set(invites::state.eq("revoked"))
                     .execute(c)
                     .await?;
+                    drop_authority(c, room, user).await?;
                     true
                 }
                 MemberOp::Unban => {
@@ -255,29 +306,55 @@ impl Governance for Backend {
                         == 1
                 }
                 MemberOp::Mute { until } => {
-                    // No end given: muted until lifted (a far date keeps one column).
+                    // No end given: muted until lifted. Kept apart from the membership:
+                    // leaving and joining again does not lift it.
                     let until = until.unwrap_or_else(forever_utc);
-                    diesel::update(this())
-                        .set(memberships::muted_until.eq(Some(until)))
+                    diesel::delete(mutes::table.find((Id(room), Id(user))))
                         .execute(c)
-                        .await?
-                        == 1
+                        .await?;
+                    diesel::insert_into(mutes::table)
+                        .values((
+                            mutes::room_id.eq(Id(room)),
+                            mutes::user_id.eq(Id(user)),
+                            mutes::until.eq(until),
+                        ))
+                        .execute(c)
+                        .await?;
+                    true
                 }
                 MemberOp::Unmute => {
-                    diesel::update(this().filter(memberships::muted_until.is_not_null()))
-                        .set(memberships::muted_until.eq(None::<DateTime<Utc>>))
+                    diesel::delete(mutes::table.find((Id(room), Id(user))))
                         .execute(c)
                         .await?
                         == 1
                 }
                 MemberOp::SetRole(role) => {
-                    diesel::update(this().filter(memberships::role.ne(role.as_str())))
+                    let n = diesel::update(this().filter(memberships::role.ne(role.as_str())))
                         .set(memberships::role.eq(role.as_str()))
                         .execute(c)
-                        .await?
-                        == 1
+                        .await?;
+                    if role < Role::Moderator {
+                        drop_authority(c, room, user).await?;
+                    }
+                    n == 1
                 }
                 MemberOp::TakeOwnership { from } => {
+                    if from == user {
+                        return Err(TxError::Store(StoreError::Conflict("standing")));
+                    }
+                    // The owner first: of two transfers at once, the second finds no
+                    // owner to move it from (a room has exactly one).
+                    let n = diesel::update(
+                        memberships::table
+                            .find((Id(room), Id(from)))
+                            .filter(memberships::role.eq(Role::Owner.as_str())),
+                    )
+                    .set(memberships::role.eq(Role::Admin.as_str()))
+                    .execute(c)
+                    .await?;
+                    if n != 1 {
+                        return Err(TxError::Store(StoreError::Conflict("standing")));
+                    }
                     let n = diesel::update(this())
                         .set(memberships::role.eq(Role::Owner.as_str()))
                         .execute(c)
@@ -285,10 +362,6 @@ impl Governance for Backend {
                     if n != 1 {
                         return Err(TxError::Store(StoreError::NotFound("member")));
                     }
-                    diesel::update(memberships::table.find((Id(room), Id(from))))
-                        .set(memberships::role.eq(Role::Admin.as_str()))
-                        .execute(c)
-                        .await?;
                     true
                 }
             };
@@ -304,8 +377,13 @@ impl Governance for Backend {
         let r = write_transaction!(c, TxError, async move |c| {
             let this = || rooms::table.find(Id(room));
             if let Some(name) = &ch.name {
-                diesel::update(this())
+                // Rooms' names are unique; a group's name is its own business.
+                diesel::update(this().filter(rooms::is_group.eq(false)))
                     .set((rooms::name.eq(name), rooms::name_key.eq(name_key(name))))
+                    .execute(c)
+                    .await?;
+                diesel::update(this().filter(rooms::is_group.eq(true)))
+                    .set(rooms::name.eq(name))
                     .execute(c)
                     .await?;
             }
@@ -439,6 +517,7 @@ impl Governance for Backend {
         let mut c = self.conn().await?;
         let id = Uuid::now_v7();
         let r = write_transaction!(c, TxError, async move |c| {
+            lock_room(c, room).await?;
             if banned(c, room, user).await? {
                 return Err(TxError::Store(StoreError::Banned));
             }
@@ -566,10 +645,18 @@ impl Governance for Backend {
                 return Err(TxError::Store(StoreError::Gone("invite")));
             }
             let state = if accept { "accepted" } else { "declined" };
-            diesel::update(invites::table.find(Id(id)))
-                .set(invites::state.eq(state))
-                .execute(c)
-                .await?;
+            let n = diesel::update(
+                invites::table
+                    .find(Id(id))
+                    .filter(invites::state.eq("pending")),
+            )
+            .set(invites::state.eq(state))
+            .execute(c)
+            .await?;
+            if n != 1 {
+                // Revoked meanwhile.
+                return Err(TxError::Store(StoreError::Gone("invite")));
+            }
             let joined = if accept {
                 join_unless_banned(c, room.0, user).await?
             } else {
@@ -718,10 +805,22 @@ impl Governance for Backend {
         room: &Room,
         creator: UserId,
         members: &[UserId],
+        max_per_user: i64,
     ) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
         let (room, members) = (room.clone(), members.to_vec());
         let r = write_transaction!(c, TxError, async move |c| {
+            if max_per_user > 0 {
+                let made: i64 = rooms::table
+                    .filter(rooms::created_by.eq(Id(creator)))
+                    .filter(rooms::kind.eq(RoomKind::Room.as_str()))
+                    .count()
+                    .get_result(c)
+                    .await?;
+                if made >= max_per_user {
+                    return Err(TxError::Store(StoreError::Limit("rooms")));
+                }
+            }
             diesel::insert_into(rooms::table)
                 .values((
                     rooms::id.eq(Id(room.id)),

@@ -151,9 +151,18 @@ pub trait Governance: Send + Sync + 'static {
     /// The room as the user sees it (None: no such room).
     async fn room_view(&self, room: RoomId, user: UserId) -> Result<Option<RoomView>, StoreError>;
     /// Applies `op` to the user's standing in the room, in one transaction; whether
-    /// anything changed. Kick and ban end the membership; `TakeOwnership` needs both to
-    /// be members (`NotFound("member")` else).
-    async fn govern(&self, room: RoomId, user: UserId, op: MemberOp) -> Result<bool, StoreError>;
+    /// anything changed. `seen`: the user's role the caller decided on (None: not a
+    /// member); if it is not the role now, nothing is done (`Conflict("standing")`).
+    /// Kick and ban end the membership (and the links and invites the user made there);
+    /// `TakeOwnership` moves it from the owner `from` (`Conflict("standing")` if `from` is
+    /// not the owner, or is the user).
+    async fn govern(
+        &self,
+        room: RoomId,
+        user: UserId,
+        op: MemberOp,
+        seen: Option<Role>,
+    ) -> Result<bool, StoreError>;
     /// Changes the settings given. `Conflict("room name")` if the name is taken.
     async fn update_room(&self, room: RoomId, changes: &RoomChanges) -> Result<(), StoreError>;
     /// Deletes the room (gone from every API, its name free); returns who were members.
@@ -205,12 +214,14 @@ pub trait Governance: Send + Sync + 'static {
     async fn use_link(&self, code: &str, user: UserId) -> Result<(RoomId, bool), StoreError>;
     async fn revoke_link(&self, room: RoomId, code: &str) -> Result<bool, StoreError>;
 
-    /// A group DM: the creator its owner, the others members.
+    /// A group DM: the creator its owner, the others members. `Limit("rooms")` if the
+    /// creator has created `max_per_user` rooms and groups already (0: no cap).
     async fn create_group(
         &self,
         room: &Room,
         creator: UserId,
         members: &[UserId],
+        max_per_user: i64,
     ) -> Result<(), StoreError>;
 
     /// Blocks (`on`) or unblocks `other` for `user`; whether it changed.

@@ -32,6 +32,17 @@ mod queries;
 use super::schema;
 use diesel::sql_types::Timestamptz as SqlTime;
 use diesel::sql_types::Uuid as SqlUuid;
+/// Locks the room's row until the transaction ends: membership writes of one room
+/// (join, ban, kick, roles) take their turns, so a check in one sees the others' writes.
+async fn lock_room(c: &mut Conn, room: uuid::Uuid) -> diesel::QueryResult<()> {
+    use diesel_async::RunQueryDsl as _;
+    diesel::sql_query("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE")
+        .bind::<SqlUuid, _>(crate::store::sql_types::Id(room))
+        .execute(c)
+        .await
+        .map(drop)
+}
+
 /// The string aggregate of this SQL dialect (with its opening parenthesis).
 const STRING_AGG: &str = "string_agg(";
 type Backend = PgStore;

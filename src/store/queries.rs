@@ -16,7 +16,7 @@ use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::schema::{
-    blocks, consumer_offsets, memberships, mentions, messages, reactions, rooms, users,
+    blocks, consumer_offsets, memberships, mentions, messages, mutes, reactions, rooms, users,
 };
 use super::{
     committed_offset, db_error, insert_messages, Backend, Conn, MigrationConn, SqlTime, SqlUuid,
@@ -342,10 +342,10 @@ pub(super) async fn apply(
         _ => None,
     };
     let target = load_target(c, target_id, m.sender.id, emoji).await?;
-    // Someone else's message: only a moderator (or above) of the room deletes it.
-    let moderator = matches!(change, Change::Delete { .. })
-        && target.as_ref().is_some_and(|t| t.author != m.sender.id)
-        && may_delete_others(c, m.room, m.sender.id).await?;
+    // Someone else's message: the gateway let only a moderator (or above) of the room
+    // delete it, on the roles then; a moderator demoted or gone since must not see the
+    // deleted message come back (docs/decisions/0005).
+    let moderator = matches!(change, Change::Delete { .. });
     if let Err(e) = events::check_as(
         change,
         m.sender.id,
@@ -438,44 +438,6 @@ pub(super) async fn apply(
         Change::Member { .. } | Change::Room { .. } => {}
     }
     Ok(Ok(()))
-}
-
-/// Whether the user may delete others' messages in the room now (the permission table,
-/// read in the caller's transaction).
-async fn may_delete_others(c: &mut Conn, room: RoomId, user: UserId) -> QueryResult<bool> {
-    use crate::governance::{allowed, Action, Actor};
-    let role: Option<String> = memberships::table
-        .find((Id(room), Id(user)))
-        .select(memberships::role)
-        .first(c)
-        .await
-        .optional()?;
-    let server_admin: bool = users::table
-        .find(Id(user))
-        .select(users::is_admin)
-        .first(c)
-        .await
-        .optional()?
-        .unwrap_or(false);
-    let info: Option<(String, bool, String)> = rooms::table
-        .find(Id(room))
-        .select((rooms::kind, rooms::is_group, rooms::visibility))
-        .first(c)
-        .await
-        .optional()?;
-    let Some((kind, is_group, visibility)) = info else {
-        return Ok(false);
-    };
-    let kind = match RoomKind::parse(&kind) {
-        Some(RoomKind::Room) if is_group => RoomKind::Group,
-        k => k.unwrap_or(RoomKind::Room),
-    };
-    let actor = Actor {
-        role: role.as_deref().and_then(Role::parse),
-        server_admin,
-    };
-    let visibility = Visibility::parse(&visibility).unwrap_or_default();
-    Ok(allowed(actor, Action::DeleteOthers, kind, visibility))
 }
 
 /// Inserts one record, skipping it if stored already; whether it was inserted.
@@ -656,7 +618,8 @@ SELECT r.id,
        r.topic,
        r.description,
        r.slow_mode_secs,
-       m.muted_until,
+       (SELECT u.until FROM mutes u WHERE u.room_id = r.id AND u.user_id = $1
+          AND m.user_id IS NOT NULL) AS muted_until,
        (SELECT count(*) FROM memberships a WHERE a.room_id = r.id) AS members
   FROM rooms r
   LEFT JOIN memberships m ON m.room_id = r.id AND m.user_id = $1";
@@ -1095,6 +1058,7 @@ impl Store for Backend {
     async fn join(&self, room: RoomId, user: UserId) -> Result<bool, StoreError> {
         let mut c = self.conn().await?;
         let r = write_transaction!(c, DieselError, async |c| {
+            super::lock_room(c, room).await?;
             if super::gov_queries::banned(c, room, user).await? {
                 return Ok(None);
             }
@@ -1115,11 +1079,22 @@ impl Store for Backend {
 
     async fn leave(&self, room: RoomId, user: UserId) -> Result<bool, StoreError> {
         let mut c = self.conn().await?;
-        let n = diesel::delete(memberships::table.find((Id(room), Id(user))))
-            .execute(&mut c)
-            .await
-            .map_err(db_error)?;
-        Ok(n == 1)
+        let r = write_transaction!(c, DieselError, async |c| {
+            super::lock_room(c, room).await?;
+            let this = || memberships::table.find((Id(room), Id(user)));
+            let role: Option<String> =
+                this().select(memberships::role).first(c).await.optional()?;
+            match role.as_deref() {
+                None => Ok(Some(false)),
+                // The owner passes ownership on first (checked again here: a transfer
+                // racing the leave cannot leave the room without one).
+                Some("owner") => Ok(None),
+                Some(_) => Ok(Some(diesel::delete(this()).execute(c).await? == 1)),
+            }
+        })
+        .await
+        .map_err(db_error)?;
+        r.ok_or(StoreError::Conflict("owner"))
     }
 
     async fn is_member(&self, room: RoomId, user: UserId) -> Result<bool, StoreError> {
@@ -1136,28 +1111,32 @@ impl Store for Backend {
 
     async fn members(&self, room: RoomId) -> Result<Vec<Member>, StoreError> {
         let mut c = self.conn().await?;
-        let rows: Vec<(Id, String, String, Option<DateTime<Utc>>)> = memberships::table
+        let rows: Vec<(Id, String, String)> = memberships::table
             .inner_join(users::table)
             .filter(memberships::room_id.eq(Id(room)))
-            .select((
-                users::id,
-                users::name,
-                memberships::role,
-                memberships::muted_until,
-            ))
+            .select((users::id, users::name, memberships::role))
             .order(users::name.asc())
             .load(&mut c)
             .await
             .map_err(db_error)?;
         let now = Utc::now();
+        let muted: Vec<(Id, DateTime<Utc>)> = mutes::table
+            .filter(mutes::room_id.eq(Id(room)))
+            .filter(mutes::until.gt(now))
+            .select((mutes::user_id, mutes::until))
+            .load(&mut c)
+            .await
+            .map_err(db_error)?;
+        let muted: std::collections::HashMap<Uuid, DateTime<Utc>> =
+            muted.into_iter().map(|(u, t)| (u.0, t)).collect();
         Ok(rows
             .into_iter()
-            .map(|(id, name, role, muted_until)| Member {
+            .map(|(id, name, role)| Member {
                 id: id.0,
                 name,
                 online: false,
                 role: Role::parse(&role).unwrap_or(Role::Member),
-                muted_until: muted_until.filter(|t| *t > now),
+                muted_until: muted.get(&id.0).copied(),
             })
             .collect())
     }

@@ -16,7 +16,6 @@ diesel::table! {
         joined_at -> Timestamptz,
         last_read -> Nullable<Int8>,
         role -> Text,
-        muted_until -> Nullable<Timestamptz>,
     }
 }
 
@@ -99,6 +98,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    mutes (room_id, user_id) {
+        room_id -> Uuid,
+        user_id -> Uuid,
+        until -> Timestamptz,
+    }
+}
+
+diesel::table! {
     bans (room_id, user_id) {
         room_id -> Uuid,
         user_id -> Uuid,
@@ -150,6 +157,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     blocks,
     invite_links,
     invites,
+    mutes,
     consumer_offsets,
     memberships,
     mentions,

@@ -25,7 +25,6 @@ diesel::table! {
         joined_at -> TimestamptzSqlite,
         last_read -> Nullable<BigInt>,
         role -> Text,
-        muted_until -> Nullable<TimestamptzSqlite>,
     }
 }
 
@@ -126,6 +125,17 @@ diesel::table! {
     use diesel::sql_types::*;
     use crate::store::sql_types::UuidText;
 
+    mutes (room_id, user_id) {
+        room_id -> UuidText,
+        user_id -> UuidText,
+        until -> TimestamptzSqlite,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::UuidText;
+
     bans (room_id, user_id) {
         room_id -> UuidText,
         user_id -> UuidText,
@@ -186,6 +196,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     blocks,
     invite_links,
     invites,
+    mutes,
     consumer_offsets,
     memberships,
     mentions,

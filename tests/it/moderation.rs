@@ -30,8 +30,15 @@ async fn send_paced(mut ws: Ws, room: String, tag: &'static str, n: usize) -> Ha
             }
             assert_ne!(v["type"], "error", "send refused: {v}");
         }
-        if sent == n {
-            let v = ws.next().await;
+        if sent == n && acked.len() < n {
+            // Generous: a loaded 2-core box running other tests (SQLite waits its turn).
+            let Some(v) = ws.next_within(Duration::from_secs(60)).await else {
+                let missing: Vec<String> = (0..n)
+                    .map(|i| format!("{tag}-{i}"))
+                    .filter(|id| !acked.contains_key(id))
+                    .collect();
+                panic!("{tag}: no answer within 60 s; not acked: {missing:?}");
+            };
             assert_ne!(v["type"], "error", "send refused: {v}");
             if v["type"] == "ack" {
                 let pos = v["message"]["position"].as_i64().expect("position");

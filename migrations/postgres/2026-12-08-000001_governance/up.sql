@@ -7,8 +7,7 @@ ALTER TABLE messages ADD CONSTRAINT messages_kind_check
     CHECK (kind IN ('message', 'edit', 'delete', 'reaction', 'refused', 'member', 'room'));
 ALTER TABLE messages ADD COLUMN detail TEXT;
 -- The moderation log: a room's member and room events, newest first.
-CREATE INDEX messages_governance_idx ON messages (room_id, position)
-    WHERE kind IN ('member', 'room');
+CREATE INDEX messages_governance_idx ON messages (room_id, kind, position);
 
 -- A group DM is a private room of kind 'room' with is_group set (kind keeps its CHECK).
 ALTER TABLE rooms ADD COLUMN visibility TEXT NOT NULL DEFAULT 'public'
@@ -24,7 +23,6 @@ UPDATE rooms SET visibility = 'private' WHERE kind = 'dm';
 
 ALTER TABLE memberships ADD COLUMN role TEXT NOT NULL DEFAULT 'member'
     CHECK (role IN ('owner', 'admin', 'moderator', 'member'));
-ALTER TABLE memberships ADD COLUMN muted_until TIMESTAMPTZ;
 -- Every room gets an owner: its creator if still a member, else its earliest member.
 UPDATE memberships m SET role = 'owner'
   FROM rooms r WHERE r.id = m.room_id AND r.kind = 'room' AND m.user_id = r.created_by;
@@ -36,6 +34,14 @@ UPDATE memberships m SET role = 'owner'
 
 ALTER TABLE users ADD COLUMN is_admin BOOLEAN NOT NULL DEFAULT FALSE;
 ALTER TABLE users ADD COLUMN suspended_at TIMESTAMPTZ;
+
+-- Mutes outlive the membership (leaving and rejoining keeps one).
+CREATE TABLE mutes (
+    room_id    UUID NOT NULL,
+    user_id    UUID NOT NULL,
+    until      TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);
 
 CREATE TABLE bans (
     room_id    UUID NOT NULL,

@@ -9,8 +9,7 @@ ALTER TABLE messages DROP COLUMN kind;
 ALTER TABLE messages RENAME COLUMN kind_v2 TO kind;
 CREATE INDEX messages_room_messages_idx ON messages (room_id, position) WHERE kind = 'message';
 ALTER TABLE messages ADD COLUMN detail TEXT;
-CREATE INDEX messages_governance_idx ON messages (room_id, position)
-    WHERE kind IN ('member', 'room');
+CREATE INDEX messages_governance_idx ON messages (room_id, kind, position);
 
 ALTER TABLE rooms ADD COLUMN visibility TEXT NOT NULL DEFAULT 'public'
     CHECK (visibility IN ('public', 'private'));
@@ -23,7 +22,6 @@ UPDATE rooms SET visibility = 'private' WHERE kind = 'dm';
 
 ALTER TABLE memberships ADD COLUMN role TEXT NOT NULL DEFAULT 'member'
     CHECK (role IN ('owner', 'admin', 'moderator', 'member'));
-ALTER TABLE memberships ADD COLUMN muted_until TEXT;
 UPDATE memberships SET role = 'owner'
  WHERE EXISTS (SELECT 1 FROM rooms r WHERE r.id = memberships.room_id AND r.kind = 'room'
                 AND r.created_by = memberships.user_id);
@@ -36,6 +34,14 @@ UPDATE memberships SET role = 'owner'
 
 ALTER TABLE users ADD COLUMN is_admin BOOLEAN NOT NULL DEFAULT FALSE;
 ALTER TABLE users ADD COLUMN suspended_at TEXT;
+
+-- Mutes outlive the membership (leaving and rejoining keeps one).
+CREATE TABLE mutes (
+    room_id    TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    until      TEXT NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);
 
 CREATE TABLE bans (
     room_id    TEXT NOT NULL,
