@@ -236,6 +236,11 @@ pub struct ServeArgs {
     /// Rooms one user may create in all (then 403 `too_many_rooms`); 0: no cap.
     #[arg(long, env = "MAX_ROOMS_PER_USER", default_value_t = 200)]
     pub max_rooms_per_user: u32,
+    /// Membership changes one user may make per minute on one gateway, also the burst:
+    /// join, leave, invite, accept an invite, join by link, create a link (then 429
+    /// `rate_limited`).
+    #[arg(long, env = "MEMBERSHIP_CHANGES_PER_MINUTE", default_value_t = 30)]
+    pub membership_changes_per_minute: u32,
     /// Members of a group DM at most, its creator included (3 or more; then
     /// `group_size`/`group_full`).
     #[arg(long, env = "MAX_GROUP_MEMBERS", default_value_t = 10,

@@ -174,6 +174,8 @@ pub struct Limits {
     pub max_rooms_per_user: u32,
     /// Members of a group DM at most (its creator included).
     pub max_group_members: usize,
+    /// Membership changes per user per minute on one gateway (the burst is as large).
+    pub membership_changes_per_minute: u32,
     /// Edits, deletes and reactions.
     pub events: crate::events::Limits,
 }
@@ -196,6 +198,7 @@ impl Default for Limits {
             room_creations_per_minute: 10,
             max_rooms_per_user: 200,
             max_group_members: 10,
+            membership_changes_per_minute: 30,
             events: crate::events::Limits::default(),
         }
     }
@@ -391,6 +394,7 @@ impl Config {
                 room_creations_per_minute: a.room_create_per_minute.max(1),
                 max_rooms_per_user: a.max_rooms_per_user,
                 max_group_members: a.max_group_members as usize,
+                membership_changes_per_minute: a.membership_changes_per_minute.max(1),
                 events: crate::events::Limits {
                     edit_window: (a.edit_window_secs > 0)
                         .then(|| Duration::from_secs(a.edit_window_secs)),

@@ -56,6 +56,10 @@ pub struct Gateway {
     /// Room creations per user on this gateway (`Limits::room_creations_per_minute`);
     /// its idle entries are dropped every minute, so it holds only the recent creators.
     pub room_creations: Arc<governor::DefaultKeyedRateLimiter<UserId>>,
+    /// Membership changes per user on this gateway (join, leave, invite, accepting an
+    /// invite, joining by link, creating a link: `Limits::membership_changes_per_minute`): each
+    /// is a record of a room's log, relayed to every reader, so they are no free channel.
+    pub membership_changes: Arc<governor::DefaultKeyedRateLimiter<UserId>>,
     /// Cancelled when the gateway drains: `/ws` refuses, sessions send `reconnect`, read
     /// on until their client closes, and refuse sends not yet started (`draining`).
     pub drain: CancellationToken,
@@ -115,6 +119,15 @@ impl Gateway {
             room_creations.clone(),
             tasks.token().clone(),
         ));
+        let per_minute = NonZeroU32::new(p.limits.membership_changes_per_minute.max(1))
+            .unwrap_or(NonZeroU32::MIN);
+        let membership_changes = Arc::new(governor::RateLimiter::keyed(
+            governor::Quota::per_minute(per_minute),
+        ));
+        tasks.spawn(forget_idle_creators(
+            membership_changes.clone(),
+            tasks.token().clone(),
+        ));
         // Until the end, not the drain: sessions are open while it lasts.
         tasks.spawn(
             presence
@@ -145,6 +158,7 @@ impl Gateway {
             queued: outbox::Budget::new(p.limits.max_queued_bytes),
             limits: p.limits,
             room_creations,
+            membership_changes,
             drain,
             closing,
             sessions,

@@ -52,6 +52,23 @@ fn body_or_default<T: serde::de::DeserializeOwned + Default>(
     serde_json::from_slice(body).map_err(|e| bad("bad_request", format!("invalid JSON body: {e}")))
 }
 
+/// 429 `rate_limited` once the user made `--membership-changes-per-minute` membership
+/// changes in the last minute on this gateway.
+pub(super) fn membership_change(gw: &Gateway, me: &User) -> Result<(), ApiError> {
+    use governor::clock::{Clock, DefaultClock};
+    gw.membership_changes
+        .check_key(&me.id)
+        .map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many membership changes; wait a moment",
+            )
+            .with_retry_after(wait.as_secs() + 1)
+        })
+}
+
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
@@ -642,6 +659,7 @@ pub async fn invite(
 ) -> Result<HttpResponse, ApiError> {
     let room = *id;
     let a = permit(&gw, room, me.0.id, Action::Invite, "invite people").await?;
+    membership_change(&gw, &me.0)?;
     let user = user_by(&gw, body.user, body.username.as_deref()).await?;
     if user.id == me.0.id {
         return Err(bad("invalid_user", "you are in this room already"));
@@ -687,6 +705,7 @@ pub async fn accept(
         .await?
         .filter(|i| i.user.id == me.0.id)
         .ok_or_else(|| crate::store::StoreError::Gone("invite"))?;
+    membership_change(&gw, &me.0)?;
     if let Some(a) = gw.store.access(inv.room, me.0.id).await? {
         room_has_space(&gw, &a).await?;
     }
@@ -846,6 +865,7 @@ pub async fn join_link(
     me: Authed,
     code: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    membership_change(&gw, &me.0)?;
     if let Some(link) = gw.store.link(&code).await? {
         if let Some(a) = gw.store.access(link.room, me.0.id).await? {
             if a.member.is_none() {

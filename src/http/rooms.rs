@@ -180,6 +180,9 @@ pub async fn join(
             _ => {}
         }
     }
+    if access.member.is_none() {
+        super::govern::membership_change(&gw, &me.0)?;
+    }
     if gw.store.join(access.room.id, me.0.id).await? {
         joined(&gw, access.room.id, &me.0, &me.0).await;
     }
@@ -219,6 +222,9 @@ pub async fn leave(
         ));
     }
     let room = access.room;
+    if access.member.is_some() {
+        super::govern::membership_change(&gw, &me.0)?;
+    }
     let was_member = gw.store.leave(room.id, me.0.id).await?;
     // Access ends before the answer on this gateway, and on the others as the bus
     // delivers the notice; not reported done until it is published (a retry revokes again).

@@ -562,7 +562,22 @@ impl Governance for Backend {
             Ok((id, true))
         })
         .await;
-        let (id, created) = r.map_err(StoreError::from)?;
+        let (id, created) = match r {
+            // Two invites of the same user at once: the other one is the pending one.
+            Err(TxError::Db(e)) if is_unique_violation(&e) => {
+                let mut c = self.conn().await?;
+                let existing: Id = invites::table
+                    .filter(invites::room_id.eq(Id(room)))
+                    .filter(invites::user_id.eq(Id(user)))
+                    .filter(invites::state.eq("pending"))
+                    .select(invites::id)
+                    .first(&mut c)
+                    .await
+                    .map_err(db_error)?;
+                (existing.0, false)
+            }
+            r => r.map_err(StoreError::from)?,
+        };
         let invite = self
             .invite(id)
             .await?

@@ -110,7 +110,7 @@ const limits = [...staticDir, '--send-rate-per-sec', '1000', '--send-rate-burst'
   '--login-rate-per-account', '100000', '--login-burst-per-account', '100000',
   '--login-rate-per-address', '100000', '--login-burst-per-address', '100000',
   '--register-rate-per-address', '100000', '--register-burst-per-address', '100000',
-  '--hash-queue', '100000', '--room-create-per-minute', '1000'];
+  '--hash-queue', '100000', '--room-create-per-minute', '1000', '--membership-changes-per-minute', '100000'];
 
 /** Two gateways and a consumer with their own database, topic and Redis prefix. */
 export async function startDistributed(name, { gateways = 2 } = {}) {

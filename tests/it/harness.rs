@@ -38,6 +38,8 @@ pub const RELAXED_ACCOUNT_LIMITS: &[&str] = &[
     "100000",
     "--hash-queue",
     "100000",
+    "--membership-changes-per-minute",
+    "100000",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

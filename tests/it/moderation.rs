@@ -139,6 +139,7 @@ async fn a_ban_under_load_ends_access_at_once_on_every_gateway(mode: Mode) {
     });
 
     tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let asked = tokio::time::Instant::now();
     let (status, v) = h0
         .call(
             reqwest::Method::POST,
@@ -190,6 +191,11 @@ async fn a_ban_under_load_ends_access_at_once_on_every_gateway(mode: Mode) {
             .told
             .unwrap_or_else(|| panic!("socket {i}: never told it was banned"));
         assert_eq!(told["reason"], "banned", "{told}");
+        eprintln!(
+            "ban: socket {i} told {:?} after the request was sent (answered after {:?})",
+            at.saturating_duration_since(asked),
+            answered.saturating_duration_since(asked)
+        );
         assert_eq!(told["room"], room.as_str());
         assert!(
             at <= answered + Duration::from_secs(1),
@@ -479,4 +485,42 @@ async fn mutes_slow_mode_roles_and_moderators_take_effect_at_the_next_frame(mode
         (403, &json!("forbidden")),
         "{v}"
     );
+}
+
+both_modes!(membership_changes_are_rate_limited_per_user);
+/// Each join, leave or invite is a record every reader of the room receives: a user makes
+/// at most `--membership-changes-per-minute` of them (429 `rate_limited`, `Retry-After`),
+/// another user is not held back.
+async fn membership_changes_are_rate_limited_per_user(mode: Mode) {
+    use reqwest::Method;
+    let env = Env::with_mode("memrate", mode).await;
+    let chat = env
+        .start_with(1, &["--membership-changes-per-minute", "3"])
+        .await;
+    let h = Http::new(chat.gw(0));
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let carol = h.register("carol").await;
+    let room = h.create_room(&alice, "revolving").await;
+    let path = |what: &str| format!("/api/rooms/{room}/{what}");
+    for what in ["join", "leave", "join"] {
+        let (status, v) = h
+            .call(Method::POST, &path(what), Some(&bob.token), None)
+            .await;
+        assert_eq!(status, 200, "{what}: {v}");
+    }
+    let (status, v) = h
+        .call(Method::POST, &path("leave"), Some(&bob.token), None)
+        .await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["code"], "rate_limited");
+    // Still a member: the refused leave changed nothing. Others are not held back.
+    let (status, _) = h
+        .call(Method::GET, &path("messages"), Some(&bob.token), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, v) = h
+        .call(Method::POST, &path("join"), Some(&carol.token), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
 }
