@@ -752,6 +752,54 @@ def check_k8s(c, docs, image_uid):
             sel = d["spec"]["selector"]["matchLabels"]
             c.check(any(all(labels.get(k) == v for k, v in sel.items()) for labels, _ in pod_templates.values()),
                     f"{path}: PodDisruptionBudget/{name} selects no Deployment")
+        if kind == "HorizontalPodAutoscaler":
+            check_hpa(c, path, name, d, objs)
+        if kind == "Deployment":
+            # Spread over nodes and zones, each constraint selecting the Deployment's own pods.
+            pod = d["spec"]["template"]["spec"]
+            labels = (d["spec"]["template"].get("metadata") or {}).get("labels") or {}
+            keys = set()
+            for t in pod.get("topologySpreadConstraints") or []:
+                sel = (t.get("labelSelector") or {}).get("matchLabels") or {}
+                c.check(bool(sel) and all(labels.get(k) == v for k, v in sel.items()),
+                        f"{path}: Deployment/{name} spreads by a selector that is not its pods'")
+                keys.add(t.get("topologyKey"))
+            c.check({"kubernetes.io/hostname", "topology.kubernetes.io/zone"} <= keys,
+                    f"{path}: Deployment/{name} is not spread over nodes and zones (topologySpreadConstraints)")
+    for (kind, name), (path, d) in objs.items():
+        if kind == "Deployment":
+            hpas = [n for (k, n), (_, h) in objs.items() if k == "HorizontalPodAutoscaler"
+                    and h["spec"]["scaleTargetRef"].get("name") == name]
+            pdbs = [n for (k, n), (_, p) in objs.items() if k == "PodDisruptionBudget"
+                    and all(((d["spec"]["template"].get("metadata") or {}).get("labels") or {}).get(a) == b
+                            for a, b in p["spec"]["selector"]["matchLabels"].items())]
+            c.check(bool(pdbs), f"{path}: Deployment/{name} has no PodDisruptionBudget")
+            if "gateway" in name:
+                c.check(bool(hpas), f"{path}: Deployment/{name} (gateways) has no HorizontalPodAutoscaler")
+
+
+def check_hpa(c, path, name, d, objs):
+    """The autoscaler scales a gateway Deployment of these files (never the consumers: the
+    partitions bound them), keeps at least two (the PDB lets one go), and scales down one
+    pod at a time, slowly (each one drains its connections)."""
+    spec = d["spec"]
+    ref = spec.get("scaleTargetRef") or {}
+    target = objs.get(("Deployment", ref.get("name")))
+    if not c.check(ref.get("kind") == "Deployment" and target is not None,
+                   f"{path}: HorizontalPodAutoscaler/{name} scales no Deployment of deploy/k8s"):
+        return
+    args = []
+    for ctr in target[1]["spec"]["template"]["spec"]["containers"]:
+        args += [str(a) for a in ctr.get("args") or []]
+    c.check("consumer" not in args, f"{path}: HorizontalPodAutoscaler/{name} scales consumers")
+    lo, hi = spec.get("minReplicas", 1), spec.get("maxReplicas", 0)
+    c.check(2 <= lo <= hi, f"{path}: HorizontalPodAutoscaler/{name}: minReplicas {lo} (at least 2) > maxReplicas {hi}")
+    down = (spec.get("behavior") or {}).get("scaleDown") or {}
+    c.check(down.get("stabilizationWindowSeconds", 300) >= 300,
+            f"{path}: HorizontalPodAutoscaler/{name} scales down within 5 minutes of a peak")
+    pods = [p for p in down.get("policies") or [] if p.get("type") == "Pods"]
+    c.check(bool(pods) and all(p.get("value", 0) <= 1 for p in pods),
+            f"{path}: HorizontalPodAutoscaler/{name} may drain more than one gateway at a time")
 
 
 def has_setting(env, name):

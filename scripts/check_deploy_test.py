@@ -108,6 +108,20 @@ class DeployCheck(unittest.TestCase):
         self.assertFails(r"gateway.yaml.*terminationGracePeriodSeconds 40 .*not more than the drain "
                          r"\(DRAIN_TIMEOUT_SECS=60\)")
 
+    def test_the_gateway_autoscaler_is_checked(self):
+        self.edit("deploy/k8s/gateway.yaml", "      stabilizationWindowSeconds: 300\n", "      stabilizationWindowSeconds: 60\n")
+        self.edit("deploy/k8s/gateway.yaml", "          value: 1\n", "          value: 3\n")
+        self.assertFails(r"HorizontalPodAutoscaler/chat-gateway scales down within 5 minutes")
+        self.assertFails(r"HorizontalPodAutoscaler/chat-gateway may drain more than one gateway")
+        self.edit("deploy/k8s/gateway.yaml", "    name: chat-gateway\n  minReplicas: 2", "    name: chat-consumer\n  minReplicas: 2")
+        self.assertFails(r"HorizontalPodAutoscaler/chat-gateway scales consumers")
+        self.assertFails(r"Deployment/chat-gateway \(gateways\) has no HorizontalPodAutoscaler")
+
+    def test_deployments_are_spread_over_nodes_and_zones(self):
+        self.edit("deploy/k8s/consumer.yaml", "          topologyKey: topology.kubernetes.io/zone\n",
+                  "          topologyKey: kubernetes.io/hostname\n")
+        self.assertFails(r"Deployment/chat-consumer is not spread over nodes and zones")
+
     def test_the_names_come_from_the_binary(self):
         # A binary that no longer reads DATA_DIR: the Dockerfile's ENV DATA_DIR is now wrong.
         settings = [s for s in CLI.settings if s.get("env") != "DATA_DIR"]
