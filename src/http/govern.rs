@@ -631,6 +631,18 @@ async fn user_by(gw: &Gateway, id: Option<Uuid>, name: Option<&str>) -> Result<U
     found.ok_or_else(user_not_found)
 }
 
+/// The store found the group full (checked in the join's transaction).
+fn group_full(e: crate::store::StoreError) -> ApiError {
+    match e {
+        crate::store::StoreError::Conflict("group_full") => ApiError::new(
+            StatusCode::CONFLICT,
+            "group_full",
+            "this group has as many members as it may",
+        ),
+        e => e.into(),
+    }
+}
+
 /// A group's members, counted against `--max-group-members` (409 `group_full`).
 async fn room_has_space(gw: &Gateway, a: &Access) -> Result<(), ApiError> {
     if a.room.kind != RoomKind::Group {
@@ -699,17 +711,18 @@ pub async fn accept(
     me: Authed,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let inv = gw
-        .store
+    gw.store
         .invite(*id)
         .await?
         .filter(|i| i.user.id == me.0.id)
-        .ok_or_else(|| crate::store::StoreError::Gone("invite"))?;
+        .ok_or(crate::store::StoreError::Gone("invite"))?;
     membership_change(&gw, &me.0)?;
-    if let Some(a) = gw.store.access(inv.room, me.0.id).await? {
-        room_has_space(&gw, &a).await?;
-    }
-    let (room, now) = gw.store.answer_invite(*id, me.0.id, true).await?;
+    let cap = gw.limits.max_group_members as i64;
+    let (room, now) = gw
+        .store
+        .answer_invite(*id, me.0.id, true, cap)
+        .await
+        .map_err(group_full)?;
     if now {
         joined(&gw, room, &me.0, &me.0).await;
     }
@@ -721,7 +734,8 @@ pub async fn decline(
     me: Authed,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let (room, _) = gw.store.answer_invite(*id, me.0.id, false).await?;
+    let cap = gw.limits.max_group_members as i64;
+    let (room, _) = gw.store.answer_invite(*id, me.0.id, false, cap).await?;
     rooms_changed(&gw, me.0.id, room, "invite_declined").await;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -866,14 +880,12 @@ pub async fn join_link(
     code: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     membership_change(&gw, &me.0)?;
-    if let Some(link) = gw.store.link(&code).await? {
-        if let Some(a) = gw.store.access(link.room, me.0.id).await? {
-            if a.member.is_none() {
-                room_has_space(&gw, &a).await?;
-            }
-        }
-    }
-    let (room, now) = gw.store.use_link(&code, me.0.id).await?;
+    let cap = gw.limits.max_group_members as i64;
+    let (room, now) = gw
+        .store
+        .use_link(&code, me.0.id, cap)
+        .await
+        .map_err(group_full)?;
     if now {
         joined(&gw, room, &me.0, &me.0).await;
     }

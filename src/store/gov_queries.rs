@@ -65,10 +65,44 @@ pub(super) async fn banned(c: &mut Conn, room: RoomId, user: UserId) -> QueryRes
     Ok(matches!(until, Some(None)) || matches!(until, Some(Some(t)) if t > Utc::now()))
 }
 
-/// Makes the user a member (role member) unless banned; whether they joined now.
-async fn join_unless_banned(c: &mut Conn, room: RoomId, user: UserId) -> Result<bool, TxError> {
+/// Makes the user a member (role member) unless banned, or the room is a group of
+/// `group_cap` members already (`Conflict("group_full")`); whether they joined now. Takes
+/// the room's turn first (`lock_room`): a ban or another join cannot come between.
+async fn join_unless_banned(
+    c: &mut Conn,
+    room: RoomId,
+    user: UserId,
+    group_cap: i64,
+) -> Result<bool, TxError> {
+    lock_room(c, room).await?;
     if banned(c, room, user).await? {
         return Err(TxError::Store(StoreError::Banned));
+    }
+    let member: Option<Id> = memberships::table
+        .find((Id(room), Id(user)))
+        .select(memberships::user_id)
+        .first(c)
+        .await
+        .optional()?;
+    if member.is_some() {
+        return Ok(false);
+    }
+    let is_group: bool = rooms::table
+        .find(Id(room))
+        .select(rooms::is_group)
+        .first(c)
+        .await
+        .optional()?
+        .unwrap_or(false);
+    if is_group {
+        let n: i64 = memberships::table
+            .filter(memberships::room_id.eq(Id(room)))
+            .count()
+            .get_result(c)
+            .await?;
+        if n >= group_cap {
+            return Err(TxError::Store(StoreError::Conflict("group_full")));
+        }
     }
     let n = diesel::insert_into(memberships::table)
         .values((
@@ -636,6 +670,7 @@ impl Governance for Backend {
         id: Uuid,
         user: UserId,
         accept: bool,
+        group_cap: i64,
     ) -> Result<(RoomId, bool), StoreError> {
         let mut c = self.conn().await?;
         let r = write_transaction!(c, TxError, async move |c| {
@@ -673,7 +708,7 @@ impl Governance for Backend {
                 return Err(TxError::Store(StoreError::Gone("invite")));
             }
             let joined = if accept {
-                join_unless_banned(c, room.0, user).await?
+                join_unless_banned(c, room.0, user, group_cap).await?
             } else {
                 false
             };
@@ -755,7 +790,12 @@ impl Governance for Backend {
         }
     }
 
-    async fn use_link(&self, code: &str, user: UserId) -> Result<(RoomId, bool), StoreError> {
+    async fn use_link(
+        &self,
+        code: &str,
+        user: UserId,
+        group_cap: i64,
+    ) -> Result<(RoomId, bool), StoreError> {
         let mut c = self.conn().await?;
         let code = code.to_owned();
         let r = write_transaction!(c, TxError, async move |c| {
@@ -776,7 +816,7 @@ impl Governance for Backend {
             if live.is_none() {
                 return Err(TxError::Store(StoreError::Gone("link")));
             }
-            let joined = join_unless_banned(c, room.0, user).await?;
+            let joined = join_unless_banned(c, room.0, user, group_cap).await?;
             if joined {
                 // Counted in the same transaction: two users racing for the last use
                 // cannot both get in (the update re-checks the count).

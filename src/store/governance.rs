@@ -191,14 +191,16 @@ pub trait Governance: Send + Sync + 'static {
     async fn invites_for(&self, user: UserId) -> Result<Vec<Invite>, StoreError>;
     /// A pending invite.
     async fn invite(&self, id: uuid::Uuid) -> Result<Option<Invite>, StoreError>;
-    /// Accepts (joins the room: `Banned` if banned meanwhile) or declines the user's
-    /// pending invite; `Gone("invite")` if it is not pending (or not theirs). Returns the
-    /// room and whether the user joined now.
+    /// Accepts (joins the room: `Banned` if banned meanwhile; `Conflict("group_full")` if
+    /// it is a group of `group_cap` members) or declines the user's pending invite;
+    /// `Gone("invite")` if it is not pending (or not theirs). Returns the room and whether
+    /// the user joined now.
     async fn answer_invite(
         &self,
         id: uuid::Uuid,
         user: UserId,
         accept: bool,
+        group_cap: i64,
     ) -> Result<(RoomId, bool), StoreError>;
     /// Revokes a pending invite; whether it was pending.
     async fn revoke_invite(&self, id: uuid::Uuid) -> Result<bool, StoreError>;
@@ -209,9 +211,15 @@ pub trait Governance: Send + Sync + 'static {
     /// An active link.
     async fn link(&self, code: &str) -> Result<Option<InviteLink>, StoreError>;
     /// Joins through an active link, counting the use (a member already is not counted);
-    /// `Gone("link")` if it is not active; `Banned` if banned. Returns the room and
-    /// whether the user joined now.
-    async fn use_link(&self, code: &str, user: UserId) -> Result<(RoomId, bool), StoreError>;
+    /// `Gone("link")` if it is not active; `Banned` if banned; `Conflict("group_full")` if
+    /// it is a group of `group_cap` members. Returns the room and whether the user joined
+    /// now.
+    async fn use_link(
+        &self,
+        code: &str,
+        user: UserId,
+        group_cap: i64,
+    ) -> Result<(RoomId, bool), StoreError>;
     async fn revoke_link(&self, room: RoomId, code: &str) -> Result<bool, StoreError>;
 
     /// A group DM: the creator its owner, the others members. `Limit("rooms")` if the

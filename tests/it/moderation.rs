@@ -524,3 +524,68 @@ async fn membership_changes_are_rate_limited_per_user(mode: Mode) {
         .await;
     assert_eq!(status, 200, "{v}");
 }
+
+both_modes!(a_full_group_admits_no_one_more_however_many_join_at_once);
+/// A group with one place left, eight people joining by one link at once: exactly one gets
+/// in, the others get 409 `group_full` (the size is checked in the join's transaction).
+async fn a_full_group_admits_no_one_more_however_many_join_at_once(mode: Mode) {
+    use reqwest::Method;
+    let env = Env::with_mode("groupcap", mode).await;
+    let chat = env.start_with(1, &["--max-group-members", "4"]).await;
+    let h = Http::new(chat.gw(0));
+    let alice = h.register("alice").await;
+    let bob = h.register("bob").await;
+    let carol = h.register("carol").await;
+    let (status, group) = h
+        .call(
+            Method::POST,
+            "/api/groups",
+            Some(&alice.token),
+            Some(json!({"usernames": [bob.name, carol.name]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    let room = group["id"].as_str().expect("group id").to_owned();
+    let (status, link) = h
+        .call(
+            Method::POST,
+            &format!("/api/rooms/{room}/links"),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{link}");
+    let code = link["code"].as_str().expect("code").to_owned();
+    let mut joiners = Vec::new();
+    for i in 0..8 {
+        joiners.push(h.register(&format!("j{i}x")).await);
+    }
+    let attempts = joiners.iter().map(|who| {
+        let (h, code) = (h.clone(), code.clone());
+        async move {
+            h.call(
+                Method::POST,
+                &format!("/api/links/{code}/join"),
+                Some(&who.token),
+                None,
+            )
+            .await
+        }
+    });
+    let answers = futures_util::future::join_all(attempts).await;
+    let admitted = answers.iter().filter(|(s, _)| *s == 200).count();
+    let full = answers
+        .iter()
+        .filter(|(s, v)| *s == 409 && v["error"]["code"] == "group_full")
+        .count();
+    assert_eq!((admitted, full), (1, 7), "{answers:?}");
+    let (_, members) = h
+        .call(
+            Method::GET,
+            &format!("/api/rooms/{room}/members"),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(members.as_array().map(Vec::len), Some(4), "{members}");
+}
