@@ -142,7 +142,6 @@ pub trait Store: governance::Governance + Send + Sync + 'static {
     async fn join(&self, room: RoomId, user: UserId) -> Result<bool, StoreError>;
     /// Returns whether the user was a member before.
     async fn leave(&self, room: RoomId, user: UserId) -> Result<bool, StoreError>;
-    async fn is_member(&self, room: RoomId, user: UserId) -> Result<bool, StoreError>;
     /// Members with `online: false`; presence is filled in by the caller.
     async fn members(&self, room: RoomId) -> Result<Vec<Member>, StoreError>;
     /// The members' read markers (members who read nothing yet are left out), at most

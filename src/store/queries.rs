@@ -1097,18 +1097,6 @@ impl Store for Backend {
         r.ok_or(StoreError::Conflict("owner"))
     }
 
-    async fn is_member(&self, room: RoomId, user: UserId) -> Result<bool, StoreError> {
-        let mut c = self.conn().await?;
-        let found: Option<Id> = memberships::table
-            .find((Id(room), Id(user)))
-            .select(memberships::user_id)
-            .first(&mut c)
-            .await
-            .optional()
-            .map_err(db_error)?;
-        Ok(found.is_some())
-    }
-
     async fn members(&self, room: RoomId) -> Result<Vec<Member>, StoreError> {
         let mut c = self.conn().await?;
         let rows: Vec<(Id, String, String)> = memberships::table
