@@ -347,6 +347,14 @@ async fn mutes_slow_mode_roles_and_moderators_take_effect_at_the_next_frame(mode
         Some(json!({"slow_mode_secs": 60, "topic": "slowly"})),
     )
     .await;
+    // Another gateway learns of a settings change when the `room` event is relayed to
+    // it (docs/protocol.md): wait for it on Dave's socket, then slow mode holds there.
+    loop {
+        let v = d.next().await;
+        if v["type"] == "event" && v["event"]["kind"] == "room" {
+            break;
+        }
+    }
     d.send(send("d-4", "one")).await;
     assert_eq!(answer(&mut d, "d-4").await["type"], "ack");
     d.send(send("d-5", "two")).await;
