@@ -15,6 +15,15 @@
 #                                      and Kafka (9098, SASL_SSL) speaking only TLS, with
 #                                      passwords; prints TLS_* URLs
 #   scripts/services.sh stop-tls       stop the TLS profile
+#   scripts/services.sh start-redis-cluster   a Redis Cluster beside them: 6 nodes on 7000-7005
+#                                      (3 masters + 1 replica each, node timeout 2 s); reuses a
+#                                      healthy one, re-creates a broken one; prints
+#                                      REDIS_CLUSTER_NODES (which `env` prints while it is up)
+#   scripts/services.sh stop-redis-cluster    stop its nodes
+#   scripts/services.sh redis-cluster-kill-master SLOT|PORT|key:NAME   SIGKILL the master owning
+#                                      the slot (of the key); prints its port
+#   scripts/services.sh redis-cluster-restart-node PORT   start a killed node again (it rejoins
+#                                      as a replica of the master that took over)
 #   scripts/services.sh kafka-class org.apache.kafka.tools.TopicCommand --bootstrap-server \
 #       127.0.0.1:9092 --list          run a Kafka tool (TopicCommand, ConsoleConsumer, ...)
 #
@@ -33,10 +42,12 @@ case "${CHAT_SERVICES_PROFILE:-default}" in
   default)
     RUN="$CACHE/run" PG_CLUSTER=main
     PG_PORT=5432 REDIS_PORT=6379 KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093
+    RC_FIRST_PORT=7000
     ;;
   bench)
     RUN="$CACHE/bench-services" PG_CLUSTER=bench
     PG_PORT=5433 REDIS_PORT=6380 KAFKA_PORT=9094 KAFKA_CONTROLLER_PORT=9095
+    RC_FIRST_PORT=7100
     ;;
   *)
     echo "[services] ERROR: CHAT_SERVICES_PROFILE is default or bench" >&2
@@ -809,6 +820,170 @@ print_tls_urls() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Redis Cluster: 6 local nodes (3 masters + 1 replica each) on $RC_FIRST_PORT.. (7000-7005),
+# for `--redis-cluster-nodes`. Fast failover (node timeout 2 s), no persistence; state in
+# $RUN/redis-cluster/<port>/. Its own lock, so a fault test can kill and restart a node while
+# another services.sh command holds the main lock. Never touches the single Redis or the TLS one.
+
+RC_DIR="$RUN/redis-cluster"
+RC_PORTS=()
+for ((i = 0; i < 6; i++)); do RC_PORTS+=($((RC_FIRST_PORT + i))); done
+
+rc_cli() { timeout 3 redis-cli -h "$HOST" -p "$@"; }
+rc_node_up() { [ "$(rc_cli "$1" ping 2>/dev/null)" = PONG ]; }
+rc_node_alive() { pid_alive "$RC_DIR/$1/redis.pid"; }
+rc_state_ok() { rc_cli "$1" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
+
+# Healthy: every node answers and sees the cluster ok, with 3 masters that each have a replica.
+rc_healthy() {
+  local p masters
+  for p in "${RC_PORTS[@]}"; do
+    rc_node_up "$p" && rc_state_ok "$p" || return 1
+  done
+  masters="$(rc_cli "${RC_PORTS[0]}" cluster nodes 2>/dev/null | grep -v fail | grep -c master || true)"
+  [ "$masters" = 3 ] || return 1
+  [ "$(rc_cli "${RC_PORTS[0]}" cluster nodes 2>/dev/null | grep -v fail | grep -c slave || true)" = 3 ]
+}
+
+rc_all_ok() {
+  local p
+  for p in "${RC_PORTS[@]}"; do rc_state_ok "$p" || return 1; done
+}
+
+rc_node_start() { # port: starts it with its existing nodes.conf (it rejoins as it was, or as a replica)
+  local p="$1"
+  mkdir -p "$RC_DIR/$p"
+  rm -f "$RC_DIR/$p/redis.pid"
+  [ -f "$RC_DIR/$p/redis.log" ] && mv -f "$RC_DIR/$p/redis.log" "$RC_DIR/$p/redis.log.1"
+  redis-server --daemonize yes --bind "$HOST" --port "$p" --cluster-enabled yes \
+    --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+    --cluster-require-full-coverage no --save "" --appendonly no \
+    --dir "$RC_DIR/$p" --pidfile "$RC_DIR/$p/redis.pid" --logfile "$RC_DIR/$p/redis.log" >&2 8>&- 9>&- \
+    || { tail_log "$RC_DIR/$p/redis.log"; die "redis-cluster: node $p failed to start"; }
+  local t=$SECONDS
+  while [ ! -f "$RC_DIR/$p/redis.pid" ] && (( SECONDS - t < 5 )); do sleep 0.05; done
+  # shellcheck disable=SC2317 # (called through wait_for)
+  rc_this_up() { rc_node_up "$p"; }
+  rc_this_alive() { rc_node_alive "$p"; }
+  wait_for "redis-cluster node $p" rc_this_up rc_this_alive "$RC_DIR/$p/redis.log"
+}
+
+rc_node_kill() { # port
+  local p="$1" pid=""
+  [ -f "$RC_DIR/$p/redis.pid" ] && pid="$(cat "$RC_DIR/$p/redis.pid" 2>/dev/null || true)"
+  if [ -n "$pid" ] && proc_alive "$pid"; then
+    log "redis-cluster: SIGKILL node $p (pid $pid)"
+    kill -9 "$pid" 2>/dev/null || true
+    local t=$SECONDS
+    while proc_alive "$pid" && (( SECONDS - t < 10 )); do sleep 0.05; done
+  fi
+  rm -f "$RC_DIR/$p/redis.pid"
+}
+
+rc_stop() {
+  local p
+  for p in "${RC_PORTS[@]}"; do rc_node_kill "$p"; done
+}
+
+rc_start() {
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  if rc_healthy; then
+    log "redis-cluster: already up"
+    return 0
+  fi
+  local p addrs=()
+  # Half there (a node down, not formed, a failed create): wipe and form it afresh.
+  log "redis-cluster: (re)creating on $HOST:${RC_PORTS[0]}-${RC_PORTS[5]}"
+  rc_stop
+  rm -rf "$RC_DIR"
+  mkdir -p "$RC_DIR"
+  for p in "${RC_PORTS[@]}"; do
+    rc_node_start "$p"
+    addrs+=("$HOST:$p")
+  done
+  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$RC_DIR/create.log" 2>&1 \
+    || { cat "$RC_DIR/create.log" >&2; die "redis-cluster: create failed"; }
+  wait_for redis-cluster rc_healthy "" "$RC_DIR/${RC_PORTS[0]}/redis.log"
+  wait_for redis-cluster rc_all_ok "" "$RC_DIR/${RC_PORTS[0]}/redis.log"
+  log "redis-cluster: up ($(rc_nodes_url))"
+}
+
+rc_nodes_url() {
+  local p out=""
+  for p in "${RC_PORTS[@]}"; do out="${out:+$out,}redis://$HOST:$p"; done
+  echo "$out"
+}
+
+# The master port that owns a slot, a key's slot, or a port given as is.
+rc_master_of() { # SLOT | PORT | key:NAME
+  local arg="$1" slot="" p
+  case "$arg" in
+    key:*)
+      for p in "${RC_PORTS[@]}"; do
+        slot="$(rc_cli "$p" cluster keyslot "${arg#key:}" 2>/dev/null)" && break
+      done
+      ;;
+    *)
+      if (( arg >= RC_FIRST_PORT && arg < RC_FIRST_PORT + 6 )); then echo "$arg"; return 0; fi
+      slot="$arg"
+      ;;
+  esac
+  [ -n "$slot" ] || return 1
+  for p in "${RC_PORTS[@]}"; do
+    rc_node_up "$p" || continue
+    # CLUSTER NODES: id ip:port@bus flags master ping pong epoch link slot-range...
+    rc_cli "$p" cluster nodes 2>/dev/null | awk -v s="$slot" '
+      $3 ~ /master/ && $3 !~ /fail/ {
+        for (i = 9; i <= NF; i++) {
+          if ($i ~ /^\[/) continue
+          n = split($i, r, "-"); lo = r[1]; hi = (n == 2 ? r[2] : r[1])
+          if (s + 0 >= lo + 0 && s + 0 <= hi + 0) { split($2, a, "@"); split(a[1], h, ":"); print h[2]; exit }
+        }
+      }' | grep . && return 0
+  done
+  return 1
+}
+
+rc_print_url() {
+  rc_all_ok 2>/dev/null && echo "REDIS_CLUSTER_NODES=$(rc_nodes_url)"
+  return 0
+}
+
+rc_status() {
+  if rc_healthy; then
+    echo "redis-cluster: up ($HOST:${RC_PORTS[0]}-${RC_PORTS[5]}, 3 masters + 3 replicas)"
+  else
+    local p up=0
+    for p in "${RC_PORTS[@]}"; do rc_node_up "$p" && up=$((up + 1)); done
+    echo "redis-cluster: down ($up of 6 nodes answer)"
+  fi
+}
+
+rc_main() { # the redis-cluster commands, under their own lock
+  mkdir -p "$RC_DIR"
+  exec 8>"$RUN/.redis-cluster.lock"
+  flock -w 120 8 || die "another scripts/services.sh holds $RUN/.redis-cluster.lock"
+  case "$1" in
+    start-redis-cluster) rc_start; rc_print_url ;;
+    stop-redis-cluster) rc_stop; log "redis-cluster: stopped" ;;
+    redis-cluster-kill-master)
+      [ -n "${2:-}" ] || die "usage: $0 redis-cluster-kill-master SLOT|PORT|key:NAME"
+      local port
+      port="$(rc_master_of "$2")" || die "redis-cluster: no master found for $2"
+      [ -n "$port" ] || die "redis-cluster: no master found for $2"
+      rc_node_kill "$port"
+      echo "$port"
+      ;;
+    redis-cluster-restart-node)
+      [ -n "${2:-}" ] || die "usage: $0 redis-cluster-restart-node PORT"
+      rc_node_alive "$2" && { log "redis-cluster: node $2 already running"; return 0; }
+      log "redis-cluster: restarting node $2 (it rejoins as a replica)"
+      rc_node_start "$2"
+      ;;
+  esac
+}
+
+# ---------------------------------------------------------------------------------------------
 
 print_urls() {
   echo "DATABASE_URL=$DATABASE_URL"
@@ -871,14 +1046,18 @@ main() {
         if tls_redis_up; then echo "redis-tls: up ($HOST:$TLS_REDIS_PORT)"; else echo "redis-tls: down"; fi
         if tls_kafka_up; then echo "kafka-tls: up ($HOST:$TLS_KAFKA_PORT, SASL_SSL)"; else echo "kafka-tls: down"; fi
       fi
+      [ -d "$RC_DIR" ] && rc_status
       return "${rc:-0}"
       ;;
-    env) { print_urls; print_tls_urls; } | sed 's/^/export /' ;;
+    env) { print_urls; print_tls_urls; rc_print_url; } | sed 's/^/export /' ;;
     start-tls)
       tls_start
       print_tls_urls
       ;;
     stop-tls) tls_stop ;;
+    start-redis-cluster | stop-redis-cluster | redis-cluster-kill-master | redis-cluster-restart-node)
+      rc_main "$@"
+      ;;
     start-one)
       check_name "${2:-}"
       case "$2" in postgres) pg_start ;; redis) redis_start ;; kafka) kafka_start ;; esac
@@ -902,6 +1081,9 @@ main() {
       echo "usage: $0 start|stop|status|env|start-one NAME|stop-one NAME|kill-one NAME" >&2
       echo "       $0 start-tls|stop-tls   (the TLS profile: PostgreSQL, Redis and Kafka over TLS with auth)" >&2
       echo "       $0 kafka-class CLASS [ARGS...]   (a Kafka tool on the broker's classpath)" >&2
+      echo "       $0 start-redis-cluster|stop-redis-cluster   (Redis Cluster, 3+3 nodes on 7000-7005)" >&2
+      echo "       $0 redis-cluster-kill-master SLOT|PORT|key:NAME   (SIGKILL; prints its port)" >&2
+      echo "       $0 redis-cluster-restart-node PORT   (it rejoins as a replica)" >&2
       echo "       NAME: postgres|redis|kafka" >&2
       exit 2
       ;;

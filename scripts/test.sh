@@ -57,6 +57,8 @@ bash scripts/services.sh start
 # The TLS profile beside them: PostgreSQL, Redis and Kafka over TLS with passwords (tests/it/tls.rs
 # and the `_over_tls` / `::tls` tests).
 bash scripts/services.sh start-tls
+banner "services: Redis Cluster, 3 masters + 3 replicas (scripts/services.sh start-redis-cluster)"
+bash scripts/services.sh start-redis-cluster
 eval "$(bash scripts/services.sh env)"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${CHAT_CACHE:-$HOME/.cache/chat}/target}"
