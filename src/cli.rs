@@ -143,6 +143,15 @@ pub struct ServeArgs {
     /// instead of --redis-url.
     #[arg(long, env = "REDIS_URL_FILE")]
     pub redis_url_file: Option<PathBuf>,
+    /// A Redis Cluster instead of one Redis: some of its nodes, comma separated
+    /// (redis://host:7000,redis://host:7001; rediss://user:password@host:port for TLS, the
+    /// same credentials on each). Not with --redis-url.
+    #[arg(long, env = "REDIS_CLUSTER_NODES", hide_env_values = true)]
+    pub redis_cluster_nodes: Option<String>,
+    /// File holding the Redis Cluster nodes (Kubernetes/Docker secrets; trailing newline
+    /// trimmed), instead of --redis-cluster-nodes.
+    #[arg(long, env = "REDIS_CLUSTER_NODES_FILE")]
+    pub redis_cluster_nodes_file: Option<PathBuf>,
     /// PEM file of the CA(s) that signed Redis's certificate (rediss://), instead of the
     /// system trust store.
     #[arg(long, env = "REDIS_CA_FILE")]

@@ -296,6 +296,11 @@ impl Config {
                 a.redis_url_file.as_deref(),
                 "--redis-url / REDIS_URL",
             )?,
+            redis_cluster_nodes: secret(
+                a.redis_cluster_nodes.as_deref(),
+                a.redis_cluster_nodes_file.as_deref(),
+                REDIS_CLUSTER,
+            )?,
             jwt_secret: secret(
                 a.jwt_secret.as_deref(),
                 a.jwt_secret_file.as_deref(),
@@ -415,16 +420,27 @@ impl Config {
 struct Secrets {
     database_url: Option<String>,
     redis_url: Option<String>,
+    redis_cluster_nodes: Option<String>,
     jwt_secret: Option<String>,
     kafka_password: Option<String>,
 }
+
+const REDIS_CLUSTER: &str = "--redis-cluster-nodes / REDIS_CLUSTER_NODES";
 
 /// Picks the mode from the URLs given. Nothing (or only a `sqlite://` database): the
 /// embedded mode, role `all` only. PostgreSQL, Redis and Kafka: the distributed mode.
 /// Anything in between is refused, naming what is missing.
 fn backend(a: &ServeArgs, secrets: &Secrets) -> Result<Backend, ConfigError> {
     let sqlite = secrets.database_url.as_deref().and_then(sqlite_path);
-    if secrets.redis_url.is_none() && a.kafka_brokers.is_none() {
+    if secrets.redis_url.is_some() && secrets.redis_cluster_nodes.is_some() {
+        return Err(bad(
+            REDIS_CLUSTER,
+            "give either one Redis (--redis-url / REDIS_URL) or a Redis Cluster \
+             (--redis-cluster-nodes / REDIS_CLUSTER_NODES), not both",
+        ));
+    }
+    let no_redis = secrets.redis_url.is_none() && secrets.redis_cluster_nodes.is_none();
+    if no_redis && a.kafka_brokers.is_none() {
         for (given, setting) in [
             (
                 a.database_ca_file.is_some(),
@@ -510,7 +526,7 @@ fn backend(a: &ServeArgs, secrets: &Secrets) -> Result<Backend, ConfigError> {
     }
     let missing: Vec<&str> = [
         (secrets.database_url.is_none(), "DATABASE_URL"),
-        (secrets.redis_url.is_none(), "REDIS_URL"),
+        (no_redis, "REDIS_URL"),
         (a.kafka_brokers.is_none(), "KAFKA_BROKERS"),
     ]
     .iter()
@@ -531,8 +547,18 @@ fn backend(a: &ServeArgs, secrets: &Secrets) -> Result<Backend, ConfigError> {
         secrets.database_url.as_deref().unwrap_or_default(),
         a.database_ca_file.as_deref(),
     )?;
-    let redis_url = secrets.redis_url.clone().unwrap_or_default();
-    check_redis_url(&redis_url)?;
+    let cluster = match &secrets.redis_cluster_nodes {
+        Some(nodes) => parse_redis_cluster(nodes)?,
+        None => Vec::new(),
+    };
+    let redis_url = match cluster.first() {
+        Some(first) => first.clone(),
+        None => {
+            let url = secrets.redis_url.clone().unwrap_or_default();
+            check_redis_url(&url)?;
+            url
+        }
+    };
     let redis = RedisTarget {
         ca: match &a.redis_ca_file {
             None => None,
@@ -548,6 +574,7 @@ fn backend(a: &ServeArgs, secrets: &Secrets) -> Result<Backend, ConfigError> {
             ),
         },
         url: redis_url,
+        cluster,
     };
     let kafka_brokers = parse_brokers(a.kafka_brokers.as_deref().unwrap_or_default())?;
     if a.kafka_topic.is_empty()
@@ -578,6 +605,12 @@ fn backend(a: &ServeArgs, secrets: &Secrets) -> Result<Backend, ConfigError> {
         return Err(bad(
             "--redis-prefix / REDIS_PREFIX",
             "non-empty, no whitespace",
+        ));
+    }
+    if redis.is_cluster() && a.redis_prefix.contains(['{', '}']) {
+        return Err(bad(
+            "--redis-prefix / REDIS_PREFIX",
+            "no braces with a Redis Cluster (they choose a key's slot)",
         ));
     }
     Ok(Backend::Distributed(Box::new(Services {
@@ -686,6 +719,52 @@ fn check_redis_url(url: &str) -> Result<(), ConfigError> {
     crate::bus::check_redis_url(url).map_err(|e| bad("--redis-url / REDIS_URL", e))
 }
 
+/// `redis://h:7000,redis://h:7001` → the seed URLs: each a Redis URL, all `redis://` or
+/// all `rediss://`, with the same credentials (the cluster client takes one set).
+fn parse_redis_cluster(s: &str) -> Result<Vec<String>, ConfigError> {
+    let nodes: Vec<String> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let Some(first) = nodes.first() else {
+        return Err(bad(REDIS_CLUSTER, "empty"));
+    };
+    let scheme = |u: &str| u.split_once("://").map(|(s, _)| s.to_owned());
+    let credentials = |u: &str| {
+        u.split_once("://")
+            .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+            .and_then(|authority| authority.rsplit_once('@'))
+            .map(|(userinfo, _)| userinfo.to_owned())
+    };
+    for n in &nodes {
+        if !matches!(scheme(n).as_deref(), Some("redis" | "rediss")) {
+            return Err(bad(
+                REDIS_CLUSTER,
+                format!(
+                    "{} is not a redis:// or rediss:// URL",
+                    crate::config::redact(n)
+                ),
+            ));
+        }
+        crate::bus::check_redis_url(n).map_err(|e| bad(REDIS_CLUSTER, e))?;
+        if scheme(n) != scheme(first) {
+            return Err(bad(
+                REDIS_CLUSTER,
+                "all nodes redis:// or all rediss://, not both",
+            ));
+        }
+        if credentials(n) != credentials(first) {
+            return Err(bad(
+                REDIS_CLUSTER,
+                "the same user and password on every node",
+            ));
+        }
+    }
+    Ok(nodes)
+}
+
 fn parse_brokers(s: &str) -> Result<Vec<String>, ConfigError> {
     let brokers: Vec<String> = s
         .split(',')
@@ -777,6 +856,8 @@ mod tests {
             "database_ca_file",
             "redis_url",
             "redis_url_file",
+            "redis_cluster_nodes",
+            "redis_cluster_nodes_file",
             "redis_ca_file",
             "kafka_brokers",
             "kafka_tls",
@@ -843,6 +924,90 @@ mod tests {
         assert!(e.to_string().contains("SQLite"), "{e}");
         let e = parse(&["--database-url", "sqlite://x.db", "--data-dir", "d"]).unwrap_err();
         assert!(e.to_string().contains("DATA_DIR"), "{e}");
+    }
+
+    #[test]
+    fn a_redis_cluster_instead_of_one_redis() {
+        let base = [
+            "--database-url",
+            "postgres://u:p@h/db",
+            "--kafka-brokers",
+            "h:9092",
+            "--jwt-secret",
+            "0123456789abcdef0123456789abcdef",
+        ];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        let c = with(&[
+            "--redis-cluster-nodes",
+            "redis://u:pw@h:7000, redis://u:pw@h:7001,",
+        ])
+        .unwrap();
+        let Backend::Distributed(s) = &c.backend else {
+            panic!("not distributed: {c:?}")
+        };
+        assert!(s.redis.is_cluster());
+        assert_eq!(
+            s.redis.cluster,
+            ["redis://u:pw@h:7000", "redis://u:pw@h:7001"]
+        );
+        assert_eq!(s.redis.url, "redis://u:pw@h:7000");
+        assert!(!format!("{c:?}").contains(":pw@"), "{c:?}");
+        for (extra, says) in [
+            (
+                &[
+                    "--redis-cluster-nodes",
+                    "redis://h:7000",
+                    "--redis-url",
+                    "redis://h",
+                ][..],
+                "not both",
+            ),
+            (&["--redis-cluster-nodes", " , "][..], "empty"),
+            (&["--redis-cluster-nodes", "h:7000"][..], "not a redis://"),
+            (
+                &["--redis-cluster-nodes", "redis://h:7000,rediss://h:7001"][..],
+                "all rediss://",
+            ),
+            (
+                &[
+                    "--redis-cluster-nodes",
+                    "redis://a:x@h:7000,redis://a:y@h:7001",
+                ][..],
+                "same user and password",
+            ),
+            (
+                &[
+                    "--redis-cluster-nodes",
+                    "redis://h:7000",
+                    "--redis-ca-file",
+                    "/etc/hostname",
+                ][..],
+                "rediss://",
+            ),
+            (
+                &[
+                    "--redis-cluster-nodes",
+                    "redis://h:7000",
+                    "--redis-prefix",
+                    "a{b}",
+                ][..],
+                "braces",
+            ),
+        ] {
+            let e = with(extra).unwrap_err().to_string();
+            assert!(e.contains(says), "{extra:?}: {e}");
+        }
+        // Alone it is still a Redis: the distributed mode, naming what is missing.
+        let e = parse(&["--redis-cluster-nodes", "redis://h:7000"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("DATABASE_URL, KAFKA_BROKERS missing"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -359,11 +359,14 @@ fn percent_decode(s: &str) -> String {
 // Redis
 
 /// A Redis server: its URL (`redis://` or `rediss://`, with the password) and the CA file
-/// that replaces the system roots for `rediss://`.
+/// that replaces the system roots for `rediss://`; or a Redis Cluster: its seed nodes
+/// (`cluster`, the first of them also in `url`, which messages and start-up probes use).
 #[derive(Clone)]
 pub struct RedisTarget {
     pub url: String,
     pub ca: Option<CaFile>,
+    /// The seed nodes of a Redis Cluster (`--redis-cluster-nodes`); empty for one server.
+    pub cluster: Vec<String>,
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -371,6 +374,14 @@ impl std::fmt::Debug for RedisTarget {
         f.debug_struct("RedisTarget")
             .field("url", &crate::config::redact(&self.url))
             .field("ca", &self.ca)
+            .field(
+                "cluster",
+                &self
+                    .cluster
+                    .iter()
+                    .map(|u| crate::config::redact(u))
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -381,7 +392,22 @@ impl RedisTarget {
         RedisTarget {
             url: url.into(),
             ca: None,
+            cluster: Vec::new(),
         }
+    }
+
+    /// A Redis Cluster given by its seed nodes (at least one), without a CA file.
+    pub fn cluster(nodes: Vec<String>) -> RedisTarget {
+        RedisTarget {
+            url: nodes.first().cloned().unwrap_or_default(),
+            ca: None,
+            cluster: nodes,
+        }
+    }
+
+    /// Whether this is a Redis Cluster (`--redis-cluster-nodes`).
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster.is_empty()
     }
 
     pub fn tls(&self) -> bool {
@@ -414,6 +440,39 @@ impl RedisTarget {
             ),
             _ => redis::Client::open(url),
         }
+    }
+
+    /// The client of a Redis Cluster (its seed nodes; TLS verified against the CA file or
+    /// the system roots, the password from the URLs), speaking RESP3 when asked (the bus's
+    /// sharded subscriptions need it) with pushes sent to `push`. Commands time out after
+    /// 2 s per attempt and are retried (redirections, a failing-over master) within 4 s.
+    pub fn cluster_client(
+        &self,
+        resp3: bool,
+        push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+    ) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        install_provider();
+        let mut b =
+            redis::cluster::ClusterClientBuilder::new(self.cluster.iter().map(String::as_str))
+                .connection_timeout(std::time::Duration::from_secs(2))
+                .response_timeout(std::time::Duration::from_secs(2))
+                .overall_response_timeout(Some(std::time::Duration::from_secs(4)))
+                .retries(8)
+                .min_retry_wait(50)
+                .max_retry_wait(500);
+        if resp3 {
+            b = b.use_protocol(redis::ProtocolVersion::RESP3);
+        }
+        if let Some(ca) = self.ca.as_ref().filter(|_| self.tls()) {
+            b = b.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.pem.clone()),
+            });
+        }
+        if let Some(tx) = push {
+            b = b.push_sender(tx);
+        }
+        b.build()
     }
 }
 

@@ -1,17 +1,20 @@
 //! The `Bus` seam: live fan-out between processes, one channel per room and one per user
 //! (notices about that user's access, for the gateways holding their sockets). Redis pub/sub
-//! (`redis.rs`) in distributed mode, an in-process channel (`local.rs`) in the embedded one.
+//! (`redis.rs`; on one server or a Redis Cluster's sharded pub/sub, over the connection of
+//! `conn.rs`, which the coordination state uses too) in distributed mode, an in-process
+//! channel (`local.rs`) in the embedded one.
 //!
 //! The bus is at-most-once: a subscriber that was disconnected may have missed events.
 //! It receives [`BusNotice::Lost`] when its connection breaks (the gateway holds off live
 //! messages) and [`BusNotice::Resync`] once it is subscribed again (the gateway sends its
 //! clients to recovery, which reads the gap from the log, and resumes live delivery). Messages reach the bus only through the relay, in log order.
 
+mod conn;
 mod local;
 mod redis;
 
+pub(crate) use self::conn::{ConnSpec as RedisConnSpec, RedisConn};
 pub use self::local::LocalBus;
-pub(crate) use self::redis::config as redis_connection_config;
 pub(crate) use self::redis::resp3_url;
 pub use self::redis::{check_url as check_redis_url, RedisBus};
 

@@ -1,16 +1,38 @@
-//! Redis pub/sub bus: RESP3 push messages on a `ConnectionManager` that re-subscribes
-//! by itself after a reconnect. The library's `Disconnection` push becomes
-//! [`BusNotice::Lost`]; once the new connection answers (so it is subscribed again), the
-//! bus sends [`BusNotice::Resync`].
+//! Redis pub/sub bus, on one server or a Redis Cluster ([`RedisConn`]).
+//!
+//! One server: classic PUBLISH/SUBSCRIBE, RESP3 push messages on a `ConnectionManager`
+//! that re-subscribes by itself after a reconnect. The library's `Disconnection` push
+//! becomes [`BusNotice::Lost`]; once the new connection answers (so it is subscribed
+//! again), the bus sends [`BusNotice::Resync`].
+//!
+//! A cluster: the same channel names on sharded pub/sub (SSUBSCRIBE/SPUBLISH/SUNSUBSCRIBE,
+//! each channel served by the master owning its slot; messages arrive as `smessage`
+//! pushes). What the redis crate (1.8) does and does not do, read from its source
+//! (`cluster_handling/async_connection`): a node connection that breaks sends a
+//! `Disconnection` push and is reconnected, and the crate re-sends the subscriptions it
+//! tracks to the node that owns their slots once it reconnects or re-reads the slot map;
+//! but a `sunsubscribe` the server sends by itself (the slot moved to another master) only
+//! removes the channel from what it tracks, and a master that failed over leaves the
+//! crate resubscribing at the dead address until something refreshes the slot map. So the
+//! bus keeps the set of channels it wants itself: a `Disconnection`, or a server
+//! `sunsubscribe` of a channel still wanted, is [`BusNotice::Lost`]; it then SSUBSCRIBEs
+//! every wanted channel again (each routed to its slot's current master, which refreshes
+//! the slot map when it moved) until all succeed without another loss in between, and
+//! then sends [`BusNotice::Resync`]. Publishes of one batch are one pipeline per channel
+//! (a cluster pipeline stays in one slot), in order per channel; presence reads and
+//! refreshes are one command or one pipeline per user key.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use futures_util::{StreamExt, TryStreamExt};
+use redis::aio::ConnectionManagerConfig;
 use redis::{PushInfo, PushKind, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use super::conn::{ConnSpec, RedisConn};
 use super::{Bus, BusError, BusEvent, BusNotice, Channel, PRESENCE_TTL};
 use crate::model::UserId;
 use crate::shutdown::Shutdown;
@@ -19,6 +41,9 @@ use crate::shutdown::Shutdown;
 const PRESENCE_JOIN: &str = include_str!("lua/presence_join.lua");
 const PRESENCE_LEAVE: &str = include_str!("lua/presence_leave.lua");
 
+/// Cluster mode: commands of one batch in flight at once (each its own slot's pipeline).
+const CLUSTER_FANOUT: usize = 32;
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -26,8 +51,10 @@ fn now_ms() -> i64 {
 #[derive(Clone)]
 pub struct RedisBus {
     prefix: String,
-    commands: ConnectionManager,
-    subscriber: ConnectionManager,
+    commands: RedisConn,
+    subscriber: RedisConn,
+    /// Cluster mode: the channels this process is subscribed to (see the module doc).
+    wanted: Arc<Mutex<HashSet<String>>>,
     join: std::sync::Arc<redis::Script>,
     leave: std::sync::Arc<redis::Script>,
 }
@@ -64,56 +91,82 @@ fn unavailable(e: redis::RedisError) -> BusError {
     BusError::Unavailable(e.to_string())
 }
 
+fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    set.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl RedisBus {
     /// Connects lazily (it starts while Redis is down) and returns the bus and the
     /// stream of notices for the channels this process subscribes to. Its tasks (the push
-    /// reader, the probe after a loss) are spawned in `tasks` and end when it is cancelled.
+    /// reader, the recovery after a loss) are spawned in `tasks` and end when it is cancelled.
     pub fn connect(
         target: &crate::tls::RedisTarget,
         prefix: &str,
         tasks: &Shutdown,
     ) -> Result<(RedisBus, mpsc::UnboundedReceiver<BusNotice>), BusError> {
-        let client = target
-            .client(&resp3_url(&target.url))
-            .map_err(unavailable)?;
-        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config())
-            .map_err(unavailable)?;
+        let commands = RedisConn::connect(
+            target,
+            ConnSpec {
+                resp3: true,
+                push: None,
+            },
+        )
+        .map_err(unavailable)?;
         let (push_tx, mut push_rx) = mpsc::unbounded_channel::<PushInfo>();
-        let subscriber = ConnectionManager::new_lazy_with_config(
-            client,
-            config()
-                .set_push_sender(push_tx)
-                .set_automatic_resubscription(),
+        let subscriber = RedisConn::connect(
+            target,
+            ConnSpec {
+                resp3: true,
+                push: Some(push_tx),
+            },
         )
         .map_err(unavailable)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let channel_prefix = format!("{prefix}:");
-        let probe_conn = subscriber.clone();
+        let wanted = Arc::new(Mutex::new(HashSet::new()));
+        // Each loss bumps the generation; the recovery task restores the subscription
+        // until a pass succeeds with no loss since it began, then sends `Resync`.
+        let (losses, generation) = watch::channel(0u64);
+        tasks.spawn_until_cancelled(recover(
+            subscriber.clone(),
+            wanted.clone(),
+            generation,
+            tx.clone(),
+        ));
+        let cluster = subscriber.is_cluster();
+        let still_wanted = wanted.clone();
         // Drains the (unbounded) push channel promptly into typed notices.
-        let probes = tasks.clone();
         tasks.spawn_until_cancelled(async move {
-            let mut probing: Option<tokio::task::JoinHandle<Option<()>>> = None;
             while let Some(push) = push_rx.recv().await {
                 let notice = match push.kind {
-                    PushKind::Disconnection => {
-                        // Events published while the subscription is down are lost to it.
-                        // The library reconnects and re-subscribes by itself; once that is
-                        // done (a command on the new connection succeeds), `Resync` sends the
-                        // gateway's clients to recovery, which fills the gap from the log.
-                        // Telling them earlier would only recover up to the moment Redis
-                        // came back. This push stream is ordered: `Lost` precedes every event
-                        // of the new connection.
-                        if probing.as_ref().is_none_or(|p| p.is_finished()) {
-                            probing = Some(probes.spawn_until_cancelled(announce_restored(
-                                probe_conn.clone(),
-                                tx.clone(),
-                            )));
-                        }
+                    // Events published while the subscription is down are lost to it.
+                    // Once it is restored (see `recover`), `Resync` sends the gateway's
+                    // clients to recovery, which fills the gap from the log. Telling them
+                    // earlier would only recover up to the moment Redis came back. This push
+                    // stream is ordered: `Lost` precedes every event of the new connection.
+                    PushKind::Disconnection => Some(BusNotice::Lost),
+                    // The server dropped a sharded subscription (its slot moved): lost
+                    // unless we unsubscribed it ourselves (then it is no longer wanted).
+                    PushKind::SUnsubscribe
+                        if cluster
+                            && push
+                                .data
+                                .first()
+                                .and_then(as_bytes)
+                                .and_then(|c| std::str::from_utf8(c).ok())
+                                .is_some_and(|c| lock(&still_wanted).contains(c)) =>
+                    {
                         Some(BusNotice::Lost)
                     }
-                    PushKind::Message => decode_message(&push.data, &channel_prefix),
+                    PushKind::Message | PushKind::SMessage => {
+                        decode_message(&push.data, &channel_prefix)
+                    }
                     _ => None,
                 };
+                if notice == Some(BusNotice::Lost) {
+                    tracing::warn!(kind = ?push.kind, "bus subscription lost");
+                    losses.send_modify(|g| *g += 1);
+                }
                 if let Some(n) = notice {
                     if tx.send(n).is_err() {
                         break;
@@ -126,6 +179,7 @@ impl RedisBus {
                 prefix: prefix.to_owned(),
                 commands,
                 subscriber,
+                wanted,
                 join: std::sync::Arc::new(redis::Script::new(PRESENCE_JOIN)),
                 leave: std::sync::Arc::new(redis::Script::new(PRESENCE_LEAVE)),
             },
@@ -145,24 +199,67 @@ impl RedisBus {
     }
 }
 
-/// Waits until the subscription connection works again (the library re-subscribes every
-/// channel before it hands out the new connection), then sends [`BusNotice::Resync`].
-async fn announce_restored(mut conn: ConnectionManager, tx: mpsc::UnboundedSender<BusNotice>) {
-    let down = std::time::Instant::now();
-    loop {
-        match redis::cmd("PING").query_async::<Value>(&mut conn).await {
-            Ok(_) => break,
-            Err(e) => {
-                tracing::debug!(error = %e, "bus subscription still down");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+/// After each loss: waits until the subscription works again, then sends
+/// [`BusNotice::Resync`]. One server: the library re-subscribes every channel before it
+/// hands out the new connection, so a command that succeeds on it is enough. A cluster:
+/// every wanted channel is SSUBSCRIBEd again at its slot's master (see the module doc).
+/// A loss during a pass makes another pass.
+async fn recover(
+    conn: RedisConn,
+    wanted: Arc<Mutex<HashSet<String>>>,
+    mut generation: watch::Receiver<u64>,
+    tx: mpsc::UnboundedSender<BusNotice>,
+) {
+    while generation.changed().await.is_ok() {
+        let down = std::time::Instant::now();
+        loop {
+            generation.borrow_and_update();
+            let restored = match &conn {
+                RedisConn::Single(_) => redis::cmd("PING")
+                    .query_async::<Value>(&mut conn.clone())
+                    .await
+                    .map(|_| ()),
+                RedisConn::Cluster(c) => resubscribe(c, &wanted).await,
+            };
+            match restored {
+                Ok(()) if !generation.has_changed().unwrap_or(false) => break,
+                Ok(()) => {}
+                Err(e) => tracing::debug!(error = %e, "bus subscription still down"),
             }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::warn!(
+            down_ms = down.elapsed().as_millis() as u64,
+            "bus subscription restored; clients resubscribe to recover what it missed"
+        );
+        if tx.send(BusNotice::Resync).is_err() {
+            return;
         }
     }
-    tracing::warn!(
-        down_ms = down.elapsed().as_millis() as u64,
-        "bus subscription restored; clients resubscribe to recover what it missed"
-    );
-    let _ = tx.send(BusNotice::Resync);
+}
+
+/// SSUBSCRIBEs every wanted channel again (a channel subscribed already stays subscribed
+/// once), each at its slot's current master; a channel unsubscribed meanwhile is
+/// unsubscribed again.
+async fn resubscribe(
+    conn: &redis::cluster_async::ClusterConnection,
+    wanted: &Mutex<HashSet<String>>,
+) -> redis::RedisResult<()> {
+    let channels: Vec<String> = lock(wanted).iter().cloned().collect();
+    futures_util::stream::iter(channels)
+        .map(|channel| {
+            let mut c = conn.clone();
+            async move {
+                c.ssubscribe(&channel).await?;
+                if !lock(wanted).contains(&channel) {
+                    c.sunsubscribe(&channel).await?;
+                }
+                Ok::<(), redis::RedisError>(())
+            }
+        })
+        .buffer_unordered(CLUSTER_FANOUT)
+        .try_collect::<()>()
+        .await
 }
 
 fn decode_message(data: &[Value], prefix: &str) -> Option<BusNotice> {
@@ -197,6 +294,31 @@ impl Bus for RedisBus {
         if events.is_empty() {
             return Ok(());
         }
+        if let RedisConn::Cluster(_) = &self.commands {
+            // One pipeline per channel (one slot each), in order within it; channels in
+            // parallel (their relative order is no promise of the bus).
+            let mut pipes: Vec<redis::Pipeline> = Vec::new();
+            let mut index: HashMap<String, usize> = HashMap::new();
+            for e in events {
+                let payload =
+                    serde_json::to_vec(e).map_err(|e| BusError::Unavailable(e.to_string()))?;
+                let channel = self.channel(e.channel());
+                let i = *index.entry(channel.clone()).or_insert_with(|| {
+                    pipes.push(redis::pipe());
+                    pipes.len() - 1
+                });
+                pipes[i].cmd("SPUBLISH").arg(channel).arg(payload).ignore();
+            }
+            return futures_util::stream::iter(pipes)
+                .map(|pipe| {
+                    let mut c = self.commands.clone();
+                    async move { pipe.query_async::<()>(&mut c).await }
+                })
+                .buffer_unordered(CLUSTER_FANOUT)
+                .try_collect::<()>()
+                .await
+                .map_err(unavailable);
+        }
         let mut pipe = redis::pipe();
         for e in events {
             let payload =
@@ -208,17 +330,29 @@ impl Bus for RedisBus {
     }
 
     async fn subscribe(&self, channel: Channel) -> Result<(), BusError> {
-        let mut c = self.subscriber.clone();
-        c.subscribe(self.channel(channel))
-            .await
-            .map_err(unavailable)
+        let name = self.channel(channel);
+        match &self.subscriber {
+            RedisConn::Single(c) => c.clone().subscribe(name).await.map_err(unavailable),
+            RedisConn::Cluster(c) => {
+                lock(&self.wanted).insert(name.clone());
+                let r = c.clone().ssubscribe(&name).await;
+                if r.is_err() {
+                    lock(&self.wanted).remove(&name);
+                }
+                r.map_err(unavailable)
+            }
+        }
     }
 
     async fn unsubscribe(&self, channel: Channel) -> Result<(), BusError> {
-        let mut c = self.subscriber.clone();
-        c.unsubscribe(self.channel(channel))
-            .await
-            .map_err(unavailable)
+        let name = self.channel(channel);
+        match &self.subscriber {
+            RedisConn::Single(c) => c.clone().unsubscribe(name).await.map_err(unavailable),
+            RedisConn::Cluster(c) => {
+                lock(&self.wanted).remove(&name);
+                c.clone().sunsubscribe(&name).await.map_err(unavailable)
+            }
+        }
     }
 
     async fn presence_join(&self, user: UserId, conn: &str) -> Result<bool, BusError> {
@@ -254,19 +388,42 @@ impl Bus for RedisBus {
     async fn presence_refresh(&self, conns: &[(UserId, String)]) -> Result<(), BusError> {
         let ttl = PRESENCE_TTL.as_millis() as i64;
         let expires = now_ms() + ttl;
+        let refresh = |pipe: &mut redis::Pipeline, user: UserId, conn: &str| {
+            let key = self.presence_key(user);
+            pipe.cmd("ZADD")
+                .arg(&key)
+                .arg(expires)
+                .arg(conn)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(2 * ttl)
+                .ignore();
+        };
+        if self.commands.is_cluster() {
+            // Each user's key is in its own slot: one pipeline per connection entry.
+            let pipes: Vec<redis::Pipeline> = conns
+                .iter()
+                .map(|(user, conn)| {
+                    let mut pipe = redis::pipe();
+                    refresh(&mut pipe, *user, conn);
+                    pipe
+                })
+                .collect();
+            return futures_util::stream::iter(pipes)
+                .map(|pipe| {
+                    let mut c = self.commands.clone();
+                    async move { pipe.query_async::<()>(&mut c).await }
+                })
+                .buffer_unordered(CLUSTER_FANOUT)
+                .try_collect::<()>()
+                .await
+                .map_err(unavailable);
+        }
         for chunk in conns.chunks(1_000) {
             let mut pipe = redis::pipe();
             for (user, conn) in chunk {
-                let key = self.presence_key(*user);
-                pipe.cmd("ZADD")
-                    .arg(&key)
-                    .arg(expires)
-                    .arg(conn)
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(2 * ttl)
-                    .ignore();
+                refresh(&mut pipe, *user, conn);
             }
             let mut c = self.commands.clone();
             pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
@@ -279,15 +436,31 @@ impl Bus for RedisBus {
             return Ok(HashSet::new());
         }
         let now = now_ms();
-        let mut pipe = redis::pipe();
-        for u in users {
-            pipe.cmd("ZCOUNT")
-                .arg(self.presence_key(*u))
-                .arg(now)
-                .arg("+inf");
-        }
-        let mut c = self.commands.clone();
-        let counts: Vec<i64> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+        let count = |u: &UserId| {
+            let mut cmd = redis::cmd("ZCOUNT");
+            cmd.arg(self.presence_key(*u)).arg(now).arg("+inf");
+            cmd
+        };
+        let counts: Vec<i64> = if self.commands.is_cluster() {
+            // One command per user (each key its own slot), in the users' order.
+            let cmds: Vec<redis::Cmd> = users.iter().map(count).collect();
+            futures_util::stream::iter(cmds)
+                .map(|cmd| {
+                    let mut c = self.commands.clone();
+                    async move { cmd.query_async::<i64>(&mut c).await }
+                })
+                .buffered(CLUSTER_FANOUT)
+                .try_collect()
+                .await
+                .map_err(unavailable)?
+        } else {
+            let mut pipe = redis::pipe();
+            for u in users {
+                pipe.add_command(count(u));
+            }
+            let mut c = self.commands.clone();
+            pipe.query_async(&mut c).await.map_err(unavailable)?
+        };
         Ok(users
             .iter()
             .zip(counts)
@@ -299,6 +472,7 @@ impl Bus for RedisBus {
     /// Pings both connections; a periodic ping is also what makes a connection manager
     /// reconnect (and re-subscribe) after an outage without waiting for traffic.
     async fn ping(&self) -> Result<(), BusError> {
+        // (On a cluster, PING goes to every master: down while one fails over.)
         for conn in [&self.commands, &self.subscriber] {
             let mut c = conn.clone();
             redis::cmd("PING")

@@ -1,22 +1,36 @@
 //! [`Coord`](super::Coord) on Redis, shared by every gateway and consumer of a deployment.
 //!
-//! Keys (all under the deployment's prefix; unchanged from earlier versions, so a rolling
-//! upgrade keeps its claims, leases and positions):
+//! Keys (all under the deployment's prefix; on one server unchanged from earlier versions,
+//! so a rolling upgrade keeps its claims, leases and positions):
 //! - `{prefix}:sent:{sender}:{room}:{client_msg_id}` = `pending:<id>` | `retry:<id>` |
 //!   `done:<message json>`, with the TTL of its state;
 //! - `{prefix}:lease:{topic}:{partition}` = `owner:epoch` (PX lease TTL), its counter
 //!   `…:epoch`, and the live consumers `{prefix}:lease:{topic}:consumers` (sorted set,
 //!   score = expiry);
 //! - `{prefix}:relay:{topic}:{partition}` = the relay position;
-//! - `{prefix}:tomb:{message id}` = `1` (EX tombstone TTL): a deleted message.
+//! - `{prefix}:tomb:{message id}` = `1` (EX tombstone TTL): a deleted message;
+//! - `{prefix}:slow:{{room}}:{user}` = `next turn ms:message id` (PX interval): slow mode.
 //!
 //! Every multi-step change is one Lua script (in `lua/`), so it is atomic.
+//!
+//! On a Redis Cluster (`--redis-cluster-nodes`) a script's KEYS must hash to one slot.
+//! Claims, tombstones, slow-mode turns and the bus's presence sets are one key each and
+//! keep their names. The lease keys, their epoch counters, the consumers' set and the
+//! relay positions of a topic share the hash tag `{prefix:topic}` (only the part between
+//! the first braces chooses the slot), so acquire (lease + epoch) and save (lease +
+//! position) stay in one slot:
+//! - `{prefix}:lease:{{prefix}:{topic}}:{partition}` (and `…:epoch`),
+//!   `{prefix}:lease:{{prefix}:{topic}}:consumers`;
+//! - `{prefix}:relay:{{prefix}:{topic}}:{partition}`.
+//!
+//! (All of a topic's leases live on one master: a few commands per partition per lease
+//! period.) A prefix with braces is refused in cluster mode (it would move the tags).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::bus::{RedisConn, RedisConnSpec};
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 
 use super::{
     Claim, CoordError, Lease, Leases, Positions, SendClaims, SendKey, Settled, SlowMode, Timings,
@@ -35,7 +49,7 @@ struct Scripts {
 
 #[derive(Clone)]
 pub struct RedisCoord {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     /// `{prefix}:lease:{topic}`.
     leases: String,
@@ -62,15 +76,25 @@ impl RedisCoord {
         topic: &str,
         timings: Timings,
     ) -> Result<RedisCoord, CoordError> {
-        let client = target.client(&target.url).map_err(unavailable)?;
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, crate::bus::redis_connection_config())
-                .map_err(unavailable)?;
+        let conn = RedisConn::connect(
+            target,
+            RedisConnSpec {
+                resp3: false,
+                push: None,
+            },
+        )
+        .map_err(unavailable)?;
+        // On a cluster, one hash tag per topic (see the module doc).
+        let topic_key = if conn.is_cluster() {
+            format!("{{{prefix}:{topic}}}")
+        } else {
+            topic.to_owned()
+        };
         Ok(RedisCoord {
             conn,
             prefix: prefix.to_owned(),
-            leases: format!("{prefix}:lease:{topic}"),
-            positions: format!("{prefix}:relay:{topic}"),
+            leases: format!("{prefix}:lease:{topic_key}"),
+            positions: format!("{prefix}:relay:{topic_key}"),
             timings,
             scripts: Arc::new(Scripts {
                 claim: redis::Script::new(include_str!("lua/claim.lua")),
