@@ -60,6 +60,11 @@ bash scripts/services.sh start-tls
 banner "services: Redis Cluster, 3 masters + 3 replicas (scripts/services.sh start-redis-cluster)"
 bash scripts/services.sh start-redis-cluster
 eval "$(bash scripts/services.sh env)"
+# The cluster reaches the tests under another name: every `chat` a test spawns inherits this
+# environment, and REDIS_CLUSTER_NODES there would make it a cluster process (or one refusing
+# it beside --redis-url). The tests on the cluster pass --redis-cluster-nodes themselves.
+export CHAT_TEST_REDIS_CLUSTER_NODES="${REDIS_CLUSTER_NODES:-}"
+unset REDIS_CLUSTER_NODES
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${CHAT_CACHE:-$HOME/.cache/chat}/target}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"

@@ -1,5 +1,6 @@
 //! The `Coord` contract (src/coord/mod.rs), one suite run against both implementations:
-//! Redis (a prefix of its own on the test services) and the in-process one.
+//! Redis (a prefix of its own on the test services), the same on the Redis Cluster (lease
+//! keys under one hash tag) and the in-process one.
 
 use std::time::Duration;
 
@@ -30,6 +31,14 @@ fn redis() -> RedisCoord {
         timings(),
     )
     .expect("redis coord")
+}
+
+/// The same on the Redis Cluster (None: no cluster, the test skips).
+fn cluster(test: &str) -> Option<RedisCoord> {
+    let nodes = crate::harness::redis_cluster_nodes(test)?;
+    let prefix = format!("tc{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let target = chat::tls::RedisTarget::cluster(nodes.split(',').map(str::to_owned).collect());
+    Some(RedisCoord::connect(&target, &prefix, "topic", timings()).expect("cluster coord"))
 }
 
 fn local() -> LocalCoord {
@@ -222,6 +231,13 @@ macro_rules! contract {
         }
         mod local_coord {
             $(#[tokio::test] async fn $name() { super::$name(&super::local()).await })*
+        }
+        mod redis_cluster_coord {
+            $(#[tokio::test] async fn $name() {
+                let Some(c) = super::cluster(concat!("coord::", stringify!($name))) else { return };
+                let _shared = crate::harness::redis_cluster_lock(false).await;
+                super::$name(&c).await
+            })*
         }
     };
 }

@@ -108,6 +108,7 @@ async fn split_roles_and_mixed_setups_are_refused() {
             .args(args)
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
+            .env_remove("REDIS_CLUSTER_NODES")
             .env_remove("KAFKA_BROKERS")
             .output()
             .await

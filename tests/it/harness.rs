@@ -114,6 +114,42 @@ impl Cluster {
     }
 }
 
+/// The Redis Cluster's seed nodes (`scripts/services.sh start-redis-cluster`; test.sh
+/// passes them as CHAT_TEST_REDIS_CLUSTER_NODES, see there), or None: the caller skips,
+/// saying so.
+pub fn redis_cluster_nodes(test: &str) -> Option<String> {
+    let nodes = ["CHAT_TEST_REDIS_CLUSTER_NODES", "REDIS_CLUSTER_NODES"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|n| !n.trim().is_empty()));
+    if nodes.is_none() {
+        eprintln!(
+            "SKIPPED {test}: no Redis Cluster (REDIS_CLUSTER_NODES unset; \
+             scripts/services.sh start-redis-cluster starts one, scripts/test.sh does)"
+        );
+    }
+    nodes
+}
+
+/// Held by every test on the Redis Cluster: shared, except by the failover test, which
+/// kills a master and holds it alone (across test processes: a file lock).
+pub struct RedisClusterLock(#[allow(dead_code)] std::fs::File);
+
+pub async fn redis_cluster_lock(exclusive: bool) -> RedisClusterLock {
+    let path = std::env::temp_dir().join("chat-it-redis-cluster.lock");
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .expect("the Redis Cluster tests' lock file");
+        if exclusive { f.lock() } else { f.lock_shared() }.expect("lock");
+        RedisClusterLock(f)
+    })
+    .await
+    .expect("lock task")
+}
+
 pub fn service(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!("{var} is not set: run the tests with scripts/test.sh (it starts PostgreSQL, Redis and Kafka)")
@@ -128,6 +164,8 @@ pub struct Env {
     pub db_name: String,
     pub db_url: String,
     pub redis_url: String,
+    /// A Redis Cluster's seed nodes instead of `redis_url` ([`Env::on_redis_cluster`]).
+    pub redis_cluster: Option<String>,
     pub brokers: String,
     pub topic: String,
     pub prefix: String,
@@ -154,6 +192,7 @@ impl Env {
                 db_name: String::new(),
                 db_url: format!("sqlite://{}", log_dir.join("data/chat.db").display()),
                 redis_url: String::new(),
+                redis_cluster: None,
                 brokers: String::new(),
                 topic: String::new(),
                 prefix: String::new(),
@@ -194,6 +233,7 @@ impl Env {
             db_name,
             db_url,
             redis_url: var("REDIS_URL"),
+            redis_cluster: None,
             brokers: var("KAFKA_BROKERS"),
             topic: format!("chat_t_{}", &id[..12]),
             // The TLS profile's Redis user may use keys and channels `tls*` only.
@@ -201,6 +241,14 @@ impl Env {
             partitions: 4,
             log_dir,
         }
+    }
+
+    /// A distributed-mode environment whose processes use the Redis Cluster `nodes`
+    /// (`--redis-cluster-nodes`) instead of the single Redis.
+    pub async fn on_redis_cluster(name: &str, nodes: &str) -> Env {
+        let mut env = Env::new(name).await;
+        env.redis_cluster = Some(nodes.to_owned());
+        env
     }
 
     fn args(&self, role: &str, migrate: bool) -> Vec<String> {
@@ -256,6 +304,14 @@ impl Env {
         .chain(RELAXED_ACCOUNT_LIMITS)
         .map(|s| s.to_string())
         .collect();
+        if let Some(nodes) = &self.redis_cluster {
+            let i = a
+                .iter()
+                .position(|f| f == "--redis-url")
+                .expect("--redis-url");
+            a[i] = "--redis-cluster-nodes".into();
+            a[i + 1] = nodes.clone();
+        }
         if !migrate {
             a.push("--no-migrate".into());
         }
@@ -319,6 +375,11 @@ impl Env {
         let log =
             std::fs::File::create(self.log_dir.join(format!("{label}.log"))).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat"));
+        // Redis is given by a flag: one server or a cluster, never both.
+        cmd.env_remove("REDIS_CLUSTER_NODES");
+        if self.redis_cluster.is_some() {
+            cmd.env_remove("REDIS_URL");
+        }
         if self.mode == Mode::Embedded {
             // The test environment points at the services; the embedded mode has none.
             for var in [

@@ -17,6 +17,7 @@ mod features;
 mod governance;
 mod hardening;
 mod moderation;
+mod redis_cluster;
 mod rooms_tokens;
 mod sessions;
 mod shutdown;

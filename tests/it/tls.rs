@@ -40,7 +40,13 @@ async fn refused_with_kafka(
     extra: &[&str],
 ) -> String {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat"));
-    for var in ["DATABASE_URL", "REDIS_URL", "KAFKA_BROKERS", "JWT_SECRET"] {
+    for var in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "REDIS_CLUSTER_NODES",
+        "KAFKA_BROKERS",
+        "JWT_SECRET",
+    ] {
         cmd.env_remove(var);
     }
     let child = cmd
@@ -310,6 +316,7 @@ async fn readyz_names_the_service_and_the_class_of_its_failure() {
     let redis_admin = chat::tls::RedisTarget {
         url: tls("REDIS_ADMIN_URL"),
         ca: Some(chat::tls::CaFile::read(&ca).expect("CA file")),
+        cluster: Vec::new(),
     };
     let mut radmin = redis_admin
         .client(&redis_admin.url)
@@ -466,6 +473,7 @@ async fn secrets_from_files_start_a_gateway_and_stay_unprinted() {
         for var in [
             "DATABASE_URL",
             "REDIS_URL",
+            "REDIS_CLUSTER_NODES",
             "KAFKA_BROKERS",
             "JWT_SECRET",
             "KAFKA_PASSWORD",
