@@ -219,7 +219,10 @@ async fn recover(
                     .query_async::<Value>(&mut conn.clone())
                     .await
                     .map(|_| ()),
-                RedisConn::Cluster(c) => resubscribe(c, &wanted).await,
+                RedisConn::Cluster(c) => match settled(c).await {
+                    Ok(()) => resubscribe(c, &wanted).await,
+                    Err(e) => Err(e),
+                },
             };
             match restored {
                 Ok(()) if !generation.has_changed().unwrap_or(false) => break,
@@ -236,6 +239,52 @@ async fn recover(
             return;
         }
     }
+}
+
+/// Whether the cluster has a live master for every slot range: every master `CLUSTER
+/// SLOTS` names answers `PING` (a failed one is named until its replica took over). Until
+/// then a subscription may land on a replica's connection that the client replaces once
+/// it re-reads the topology, silently losing it: the bus resubscribes only afterwards.
+async fn settled(conn: &redis::cluster_async::ClusterConnection) -> redis::RedisResult<()> {
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+    let mut c = conn.clone();
+    let ranges: Vec<Value> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut c)
+        .await?;
+    let mut masters = HashSet::new();
+    for range in &ranges {
+        // [start, end, [host, port, id, …], replicas…]
+        let Value::Array(range) = range else { continue };
+        let Some(Value::Array(master)) = range.get(2) else {
+            continue;
+        };
+        let host = master
+            .first()
+            .and_then(as_bytes)
+            .map(String::from_utf8_lossy);
+        let port = match master.get(1) {
+            Some(Value::Int(p)) => u16::try_from(*p).ok(),
+            _ => None,
+        };
+        if let (Some(host), Some(port)) = (host, port) {
+            masters.insert((host.into_owned(), port));
+        }
+    }
+    if masters.is_empty() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "CLUSTER SLOTS named no master",
+        )));
+    }
+    for (host, port) in masters {
+        c.route_command(
+            redis::cmd("PING"),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// SSUBSCRIBEs every wanted channel again (a channel subscribed already stays subscribed

@@ -6,7 +6,7 @@
 //! share the cluster, except the failover test, which holds it alone.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat::bus::{Bus, BusEvent, BusNotice, Channel, RedisBus};
 use chat::model::{Message, User};
@@ -16,6 +16,11 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use uuid::Uuid;
 
 use crate::harness::{redis_cluster_lock, redis_cluster_nodes, Env, Http, Ws};
+
+/// The resilient clients of the fault tests.
+#[path = "../faults/load.rs"]
+#[allow(dead_code)]
+mod load;
 
 fn target(nodes: &str) -> chat::tls::RedisTarget {
     chat::tls::RedisTarget::cluster(nodes.split(',').map(str::to_owned).collect())
@@ -273,4 +278,294 @@ async fn messages_flow_end_to_end_on_the_cluster() {
         );
     }
     eprintln!("end to end on the cluster: {N} messages, 2 rooms, 2 gateways: each once, in order");
+}
+
+/// scripts/services.sh with `args`; its stdout.
+fn services(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("services.sh");
+    assert!(out.status.success(), "services.sh {args:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A cluster node killed by the test: started again when dropped (also on a failure),
+/// then the test waits for the cluster to be whole (3 masters, 3 replicas) again.
+struct Killed(String);
+
+impl Killed {
+    fn restart(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        services(&["redis-cluster-restart-node", &self.0]);
+        self.0.clear();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !services(&["status"]).contains("redis-cluster: up") {
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster is not whole again 60 s after the node's restart"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.restart();
+    }
+}
+
+/// The message ids a reader has received.
+fn received(r: &load::Record) -> HashSet<&str> {
+    r.delivered
+        .values()
+        .flatten()
+        .map(|(_, id)| id.as_str())
+        .collect()
+}
+
+/// kill -9 of the master serving a busy room's channel while four resilient clients send
+/// into three rooms and read them on two gateways: its replica takes over (node timeout
+/// 2 s), the gateways' subscriptions are lost and restored (`Lost`/`Resync`: the readers
+/// are sent to recovery), and every acked message reaches every reader once and in order,
+/// and PostgreSQL once. Then the node is restarted (it rejoins as a replica). Prints sent,
+/// acked, delivered, lost, duplicated, the longest ack stall and the recovery time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_under_load_loses_nothing() {
+    let Some(nodes) =
+        redis_cluster_nodes("redis_cluster::a_master_killed_under_load_loses_nothing")
+    else {
+        return;
+    };
+    // Alone on the cluster: the other tests would see the failover too.
+    let _alone = redis_cluster_lock(true).await;
+    assert!(
+        services(&["status"]).contains("redis-cluster: up"),
+        "the Redis Cluster is not whole before the test"
+    );
+    const USERS: usize = 4;
+    const ROOMS: usize = 3;
+    const MESSAGES: usize = 150;
+    let env = Env::on_redis_cluster("rc-failover", &nodes).await;
+    let gws = [
+        env.spawn("gateway", "gw-0-m").await,
+        env.spawn("gateway", "gw-1").await,
+    ];
+    let _consumer = env.spawn("consumer", "consumer").await;
+    let h = Http::new(&gws[0]);
+    let mut users = Vec::new();
+    for _ in 0..USERS {
+        users.push(h.register("u").await);
+    }
+    let mut rooms = Vec::new();
+    for i in 0..ROOMS {
+        let r = h.create_room(&users[0], &format!("failover-{i}")).await;
+        for u in &users[1..] {
+            h.join(u, &r).await;
+        }
+        rooms.push(r);
+    }
+    let gateways: load::Gateways = std::sync::Arc::new(std::sync::Mutex::new(
+        gws.iter().map(|g| g.addr.clone()).collect(),
+    ));
+    let clients: Vec<load::Client> = users
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| {
+            load::Client::start(
+                u,
+                gateways.clone(),
+                load::Spec {
+                    rooms: rooms.clone(),
+                    messages: MESSAGES,
+                    every: Duration::from_millis(40),
+                    first_gateway: i,
+                },
+            )
+        })
+        .collect();
+    let progress = |clients: &[load::Client]| {
+        clients
+            .iter()
+            .map(|c| {
+                c.with(|r| {
+                    format!(
+                        "[{} sent {} acked {} reconnects {}]",
+                        c.name,
+                        r.sent,
+                        r.acked.len(),
+                        r.reconnects
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // Under way (every client connected and acked some), kill the busy room's master.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !clients.iter().all(|c| c.with(|r| r.acked.len() >= 20)) {
+        assert!(Instant::now() < deadline, "no load: {}", progress(&clients));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let channel = format!("{}:room:{}", env.prefix, rooms[0]);
+    let killed_at = Instant::now();
+    let mut killed = Killed(services(&[
+        "redis-cluster-kill-master",
+        &format!("key:{channel}"),
+    ]));
+    eprintln!("killed the master on port {} (serving {channel})", killed.0);
+    // Recovered: a key of the channel's slot is writable again (its replica took over).
+    let client = redis::cluster::ClusterClient::new(nodes.split(',').collect::<Vec<_>>())
+        .expect("cluster client");
+    let mut probe = client.get_async_connection().await.expect("cluster");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let set: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(format!("{{{channel}}}:probe"))
+            .arg(1)
+            .arg("PX")
+            .arg(1_000)
+            .query_async(&mut probe)
+            .await;
+        if set.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot has no master 60 s after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered = killed_at.elapsed();
+
+    // 1. every message sent and acked
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !clients
+        .iter()
+        .all(|c| c.with(|r| r.done_sending && r.acked.len() == r.sent))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "sends not all acked within 120 s: {}",
+            progress(&clients)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let acked: Vec<(String, String, i64)> = clients
+        .iter()
+        .flat_map(|c| c.with(|r| r.acked.values().cloned().collect::<Vec<_>>()))
+        .collect();
+    let ids: HashSet<&str> = acked.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        acked.len(),
+        "two sends acked with one message id"
+    );
+    // 2. every reader got every acked message
+    let missing = |clients: &[load::Client]| -> usize {
+        clients
+            .iter()
+            .map(|c| {
+                c.with(|r| {
+                    let got = received(r);
+                    ids.iter().filter(|id| !got.contains(*id)).count()
+                })
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while missing(&clients) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lost = missing(&clients);
+    if lost > 0 {
+        let mut per_room: HashMap<&str, Vec<i64>> = HashMap::new();
+        for (_, room, p) in &acked {
+            per_room.entry(room.as_str()).or_default().push(*p);
+        }
+        for (room, ps) in &mut per_room {
+            ps.sort();
+            eprintln!(
+                "acked in {}: {} up to {:?}",
+                &room[room.len() - 8..],
+                ps.len(),
+                ps.last()
+            );
+        }
+        for c in &clients {
+            c.with(|r| {
+                for (room, d) in &r.delivered {
+                    let got: HashSet<i64> = d.iter().map(|(p, _)| *p).collect();
+                    let miss: Vec<i64> = per_room[room.as_str()]
+                        .iter()
+                        .filter(|p| !got.contains(p))
+                        .copied()
+                        .collect();
+                    eprintln!(
+                        "{} in {}: got {} (last {:?}), missing {} from {:?} to {:?}; reconnects {}",
+                        c.name,
+                        &room[room.len() - 8..],
+                        d.len(),
+                        d.last().map(|(p, _)| *p),
+                        miss.len(),
+                        miss.first(),
+                        miss.last(),
+                        r.reconnects
+                    );
+                }
+            });
+        }
+    }
+    // 3. PostgreSQL has each once
+    let rows = env
+        .wait_count(
+            "SELECT count(*) AS n FROM messages WHERE kind NOT IN ('member', 'room')",
+            acked.len() as i64,
+            Duration::from_secs(60),
+        )
+        .await;
+    let sent: usize = clients.iter().map(|c| c.with(|r| r.sent)).sum();
+    let mut ack_times: Vec<Instant> = clients
+        .iter()
+        .flat_map(|c| c.with(|r| r.ack_times.clone()))
+        .collect();
+    ack_times.sort();
+    let stall = ack_times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let mut records = Vec::new();
+    for c in clients {
+        records.push(c.stop().await);
+    }
+    let delivered: usize = records
+        .iter()
+        .map(|r| r.delivered.values().map(Vec::len).sum::<usize>())
+        .sum();
+    let dups: usize = records.iter().map(|r| r.duplicates).sum();
+    let ooo: usize = records.iter().map(|r| r.out_of_order).sum();
+    let reconnects: usize = records.iter().map(|r| r.reconnects).sum();
+    let errors: Vec<&String> = records.iter().flat_map(|r| &r.other_errors).collect();
+    eprintln!(
+        "FAULT redis-cluster master killed: sent {sent}, acked {}, delivered {delivered} \
+         ({USERS} readers), persisted {rows}, lost {lost}, duplicated {dups}, out of order \
+         {ooo}; reconnects {reconnects}; longest ack stall {:.1} s; the slot's replica took \
+         over {:.1} s after the kill",
+        acked.len(),
+        stall.as_secs_f64(),
+        recovered.as_secs_f64(),
+    );
+    killed.restart();
+    assert_eq!(lost, 0, "acked messages never delivered to some reader");
+    assert!(errors.is_empty(), "errors: {errors:?}");
+    assert_eq!(dups, 0, "duplicated deliveries");
+    assert_eq!(ooo, 0, "out-of-order deliveries");
+    assert_eq!(rows, acked.len() as i64, "rows");
 }
