@@ -8,19 +8,24 @@
 //! A cluster: the same channel names on sharded pub/sub (SSUBSCRIBE/SPUBLISH/SUNSUBSCRIBE,
 //! each channel served by the master owning its slot; messages arrive as `smessage`
 //! pushes). What the redis crate (1.8) does and does not do, read from its source
-//! (`cluster_handling/async_connection`): a node connection that breaks sends a
-//! `Disconnection` push and is reconnected, and the crate re-sends the subscriptions it
-//! tracks to the node that owns their slots once it reconnects or re-reads the slot map;
-//! but a `sunsubscribe` the server sends by itself (the slot moved to another master) only
-//! removes the channel from what it tracks, and a master that failed over leaves the
-//! crate resubscribing at the dead address until something refreshes the slot map. So the
-//! bus keeps the set of channels it wants itself: a `Disconnection`, or a server
-//! `sunsubscribe` of a channel still wanted, is [`BusNotice::Lost`]; it then SSUBSCRIBEs
-//! every wanted channel again (each routed to its slot's current master, which refreshes
-//! the slot map when it moved) until all succeed without another loss in between, and
-//! then sends [`BusNotice::Resync`]. Publishes of one batch are one pipeline per channel
-//! (a cluster pipeline stays in one slot), in order per channel; presence reads and
-//! refreshes are one command or one pipeline per user key.
+//! (`cluster_handling/async_connection`) and seen in `tests/it/redis_cluster.rs`: a node
+//! connection that breaks sends a `Disconnection` push; the crate tracks subscriptions and
+//! re-sends them, fire and forget, to the nodes owning their slots when it reconnects a
+//! node or re-reads the slot map; a request to a node it has no connection for (a dead
+//! master) makes it replace *every* node connection with new ones from the seed nodes,
+//! which drops the subscriptions held on the old ones without a push; shard commands for a
+//! failing master's slots are served by its replica meanwhile; and a `sunsubscribe` the
+//! server sends by itself (the slot moved away) only removes the channel from what it
+//! tracks. Killing a master under load, the crate alone lost every subscription of the
+//! process for good. So the bus keeps the set of channels it wants itself: a
+//! `Disconnection`, or a server `sunsubscribe` of a channel still wanted (not one
+//! confirming our own SUNSUBSCRIBE), is [`BusNotice::Lost`]; it then waits until the
+//! cluster has a live master for every slot (every master `CLUSTER SLOTS` names answers
+//! `PING`: the failed one's replica took over), SSUBSCRIBEs every wanted channel again
+//! (each at its slot's master), repeats if another loss came meanwhile, and then sends
+//! [`BusNotice::Resync`]. Publishes of one batch are one pipeline per channel (a cluster
+//! pipeline stays in one slot), in order per channel; presence reads and refreshes are one
+//! command or one pipeline per user key.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -55,6 +60,10 @@ pub struct RedisBus {
     subscriber: RedisConn,
     /// Cluster mode: the channels this process is subscribed to (see the module doc).
     wanted: Arc<Mutex<HashSet<String>>>,
+    /// Cluster mode: SUNSUBSCRIBEs of ours whose confirming push has not been read yet
+    /// (so a channel unsubscribed and at once subscribed again is not taken for one the
+    /// server dropped).
+    leaving: Arc<Mutex<HashMap<String, usize>>>,
     join: std::sync::Arc<redis::Script>,
     leave: std::sync::Arc<redis::Script>,
 }
@@ -91,8 +100,29 @@ fn unavailable(e: redis::RedisError) -> BusError {
     BusError::Unavailable(e.to_string())
 }
 
-fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+fn lock<T>(set: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     set.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts an unsubscription of ours in flight (`add`), or takes one back: true if there was
+/// one (the `sunsubscribe` push read, or the command failed).
+fn leaving(map: &Mutex<HashMap<String, usize>>, channel: &str, add: bool) -> bool {
+    let mut m = lock(map);
+    if add {
+        *m.entry(channel.to_owned()).or_default() += 1;
+        return true;
+    }
+    match m.get_mut(channel) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            true
+        }
+        Some(_) => {
+            m.remove(channel);
+            true
+        }
+        None => false,
+    }
 }
 
 impl RedisBus {
@@ -124,12 +154,15 @@ impl RedisBus {
         let (tx, rx) = mpsc::unbounded_channel();
         let channel_prefix = format!("{prefix}:");
         let wanted = Arc::new(Mutex::new(HashSet::new()));
+        let unsubscribing = Arc::new(Mutex::new(HashMap::new()));
+        let ours = unsubscribing.clone();
         // Each loss bumps the generation; the recovery task restores the subscription
         // until a pass succeeds with no loss since it began, then sends `Resync`.
         let (losses, generation) = watch::channel(0u64);
         tasks.spawn_until_cancelled(recover(
             subscriber.clone(),
             wanted.clone(),
+            unsubscribing.clone(),
             generation,
             tx.clone(),
         ));
@@ -146,17 +179,18 @@ impl RedisBus {
                     // stream is ordered: `Lost` precedes every event of the new connection.
                     PushKind::Disconnection => Some(BusNotice::Lost),
                     // The server dropped a sharded subscription (its slot moved): lost
-                    // unless we unsubscribed it ourselves (then it is no longer wanted).
-                    PushKind::SUnsubscribe
-                        if cluster
-                            && push
-                                .data
-                                .first()
-                                .and_then(as_bytes)
-                                .and_then(|c| std::str::from_utf8(c).ok())
-                                .is_some_and(|c| lock(&still_wanted).contains(c)) =>
-                    {
-                        Some(BusNotice::Lost)
+                    // unless it confirms an unsubscription of ours, or the channel is no
+                    // longer wanted.
+                    PushKind::SUnsubscribe if cluster => {
+                        let channel = push
+                            .data
+                            .first()
+                            .and_then(as_bytes)
+                            .map(|c| String::from_utf8_lossy(c).into_owned())
+                            .unwrap_or_default();
+                        let dropped = !leaving(&ours, &channel, false)
+                            && lock(&still_wanted).contains(&channel);
+                        dropped.then_some(BusNotice::Lost)
                     }
                     PushKind::Message | PushKind::SMessage => {
                         decode_message(&push.data, &channel_prefix)
@@ -180,6 +214,7 @@ impl RedisBus {
                 commands,
                 subscriber,
                 wanted,
+                leaving: unsubscribing,
                 join: std::sync::Arc::new(redis::Script::new(PRESENCE_JOIN)),
                 leave: std::sync::Arc::new(redis::Script::new(PRESENCE_LEAVE)),
             },
@@ -207,6 +242,7 @@ impl RedisBus {
 async fn recover(
     conn: RedisConn,
     wanted: Arc<Mutex<HashSet<String>>>,
+    unsubscribing: Arc<Mutex<HashMap<String, usize>>>,
     mut generation: watch::Receiver<u64>,
     tx: mpsc::UnboundedSender<BusNotice>,
 ) {
@@ -220,7 +256,7 @@ async fn recover(
                     .await
                     .map(|_| ()),
                 RedisConn::Cluster(c) => match settled(c).await {
-                    Ok(()) => resubscribe(c, &wanted).await,
+                    Ok(()) => resubscribe(c, &wanted, &unsubscribing).await,
                     Err(e) => Err(e),
                 },
             };
@@ -293,6 +329,7 @@ async fn settled(conn: &redis::cluster_async::ClusterConnection) -> redis::Redis
 async fn resubscribe(
     conn: &redis::cluster_async::ClusterConnection,
     wanted: &Mutex<HashSet<String>>,
+    unsubscribing: &Mutex<HashMap<String, usize>>,
 ) -> redis::RedisResult<()> {
     let channels: Vec<String> = lock(wanted).iter().cloned().collect();
     futures_util::stream::iter(channels)
@@ -301,7 +338,11 @@ async fn resubscribe(
             async move {
                 c.ssubscribe(&channel).await?;
                 if !lock(wanted).contains(&channel) {
-                    c.sunsubscribe(&channel).await?;
+                    leaving(unsubscribing, &channel, true);
+                    if let Err(e) = c.sunsubscribe(&channel).await {
+                        leaving(unsubscribing, &channel, false);
+                        return Err(e);
+                    }
                 }
                 Ok::<(), redis::RedisError>(())
             }
@@ -399,7 +440,14 @@ impl Bus for RedisBus {
             RedisConn::Single(c) => c.clone().unsubscribe(name).await.map_err(unavailable),
             RedisConn::Cluster(c) => {
                 lock(&self.wanted).remove(&name);
-                c.clone().sunsubscribe(&name).await.map_err(unavailable)
+                leaving(&self.leaving, &name, true);
+                let r = c.clone().sunsubscribe(&name).await;
+                if r.is_err() {
+                    // No confirmation will come (or came: then one genuine drop of this
+                    // channel later goes unnoticed until the next loss; it is unwanted now).
+                    leaving(&self.leaving, &name, false);
+                }
+                r.map_err(unavailable)
             }
         }
     }

@@ -569,3 +569,49 @@ async fn a_master_killed_under_load_loses_nothing() {
     assert_eq!(ooo, 0, "out-of-order deliveries");
     assert_eq!(rows, acked.len() as i64, "rows");
 }
+
+/// Unsubscribing a channel and subscribing it again at once (what a gateway does to every
+/// room on a resync, and a user leaving and rejoining) is not mistaken for the server
+/// dropping the subscription (its `sunsubscribe` push): no `Lost`, and the channel delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubscribing_at_once_is_not_a_loss() {
+    let Some(nodes) = redis_cluster_nodes("redis_cluster::resubscribing_at_once_is_not_a_loss")
+    else {
+        return;
+    };
+    let _shared = redis_cluster_lock(false).await;
+    let prefix = format!("tr{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let tasks = Shutdown::new();
+    let (publisher, _) = RedisBus::connect(&target(&nodes), &prefix, &tasks).expect("bus");
+    let (reader, mut rx) = RedisBus::connect(&target(&nodes), &prefix, &tasks).expect("bus");
+    let rooms: Vec<Uuid> = (0..8).map(|_| Uuid::now_v7()).collect();
+    for r in &rooms {
+        reader
+            .subscribe(Channel::Room(*r))
+            .await
+            .expect("subscribe");
+    }
+    for _ in 0..5 {
+        for r in &rooms {
+            reader
+                .unsubscribe(Channel::Room(*r))
+                .await
+                .expect("unsubscribe");
+            reader
+                .subscribe(Channel::Room(*r))
+                .await
+                .expect("subscribe");
+        }
+    }
+    let batch: Vec<BusEvent> = rooms.iter().map(|r| message(*r, 1)).collect();
+    publisher.publish(&batch).await.expect("publish");
+    let got = receive(&mut rx, rooms.len()).await;
+    assert_eq!(got.len(), rooms.len(), "{got:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_err(),
+        "a notice after the events"
+    );
+    tasks.cancel();
+}
