@@ -615,3 +615,206 @@ async fn resubscribing_at_once_is_not_a_loss() {
     );
     tasks.cancel();
 }
+
+/// A single node's connection (for the cluster admin commands of a test).
+async fn node(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .expect("node url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("node")
+}
+
+/// The port of the master owning `slot`, and of another master.
+async fn owner_and_other(nodes: &str, slot: u16) -> (u16, u16) {
+    let client = redis::cluster::ClusterClient::new(nodes.split(',').collect::<Vec<_>>())
+        .expect("cluster client");
+    let mut c = client.get_async_connection().await.expect("cluster");
+    let ranges: Vec<(u16, u16, (String, u16))> = {
+        let raw: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut c)
+            .await
+            .expect("CLUSTER SLOTS");
+        raw.into_iter()
+            .filter_map(|r| match r {
+                redis::Value::Array(r) => {
+                    let int = |v: Option<&redis::Value>| match v {
+                        Some(redis::Value::Int(i)) => Some(*i as u16),
+                        _ => None,
+                    };
+                    let master = match r.get(2) {
+                        Some(redis::Value::Array(m)) => m.clone(),
+                        _ => return None,
+                    };
+                    Some((
+                        int(r.first())?,
+                        int(r.get(1))?,
+                        (String::new(), int(master.get(1))?),
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let owner = ranges
+        .iter()
+        .find(|(lo, hi, _)| (*lo..=*hi).contains(&slot))
+        .map(|(_, _, (_, p))| *p)
+        .expect("an owner");
+    let other = ranges
+        .iter()
+        .map(|(_, _, (_, p))| *p)
+        .find(|p| *p != owner)
+        .expect("another master");
+    (owner, other)
+}
+
+/// Moves an empty slot from one master to another (CLUSTER SETSLOT IMPORTING, MIGRATING,
+/// NODE), as `redis-cli --cluster reshard` does.
+async fn move_slot(slot: u16, from: u16, to: u16) {
+    let (mut src, mut dst) = (node(from).await, node(to).await);
+    let id = |mut c: redis::aio::MultiplexedConnection| async move {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async::<String>(&mut c)
+            .await
+            .expect("CLUSTER MYID")
+    };
+    let (src_id, dst_id) = (id(src.clone()).await, id(dst.clone()).await);
+    let setslot = |c: &mut redis::aio::MultiplexedConnection, how: &str, id: &str| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot).arg(how).arg(id);
+        let mut c = c.clone();
+        async move {
+            cmd.query_async::<()>(&mut c)
+                .await
+                .expect("CLUSTER SETSLOT")
+        }
+    };
+    setslot(&mut dst, "IMPORTING", &src_id).await;
+    setslot(&mut src, "MIGRATING", &dst_id).await;
+    setslot(&mut dst, "NODE", &dst_id).await;
+    setslot(&mut src, "NODE", &dst_id).await;
+}
+
+/// A slot moved by a test: moved back when dropped (also on a failure), with redis-cli.
+struct Moved {
+    slot: u16,
+    at: u16,
+    home: u16,
+}
+
+impl Drop for Moved {
+    fn drop(&mut self) {
+        if self.at == self.home {
+            return;
+        }
+        let cli = |port: u16, args: &[&str]| {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(args)
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let (from_id, to_id) = (
+            cli(self.at, &["cluster", "myid"]),
+            cli(self.home, &["cluster", "myid"]),
+        );
+        let slot = self.slot.to_string();
+        cli(
+            self.home,
+            &["cluster", "setslot", &slot, "importing", &from_id],
+        );
+        cli(self.at, &["cluster", "setslot", &slot, "migrating", &to_id]);
+        cli(self.home, &["cluster", "setslot", &slot, "node", &to_id]);
+        cli(self.at, &["cluster", "setslot", &slot, "node", &to_id]);
+    }
+}
+
+/// Publishes message `n` of `room` (retrying while the publisher's client still points at
+/// the old master) and expects it to arrive.
+async fn delivers(
+    publisher: &RedisBus,
+    rx: &mut UnboundedReceiver<BusNotice>,
+    room: Uuid,
+    n: usize,
+    what: &str,
+) {
+    let e = message(room, n);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(err) = publisher.publish(std::slice::from_ref(&e)).await {
+        assert!(Instant::now() < deadline, "{what}: publish: {err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = receive(rx, 1).await;
+    assert_eq!(got.get(&Channel::Room(room)), Some(&vec![e]), "{what}");
+}
+
+/// Waits for `Lost` and then `Resync` (events in between are allowed).
+async fn lost_then_resync(rx: &mut UnboundedReceiver<BusNotice>, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut lost = false;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(BusNotice::Lost)) => lost = true,
+            Ok(Some(BusNotice::Resync)) if lost => return,
+            Ok(Some(n)) => assert!(lost, "{what}: {n:?} before Lost"),
+            Ok(None) => panic!("{what}: bus closed"),
+            Err(_) => panic!("{what}: no Lost then Resync within 30 s (lost: {lost})"),
+        }
+    }
+}
+
+/// A room's slot moving to another master (a reshard): the old master drops the
+/// subscription (a `sunsubscribe` push), which is `Lost`; the bus subscribes at the new
+/// master and says `Resync`; the room delivers again. And back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moving_to_another_master_is_lost_then_resynced() {
+    let Some(nodes) =
+        redis_cluster_nodes("redis_cluster::a_slot_moving_to_another_master_is_lost_then_resynced")
+    else {
+        return;
+    };
+    let _alone = redis_cluster_lock(true).await;
+    let prefix = format!("tm{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let tasks = Shutdown::new();
+    let (publisher, _) = RedisBus::connect(&target(&nodes), &prefix, &tasks).expect("bus");
+    let (reader, mut rx) = RedisBus::connect(&target(&nodes), &prefix, &tasks).expect("bus");
+    // A room whose slot holds no key (a slot with keys would need them migrated too).
+    let (room, slot, owner, other) = loop {
+        let room = Uuid::now_v7();
+        let slot = slot(&nodes, &format!("{prefix}:room:{room}")).await;
+        let (owner, other) = owner_and_other(&nodes, slot).await;
+        let keys: i64 = redis::cmd("CLUSTER")
+            .arg("COUNTKEYSINSLOT")
+            .arg(slot)
+            .query_async(&mut node(owner).await)
+            .await
+            .expect("COUNTKEYSINSLOT");
+        if keys == 0 {
+            break (room, slot, owner, other);
+        }
+    };
+    reader
+        .subscribe(Channel::Room(room))
+        .await
+        .expect("subscribe");
+    delivers(&publisher, &mut rx, room, 1, "before").await;
+    let mut moved = Moved {
+        slot,
+        at: owner,
+        home: owner,
+    };
+    move_slot(slot, owner, other).await;
+    moved.at = other;
+    lost_then_resync(&mut rx, "moved away").await;
+    delivers(&publisher, &mut rx, room, 2, "at the new master").await;
+    move_slot(slot, other, owner).await;
+    moved.at = owner;
+    lost_then_resync(&mut rx, "moved back").await;
+    delivers(&publisher, &mut rx, room, 3, "back at the first master").await;
+    eprintln!("slot {slot} moved {owner} → {other} → {owner}: Lost, Resync, delivered each time");
+    tasks.cancel();
+}
