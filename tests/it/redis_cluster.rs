@@ -562,6 +562,38 @@ async fn a_master_killed_under_load_loses_nothing() {
         stall.as_secs_f64(),
         recovered.as_secs_f64(),
     );
+    // How long each process's subscription was down (its log: "restored … down_ms=N").
+    let mut down_ms: Vec<u64> = Vec::new();
+    for entry in std::fs::read_dir(&env.log_dir).expect("log dir").flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text
+            .lines()
+            .filter(|l| l.contains("bus subscription restored"))
+        {
+            // Without the terminal colours (ESC [ … m).
+            let mut plain = String::new();
+            let mut chars = line.chars();
+            while let Some(c) = chars.next() {
+                if c == '\u{1b}' {
+                    let _ = chars.by_ref().find(|c| *c == 'm');
+                } else {
+                    plain.push(c);
+                }
+            }
+            if let Some(ms) = plain.split("down_ms=").nth(1).and_then(|t| {
+                t.split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|d| d.parse().ok())
+            }) {
+                down_ms.push(ms);
+            }
+        }
+    }
+    eprintln!(
+        "bus subscriptions restored (Resync) after {:?} ms in the {} processes",
+        down_ms,
+        gws.len() + 1
+    );
     killed.restart();
     assert_eq!(lost, 0, "acked messages never delivered to some reader");
     assert!(errors.is_empty(), "errors: {errors:?}");
