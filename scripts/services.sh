@@ -880,9 +880,17 @@ rc_node_kill() { # port
   rm -f "$RC_DIR/$p/redis.pid"
 }
 
-rc_stop() {
-  local p
-  for p in "${RC_PORTS[@]}"; do rc_node_kill "$p"; done
+rc_stop() { # cleanly (SHUTDOWN NOSAVE), a node that does not go within 5 s with SIGKILL
+  local p pid t
+  for p in "${RC_PORTS[@]}"; do
+    pid="$(cat "$RC_DIR/$p/redis.pid" 2>/dev/null || true)"
+    if [ -n "$pid" ] && proc_alive "$pid"; then
+      rc_cli "$p" shutdown nosave >/dev/null 2>&1 || true
+      t=$SECONDS
+      while proc_alive "$pid" && (( SECONDS - t < 5 )); do sleep 0.05; done
+    fi
+    rc_node_kill "$p"
+  done
 }
 
 rc_start() {
