@@ -57,6 +57,8 @@ bash scripts/services.sh start
 # The TLS profile beside them: PostgreSQL, Redis and Kafka over TLS with passwords (tests/it/tls.rs
 # and the `_over_tls` / `::tls` tests).
 bash scripts/services.sh start-tls
+# Three Kafka brokers (replication factor 3, min ISR 2) for the fault tests at N (tests/faults).
+bash scripts/services.sh start-kafka-cluster
 eval "$(bash scripts/services.sh env)"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${CHAT_CACHE:-$HOME/.cache/chat}/target}"

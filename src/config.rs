@@ -387,7 +387,11 @@ impl Config {
             database_pool_size: a.database_pool_size,
             drain_timeout: Duration::from_secs(a.drain_timeout_secs),
             http_workers: a.http_workers,
-            produce_timeout: Duration::from_secs(5),
+            // Long enough to ride out a leader's failover in a Kafka cluster (the broker
+            // session time-out, 9 s by default, then an election): the idempotent producer
+            // sends a batch whose answer was lost again to the new leader, which answers
+            // with the first write's offset. Sends shorter than this are answered at once.
+            produce_timeout: Duration::from_secs(15),
             limits: Limits {
                 sends_per_second: a.send_rate_per_sec.max(1),
                 send_burst: a.send_rate_burst.max(1),

@@ -27,22 +27,51 @@ struct Scenario {
     consumers: Vec<Proc>,
     gateways: Gateways,
     clients: Vec<Client>,
+    rooms: Vec<String>,
     started: Instant,
+}
+
+/// How many of each role a scenario runs, and on which Kafka.
+struct Shape {
+    gateways: usize,
+    consumers: usize,
+    /// Another Kafka than the single broker (the three-node cluster).
+    kafka: Option<String>,
+}
+
+impl Shape {
+    const PAIR: Shape = Shape {
+        gateways: 2,
+        consumers: 2,
+        kafka: None,
+    };
 }
 
 impl Scenario {
     /// Two gateways, two consumers, `USERS` clients in `ROOMS` shared rooms, each sending
     /// `messages` at one per `every`.
     async fn start(name: &str, messages: usize, every: Duration) -> Scenario {
-        let env = Env::new(name).await;
-        let gws = vec![
-            env.spawn("gateway", "gw-0-m").await,
-            env.spawn("gateway", "gw-1").await,
-        ];
-        let consumers = vec![
-            env.spawn("consumer", "consumer-0").await,
-            env.spawn("consumer", "consumer-1").await,
-        ];
+        Scenario::start_shaped(name, messages, every, Shape::PAIR).await
+    }
+
+    async fn start_shaped(name: &str, messages: usize, every: Duration, shape: Shape) -> Scenario {
+        let mut env = Env::new(name).await;
+        if let Some(brokers) = shape.kafka {
+            env.brokers = brokers;
+        }
+        let mut gws = Vec::new();
+        for i in 0..shape.gateways {
+            let label = if i == 0 {
+                "gw-0-m".to_owned()
+            } else {
+                format!("gw-{i}")
+            };
+            gws.push(env.spawn("gateway", &label).await);
+        }
+        let mut consumers = Vec::new();
+        for i in 0..shape.consumers {
+            consumers.push(env.spawn("consumer", &format!("consumer-{i}")).await);
+        }
         let h = Http::new(&gws[0]);
         let mut users = Vec::new();
         for _ in 0..USERS {
@@ -59,7 +88,7 @@ impl Scenario {
         let gateways: Gateways = std::sync::Arc::new(std::sync::Mutex::new(
             gws.iter().map(|g| g.addr.clone()).collect(),
         ));
-        let clients = users
+        let clients: Vec<Client> = users
             .into_iter()
             .enumerate()
             .map(|(i, u)| {
@@ -81,6 +110,7 @@ impl Scenario {
             consumers,
             gateways,
             clients,
+            rooms,
             started: Instant::now(),
         }
     }
@@ -207,6 +237,21 @@ impl Scenario {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let delivered_at = Instant::now();
+        // 2b. every ack named the position readers saw the message at (a producer's retry
+        //     that wrote a record twice must not hand its sender the copy's offset)
+        let mut unseen_acks = Vec::new();
+        for (id, room, position) in &acked {
+            let seen = self.clients.iter().all(|c| {
+                c.with(|r| {
+                    r.delivered
+                        .get(room)
+                        .is_some_and(|d| d.iter().any(|(p, i)| p == position && i == id))
+                })
+            });
+            if !seen {
+                unseen_acks.push((id.clone(), *position));
+            }
+        }
         // 3. PostgreSQL has each exactly once
         let n = self
             .env
@@ -247,13 +292,18 @@ impl Scenario {
         let retryable: usize = records.iter().map(|r| r.retryable_errors).sum();
         let errors: Vec<&String> = records.iter().flat_map(|r| &r.other_errors).collect();
         eprintln!(
-            "FAULT {fault}: sent {sent}, acked {}, delivered {delivered} ({USERS} readers), persisted {n}, lost 0, duplicated {dups}, out of order {ooo}; reconnects {reconnects}, retryable errors {retryable}; longest ack stall {:.1} s; all delivered {:.1} s and persisted {:.1} s after the fault ended",
+            "FAULT {fault}: sent {sent}, acked {}, delivered {delivered} ({USERS} readers), persisted {n}, lost 0, duplicated {dups}, out of order {ooo}, acks naming a position no reader saw {}; reconnects {reconnects}, retryable errors {retryable}; longest ack stall {:.1} s; all delivered {:.1} s and persisted {:.1} s after the fault ended",
             acked.len(),
+            unseen_acks.len(),
             stall.as_secs_f64(),
             delivered_at.saturating_duration_since(restored).as_secs_f64(),
             persisted_at.saturating_duration_since(restored).as_secs_f64(),
         );
         assert!(errors.is_empty(), "{fault}: errors: {errors:?}");
+        assert!(
+            unseen_acks.is_empty(),
+            "{fault}: acks name positions no reader saw (message id, acked position): {unseen_acks:?}"
+        );
         assert_eq!(dups, 0, "{fault}: duplicated deliveries");
         assert_eq!(ooo, 0, "{fault}: out-of-order deliveries");
         assert_eq!(n, acked.len() as i64, "{fault}: rows");
@@ -421,4 +471,97 @@ async fn rolling_restart_of_the_gateways() {
     }
     s.finish("rolling restart (SIGTERM) of both gateways", Instant::now())
         .await;
+}
+
+/// A node of the three-broker Kafka cluster killed for a test; started again when dropped
+/// (also on a failure), so the cluster is whole for the next test.
+struct NodeDown(u32);
+
+impl Drop for NodeDown {
+    fn drop(&mut self) {
+        cluster_node("start", self.0);
+    }
+}
+
+fn cluster_node(action: &str, node: u32) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+    let st = std::process::Command::new("bash")
+        .args([script, "kafka-cluster-node", action, &node.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("services.sh");
+    assert!(
+        st.success(),
+        "services.sh kafka-cluster-node {action} {node}"
+    );
+}
+
+/// The node that leads `partition` of `topic` (Kafka's TopicCommand).
+fn leader_of(brokers: &str, topic: &str, partition: i32) -> u32 {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+    let bootstrap = brokers.split(',').next().unwrap_or(brokers);
+    let out = std::process::Command::new("bash")
+        .args([
+            script,
+            "kafka-class",
+            "org.apache.kafka.tools.TopicCommand",
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--topic",
+            topic,
+        ])
+        .output()
+        .expect("TopicCommand");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        let field = |name: &str| {
+            line.split('\t')
+                .find_map(|f| f.trim().strip_prefix(name).map(|v| v.trim().to_owned()))
+        };
+        if field("Partition:").as_deref() == Some(&partition.to_string()) {
+            if let Some(leader) = field("Leader:").and_then(|l| l.parse().ok()) {
+                return leader;
+            }
+        }
+    }
+    panic!("no leader of {topic}/{partition} in:\n{text}");
+}
+
+/// Issue 20: kill -9 the leader of a busy partition of a three-broker cluster (replication
+/// factor 3, min ISR 2) under load, with three gateways and three consumers. Another broker
+/// takes the partition over; the idempotent producer sends the batch whose answer was lost
+/// again, and the new leader answers with the first write's offset, so every ack names the
+/// position readers see (before, 1 to 12 acks per run named a copy readers never got).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_leader_killed_in_a_cluster_of_three() {
+    let _serial = SERIAL.lock().await;
+    let brokers = harness::service("CLUSTER_KAFKA_BROKERS");
+    let s = Scenario::start_shaped(
+        "f-kafka-leader",
+        150,
+        Duration::from_millis(100),
+        Shape {
+            gateways: 3,
+            consumers: 3,
+            kafka: Some(brokers.clone()),
+        },
+    )
+    .await;
+    s.at(Duration::from_secs(2)).await;
+    let room: uuid::Uuid = s.rooms[0].parse().expect("room id");
+    let partition = chat::log::partition_of(room, s.env.partitions);
+    let leader = leader_of(&brokers, &s.env.topic, partition);
+    cluster_node("kill", leader);
+    let killed = Instant::now();
+    let down = NodeDown(leader);
+    eprintln!("FAULT kafka leader: killed node {leader}, leader of partition {partition}");
+    // The load runs on for ~13 s; the node comes back near its end.
+    s.at(Duration::from_secs(12)).await;
+    drop(down);
+    s.finish(
+        "kill -9 the leader of a busy partition (3 Kafka brokers, 3 gateways, 3 consumers)",
+        killed,
+    )
+    .await;
 }
