@@ -58,6 +58,8 @@ impl Scenario {
         let mut env = Env::new(name).await;
         if let Some(brokers) = shape.kafka {
             env.brokers = brokers;
+            // Enough partitions for three and four consumers to share.
+            env.partitions = 6;
         }
         let mut gws = Vec::new();
         for i in 0..shape.gateways {
@@ -562,6 +564,219 @@ async fn kafka_leader_killed_in_a_cluster_of_three() {
     s.finish(
         "kill -9 the leader of a busy partition (3 Kafka brokers, 3 gateways, 3 consumers)",
         killed,
+    )
+    .await;
+}
+
+/// Who holds each partition's lease, sampled from Redis every 100 ms while a test runs:
+/// the longest time a partition had no owner, and when the shares were last unfair.
+struct LeaseWatch {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<LeaseLog>,
+}
+
+#[derive(Debug, Default)]
+struct LeaseLog {
+    /// Per partition, the longest stretch without an owner.
+    longest_unowned: Vec<Duration>,
+    /// (instant, owned partitions per owner) whenever that changed.
+    changes: Vec<(Instant, Vec<usize>)>,
+}
+
+impl LeaseWatch {
+    fn start(env: &Env) -> LeaseWatch {
+        let url = env.redis_url.clone();
+        let keys: Vec<String> = (0..env.partitions)
+            .map(|p| format!("{}:lease:{}:{p}", env.prefix, env.topic))
+            .collect();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let until = stop.clone();
+        let task = tokio::spawn(async move {
+            let client = redis::Client::open(url).expect("redis url");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis");
+            let mut log = LeaseLog {
+                longest_unowned: vec![Duration::ZERO; keys.len()],
+                ..LeaseLog::default()
+            };
+            let mut unowned_since: Vec<Option<Instant>> = vec![None; keys.len()];
+            let mut last: Vec<usize> = Vec::new();
+            while !until.is_cancelled() {
+                let owners: Vec<Option<String>> = redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                let now = Instant::now();
+                let mut per_owner: std::collections::BTreeMap<String, usize> = Default::default();
+                for (p, o) in owners.iter().enumerate() {
+                    match o {
+                        Some(v) => {
+                            let owner = v.rsplit_once(':').map_or(v.as_str(), |(o, _)| o);
+                            *per_owner.entry(owner.to_owned()).or_default() += 1;
+                            if let Some(t) = unowned_since[p].take() {
+                                log.longest_unowned[p] = log.longest_unowned[p].max(now - t);
+                            }
+                        }
+                        None => {
+                            unowned_since[p].get_or_insert(now);
+                        }
+                    }
+                }
+                let mut counts: Vec<usize> = per_owner.into_values().collect();
+                counts.sort_unstable();
+                let owned: usize = counts.iter().sum();
+                counts.push(keys.len() - owned); // the last entry: unowned
+                if counts != last {
+                    log.changes.push((now, counts.clone()));
+                    last = counts;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let now = Instant::now();
+            for (p, since) in unowned_since.iter().enumerate() {
+                if let Some(t) = since {
+                    log.longest_unowned[p] = log.longest_unowned[p].max(now - *t);
+                }
+            }
+            log
+        });
+        LeaseWatch { stop, task }
+    }
+
+    async fn finish(self) -> LeaseLog {
+        self.stop.cancel();
+        self.task.await.expect("lease watch")
+    }
+}
+
+impl LeaseLog {
+    /// How long after `since` the shares became fair (every partition owned by one of
+    /// `consumers`, their counts differing by at most one) and stayed so until `until`.
+    fn fair_after(&self, since: Instant, until: Instant, consumers: usize) -> Option<Duration> {
+        let fair = |c: &Vec<usize>| {
+            let (owners, unowned) = c.split_at(c.len() - 1);
+            unowned[0] == 0
+                && owners.len() == consumers
+                && owners
+                    .last()
+                    .zip(owners.first())
+                    .is_some_and(|(h, l)| h - l <= 1)
+        };
+        let mut fair_at = None;
+        for (t, c) in self.changes.iter().filter(|(t, _)| *t < until) {
+            if *t < since {
+                continue;
+            }
+            if fair(c) {
+                fair_at.get_or_insert(*t);
+            } else {
+                fair_at = None;
+            }
+        }
+        fair_at.map(|t| t.saturating_duration_since(since))
+    }
+
+    fn longest_unowned(&self) -> Duration {
+        self.longest_unowned
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// Issue 20: one of three consumers is killed (kill -9) under load and a fourth starts;
+/// the leases move (fair shares again within a lease period of each change, no partition
+/// unowned longer than the lease expiry and a tick), and nothing is lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_killed_and_another_added_at_n() {
+    let _serial = SERIAL.lock().await;
+    let brokers = harness::service("CLUSTER_KAFKA_BROKERS");
+    let mut s = Scenario::start_shaped(
+        "f-consumers-n",
+        150,
+        Duration::from_millis(100),
+        Shape {
+            gateways: 3,
+            consumers: 3,
+            kafka: Some(brokers),
+        },
+    )
+    .await;
+    let watch = LeaseWatch::start(&s.env);
+    s.at(Duration::from_secs(2)).await;
+    s.consumers[0].kill9().await;
+    let killed = Instant::now();
+    s.at(Duration::from_secs(9)).await;
+    let fourth = s.env.spawn("consumer", "consumer-3").await;
+    let added = Instant::now();
+    s.consumers.push(fourth);
+    s.at(Duration::from_secs(14)).await;
+    let leases = watch.finish().await;
+    let end = Instant::now();
+    // The kill: the two survivors own all 6 partitions once the dead one's leases expired
+    // (the lease, 5 s, and a tick, 1 s); the fourth: 6 over three live ones within a
+    // lease period.
+    let after_kill = leases.fair_after(killed, added, 2);
+    let after_add = leases.fair_after(added, end, 3);
+    eprintln!(
+        "FAULT consumers at N: the survivors owned every partition {after_kill:?} after the kill; shares fair {after_add:?} after the fourth started; longest a partition had no lease at all {:.1} s; owned per consumer (last: unowned) {:?}",
+        leases.longest_unowned().as_secs_f64(),
+        leases.changes.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(),
+    );
+    assert!(
+        after_kill.is_some_and(|d| d < Duration::from_secs(9)),
+        "the killed consumer's partitions were not taken over within the lease (5 s) and a tick: {after_kill:?}"
+    );
+    assert!(
+        after_add.is_some_and(|d| d < Duration::from_secs(5)),
+        "not fair within a lease period (5 s) of the fourth consumer's start: {after_add:?}"
+    );
+    assert!(
+        leases.longest_unowned() < Duration::from_secs(3),
+        "a partition had no lease for {:?}",
+        leases.longest_unowned()
+    );
+    s.finish(
+        "kill -9 one of three consumers, then start a fourth (3 Kafka brokers, 3 gateways)",
+        killed,
+    )
+    .await;
+}
+
+/// Issue 20: a gateway is added and another removed (SIGTERM: the drain) during load, as
+/// an autoscaler does; clients move to the others with nothing lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_added_and_one_removed_at_n() {
+    let _serial = SERIAL.lock().await;
+    let brokers = harness::service("CLUSTER_KAFKA_BROKERS");
+    let mut s = Scenario::start_shaped(
+        "f-gateways-n",
+        120,
+        Duration::from_millis(100),
+        Shape {
+            gateways: 3,
+            consumers: 3,
+            kafka: Some(brokers),
+        },
+    )
+    .await;
+    s.at(Duration::from_secs(2)).await;
+    let added = s.env.spawn("gateway", "gw-3").await;
+    s.gateways.lock().unwrap().push(added.addr.clone());
+    s.gws.push(added);
+    s.at(Duration::from_secs(4)).await;
+    let removed = Instant::now();
+    let status = s.gws[0].terminate().await;
+    assert!(status.success(), "gateway 0 after SIGTERM: {status}");
+    s.gateways.lock().unwrap().remove(0);
+    s.gws.remove(0);
+    s.finish(
+        "a gateway added, another removed by SIGTERM (4 then 3 gateways, 3 consumers, 3 Kafka brokers)",
+        removed,
     )
     .await;
 }
