@@ -342,7 +342,7 @@ impl Cluster {
             };
             match tokio::time::timeout(SHORT_TIMEOUT, conn.init_producer_id()).await {
                 Ok(Ok(Ok(id))) => return Ok(Some(id)),
-                Ok(Ok(Err(r))) if r.retryable() || r.coordinator_busy() => {
+                Ok(Ok(Err(r))) if !r.not_offered() => {
                     last = LogError::Unavailable(format!("Kafka: InitProducerId: {r}"));
                 }
                 Ok(Ok(Err(r))) => {
@@ -367,11 +367,11 @@ impl Cluster {
         Err(last)
     }
 
-    /// How many brokers the metadata lists (another can take over a partition only when
-    /// there are more than one).
-    pub(super) fn broker_count(&self) -> usize {
+    /// The brokers the metadata lists (another can take over a partition only when there
+    /// are more than one).
+    pub(super) fn broker_ids(&self) -> Vec<i32> {
         let meta = self.meta.read().unwrap_or_else(|e| e.into_inner());
-        meta.addrs.len()
+        meta.addrs.keys().copied().collect()
     }
 
     /// The partition's earliest offset still held, or the offset its next record gets,

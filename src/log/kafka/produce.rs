@@ -115,6 +115,15 @@ fn next_sequence(seq: i32, n: usize) -> i32 {
     ((i64::from(seq) + n as i64) % (i64::from(i32::MAX) + 1)) as i32
 }
 
+/// A partition's producer id and epoch, and the sequence number of its next new record.
+/// Kafka keeps sequence numbers per (producer id, partition), so a partition keeps its id
+/// until the brokers disagree with it, and the others are not affected when one does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sequence {
+    producer: (i64, i16),
+    next: i32,
+}
+
 /// Records not yet sent, per partition, in submit order.
 #[derive(Default)]
 struct Partitions {
@@ -125,11 +134,14 @@ struct Partitions {
     in_flight: HashSet<i32>,
     /// Partitions whose records are waiting to be retried, until then.
     held: HashMap<i32, Instant>,
-    /// The producer id and epoch batches are stamped with (None: unstamped, while no id is
-    /// known or where the cluster gives none).
+    /// The newest producer id, which a partition without one of its own takes (None:
+    /// the cluster gives none, batches go unstamped).
     producer: Option<(i64, i16)>,
-    /// Per partition, the sequence number of its next new record under `producer`.
-    sequences: HashMap<i32, i32>,
+    /// Whether `producer` is known: until then (at start, and while a new one is asked
+    /// for) partitions without an id of their own send nothing new.
+    producer_known: bool,
+    /// Per partition, its id and next sequence number.
+    sequences: HashMap<i32, Sequence>,
     /// Per partition, a stamped batch to send again as it was, before anything newer.
     again: HashMap<i32, Batch>,
 }
@@ -140,12 +152,15 @@ impl Partitions {
         self.queues.entry(q.partition).or_default().push_back(q);
     }
 
-    /// Partitions with something to send and nothing in flight or held.
+    /// Partitions with something to send and nothing in flight or held (new records only
+    /// where there is an id to stamp them with).
     fn ready(&self) -> Vec<i32> {
         let mut ready: HashSet<i32> = self
             .queues
             .iter()
-            .filter(|(_, q)| !q.is_empty())
+            .filter(|(p, q)| {
+                !q.is_empty() && (self.producer_known || self.sequences.contains_key(*p))
+            })
             .map(|(p, _)| *p)
             .collect();
         ready.extend(self.again.keys().copied());
@@ -157,18 +172,34 @@ impl Partitions {
         self.queued == 0 && self.again.is_empty()
     }
 
+    /// Whether a partition waits for a new producer id.
+    fn waits_for_id(&self) -> bool {
+        !self.producer_known && !self.idle()
+    }
+
+    /// Whether `stamp` is the partition's current id (so its numbers are still in use).
+    fn current(&self, partition: i32, stamp: Option<Stamp>) -> bool {
+        match (stamp, self.sequences.get(&partition)) {
+            (Some(s), Some(seq)) => (s.producer_id, s.epoch) == seq.producer,
+            _ => false,
+        }
+    }
+
     /// A batch to send again after `at`, before what came after it: as it was if it is
-    /// stamped with the current producer id, else its records go back in front of the
-    /// queue (to be stamped anew). Records whose sender stopped waiting are dropped with
-    /// it when nobody waits for any of them: its fate stays unknown, and should it not have
-    /// been written, the next batch is out of sequence and the producer takes a new id.
+    /// stamped with the partition's current id, else (unstamped, or the partition has
+    /// taken a new id since) its records go back in front of the queue, to be stamped
+    /// anew. A batch nobody waits for any more is dropped: its sequence numbers go to the
+    /// next batch if it cannot have been written; if it may have been, they stay used, and
+    /// should it not have been written after all, the next batch is out of sequence and
+    /// the partition takes a new id.
     fn retry(&mut self, partition: i32, batch: Batch, at: Instant) {
         if batch.abandoned() {
+            if !batch.unknown {
+                self.unwind(partition, &batch);
+            }
             return;
         }
-        let current =
-            batch.stamp.is_some() && batch.stamp.map(|s| (s.producer_id, s.epoch)) == self.producer;
-        if current {
+        if self.current(partition, batch.stamp) {
             self.again.insert(partition, batch);
         } else {
             self.requeue(partition, batch.records);
@@ -187,27 +218,47 @@ impl Partitions {
         }
     }
 
-    /// A batch refused for good was not written: its sequence numbers go to the next one.
+    /// A batch that was certainly not written: its sequence numbers go to the next one.
+    /// (Never for a batch whose earlier attempt may have been written: the broker would
+    /// take a later batch with the same numbers and size for that one, and answer it with
+    /// the old offset without writing it.)
     fn unwind(&mut self, partition: i32, batch: &Batch) {
         let Some(stamp) = batch.stamp else { return };
-        if Some((stamp.producer_id, stamp.epoch)) != self.producer {
+        if !self.current(partition, batch.stamp) {
             return;
         }
         let after = next_sequence(stamp.base_sequence, batch.records.len());
-        if self.sequences.get(&partition) == Some(&after) {
-            self.sequences.insert(partition, stamp.base_sequence);
+        if let Some(seq) = self.sequences.get_mut(&partition) {
+            if seq.next == after {
+                seq.next = stamp.base_sequence;
+            }
         }
     }
 
-    /// A new producer id (or none): sequence numbers start again at 0, and batches waiting
-    /// to be sent again go back to their queues to be stamped with it.
+    /// The brokers disagree with the partition's numbers: it takes the next new id (and
+    /// starts again at 0); until that is known it sends nothing new.
+    fn renew(&mut self, partition: i32) {
+        self.sequences.remove(&partition);
+        self.producer_known = false;
+    }
+
+    /// A new producer id, or None where the cluster gives none. Partitions that have
+    /// their own keep it.
     fn new_producer(&mut self, producer: Option<(i64, i16)>) {
         self.producer = producer;
-        self.sequences.clear();
-        let again: Vec<(i32, Batch)> = self.again.drain().collect();
-        for (p, b) in again {
-            self.requeue(p, b.records);
+        self.producer_known = true;
+    }
+
+    /// Drops the records nobody waits for any more from the queues (those of held or
+    /// leaderless partitions would otherwise fill the queue).
+    fn prune(&mut self) {
+        let mut dropped = 0;
+        for q in self.queues.values_mut() {
+            let before = q.len();
+            q.retain(|r| !r.done.is_closed());
+            dropped += before - q.len();
         }
+        self.queued -= dropped;
     }
 
     /// Fails the partition's records that were never sent. A batch whose fate is unknown
@@ -231,6 +282,26 @@ impl Partitions {
             }
             None => {}
         }
+    }
+
+    /// The stamp of `n` new records of `partition` (None: unstamped).
+    fn stamp(&mut self, partition: i32, n: usize) -> Option<Stamp> {
+        let seq = match self.sequences.get_mut(&partition) {
+            Some(seq) => seq,
+            None => {
+                let producer = self.producer?;
+                self.sequences
+                    .entry(partition)
+                    .or_insert(Sequence { producer, next: 0 })
+            }
+        };
+        let base_sequence = seq.next;
+        seq.next = next_sequence(base_sequence, n);
+        Some(Stamp {
+            producer_id: seq.producer.0,
+            epoch: seq.producer.1,
+            base_sequence,
+        })
     }
 
     /// Takes the next request's batches for one broker's partitions: from each partition
@@ -275,16 +346,7 @@ impl Partitions {
                 records.push(r);
             }
             if !records.is_empty() {
-                let stamp = self.producer.map(|(producer_id, epoch)| {
-                    let seq = self.sequences.entry(p).or_insert(0);
-                    let base_sequence = *seq;
-                    *seq = next_sequence(base_sequence, records.len());
-                    Stamp {
-                        producer_id,
-                        epoch,
-                        base_sequence,
-                    }
-                });
+                let stamp = self.stamp(p, records.len());
                 groups.insert(
                     p,
                     Batch {
@@ -322,16 +384,14 @@ struct Flight {
     result: Result<Vec<Produced>, FlightError>,
 }
 
-/// Whether the producer has its id.
-enum Identity {
-    /// Asked for at this instant (at once at first, again after a failed attempt).
-    Wanted(Instant),
-    /// Known, or known not to be offered: batches go out (stamped or not).
-    Settled,
-}
-
 /// After a failed InitProducerId, the next attempt waits this long.
 const IDENTITY_RETRY: Duration = Duration::from_millis(500);
+/// An InitProducerId (trying the brokers in turn) gives up after this long.
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records nobody waits for are dropped from the queues this often.
+const PRUNE_EVERY: Duration = Duration::from_millis(250);
+
+type Asking = futures_util::future::BoxFuture<'static, Result<Option<(i64, i16)>, LogError>>;
 
 /// The producer: per broker one request in flight, carrying every partition it leads.
 async fn run(
@@ -345,9 +405,13 @@ async fn run(
     let mut busy: HashSet<i32> = HashSet::new();
     let mut down_until: HashMap<i32, Instant> = HashMap::new();
     let mut flights = FuturesUnordered::new();
+    // The InitProducerId in progress (at most one), and when the next may start.
+    let mut asking: FuturesUnordered<Asking> = FuturesUnordered::new();
+    let mut ask_at = Instant::now();
+    let mut pruned = Instant::now();
+    let mut refreshed: Option<Instant> = None;
     let mut open = true;
     let mut turn = 0usize;
-    let mut identity = Identity::Wanted(Instant::now());
     loop {
         while open && parts.queued < PRODUCE_QUEUE {
             match rx.try_recv() {
@@ -356,50 +420,50 @@ async fn run(
                 Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
-        if let Identity::Wanted(at) = identity {
-            // Rare (at start, and when the brokers disagree with our numbers), so the
-            // loop waits for it: nothing may go out unstamped meanwhile.
-            if at <= Instant::now() && !parts.idle() {
-                identity = match cluster.init_producer_id().await {
-                    Ok(id) => {
-                        if let Some((id, epoch)) = id {
-                            tracing::debug!(producer_id = id, epoch, "kafka: idempotent producer");
-                        }
-                        parts.new_producer(id);
-                        Identity::Settled
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kafka: no producer id yet; retrying");
-                        Identity::Wanted(Instant::now() + IDENTITY_RETRY)
-                    }
-                };
-            }
-        }
-        // Start a request on every idle broker that has records to send.
         let now = Instant::now();
+        if parts.waits_for_id() && asking.is_empty() && ask_at <= now {
+            let c = Arc::clone(&cluster);
+            asking.push(Box::pin(async move {
+                tokio::time::timeout(IDENTITY_TIMEOUT, c.init_producer_id())
+                    .await
+                    .unwrap_or_else(|_| Err(unavailable("InitProducerId", "no answer in time")))
+            }));
+        }
+        if now.duration_since(pruned) >= PRUNE_EVERY {
+            parts.prune();
+            pruned = now;
+        }
+        // Metadata refreshes asked for by this loop, at most one per RETRY_PAUSE.
+        let mut refresh = || {
+            if refreshed.is_none_or(|t| now.duration_since(t) >= RETRY_PAUSE) {
+                cluster.refresh_soon();
+                refreshed = Some(now);
+            }
+        };
+        // Start a request on every idle broker that has records to send.
         parts.held.retain(|_, t| *t > now);
-        // With several brokers, another takes over a partition whose leader is gone: its
-        // records wait for that (until their senders stop waiting). One broker alone has
-        // no one to take over, so its senders hear at once.
-        let cluster_of_many = cluster.broker_count() > 1;
+        // Another broker can take over a partition whose leader is gone when the metadata
+        // lists one that is not known to be down: its records wait for that (until their
+        // senders stop waiting). Otherwise (one broker, or all of them down) nobody can,
+        // and senders hear at once.
+        let brokers = cluster.broker_ids();
+        let up = |b: &i32| down_until.get(b).is_none_or(|t| *t <= now);
+        let taken_over = |node: Option<i32>| {
+            brokers.len() > 1 && brokers.iter().any(|b| Some(*b) != node && up(b))
+        };
         let mut by_node: HashMap<i32, Vec<i32>> = HashMap::new();
         let mut leaderless = Vec::new();
-        let ready = if matches!(identity, Identity::Settled) {
-            parts.ready()
-        } else {
-            Vec::new()
-        };
-        for p in ready {
+        for p in parts.ready() {
             match cluster.leader(p) {
                 Some(node) => by_node.entry(node).or_default().push(p),
                 None => leaderless.push(p),
             }
         }
         if !leaderless.is_empty() {
-            cluster.refresh_soon();
+            refresh();
         }
         for p in leaderless {
-            if cluster_of_many {
+            if taken_over(None) {
                 parts.held.insert(p, now + RETRY_PAUSE);
             } else {
                 let e = LogError::Unavailable(format!("no Kafka leader known for partition {p}"));
@@ -411,8 +475,8 @@ async fn run(
                 continue;
             }
             if let Some(t) = down_until.get(&node).filter(|t| **t > now) {
-                if cluster_of_many {
-                    cluster.refresh_soon();
+                if taken_over(Some(node)) {
+                    refresh();
                     for p in ps {
                         parts.held.insert(p, *t);
                     }
@@ -444,10 +508,12 @@ async fn run(
             return;
         }
         let mut next_retry = parts.held.values().min().copied();
-        if let Identity::Wanted(at) = identity {
-            if !parts.idle() {
-                next_retry = Some(next_retry.map_or(at, |t| t.min(at)));
-            }
+        if parts.waits_for_id() && asking.is_empty() {
+            next_retry = Some(next_retry.map_or(ask_at, |t| t.min(ask_at)));
+        }
+        if !parts.idle() {
+            let prune_at = pruned + PRUNE_EVERY;
+            next_retry = Some(next_retry.map_or(prune_at, |t| t.min(prune_at)));
         }
         tokio::select! {
             q = rx.recv(), if open && parts.queued < PRODUCE_QUEUE => match q {
@@ -459,10 +525,20 @@ async fn run(
                 for p in f.groups.keys() {
                     parts.in_flight.remove(p);
                 }
-                if settle(&cluster, &mut parts, &mut idle, &mut down_until, f) {
-                    identity = Identity::Wanted(Instant::now());
-                }
+                settle(&cluster, &mut parts, &mut idle, &mut down_until, f);
             }
+            Some(id) = asking.next(), if !asking.is_empty() => match id {
+                Ok(id) => {
+                    if let Some((id, epoch)) = id {
+                        tracing::debug!(producer_id = id, epoch, "kafka: idempotent producer");
+                    }
+                    parts.new_producer(id);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka: no producer id yet; retrying");
+                    ask_at = Instant::now() + IDENTITY_RETRY;
+                }
+            },
             _ = tokio::time::sleep_until(next_retry.unwrap_or(now).into()), if next_retry.is_some() => {}
             else => tokio::time::sleep(RETRY_PAUSE).await,
         }
@@ -501,13 +577,18 @@ async fn flight(
             }
         }
     };
-    let client_timeout = timeout + Duration::from_secs(1);
+    // A second after the broker's own time-out, so that a leader gone silent (no reset)
+    // frees its partitions for the new leader while their senders still wait.
+    let client_timeout = broker_timeout(timeout) + Duration::from_secs(1);
     let mut resent = false;
     let result = loop {
         let c = match conn.take() {
             Some(c) => c,
             None => match cluster.connect_node(node).await {
                 Ok(c) => c,
+                // After a first attempt on a connection that broke, the broker may have
+                // written the records: their fate is unknown, not "never sent".
+                Err(e) if resent => break Err(FlightError::Request(e)),
                 Err(e) => break Err(FlightError::Connect(e)),
             },
         };
@@ -539,18 +620,16 @@ fn broker_timeout(timeout: Duration) -> Duration {
 }
 
 /// Answers a request's waiters: offsets, a retry for what failed retryably (in front of
-/// the partition's later records), the error for the rest. True: the brokers disagree with
-/// the producer's id or sequence numbers, so it needs a new id.
+/// the partition's later records), the error for the rest.
 fn settle(
     cluster: &Arc<Cluster>,
     parts: &mut Partitions,
     idle: &mut HashMap<i32, Conn>,
     down_until: &mut HashMap<i32, Instant>,
     f: Flight,
-) -> bool {
+) {
     let retry_at = Instant::now() + RETRY_PAUSE;
     let mut groups = f.groups;
-    let mut new_id = false;
     match f.result {
         Ok(response) => {
             if let Some(c) = f.conn {
@@ -569,41 +648,47 @@ fn settle(
                             let _ = q.done.send(Ok(base_offset + i as i64));
                         }
                     }
-                    Err(e)
-                        if e.producer_state()
-                            && batch.stamp.map(|s| (s.producer_id, s.epoch)) == parts.producer
-                            && parts.producer.is_some() =>
-                    {
-                        tracing::warn!(
-                            node = f.node,
-                            partition,
-                            refusal = %e,
-                            "kafka: the broker disagrees with the producer's sequence; taking a new producer id"
-                        );
-                        new_id = true;
+                    Err(e) if e.producer_state() && batch.stamp.is_some() => {
+                        // The broker wrote nothing of it. If the partition still stamps
+                        // with that id, it takes a new one; the records go again under it.
+                        if parts.current(partition, batch.stamp) {
+                            tracing::warn!(
+                                node = f.node,
+                                partition,
+                                refusal = %e,
+                                "kafka: the broker disagrees with the partition's sequence numbers; taking a new producer id"
+                            );
+                            parts.renew(partition);
+                        }
                         parts.requeue(partition, batch.records);
                         parts.held.insert(partition, retry_at);
                     }
                     Err(e) => {
                         tracing::debug!(node = f.node, partition, error = %e, "kafka: produce refused");
                         stale |= e.stale();
+                        // A time-out may have been written (not yet on enough replicas).
+                        batch.unknown |= e.maybe_written();
                         let err = partition_error(e);
                         if err.retryable() {
-                            // A time-out may have been written (not yet on enough replicas).
-                            batch.unknown = true;
                             parts.retry(partition, batch, retry_at);
                         } else {
-                            parts.unwind(partition, &batch);
+                            if !batch.unknown {
+                                parts.unwind(partition, &batch);
+                            }
                             fail(batch.records, &err);
                         }
                     }
                 }
             }
-            for (p, b) in groups {
-                fail(
-                    b.records,
-                    &LogError::Other(format!("Kafka did not answer for partition {p}")),
+            // Partitions missing from the answer: their fate is unknown.
+            for (p, mut b) in groups {
+                tracing::warn!(
+                    node = f.node,
+                    partition = p,
+                    "kafka: no answer for a partition; retrying"
                 );
+                b.unknown = true;
+                parts.retry(p, b, retry_at);
             }
             if stale {
                 cluster.refresh_soon();
@@ -611,16 +696,20 @@ fn settle(
         }
         Err(FlightError::Connect(e)) => {
             tracing::warn!(node = f.node, error = %e, "kafka: cannot connect to the broker");
-            down_until.insert(f.node, Instant::now() + RECONNECT_BACKOFF);
+            let now = Instant::now();
+            down_until.insert(f.node, now + RECONNECT_BACKOFF);
             cluster.refresh_soon();
-            // This attempt reached no broker. In a cluster, another broker will lead these
-            // partitions; alone, the broker's senders hear at once, unless an earlier
-            // attempt may have been written: that batch is sent again when the broker is
-            // back (while its senders wait), so its answer names the first write.
-            let cluster_of_many = cluster.broker_count() > 1;
+            // This attempt reached no broker. If another broker can take the partitions
+            // over, they wait for it; alone, the broker's senders hear at once, unless an
+            // earlier attempt may have been written: that batch is sent again when the
+            // broker is back (while its senders wait), so its answer names the first write.
+            let others = cluster
+                .broker_ids()
+                .iter()
+                .any(|b| *b != f.node && down_until.get(b).is_none_or(|t| *t <= now));
             for (p, b) in groups {
-                if cluster_of_many || b.unknown {
-                    parts.retry(p, b, Instant::now() + RECONNECT_BACKOFF);
+                if others || b.unknown {
+                    parts.retry(p, b, now + RECONNECT_BACKOFF);
                 } else {
                     parts.unwind(p, &b);
                     fail(b.records, &e);
@@ -647,7 +736,6 @@ fn settle(
             }
         }
     }
-    new_id
 }
 
 fn fail(records: Vec<Queued>, e: &LogError) {
@@ -833,7 +921,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_refused_for_good_gives_its_sequence_back_and_a_new_id_starts_at_zero() {
+    fn a_batch_refused_for_good_gives_its_sequence_back_unless_it_may_have_been_written() {
         let mut parts = Partitions::default();
         parts.new_producer(Some((7, 0)));
         let (a, _wa) = queued(1, b"a");
@@ -846,22 +934,81 @@ mod tests {
         let mut next = parts.take(vec![1], 0);
         assert_eq!(seq(&next[&1]), Some(0), "the refused batch was not written");
         parts.in_flight.remove(&1);
-        // Its answer is lost, then the brokers disagree: a new id, the records again at 0.
+        // "b"'s answer is lost, then its sender gives up: its numbers stay used (had it
+        // been written, a later batch with the same numbers would be taken for it).
         let mut batch = next.remove(&1).expect("sent");
         batch.unknown = true;
+        drop(_wb);
         parts.retry(1, batch, Instant::now());
-        parts.new_producer(Some((8, 0)));
+        let (c, _wc) = queued(1, b"c");
+        parts.push(c);
         parts.held.clear();
-        let renewed = parts.take(vec![1], 0);
-        assert_eq!(values(&renewed[&1]), vec![b"b".to_vec()]);
+        let after = parts.take(vec![1], 0);
+        assert_eq!(values(&after[&1]), vec![b"c".to_vec()]);
+        assert_eq!(seq(&after[&1]), Some(1));
+    }
+
+    #[test]
+    fn a_partition_the_brokers_disagree_with_takes_a_new_id_the_others_keep_theirs() {
+        let mut parts = Partitions::default();
+        parts.new_producer(Some((7, 0)));
+        let (a, _wa) = queued(1, b"a");
+        let (b, _wb) = queued(2, b"b");
+        parts.push(a);
+        parts.push(b);
+        let mut sent = parts.take(vec![1, 2], 0);
+        parts.in_flight.clear();
+        // Partition 2's answer is lost (it is sent again as it was, under id 7); the
+        // brokers refuse partition 1's numbers: it takes a new id.
+        let mut two = sent.remove(&2).expect("sent");
+        two.unknown = true;
+        parts.retry(2, two, Instant::now());
+        let one = sent.remove(&1).expect("sent");
+        assert!(parts.current(1, one.stamp));
+        parts.renew(1);
+        parts.requeue(1, one.records);
+        assert!(parts.ready().is_empty() || parts.ready() == vec![2]);
+        parts.held.clear();
         assert_eq!(
-            renewed[&1].stamp,
+            parts.ready(),
+            vec![2],
+            "partition 1 waits for the new id, partition 2 does not"
+        );
+        parts.new_producer(Some((8, 0)));
+        let mut ready = parts.ready();
+        ready.sort_unstable();
+        assert_eq!(ready, vec![1, 2]);
+        let again = parts.take(vec![1, 2], 0);
+        assert_eq!(
+            again[&1].stamp,
             Some(Stamp {
                 producer_id: 8,
                 epoch: 0,
                 base_sequence: 0
             })
         );
+        assert_eq!(
+            again[&2].stamp,
+            Some(Stamp {
+                producer_id: 7,
+                epoch: 0,
+                base_sequence: 0
+            }),
+            "partition 2's batch goes again as it was"
+        );
+    }
+
+    #[test]
+    fn records_nobody_waits_for_are_pruned_from_held_partitions() {
+        let mut parts = Partitions::default();
+        let (a, wa) = queued(1, b"a");
+        let (b, _wb) = queued(1, b"b");
+        parts.push(a);
+        parts.push(b);
+        drop(wa);
+        parts.prune();
+        assert_eq!(parts.queued, 1);
+        assert_eq!(parts.queues[&1].len(), 1);
     }
 
     #[test]
@@ -875,6 +1022,8 @@ mod tests {
     fn broker_trouble_is_retryable_a_bad_record_is_not() {
         assert!(Refusal::out_of_order_sequence().producer_state());
         assert!(!Refusal::not_leader().producer_state());
+        assert!(Refusal::request_timed_out().maybe_written());
+        assert!(!Refusal::not_leader().maybe_written());
         assert!(partition_error(Refusal::not_leader()).retryable());
         assert!(!partition_error(Refusal::message_too_large()).retryable());
     }

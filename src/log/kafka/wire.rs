@@ -156,20 +156,32 @@ impl Refusal {
         matches!(
             self.0,
             ProtocolError::OutOfOrderSequenceNumber
-                | ProtocolError::DuplicateSequenceNumber
                 | ProtocolError::InvalidProducerEpoch
                 | ProtocolError::UnknownProducerId
                 | ProtocolError::ProducerFenced
         )
     }
 
-    /// The transaction coordinator (which hands out producer ids) is moving or loading.
-    pub fn coordinator_busy(self) -> bool {
+    /// A refusal after which the records may still be in the log (the leader appended
+    /// them, then timed out waiting for the replicas); the others are given before any
+    /// append.
+    pub fn maybe_written(self) -> bool {
         matches!(
             self.0,
-            ProtocolError::CoordinatorNotAvailable
-                | ProtocolError::NotCoordinator
-                | ProtocolError::CoordinatorLoadInProgress
+            ProtocolError::RequestTimedOut
+                | ProtocolError::NotEnoughReplicasAfterAppend
+                | ProtocolError::NetworkException
+                | ProtocolError::KafkaStorageError
+        )
+    }
+
+    /// The cluster does not give this client producer ids (it cannot be idempotent).
+    pub fn not_offered(self) -> bool {
+        matches!(
+            self.0,
+            ProtocolError::ClusterAuthorizationFailed
+                | ProtocolError::TransactionalIdAuthorizationFailed
+                | ProtocolError::UnsupportedVersion
         )
     }
 
@@ -205,6 +217,11 @@ impl Refusal {
     #[cfg(test)]
     pub fn offset_out_of_range() -> Refusal {
         Refusal(ProtocolError::OffsetOutOfRange)
+    }
+
+    #[cfg(test)]
+    pub fn request_timed_out() -> Refusal {
+        Refusal(ProtocolError::RequestTimedOut)
     }
 
     #[cfg(test)]
