@@ -221,10 +221,9 @@ impl ServerView {
                     };
                     (&mut kafka, key)
                 }
-                "chat_redis_requests_total" => (
-                    &mut redis,
-                    s.label("purpose").unwrap_or("other").to_owned(),
-                ),
+                "chat_redis_requests_total" => {
+                    (&mut redis, s.label("purpose").unwrap_or("other").to_owned())
+                }
                 _ => continue,
             };
             *map.entry(key).or_insert(0.0) += v;
@@ -245,7 +244,8 @@ impl ServerView {
 
     /// The summary's lines.
     pub fn summary(&self, out: &mut String) {
-        let _ = writeln!(
+        let _ =
+            writeln!(
             out,
             "server hops ({} /metrics read{}; p50/p99 from bucket deltas, linear within a bucket):",
             self.scraped.len(),
@@ -255,10 +255,7 @@ impl ServerView {
                 format!(", {} unreadable: {}", self.failed.len(), self.failed.join(" "))
             }
         );
-        let _ = writeln!(
-            out,
-            "  hop                count    p50 ms    p99 ms"
-        );
+        let _ = writeln!(out, "  hop                count    p50 ms    p99 ms");
         let ms = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.2}"));
         for h in &self.hops {
             let _ = writeln!(
@@ -271,11 +268,16 @@ impl ServerView {
             );
         }
         let line = |m: &BTreeMap<String, f64>| {
-            m.iter()
+            let counted: Vec<String> = m
+                .iter()
                 .filter(|(_, v)| **v > 0.0)
                 .map(|(k, v)| format!("{k} {v:.2}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+                .collect();
+            if counted.is_empty() {
+                "none counted (the embedded mode uses neither)".to_owned()
+            } else {
+                counted.join(", ")
+            }
         };
         let _ = writeln!(
             out,
@@ -385,7 +387,9 @@ broken{a="x} 1
             Some(&7.0)
         );
         // An unterminated label value is skipped, comments too.
-        assert!(!p.keys().any(|k| k.name == "broken" || k.name.starts_with('#')));
+        assert!(!p
+            .keys()
+            .any(|k| k.name == "broken" || k.name.starts_with('#')));
         assert_eq!(
             buckets(&p, "chat_hop_seconds", Some(("hop", "bus"))),
             vec![(0.001, 10.0), (0.002, 20.0), (f64::INFINITY, 20.0)]
@@ -404,7 +408,12 @@ broken{a="x} 1
         let tail = [(0.001, 1.0), (f64::INFINITY, 100.0)];
         assert!(close(quantile(&tail, 0.99), 0.001));
         // Empty buckets before the rank are skipped.
-        let gap = [(0.001, 0.0), (0.002, 0.0), (0.005, 4.0), (f64::INFINITY, 4.0)];
+        let gap = [
+            (0.001, 0.0),
+            (0.002, 0.0),
+            (0.005, 4.0),
+            (f64::INFINITY, 4.0),
+        ];
         assert!(close(quantile(&gap, 0.5), 0.0035));
         assert_eq!(quantile(&[(0.001, 0.0), (f64::INFINITY, 0.0)], 0.5), None);
         assert_eq!(quantile(&[], 0.5), None);
@@ -447,7 +456,10 @@ broken{a="x} 1
         let mut out = String::new();
         v.summary(&mut out);
         assert!(out.contains("linear within a bucket"), "{out}");
-        assert!(out.contains("kafka: fetch_relay 1.00, produce 0.50, total 1.50"), "{out}");
+        assert!(
+            out.contains("kafka: fetch_relay 1.00, produce 0.50, total 1.50"),
+            "{out}"
+        );
     }
 
     #[test]

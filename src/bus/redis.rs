@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 
 use super::{Bus, BusError, BusEvent, BusNotice, Channel, PRESENCE_TTL};
 use crate::model::UserId;
-use crate::telemetry::hops::{redis_request as count, Redis};
 use crate::shutdown::Shutdown;
+use crate::telemetry::hops::{redis_request as count, Redis};
 
 /// Presence lives in one sorted set per user (see `lua/presence_join.lua`).
 const PRESENCE_JOIN: &str = include_str!("lua/presence_join.lua");

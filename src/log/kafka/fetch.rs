@@ -223,7 +223,16 @@ async fn fetch_loop(
                 tracing::warn!(node, error = %e, "kafka: fetch answer unreadable; fetching partitions one by one");
                 for (p, offset) in ready {
                     let one = fetch_request(&cluster.topic, &[(p, offset)], 1, Duration::ZERO);
-                    match send(&cluster, node, &mut conn, &one, Duration::ZERO, profile.requests).await {
+                    match send(
+                        &cluster,
+                        node,
+                        &mut conn,
+                        &one,
+                        Duration::ZERO,
+                        profile.requests,
+                    )
+                    .await
+                    {
                         Ok(response) => {
                             if hand_over(&mut streams, response) {
                                 cluster.refresh_soon();
