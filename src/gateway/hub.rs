@@ -413,11 +413,11 @@ impl Hub {
                 return;
             }
         };
+        // The start of the `fanout` hop (a clock read, no syscall).
+        let got = Instant::now();
         // Governance events invalidate what this gateway cached (a second path beside the
         // user's channel, which the deciding gateway publishes on): before the room's
         // shard is locked (`revoke` locks users, then rooms).
-        // The start of the `fanout` hop (a clock read, no syscall).
-        let got = Instant::now();
         if let BusEvent::Message { message, .. } = event {
             self.learn(message);
         }
@@ -617,6 +617,42 @@ mod tests {
             });
         }
         got
+    }
+
+    #[test]
+    fn the_publish_stamp_of_a_bus_event_survives_a_rolling_upgrade() {
+        let room = Uuid::now_v7();
+        let BusEvent::Message { message, .. } = message(room, 3) else {
+            unreachable!()
+        };
+        let stamped = BusEvent::Message {
+            message: message.clone(),
+            published_us: Some(1_700_000_000_000_000),
+        };
+        let json = serde_json::to_value(&stamped).unwrap();
+        assert_eq!(json["published_us"], 1_700_000_000_000_000i64);
+        assert_eq!(
+            serde_json::from_value::<BusEvent>(json.clone()).unwrap(),
+            stamped
+        );
+        // From an older relay: no stamp.
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("published_us");
+        let read: BusEvent = serde_json::from_value(old).unwrap();
+        assert!(matches!(
+            read,
+            BusEvent::Message {
+                published_us: None,
+                ..
+            }
+        ));
+        // A newer relay's fields are ignored, as an older gateway ignores this stamp.
+        let mut newer = json;
+        newer["some_later_field"] = serde_json::json!(1);
+        assert_eq!(serde_json::from_value::<BusEvent>(newer).unwrap(), stamped);
+        // The stamp is never on the client's frame.
+        let frame = crate::protocol::record_frame(&message).to_text();
+        assert!(!frame.contains("published"), "{frame}");
     }
 
     #[tokio::test]
