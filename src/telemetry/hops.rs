@@ -309,7 +309,8 @@ mod tests {
         redis_request(Redis::Claim);
         let mut after = String::new();
         render(&mut after);
-        assert_eq!(count(&after, "bus") - count(&before, "bus"), 4);
+        // At least: a test running beside this one may record too.
+        assert!(count(&after, "bus") - count(&before, "bus") >= 4);
         assert!(after.contains("# TYPE chat_hop_seconds histogram"));
         assert!(after.contains("chat_hop_seconds_bucket{hop=\"fanout\",le=\"0.0001\"}"));
         assert!(after.contains("chat_hop_seconds_bucket{hop=\"fanout\",le=\"+Inf\"}"));
