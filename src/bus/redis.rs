@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::{Bus, BusError, BusEvent, BusNotice, Channel, PRESENCE_TTL};
 use crate::model::UserId;
 use crate::shutdown::Shutdown;
+use crate::telemetry::hops::{redis_request as count, Redis};
 
 /// Presence lives in one sorted set per user (see `lua/presence_join.lua`).
 const PRESENCE_JOIN: &str = include_str!("lua/presence_join.lua");
@@ -197,6 +198,7 @@ impl Bus for RedisBus {
         if events.is_empty() {
             return Ok(());
         }
+        count(Redis::Publish);
         let mut pipe = redis::pipe();
         for e in events {
             let payload =
@@ -208,6 +210,7 @@ impl Bus for RedisBus {
     }
 
     async fn subscribe(&self, channel: Channel) -> Result<(), BusError> {
+        count(Redis::Subscribe);
         let mut c = self.subscriber.clone();
         c.subscribe(self.channel(channel))
             .await
@@ -215,6 +218,7 @@ impl Bus for RedisBus {
     }
 
     async fn unsubscribe(&self, channel: Channel) -> Result<(), BusError> {
+        count(Redis::Subscribe);
         let mut c = self.subscriber.clone();
         c.unsubscribe(self.channel(channel))
             .await
@@ -222,6 +226,7 @@ impl Bus for RedisBus {
     }
 
     async fn presence_join(&self, user: UserId, conn: &str) -> Result<bool, BusError> {
+        count(Redis::Presence);
         let now = now_ms();
         let ttl = PRESENCE_TTL.as_millis() as i64;
         let mut c = self.commands.clone();
@@ -239,6 +244,7 @@ impl Bus for RedisBus {
     }
 
     async fn presence_leave(&self, user: UserId, conn: &str) -> Result<bool, BusError> {
+        count(Redis::Presence);
         let mut c = self.commands.clone();
         let (removed, after): (i64, i64) = self
             .leave
@@ -268,6 +274,7 @@ impl Bus for RedisBus {
                     .arg(2 * ttl)
                     .ignore();
             }
+            count(Redis::Presence);
             let mut c = self.commands.clone();
             pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
         }
@@ -286,6 +293,7 @@ impl Bus for RedisBus {
                 .arg(now)
                 .arg("+inf");
         }
+        count(Redis::Presence);
         let mut c = self.commands.clone();
         let counts: Vec<i64> = pipe.query_async(&mut c).await.map_err(unavailable)?;
         Ok(users
@@ -301,6 +309,7 @@ impl Bus for RedisBus {
     async fn ping(&self) -> Result<(), BusError> {
         for conn in [&self.commands, &self.subscriber] {
             let mut c = conn.clone();
+            count(Redis::Ping);
             redis::cmd("PING")
                 .query_async::<redis::Value>(&mut c)
                 .await

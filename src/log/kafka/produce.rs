@@ -592,6 +592,7 @@ async fn flight(
                 Err(e) => break Err(FlightError::Connect(e)),
             },
         };
+        crate::telemetry::hops::kafka_request(crate::telemetry::hops::Kafka::Produce);
         match tokio::time::timeout(client_timeout, c.produce(&request)).await {
             Ok(Ok(response)) => {
                 conn = Some(c);
