@@ -13,7 +13,10 @@
 # consumer on BASE_PORT+100), SEND_RATE (per-connection send limit, default 1000 so one
 # sender can drive the fanout scenario; the server's own default is 20), NO_CONSUMER=1
 # (start only the gateways: the persist scenario can then time the consumer alone, see
-# benches/README.md), HTTP_WORKERS (default 1 per gateway), RUST_LOG (default warn).
+# benches/README.md), HTTP_WORKERS (default 1 per gateway), RUST_LOG (default warn),
+# KAFKA=cluster (the three-broker cluster of `scripts/services.sh start-kafka-cluster`,
+# replication factor 3, instead of the single broker), REDIS=cluster (the Redis Cluster of
+# `scripts/services.sh start-redis-cluster`, 3 masters + 3 replicas, instead of one Redis).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CACHE="${CHAT_CACHE:-$HOME/.cache/chat}"
@@ -58,6 +61,21 @@ start() {
       --bootstrap-server "$KAFKA_BROKERS" --delete --topic 'chat\.bench\..*' >/dev/null 2>&1 || true
     redis-cli -u "$REDIS_URL" flushall >/dev/null 2>&1 || true
   fi
+  if [ "${KAFKA:-single}" = cluster ]; then
+    bash scripts/services.sh start-kafka-cluster >/dev/null
+    KAFKA_BROKERS="$(bash scripts/services.sh env | sed -n 's/^export CLUSTER_KAFKA_BROKERS=//p')"
+    [ -n "$KAFKA_BROKERS" ] || { echo "the Kafka cluster is not up" >&2; exit 1; }
+    bash scripts/services.sh kafka-class org.apache.kafka.tools.TopicCommand \
+      --bootstrap-server "${KAFKA_BROKERS%%,*}" --delete --topic 'chat\.bench\..*' >/dev/null 2>&1 || true
+  fi
+  unset REDIS_CLUSTER_NODES
+  if [ "${REDIS:-single}" = cluster ]; then
+    bash scripts/services.sh start-redis-cluster >/dev/null
+    REDIS_CLUSTER_NODES="$(bash scripts/services.sh env | sed -n 's/^export CLUSTER_REDIS_NODES=//p')"
+    [ -n "$REDIS_CLUSTER_NODES" ] || { echo "the Redis Cluster is not up" >&2; exit 1; }
+    export REDIS_CLUSTER_NODES
+    unset REDIS_URL
+  fi
   local tag db
   tag="b$(date +%s)"
   db="chat_bench"
@@ -81,8 +99,9 @@ start() {
   # (the server's default is one per core). Paired runs: lower p99 in every pair
   # (benches/README.md, "Multi-partition requests"). HTTP_WORKERS=2 for the default.
   export HTTP_WORKERS="${HTTP_WORKERS:-1}"
-  export REDIS_URL KAFKA_BROKERS
-  export -p | grep -E ' (DATABASE_URL|REDIS_URL|KAFKA_BROKERS|KAFKA_TOPIC|REDIS_PREFIX|NO_MIGRATE|JWT_SECRET|SEND_RATE_PER_SEC|SEND_RATE_BURST|REGISTER_RATE_PER_ADDRESS|REGISTER_BURST_PER_ADDRESS|HASH_QUEUE|MAX_CONNECTIONS_PER_USER|ROOM_CREATE_PER_MINUTE|RUST_LOG|HTTP_WORKERS)=' >"$DIR/env"
+  [ -z "${REDIS_URL:-}" ] || export REDIS_URL
+  export KAFKA_BROKERS
+  export -p | grep -E ' (DATABASE_URL|REDIS_URL|REDIS_CLUSTER_NODES|KAFKA_BROKERS|KAFKA_TOPIC|REDIS_PREFIX|NO_MIGRATE|JWT_SECRET|SEND_RATE_PER_SEC|SEND_RATE_BURST|REGISTER_RATE_PER_ADDRESS|REGISTER_BURST_PER_ADDRESS|HASH_QUEUE|MAX_CONNECTIONS_PER_USER|ROOM_CREATE_PER_MINUTE|RUST_LOG|HTTP_WORKERS)=' >"$DIR/env"
   # 20,000 connections need more than the default open-file limit.
   ulimit -Hn 1048576 2>/dev/null || true
   ulimit -n "$(ulimit -Hn)"

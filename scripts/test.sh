@@ -59,6 +59,8 @@ bash scripts/services.sh start
 bash scripts/services.sh start-tls
 banner "services: Redis Cluster, 3 masters + 3 replicas (scripts/services.sh start-redis-cluster)"
 bash scripts/services.sh start-redis-cluster
+# Three Kafka brokers (replication factor 3, min ISR 2) for the fault tests at N (tests/faults).
+bash scripts/services.sh start-kafka-cluster
 eval "$(bash scripts/services.sh env)"
 # The cluster reaches the tests under another name: every `chat` a test spawns inherits this
 # environment, and REDIS_CLUSTER_NODES there would make it a cluster process (or one refusing

@@ -392,7 +392,12 @@ impl Config {
             database_pool_size: a.database_pool_size,
             drain_timeout: Duration::from_secs(a.drain_timeout_secs),
             http_workers: a.http_workers,
-            produce_timeout: Duration::from_secs(5),
+            // Long enough to ride out a leader's failover in a Kafka cluster (the broker
+            // session time-out, 9 s by default, then an election): the idempotent producer
+            // sends a batch whose answer was lost again to the new leader, which answers
+            // with the first write's offset. Short enough to fit in the drain's wait for
+            // open sends (3/4 of the 20 s default drain time-out).
+            produce_timeout: Duration::from_secs(12),
             limits: Limits {
                 sends_per_second: a.send_rate_per_sec.max(1),
                 send_burst: a.send_rate_burst.max(1),

@@ -4,6 +4,8 @@
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
+pub mod hops;
+
 use crate::cli::LogFormat;
 
 /// actix-http logs every request it cannot parse (a client's malformed HTTP) as an ERROR

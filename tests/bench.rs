@@ -286,6 +286,14 @@ async fn bench_chatty_against_an_embedded_server() {
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert!(r.kinds.is_empty(), "per kind only for mixed");
     assert!(r.ack.count > 0 && r.deliver.count > 0);
+    // The server's own view, from its /metrics before and after: every hop counted (the
+    // embedded mode has them all), the messages made durable meanwhile.
+    let s = r.server.as_ref().expect("the server's view");
+    assert_eq!((s.scraped.len(), s.failed.len()), (1, 0), "{s:?}");
+    assert!(s.messages > 0.0, "{s:?}");
+    for h in &s.hops {
+        assert!(h.count > 0.0 && h.p99_ms.is_some(), "{h:?}");
+    }
 }
 
 // Needs the server side of edits and reactions (issue 18): a server without it answers

@@ -75,6 +75,11 @@ pub struct BenchArgs {
     /// A server process to sample (CPU% from /proc/PID/stat, RSS from /proc/PID/status).
     #[arg(long = "pid")]
     pub pids: Vec<u32>,
+    /// A further `/metrics` to read before and after the measured window, beside every
+    /// gateway's (a consumer's, e.g. http://127.0.0.1:8181/metrics); repeat for several.
+    /// Per-hop latencies and requests per message come from their differences.
+    #[arg(long = "metrics-url", value_name = "URL")]
+    pub metrics_urls: Vec<String>,
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -117,8 +122,13 @@ mod tests {
             "http://127.0.0.1:2",
             "--pid",
             "7",
+            "--metrics-url",
+            "http://127.0.0.1:8181/metrics",
+            "--metrics-url",
+            "http://127.0.0.1:8182/metrics",
         ])
         .unwrap();
+        assert_eq!(a.metrics_urls.len(), 2);
         assert_eq!(a.scenario, Scenario::Fanout);
         assert_eq!(a.gateways.len(), 2);
         assert_eq!(a.pids, vec![7]);

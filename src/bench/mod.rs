@@ -12,12 +12,14 @@
 //! - `cli`: the flags; `scenario`: presets and flags → [`scenario::Spec`], and each connection's plan.
 //! - `client`: the HTTP set-up calls and one connection's life; `mixed`: the mixed
 //!   scenario's sends (reactions, edits, replies) and per-kind matching.
-//! - `stats`: counters and sharded histograms; `procs`: CPU and RSS sampling;
+//! - `stats`: counters and sharded histograms; `procs`: CPU and RSS sampling; `hops`: the
+//!   servers' `/metrics` before and after (per-hop latencies, requests per message);
 //!   `persist`: the PostgreSQL side of the `persist` scenario; `report`: JSON, summary
 //!   table, `--compare`.
 
 pub mod cli;
 pub mod client;
+pub mod hops;
 pub mod mixed;
 pub mod persist;
 pub mod procs;
@@ -391,9 +393,21 @@ async fn execute(spec: &Spec, args: &BenchArgs) -> Result<Report, BenchError> {
         start,
         progress_stop.clone(),
     ));
+    // The servers' own metrics: every gateway's and each --metrics-url.
+    let metrics_urls: Vec<String> = gws
+        .iter()
+        .map(|g| hops::metrics_url(&g.base))
+        .chain(args.metrics_urls.iter().cloned())
+        .collect();
+    let scraper = reqwest::Client::new();
     tokio::time::sleep_until(measure_from.into()).await;
     procs::sample_now(&sampled);
     let machine_from = procs::machine_ticks();
+    let metrics_before = if spec.senders > 0 {
+        hops::scrape(&scraper, &metrics_urls).await
+    } else {
+        Vec::new()
+    };
     tokio::time::sleep_until(send_end.into()).await;
     procs::sample_now(&sampled);
     let machine = machine_from
@@ -417,6 +431,13 @@ async fn execute(spec: &Spec, args: &BenchArgs) -> Result<Report, BenchError> {
         }
     }
     let last_ack_us = Counters::get(&c.last_ack_us);
+    // After the drain: what the window's sends cost on their way, on every hop.
+    let server = if spec.senders > 0 {
+        let after = hops::scrape(&scraper, &metrics_urls).await;
+        Some(hops::view(&metrics_urls, &metrics_before, &after))
+    } else {
+        None
+    };
 
     // persist: PostgreSQL must hold what the gateways acked.
     let persist = match (&args.database_url, rows_watch) {
@@ -527,6 +548,7 @@ async fn execute(spec: &Spec, args: &BenchArgs) -> Result<Report, BenchError> {
         bench,
         servers,
         persist,
+        server,
     })
 }
 

@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::hops::ServerView;
 use super::procs::ProcReport;
 use super::scenario::Spec;
 use super::stats::q_ms;
@@ -156,6 +157,10 @@ pub struct Report {
     pub bench: ProcReport,
     pub servers: Vec<ProcReport>,
     pub persist: Option<Persist>,
+    /// The servers' view (their `/metrics` before and after the window): per-hop
+    /// latencies and requests per message. Runs with senders only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerView>,
 }
 
 fn row(out: &mut String, name: &str, l: &Latency) {
@@ -225,6 +230,9 @@ impl Report {
             );
             row(&mut o, "ack", &self.ack);
             row(&mut o, "deliver", &self.deliver);
+        }
+        if let Some(server) = &self.server {
+            server.summary(&mut o);
         }
         if !self.kinds.is_empty() {
             let _ = writeln!(

@@ -44,6 +44,12 @@ pub enum BusError {
 pub enum BusEvent {
     Message {
         message: Message,
+        /// When the relay handed it to the bus: wall-clock microseconds since the Unix
+        /// epoch, on the relay's clock (the start of the `bus` hop, telemetry/hops.rs).
+        /// Never on a client's frame. Absent from an older relay's events, and ignored by
+        /// an older gateway (a rolling upgrade mixes both).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        published_us: Option<i64>,
     },
     Typing {
         room: RoomId,
@@ -137,7 +143,7 @@ pub enum Channel {
 impl BusEvent {
     pub fn channel(&self) -> Channel {
         match self {
-            BusEvent::Message { message } => Channel::Room(message.room),
+            BusEvent::Message { message, .. } => Channel::Room(message.room),
             BusEvent::Typing { room, .. }
             | BusEvent::Member { room, .. }
             | BusEvent::Presence { room, .. }

@@ -41,6 +41,7 @@ use super::conn::{ConnSpec, RedisConn};
 use super::{Bus, BusError, BusEvent, BusNotice, Channel, PRESENCE_TTL};
 use crate::model::UserId;
 use crate::shutdown::Shutdown;
+use crate::telemetry::hops::{redis_request as count, Redis};
 
 /// Presence lives in one sorted set per user (see `lua/presence_join.lua`).
 const PRESENCE_JOIN: &str = include_str!("lua/presence_join.lua");
@@ -401,6 +402,7 @@ impl Bus for RedisBus {
             }
             return futures_util::stream::iter(pipes)
                 .map(|pipe| {
+                    count(Redis::Publish);
                     let mut c = self.commands.clone();
                     async move { pipe.query_async::<()>(&mut c).await }
                 })
@@ -409,6 +411,7 @@ impl Bus for RedisBus {
                 .await
                 .map_err(unavailable);
         }
+        count(Redis::Publish);
         let mut pipe = redis::pipe();
         for e in events {
             let payload =
@@ -420,6 +423,7 @@ impl Bus for RedisBus {
     }
 
     async fn subscribe(&self, channel: Channel) -> Result<(), BusError> {
+        count(Redis::Subscribe);
         let name = self.channel(channel);
         match &self.subscriber {
             RedisConn::Single(c) => c.clone().subscribe(name).await.map_err(unavailable),
@@ -435,6 +439,7 @@ impl Bus for RedisBus {
     }
 
     async fn unsubscribe(&self, channel: Channel) -> Result<(), BusError> {
+        count(Redis::Subscribe);
         let name = self.channel(channel);
         match &self.subscriber {
             RedisConn::Single(c) => c.clone().unsubscribe(name).await.map_err(unavailable),
@@ -453,6 +458,7 @@ impl Bus for RedisBus {
     }
 
     async fn presence_join(&self, user: UserId, conn: &str) -> Result<bool, BusError> {
+        count(Redis::Presence);
         let now = now_ms();
         let ttl = PRESENCE_TTL.as_millis() as i64;
         let mut c = self.commands.clone();
@@ -470,6 +476,7 @@ impl Bus for RedisBus {
     }
 
     async fn presence_leave(&self, user: UserId, conn: &str) -> Result<bool, BusError> {
+        count(Redis::Presence);
         let mut c = self.commands.clone();
         let (removed, after): (i64, i64) = self
             .leave
@@ -509,6 +516,7 @@ impl Bus for RedisBus {
                 .collect();
             return futures_util::stream::iter(pipes)
                 .map(|pipe| {
+                    count(Redis::Presence);
                     let mut c = self.commands.clone();
                     async move { pipe.query_async::<()>(&mut c).await }
                 })
@@ -522,6 +530,7 @@ impl Bus for RedisBus {
             for (user, conn) in chunk {
                 refresh(&mut pipe, *user, conn);
             }
+            count(Redis::Presence);
             let mut c = self.commands.clone();
             pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
         }
@@ -533,16 +542,17 @@ impl Bus for RedisBus {
             return Ok(HashSet::new());
         }
         let now = now_ms();
-        let count = |u: &UserId| {
+        let zcount = |u: &UserId| {
             let mut cmd = redis::cmd("ZCOUNT");
             cmd.arg(self.presence_key(*u)).arg(now).arg("+inf");
             cmd
         };
         let counts: Vec<i64> = if self.commands.is_cluster() {
             // One command per user (each key its own slot), in the users' order.
-            let cmds: Vec<redis::Cmd> = users.iter().map(count).collect();
+            let cmds: Vec<redis::Cmd> = users.iter().map(zcount).collect();
             futures_util::stream::iter(cmds)
                 .map(|cmd| {
+                    count(Redis::Presence);
                     let mut c = self.commands.clone();
                     async move { cmd.query_async::<i64>(&mut c).await }
                 })
@@ -553,8 +563,9 @@ impl Bus for RedisBus {
         } else {
             let mut pipe = redis::pipe();
             for u in users {
-                pipe.add_command(count(u));
+                pipe.add_command(zcount(u));
             }
+            count(Redis::Presence);
             let mut c = self.commands.clone();
             pipe.query_async(&mut c).await.map_err(unavailable)?
         };
@@ -572,6 +583,7 @@ impl Bus for RedisBus {
         // (On a cluster, PING goes to every master: down while one fails over.)
         for conn in [&self.commands, &self.subscriber] {
             let mut c = conn.clone();
+            count(Redis::Ping);
             redis::cmd("PING")
                 .query_async::<redis::Value>(&mut c)
                 .await

@@ -6,7 +6,7 @@
 //! the recent tail); readers drop what they have seen by position.
 
 use std::collections::{HashSet, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +15,7 @@ use crate::bus::BusEvent;
 use crate::coord::Lease;
 use crate::log::{LogError, LogReader, Pace};
 use crate::model::MessageId;
+use crate::telemetry::hops::{self, Hop};
 use crate::telemetry::names;
 
 /// Ids remembered for duplicate detection.
@@ -134,18 +135,25 @@ pub async fn run(c: &Consumer, lease: Lease, stop: CancellationToken) {
                 continue;
             }
         };
+        let fetched = Instant::now();
+        let fetched_us = hops::now_us();
         let events: Vec<BusEvent> = batch
             .records
             .into_iter()
             .filter_map(|r| r.message)
+            .inspect(|m| hops::wall(Hop::LogToRelay, m.sent_at.timestamp_micros(), fetched_us))
             .filter(|m| not_before.is_none_or(|t| m.sent_at >= t))
             .filter(|m| recent.insert(m.id))
-            .map(|message| BusEvent::Message { message })
+            .map(|message| BusEvent::Message {
+                message,
+                published_us: Some(hops::now_us()),
+            })
             .collect();
         // Never skip: retry the same events until the bus takes them.
         while !events.is_empty() {
             match c.bus.publish(&events).await {
                 Ok(()) => {
+                    hops::record_n(Hop::RelayPublish, fetched.elapsed(), events.len() as u64);
                     metrics::counter!(names::RELAYED).increment(events.len() as u64);
                     backoff.reset();
                     break;

@@ -37,6 +37,7 @@ use super::{
     Tombstones,
 };
 use crate::model::{MessageId, RoomId, UserId};
+use crate::telemetry::hops::{redis_request as count, Redis};
 
 struct Scripts {
     claim: redis::Script,
@@ -130,6 +131,7 @@ fn parse_id(s: &str) -> Result<MessageId, CoordError> {
 #[async_trait]
 impl SendClaims for RedisCoord {
     async fn claim(&self, key: &SendKey, fresh: MessageId) -> Result<Claim, CoordError> {
+        count(Redis::Claim);
         let v: String = self
             .scripts
             .claim
@@ -154,6 +156,7 @@ impl SendClaims for RedisCoord {
     }
 
     async fn settle(&self, key: &SendKey, outcome: &Settled) -> Result<(), CoordError> {
+        count(Redis::Settle);
         let (value, ttl) = match outcome {
             Settled::Done(m) => {
                 let json =
@@ -176,6 +179,7 @@ impl SendClaims for RedisCoord {
 #[async_trait]
 impl Leases for RedisCoord {
     async fn heartbeat(&self, me: &str) -> Result<Vec<String>, CoordError> {
+        count(Redis::Lease);
         let now = chrono::Utc::now().timestamp_millis();
         let ttl = millis(self.timings.lease);
         let mut live: Vec<String> = self
@@ -197,6 +201,7 @@ impl Leases for RedisCoord {
     }
 
     async fn leave(&self, me: &str) -> Result<(), CoordError> {
+        count(Redis::Lease);
         redis::cmd("ZREM")
             .arg(format!("{}:consumers", self.leases))
             .arg(me)
@@ -206,6 +211,7 @@ impl Leases for RedisCoord {
     }
 
     async fn acquire(&self, me: &str, partition: i32) -> Result<Option<Lease>, CoordError> {
+        count(Redis::Lease);
         let key = self.lease_key(partition);
         let epoch: Option<i64> = self
             .scripts
@@ -225,6 +231,7 @@ impl Leases for RedisCoord {
     }
 
     async fn renew(&self, lease: &Lease) -> Result<bool, CoordError> {
+        count(Redis::Lease);
         let n: i64 = self
             .scripts
             .renew
@@ -238,6 +245,7 @@ impl Leases for RedisCoord {
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, CoordError> {
+        count(Redis::Lease);
         let n: i64 = self
             .scripts
             .release
@@ -253,6 +261,7 @@ impl Leases for RedisCoord {
 #[async_trait]
 impl Positions for RedisCoord {
     async fn position(&self, partition: i32) -> Result<Option<i64>, CoordError> {
+        count(Redis::Position);
         redis::cmd("GET")
             .arg(format!("{}:{partition}", self.positions))
             .query_async(&mut self.conn.clone())
@@ -261,6 +270,7 @@ impl Positions for RedisCoord {
     }
 
     async fn save(&self, lease: &Lease, offset: i64) -> Result<bool, CoordError> {
+        count(Redis::Position);
         let n: i64 = self
             .scripts
             .save
@@ -278,6 +288,7 @@ impl Positions for RedisCoord {
 #[async_trait]
 impl Tombstones for RedisCoord {
     async fn bury(&self, message: MessageId) -> Result<(), CoordError> {
+        count(Redis::Tombstone);
         redis::cmd("SET")
             .arg(format!("{}:tomb:{message}", self.prefix))
             .arg(1)
@@ -289,6 +300,7 @@ impl Tombstones for RedisCoord {
     }
 
     async fn buried(&self, message: MessageId) -> Result<bool, CoordError> {
+        count(Redis::Tombstone);
         let n: i64 = redis::cmd("EXISTS")
             .arg(format!("{}:tomb:{message}", self.prefix))
             .query_async(&mut self.conn.clone())
@@ -314,6 +326,7 @@ impl SlowMode for RedisCoord {
         let now = chrono::Utc::now().timestamp_millis();
         let next = now.saturating_add(ms as i64);
         let mut conn = self.conn.clone();
+        count(Redis::SlowMode);
         let set: Option<String> = redis::cmd("SET")
             .arg(&key)
             .arg(format!("{next}:{id}"))
@@ -326,6 +339,7 @@ impl SlowMode for RedisCoord {
         if set.is_some() {
             return Ok(None);
         }
+        count(Redis::SlowMode);
         let held: Option<String> = redis::cmd("GET")
             .arg(&key)
             .query_async(&mut conn)

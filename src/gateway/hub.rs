@@ -34,6 +34,7 @@ use crate::bus::{Bus, BusEvent, Channel, Revocation, UserNotice};
 use crate::model::{Position, RoomId, UserId};
 use crate::protocol::{close, ServerFrame};
 use crate::shutdown::Shutdown;
+use crate::telemetry::hops::{self, Hop};
 use crate::telemetry::names;
 
 pub type ConnId = u64;
@@ -412,10 +413,12 @@ impl Hub {
                 return;
             }
         };
+        // The start of the `fanout` hop (a clock read, no syscall).
+        let got = Instant::now();
         // Governance events invalidate what this gateway cached (a second path beside the
         // user's channel, which the deciding gateway publishes on): before the room's
         // shard is locked (`revoke` locks users, then rooms).
-        if let BusEvent::Message { message } = event {
+        if let BusEvent::Message { message, .. } = event {
             self.learn(message);
         }
         if matches!(event, BusEvent::Message { .. }) && self.suspended.load(Ordering::Acquire) {
@@ -427,12 +430,19 @@ impl Hub {
             return;
         };
         let text: ByteString = match event {
-            BusEvent::Message { message } => {
+            BusEvent::Message {
+                message,
+                published_us,
+            } => {
                 if entry.last_position.is_some_and(|l| message.position <= l) {
                     return;
                 }
                 entry.last_position = Some(message.position);
-                let lag = chrono::Utc::now() - message.sent_at;
+                let now = chrono::Utc::now();
+                if let Some(published) = published_us {
+                    hops::wall(Hop::Bus, *published, now.timestamp_micros());
+                }
+                let lag = now - message.sent_at;
                 metrics::histogram!(names::SEND_TO_DELIVER_SECONDS)
                     .record(lag.num_microseconds().unwrap_or(0) as f64 / 1e6);
                 crate::protocol::record_frame(message).to_text().into()
@@ -473,10 +483,11 @@ impl Hub {
             Frame(Arc<ByteString>),
         }
         let shared = match event {
-            BusEvent::Message { message } => Shared::Message(Arc::new(Live {
+            BusEvent::Message { message, .. } => Shared::Message(Arc::new(Live {
                 room,
                 position: message.position,
                 text,
+                got,
             })),
             _ => Shared::Frame(Arc::new(text)),
         };
@@ -592,6 +603,7 @@ mod tests {
                 sent_at: chrono::Utc::now(),
                 ..Default::default()
             },
+            published_us: None,
         }
     }
 
@@ -605,6 +617,42 @@ mod tests {
             });
         }
         got
+    }
+
+    #[test]
+    fn the_publish_stamp_of_a_bus_event_survives_a_rolling_upgrade() {
+        let room = Uuid::now_v7();
+        let BusEvent::Message { message, .. } = message(room, 3) else {
+            unreachable!()
+        };
+        let stamped = BusEvent::Message {
+            message: message.clone(),
+            published_us: Some(1_700_000_000_000_000),
+        };
+        let json = serde_json::to_value(&stamped).unwrap();
+        assert_eq!(json["published_us"], 1_700_000_000_000_000i64);
+        assert_eq!(
+            serde_json::from_value::<BusEvent>(json.clone()).unwrap(),
+            stamped
+        );
+        // From an older relay: no stamp.
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("published_us");
+        let read: BusEvent = serde_json::from_value(old).unwrap();
+        assert!(matches!(
+            read,
+            BusEvent::Message {
+                published_us: None,
+                ..
+            }
+        ));
+        // A newer relay's fields are ignored, as an older gateway ignores this stamp.
+        let mut newer = json;
+        newer["some_later_field"] = serde_json::json!(1);
+        assert_eq!(serde_json::from_value::<BusEvent>(newer).unwrap(), stamped);
+        // The stamp is never on the client's frame.
+        let frame = crate::protocol::record_frame(&message).to_text();
+        assert!(!frame.contains("published"), "{frame}");
     }
 
     #[tokio::test]

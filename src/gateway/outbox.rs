@@ -14,7 +14,7 @@
 //! grow a connection's memory nor crowd out its live messages.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_ws::{CloseCode, CloseReason, Session};
 use bytestring::ByteString;
@@ -35,6 +35,7 @@ pub fn channel(capacity: usize, byte_capacity: usize) -> (OutTx, OutRx) {
     super::queue::channel(capacity, byte_capacity)
 }
 use crate::model::{Position, RoomId};
+use crate::telemetry::hops::{self, Hop};
 
 /// One item of a connection's queue, kept small (24 bytes): what is larger sits behind a
 /// pointer, and what goes to many connections (a message, a typing or presence event) is
@@ -45,6 +46,8 @@ pub enum Out {
     Frame(Arc<ByteString>),
     /// A live message of a room.
     Message(Arc<Live>),
+    /// The ack of a send (written as is; its `ack_write` hop is recorded once written).
+    Ack(Box<Acked>),
     /// Hold back the room's live messages until the last page of its backlog.
     BeginRecovery {
         room: RoomId,
@@ -78,6 +81,7 @@ impl Weigh for Out {
         match self {
             Out::Frame(t) => t.len(),
             Out::Message(live) => live.text.len(),
+            Out::Ack(a) => a.text.len(),
             Out::Backlog(b) => {
                 b.messages.iter().map(|(_, t)| t.len()).sum::<usize>()
                     + b.subscribed.as_ref().map_or(0, |t| t.len())
@@ -103,6 +107,15 @@ pub struct Live {
     pub room: RoomId,
     pub position: Position,
     pub text: ByteString,
+    /// When the gateway's bus pump got it: the start of the `fanout` hop.
+    pub got: Instant,
+}
+
+/// An ack frame and when its send became durable (the start of the `ack_write` hop).
+#[derive(Debug)]
+pub struct Acked {
+    pub text: ByteString,
+    pub durable: Instant,
 }
 
 /// Boxed in [`Out`]: rare, and the largest item (every queue slot is as large as the
@@ -159,11 +172,19 @@ pub async fn writer(
                     return;
                 }
             }
+            Out::Ack(ack) => {
+                let Acked { text, durable } = *ack;
+                if !write(&mut session, text).await {
+                    return;
+                }
+                hops::since(Hop::AckWrite, durable);
+            }
             Out::Message(live) => match order.live(live.room, live.position, &live.text) {
                 Delivery::Write => {
                     if !write(&mut session, live.text.clone()).await {
                         return;
                     }
+                    hops::since(Hop::Fanout, live.got);
                 }
                 Delivery::Held(n) => {
                     holding.take(n);

@@ -28,6 +28,7 @@ use crate::model::{Change, Message, MessageId, NewMessage, RoomId, User, UserId}
 use crate::protocol::ErrorCode;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
+use crate::telemetry::hops::{self, Hop};
 use crate::telemetry::names;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +81,8 @@ pub struct Draft {
     pub moderator: bool,
     /// The room's slow mode applies to this send: one per interval per member.
     pub slow_mode: Option<std::time::Duration>,
+    /// When its frame was parsed: the start of the `claim` hop (telemetry/hops.rs).
+    pub received: Option<Instant>,
 }
 
 fn store_error(e: StoreError) -> SendError {
@@ -294,6 +297,9 @@ impl Sender {
             settle(&*self.claims, &key, Settled::Retry(id)).await;
             return Err(e);
         }
+        if let Some(received) = draft.received {
+            hops::since(Hop::Claim, received);
+        }
         let claims = self.claims.clone();
         let tasks = tasks.clone();
         let durable = match submit(&self.log, &new).await {
@@ -361,7 +367,9 @@ async fn submit(
     let appending = log.submit(new).await.map_err(failed)?;
     Ok(async move {
         let msg = appending.await.map_err(failed)?;
-        metrics::histogram!(names::PRODUCE_SECONDS).record(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        hops::record(Hop::Produce, took);
+        metrics::histogram!(names::PRODUCE_SECONDS).record(took.as_secs_f64());
         metrics::counter!(names::MESSAGES_SENT).increment(1);
         Ok(msg)
     })

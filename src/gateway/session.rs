@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::frames::{self, Frames, Inbound, Pongs};
 use super::hub::{ConnHandle, ConnId, Standing, MEMBERSHIP_RECHECK};
-use super::outbox::{self, writer, Backlog, Out, OutTx};
+use super::outbox::{self, writer, Acked, Backlog, Out, OutTx};
 use super::recovery::RecoveryError;
 use super::send::{Draft, FLUSH_TIMEOUT};
 use super::Gateway;
@@ -814,6 +814,7 @@ impl Conn {
     /// A send, edit, delete or reaction: checked here as far as the frame alone allows,
     /// then queued for the connection's send worker (which checks it against the store).
     async fn send(&mut self, room: RoomId, client_msg_id: String, draft: Draft) {
+        let received = Instant::now();
         if let Err(e) = check_client_msg_id(&client_msg_id) {
             // An id unfit to echo back (empty or over-long) is answered by the frame type.
             let kind = draft.change.as_ref().map_or("send", |c| match c {
@@ -874,6 +875,7 @@ impl Conn {
                 .await;
         }
         let mut draft = draft;
+        draft.received = Some(received);
         // Muted: deleting one's own messages only.
         draft.moderator = standing.moderator && !standing.muted();
         if draft.change.is_none() {
@@ -946,7 +948,11 @@ const SEND_PIPELINE: usize = 32;
 /// drains, sends not started yet are refused `draining` (retryable): only the ones in
 /// flight are waited for.
 async fn send_worker(gw: Arc<Gateway>, user: User, mut rx: mpsc::Receiver<SendJob>, out: OutTx) {
-    type Answer = (String, Result<crate::model::Message, (ErrorCode, String)>);
+    /// With the time the message became durable (the start of its `ack_write` hop).
+    type Answer = (
+        String,
+        Result<(crate::model::Message, Instant), (ErrorCode, String)>,
+    );
     let mut in_flight: FuturesOrdered<futures_util::future::BoxFuture<'static, Answer>> =
         FuturesOrdered::new();
     let mut open = true;
@@ -955,11 +961,16 @@ async fn send_worker(gw: Arc<Gateway>, user: User, mut rx: mpsc::Receiver<SendJo
         tokio::select! {
             biased;
             Some((client_msg_id, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                let frame: ByteString = match result {
-                    Ok(message) => ack_frame(&client_msg_id, &message).to_text().into(),
-                    Err((code, message)) => error_frame(code, &message, Some(&client_msg_id)),
+                let item = match result {
+                    Ok((message, durable)) => Out::Ack(Box::new(Acked {
+                        text: ack_frame(&client_msg_id, &message).to_text().into(),
+                        durable,
+                    })),
+                    Err((code, message)) => {
+                        Out::frame(error_frame(code, &message, Some(&client_msg_id)))
+                    }
                 };
-                if !gone && out.send(Out::frame(frame)).await.is_err() {
+                if !gone && out.send(item).await.is_err() {
                     // The connection is gone: take no more sends, but let the ones in
                     // flight finish, so each records how it ended (`done`/`retry`) and a
                     // resend after a reconnect gets its ack instead of `in_flight`.
@@ -985,7 +996,7 @@ async fn send_worker(gw: Arc<Gateway>, user: User, mut rx: mpsc::Receiver<SendJo
                 let client_msg_id = job.client_msg_id;
                 in_flight.push_back(Box::pin(async move {
                     let result = match started {
-                        Ok(pending) => pending.await,
+                        Ok(pending) => pending.await.map(|m| (m, Instant::now())),
                         Err(e) => Err(e),
                     };
                     (client_msg_id, result.map_err(|e| (e.code(), e.to_string())))

@@ -82,7 +82,9 @@ async fn readyz(r: web::Data<Readiness>) -> HttpResponse {
 }
 
 async fn metrics(r: web::Data<Readiness>) -> HttpResponse {
+    let mut text = r.metrics.render();
+    crate::telemetry::hops::render(&mut text);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(r.metrics.render())
+        .body(text)
 }

@@ -27,22 +27,53 @@ struct Scenario {
     consumers: Vec<Proc>,
     gateways: Gateways,
     clients: Vec<Client>,
+    rooms: Vec<String>,
     started: Instant,
+}
+
+/// How many of each role a scenario runs, and on which Kafka.
+struct Shape {
+    gateways: usize,
+    consumers: usize,
+    /// Another Kafka than the single broker (the three-node cluster).
+    kafka: Option<String>,
+}
+
+impl Shape {
+    const PAIR: Shape = Shape {
+        gateways: 2,
+        consumers: 2,
+        kafka: None,
+    };
 }
 
 impl Scenario {
     /// Two gateways, two consumers, `USERS` clients in `ROOMS` shared rooms, each sending
     /// `messages` at one per `every`.
     async fn start(name: &str, messages: usize, every: Duration) -> Scenario {
-        let env = Env::new(name).await;
-        let gws = vec![
-            env.spawn("gateway", "gw-0-m").await,
-            env.spawn("gateway", "gw-1").await,
-        ];
-        let consumers = vec![
-            env.spawn("consumer", "consumer-0").await,
-            env.spawn("consumer", "consumer-1").await,
-        ];
+        Scenario::start_shaped(name, messages, every, Shape::PAIR).await
+    }
+
+    async fn start_shaped(name: &str, messages: usize, every: Duration, shape: Shape) -> Scenario {
+        let mut env = Env::new(name).await;
+        if let Some(brokers) = shape.kafka {
+            env.brokers = brokers;
+            // Enough partitions for three and four consumers to share.
+            env.partitions = 6;
+        }
+        let mut gws = Vec::new();
+        for i in 0..shape.gateways {
+            let label = if i == 0 {
+                "gw-0-m".to_owned()
+            } else {
+                format!("gw-{i}")
+            };
+            gws.push(env.spawn("gateway", &label).await);
+        }
+        let mut consumers = Vec::new();
+        for i in 0..shape.consumers {
+            consumers.push(env.spawn("consumer", &format!("consumer-{i}")).await);
+        }
         let h = Http::new(&gws[0]);
         let mut users = Vec::new();
         for _ in 0..USERS {
@@ -59,7 +90,7 @@ impl Scenario {
         let gateways: Gateways = std::sync::Arc::new(std::sync::Mutex::new(
             gws.iter().map(|g| g.addr.clone()).collect(),
         ));
-        let clients = users
+        let clients: Vec<Client> = users
             .into_iter()
             .enumerate()
             .map(|(i, u)| {
@@ -81,6 +112,7 @@ impl Scenario {
             consumers,
             gateways,
             clients,
+            rooms,
             started: Instant::now(),
         }
     }
@@ -207,6 +239,21 @@ impl Scenario {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let delivered_at = Instant::now();
+        // 2b. every ack named the position readers saw the message at (a producer's retry
+        //     that wrote a record twice must not hand its sender the copy's offset)
+        let mut unseen_acks = Vec::new();
+        for (id, room, position) in &acked {
+            let seen = self.clients.iter().all(|c| {
+                c.with(|r| {
+                    r.delivered
+                        .get(room)
+                        .is_some_and(|d| d.iter().any(|(p, i)| p == position && i == id))
+                })
+            });
+            if !seen {
+                unseen_acks.push((id.clone(), *position));
+            }
+        }
         // 3. PostgreSQL has each exactly once
         let n = self
             .env
@@ -247,13 +294,18 @@ impl Scenario {
         let retryable: usize = records.iter().map(|r| r.retryable_errors).sum();
         let errors: Vec<&String> = records.iter().flat_map(|r| &r.other_errors).collect();
         eprintln!(
-            "FAULT {fault}: sent {sent}, acked {}, delivered {delivered} ({USERS} readers), persisted {n}, lost 0, duplicated {dups}, out of order {ooo}; reconnects {reconnects}, retryable errors {retryable}; longest ack stall {:.1} s; all delivered {:.1} s and persisted {:.1} s after the fault ended",
+            "FAULT {fault}: sent {sent}, acked {}, delivered {delivered} ({USERS} readers), persisted {n}, lost 0, duplicated {dups}, out of order {ooo}, acks naming a position no reader saw {}; reconnects {reconnects}, retryable errors {retryable}; longest ack stall {:.1} s; all delivered {:.1} s and persisted {:.1} s after the fault ended",
             acked.len(),
+            unseen_acks.len(),
             stall.as_secs_f64(),
             delivered_at.saturating_duration_since(restored).as_secs_f64(),
             persisted_at.saturating_duration_since(restored).as_secs_f64(),
         );
         assert!(errors.is_empty(), "{fault}: errors: {errors:?}");
+        assert!(
+            unseen_acks.is_empty(),
+            "{fault}: acks name positions no reader saw (message id, acked position): {unseen_acks:?}"
+        );
         assert_eq!(dups, 0, "{fault}: duplicated deliveries");
         assert_eq!(ooo, 0, "{fault}: out-of-order deliveries");
         assert_eq!(n, acked.len() as i64, "{fault}: rows");
@@ -421,4 +473,310 @@ async fn rolling_restart_of_the_gateways() {
     }
     s.finish("rolling restart (SIGTERM) of both gateways", Instant::now())
         .await;
+}
+
+/// A node of the three-broker Kafka cluster killed for a test; started again when dropped
+/// (also on a failure), so the cluster is whole for the next test.
+struct NodeDown(u32);
+
+impl Drop for NodeDown {
+    fn drop(&mut self) {
+        cluster_node("start", self.0);
+    }
+}
+
+fn cluster_node(action: &str, node: u32) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+    let st = std::process::Command::new("bash")
+        .args([script, "kafka-cluster-node", action, &node.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("services.sh");
+    assert!(
+        st.success(),
+        "services.sh kafka-cluster-node {action} {node}"
+    );
+}
+
+/// The node that leads `partition` of `topic` (Kafka's TopicCommand).
+fn leader_of(brokers: &str, topic: &str, partition: i32) -> u32 {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+    let bootstrap = brokers.split(',').next().unwrap_or(brokers);
+    let out = std::process::Command::new("bash")
+        .args([
+            script,
+            "kafka-class",
+            "org.apache.kafka.tools.TopicCommand",
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--topic",
+            topic,
+        ])
+        .output()
+        .expect("TopicCommand");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        let field = |name: &str| {
+            line.split('\t')
+                .find_map(|f| f.trim().strip_prefix(name).map(|v| v.trim().to_owned()))
+        };
+        if field("Partition:").as_deref() == Some(&partition.to_string()) {
+            if let Some(leader) = field("Leader:").and_then(|l| l.parse().ok()) {
+                return leader;
+            }
+        }
+    }
+    panic!("no leader of {topic}/{partition} in:\n{text}");
+}
+
+/// Issue 20: kill -9 the leader of a busy partition of a three-broker cluster (replication
+/// factor 3, min ISR 2) under load, with three gateways and three consumers. Another broker
+/// takes the partition over; the idempotent producer sends the batch whose answer was lost
+/// again, and the new leader answers with the first write's offset, so every ack names the
+/// position readers see (before, 1 to 12 acks per run named a copy readers never got).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_leader_killed_in_a_cluster_of_three() {
+    let _serial = SERIAL.lock().await;
+    let brokers = harness::service("CLUSTER_KAFKA_BROKERS");
+    let s = Scenario::start_shaped(
+        "f-kafka-leader",
+        150,
+        Duration::from_millis(100),
+        Shape {
+            gateways: 3,
+            consumers: 3,
+            kafka: Some(brokers.clone()),
+        },
+    )
+    .await;
+    s.at(Duration::from_secs(2)).await;
+    let room: uuid::Uuid = s.rooms[0].parse().expect("room id");
+    let partition = chat::log::partition_of(room, s.env.partitions);
+    let leader = leader_of(&brokers, &s.env.topic, partition);
+    cluster_node("kill", leader);
+    let killed = Instant::now();
+    let down = NodeDown(leader);
+    eprintln!("FAULT kafka leader: killed node {leader}, leader of partition {partition}");
+    // The load runs on for ~13 s; the node comes back near its end.
+    s.at(Duration::from_secs(12)).await;
+    drop(down);
+    s.finish(
+        "kill -9 the leader of a busy partition (3 Kafka brokers, 3 gateways, 3 consumers)",
+        killed,
+    )
+    .await;
+}
+
+/// Who holds each partition's lease, sampled from Redis every 100 ms while a test runs:
+/// the longest time a partition had no owner, and when the shares were last unfair.
+struct LeaseWatch {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<LeaseLog>,
+}
+
+#[derive(Debug, Default)]
+struct LeaseLog {
+    /// Per partition, the longest stretch without an owner.
+    longest_unowned: Vec<Duration>,
+    /// (instant, owned partitions per owner) whenever that changed.
+    changes: Vec<(Instant, Vec<usize>)>,
+}
+
+impl LeaseWatch {
+    fn start(env: &Env) -> LeaseWatch {
+        let url = env.redis_url.clone();
+        let keys: Vec<String> = (0..env.partitions)
+            .map(|p| format!("{}:lease:{}:{p}", env.prefix, env.topic))
+            .collect();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let until = stop.clone();
+        let task = tokio::spawn(async move {
+            let client = redis::Client::open(url).expect("redis url");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis");
+            let mut log = LeaseLog {
+                longest_unowned: vec![Duration::ZERO; keys.len()],
+                ..LeaseLog::default()
+            };
+            let mut unowned_since: Vec<Option<Instant>> = vec![None; keys.len()];
+            let mut last: Vec<usize> = Vec::new();
+            while !until.is_cancelled() {
+                let owners: Vec<Option<String>> = redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                let now = Instant::now();
+                let mut per_owner: std::collections::BTreeMap<String, usize> = Default::default();
+                for (p, o) in owners.iter().enumerate() {
+                    match o {
+                        Some(v) => {
+                            let owner = v.rsplit_once(':').map_or(v.as_str(), |(o, _)| o);
+                            *per_owner.entry(owner.to_owned()).or_default() += 1;
+                            if let Some(t) = unowned_since[p].take() {
+                                log.longest_unowned[p] = log.longest_unowned[p].max(now - t);
+                            }
+                        }
+                        None => {
+                            unowned_since[p].get_or_insert(now);
+                        }
+                    }
+                }
+                let mut counts: Vec<usize> = per_owner.into_values().collect();
+                counts.sort_unstable();
+                let owned: usize = counts.iter().sum();
+                counts.push(keys.len() - owned); // the last entry: unowned
+                if counts != last {
+                    log.changes.push((now, counts.clone()));
+                    last = counts;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let now = Instant::now();
+            for (p, since) in unowned_since.iter().enumerate() {
+                if let Some(t) = since {
+                    log.longest_unowned[p] = log.longest_unowned[p].max(now - *t);
+                }
+            }
+            log
+        });
+        LeaseWatch { stop, task }
+    }
+
+    async fn finish(self) -> LeaseLog {
+        self.stop.cancel();
+        self.task.await.expect("lease watch")
+    }
+}
+
+impl LeaseLog {
+    /// How long after `since` the shares became fair (every partition owned by one of
+    /// `consumers`, their counts differing by at most one) and stayed so until `until`.
+    fn fair_after(&self, since: Instant, until: Instant, consumers: usize) -> Option<Duration> {
+        let fair = |c: &Vec<usize>| {
+            let (owners, unowned) = c.split_at(c.len() - 1);
+            unowned[0] == 0
+                && owners.len() == consumers
+                && owners
+                    .last()
+                    .zip(owners.first())
+                    .is_some_and(|(h, l)| h - l <= 1)
+        };
+        let mut fair_at = None;
+        for (t, c) in self.changes.iter().filter(|(t, _)| *t < until) {
+            if *t < since {
+                continue;
+            }
+            if fair(c) {
+                fair_at.get_or_insert(*t);
+            } else {
+                fair_at = None;
+            }
+        }
+        fair_at.map(|t| t.saturating_duration_since(since))
+    }
+
+    fn longest_unowned(&self) -> Duration {
+        self.longest_unowned
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// Issue 20: one of three consumers is killed (kill -9) under load and a fourth starts;
+/// the leases move (fair shares again within a lease period of each change, no partition
+/// unowned longer than the lease expiry and a tick), and nothing is lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_killed_and_another_added_at_n() {
+    let _serial = SERIAL.lock().await;
+    let brokers = harness::service("CLUSTER_KAFKA_BROKERS");
+    let mut s = Scenario::start_shaped(
+        "f-consumers-n",
+        150,
+        Duration::from_millis(100),
+        Shape {
+            gateways: 3,
+            consumers: 3,
+            kafka: Some(brokers),
+        },
+    )
+    .await;
+    let watch = LeaseWatch::start(&s.env);
+    s.at(Duration::from_secs(2)).await;
+    s.consumers[0].kill9().await;
+    let killed = Instant::now();
+    s.at(Duration::from_secs(9)).await;
+    let fourth = s.env.spawn("consumer", "consumer-3").await;
+    let added = Instant::now();
+    s.consumers.push(fourth);
+    s.at(Duration::from_secs(14)).await;
+    let leases = watch.finish().await;
+    let end = Instant::now();
+    // The kill: the two survivors own all 6 partitions once the dead one's leases expired
+    // (the lease, 5 s, and a tick, 1 s); the fourth: 6 over three live ones within a
+    // lease period.
+    let after_kill = leases.fair_after(killed, added, 2);
+    let after_add = leases.fair_after(added, end, 3);
+    eprintln!(
+        "FAULT consumers at N: the survivors owned every partition {after_kill:?} after the kill; shares fair {after_add:?} after the fourth started; longest a partition had no lease at all {:.1} s; owned per consumer (last: unowned) {:?}",
+        leases.longest_unowned().as_secs_f64(),
+        leases.changes.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(),
+    );
+    assert!(
+        after_kill.is_some_and(|d| d < Duration::from_secs(9)),
+        "the killed consumer's partitions were not taken over within the lease (5 s) and a tick: {after_kill:?}"
+    );
+    assert!(
+        after_add.is_some_and(|d| d < Duration::from_secs(5)),
+        "not fair within a lease period (5 s) of the fourth consumer's start: {after_add:?}"
+    );
+    assert!(
+        leases.longest_unowned() < Duration::from_secs(3),
+        "a partition had no lease for {:?}",
+        leases.longest_unowned()
+    );
+    s.finish(
+        "kill -9 one of three consumers, then start a fourth (3 Kafka brokers, 3 gateways)",
+        killed,
+    )
+    .await;
+}
+
+/// Issue 20: a gateway is added and another removed (SIGTERM: the drain) during load, as
+/// an autoscaler does; clients move to the others with nothing lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_added_and_one_removed_at_n() {
+    let _serial = SERIAL.lock().await;
+    let brokers = harness::service("CLUSTER_KAFKA_BROKERS");
+    let mut s = Scenario::start_shaped(
+        "f-gateways-n",
+        120,
+        Duration::from_millis(100),
+        Shape {
+            gateways: 3,
+            consumers: 3,
+            kafka: Some(brokers),
+        },
+    )
+    .await;
+    s.at(Duration::from_secs(2)).await;
+    let added = s.env.spawn("gateway", "gw-3").await;
+    s.gateways.lock().unwrap().push(added.addr.clone());
+    s.gws.push(added);
+    s.at(Duration::from_secs(4)).await;
+    let removed = Instant::now();
+    let status = s.gws[0].terminate().await;
+    assert!(status.success(), "gateway 0 after SIGTERM: {status}");
+    s.gateways.lock().unwrap().remove(0);
+    s.gws.remove(0);
+    s.finish(
+        "a gateway added, another removed by SIGTERM (4 then 3 gateways, 3 consumers, 3 Kafka brokers)",
+        removed,
+    )
+    .await;
 }

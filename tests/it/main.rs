@@ -16,6 +16,7 @@ mod events;
 mod features;
 mod governance;
 mod hardening;
+mod metrics;
 mod moderation;
 mod redis_cluster;
 mod rooms_tokens;

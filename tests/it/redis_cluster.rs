@@ -60,6 +60,7 @@ fn message(room: Uuid, i: usize) -> BusEvent {
             sent_at: chrono::Utc::now(),
             ..Default::default()
         },
+        published_us: None,
     }
 }
 

@@ -317,6 +317,63 @@ impl Cluster {
         }
     }
 
+    /// A producer id and epoch for idempotent produce, from the first broker that gives
+    /// one. `Ok(None)`: the cluster does not offer it (a broker too old, or a user not
+    /// allowed idempotent writes); records are then sent unstamped.
+    pub(super) async fn init_producer_id(&self) -> Result<Option<(i64, i16)>, LogError> {
+        let mut nodes: Vec<i32> = {
+            let meta = self.meta.read().unwrap_or_else(|e| e.into_inner());
+            meta.addrs.keys().copied().collect()
+        };
+        if nodes.is_empty() {
+            self.refresh().await?;
+            let meta = self.meta.read().unwrap_or_else(|e| e.into_inner());
+            nodes = meta.addrs.keys().copied().collect();
+        }
+        nodes.sort_unstable();
+        let mut last = LogError::Unavailable("no Kafka broker known".into());
+        for node in nodes {
+            let conn = match self.control(node).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(SHORT_TIMEOUT, conn.init_producer_id()).await {
+                Ok(Ok(Ok(id))) => return Ok(Some(id)),
+                Ok(Ok(Err(r))) if !r.not_offered() => {
+                    last = LogError::Unavailable(format!("Kafka: InitProducerId: {r}"));
+                }
+                Ok(Ok(Err(r))) => {
+                    tracing::warn!(
+                        refusal = %r,
+                        "kafka: the cluster gives no producer id, so produce is not idempotent: \
+                         a record sent again after a lost answer may be written twice (readers \
+                         drop the copy; its sender's ack may name the copy's offset)"
+                    );
+                    return Ok(None);
+                }
+                Ok(Err(f)) => {
+                    self.forget_control(node, &conn).await;
+                    last = unavailable("InitProducerId", f);
+                }
+                Err(_) => {
+                    self.forget_control(node, &conn).await;
+                    last = unavailable("InitProducerId", "no answer in time");
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The brokers the metadata lists (another can take over a partition only when there
+    /// are more than one).
+    pub(super) fn broker_ids(&self) -> Vec<i32> {
+        let meta = self.meta.read().unwrap_or_else(|e| e.into_inner());
+        meta.addrs.keys().copied().collect()
+    }
+
     /// The partition's earliest offset still held, or the offset its next record gets,
     /// from its leader.
     pub(super) async fn list_offset(&self, partition: i32, at: OffsetAt) -> Result<i64, LogError> {

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use super::cluster::{unavailable, Cluster};
 use super::wire::{self, Conn, Fetched, FetchedData, OffsetAt};
 use crate::log::{decode, LogBatch, LogError, LogReader, LogRecord};
+use crate::telemetry::hops::{self, Kafka};
 
 /// Batches read ahead per partition, at most.
 const AHEAD: usize = 4;
@@ -42,6 +43,8 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
 pub(super) struct Profile {
     pub min_bytes: i32,
     pub max_wait: Duration,
+    /// What its fetches count as (`chat_kafka_requests_total`).
+    pub requests: Kafka,
 }
 
 impl Profile {
@@ -52,10 +55,12 @@ impl Profile {
             crate::log::Pace::Live => Profile {
                 min_bytes: 1,
                 max_wait: Duration::from_millis(500),
+                requests: Kafka::FetchRelay,
             },
             crate::log::Pace::Batch => Profile {
                 min_bytes: i32::try_from(crate::log::BATCH_BYTES).unwrap_or(i32::MAX),
                 max_wait: Duration::from_millis(200),
+                requests: Kafka::FetchPersist,
             },
         }
     }
@@ -189,7 +194,7 @@ async fn fetch_loop(
         // ask again, with the new partition, on a new one (nothing is lost: offsets only
         // move with an answer).
         let answer = tokio::select! {
-            r = send(&cluster, node, &mut conn, &request, wait) => r,
+            r = send(&cluster, node, &mut conn, &request, wait, profile.requests) => r,
             cmd = rx.recv(), if reachable => {
                 match cmd {
                     Some(cmd) => take(&mut streams, cmd),
@@ -218,7 +223,16 @@ async fn fetch_loop(
                 tracing::warn!(node, error = %e, "kafka: fetch answer unreadable; fetching partitions one by one");
                 for (p, offset) in ready {
                     let one = fetch_request(&cluster.topic, &[(p, offset)], 1, Duration::ZERO);
-                    match send(&cluster, node, &mut conn, &one, Duration::ZERO).await {
+                    match send(
+                        &cluster,
+                        node,
+                        &mut conn,
+                        &one,
+                        Duration::ZERO,
+                        profile.requests,
+                    )
+                    .await
+                    {
                         Ok(response) => {
                             if hand_over(&mut streams, response) {
                                 cluster.refresh_soon();
@@ -257,6 +271,7 @@ async fn send(
     conn: &mut Option<Conn>,
     request: &wire::FetchRequest,
     wait: Duration,
+    counted: Kafka,
 ) -> Result<Vec<Fetched>, Failure> {
     let mut resent = false;
     loop {
@@ -267,6 +282,7 @@ async fn send(
                 .await
                 .map_err(Failure::Connection)?,
         };
+        hops::kafka_request(counted);
         match tokio::time::timeout(wait + Duration::from_secs(10), c.fetch(request)).await {
             Ok(Ok(response)) => {
                 *conn = Some(c);

@@ -325,6 +325,7 @@ impl LogReader for KafkaReader {
                 Some((_, c)) => c,
                 None => self.cluster.connect_node(node).await?,
             };
+            crate::telemetry::hops::kafka_request(crate::telemetry::hops::Kafka::FetchRead);
             match tokio::time::timeout(wait + Duration::from_secs(10), conn.fetch(&request)).await {
                 Ok(Ok(a)) => {
                     *guard = Some((node, conn));

@@ -149,6 +149,42 @@ impl Refusal {
         )
     }
 
+    /// The broker no longer agrees with the producer's id, epoch or sequence numbers (its
+    /// state expired, or a batch whose fate was unknown was given up): the producer takes a
+    /// new id and sends again.
+    pub fn producer_state(self) -> bool {
+        matches!(
+            self.0,
+            ProtocolError::OutOfOrderSequenceNumber
+                | ProtocolError::InvalidProducerEpoch
+                | ProtocolError::UnknownProducerId
+                | ProtocolError::ProducerFenced
+        )
+    }
+
+    /// A refusal after which the records may still be in the log (the leader appended
+    /// them, then timed out waiting for the replicas); the others are given before any
+    /// append.
+    pub fn maybe_written(self) -> bool {
+        matches!(
+            self.0,
+            ProtocolError::RequestTimedOut
+                | ProtocolError::NotEnoughReplicasAfterAppend
+                | ProtocolError::NetworkException
+                | ProtocolError::KafkaStorageError
+        )
+    }
+
+    /// The cluster does not give this client producer ids (it cannot be idempotent).
+    pub fn not_offered(self) -> bool {
+        matches!(
+            self.0,
+            ProtocolError::ClusterAuthorizationFailed
+                | ProtocolError::TransactionalIdAuthorizationFailed
+                | ProtocolError::UnsupportedVersion
+        )
+    }
+
     pub fn out_of_range(self) -> bool {
         self.0 == ProtocolError::OffsetOutOfRange
     }
@@ -181,6 +217,16 @@ impl Refusal {
     #[cfg(test)]
     pub fn offset_out_of_range() -> Refusal {
         Refusal(ProtocolError::OffsetOutOfRange)
+    }
+
+    #[cfg(test)]
+    pub fn request_timed_out() -> Refusal {
+        Refusal(ProtocolError::RequestTimedOut)
+    }
+
+    #[cfg(test)]
+    pub fn out_of_order_sequence() -> Refusal {
+        Refusal(ProtocolError::OutOfOrderSequenceNumber)
     }
 
     #[cfg(test)]
@@ -412,6 +458,30 @@ impl Conn {
         }
     }
 
+    /// A producer id and epoch for an idempotent producer (no transactional id). `Ok(Err)`:
+    /// the broker refused (e.g. `ClusterAuthorizationFailed` where idempotent writes are
+    /// not allowed).
+    pub async fn init_producer_id(&self) -> Result<Result<(i64, i16), Refusal>, Failure> {
+        let response = match self
+            .0
+            .request(InitProducerIdRequest {
+                transaction_timeout_ms: -1,
+            })
+            .await
+        {
+            Ok(r) => r,
+            // The broker does not speak InitProducerId v0 or v1.
+            Err(RequestError::NoVersionMatch { .. }) => {
+                return Ok(Err(Refusal(ProtocolError::UnsupportedVersion)))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(match response.error {
+            Some(e) => Err(Refusal(e)),
+            None => Ok((response.producer_id, response.producer_epoch)),
+        })
+    }
+
     pub async fn produce(&self, request: &ProduceRequest) -> Result<Vec<Produced>, Failure> {
         let response = self.0.request(request).await?;
         Ok(response
@@ -480,13 +550,15 @@ fn millis(d: Duration) -> i32 {
 /// compressed with `compression`.
 pub(super) fn produce_request(
     topic: &str,
-    batches: Vec<(i32, Vec<Record>)>,
+    batches: Vec<(i32, Vec<Record>, Option<Stamp>)>,
     timeout: Duration,
     compression: Compression,
 ) -> Result<ProduceRequest, String> {
     let batches = batches
         .into_iter()
-        .map(|(p, records)| Ok((p, encode_batch(record_batch(records), compression)?)))
+        .map(|(p, records, stamp)| {
+            Ok((p, encode_batch(record_batch(records, stamp), compression)?))
+        })
         .collect::<Result<_, String>>()?;
     Ok(ProduceRequest {
         topic: topic.to_owned(),
@@ -606,8 +678,20 @@ fn compress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, String> {
     })
 }
 
-/// A non-transactional, uncompressed batch, as rskafka's own producer writes it.
-fn record_batch(records: Vec<Record>) -> RecordBatch {
+/// An idempotent producer's stamp on a batch (KIP-98): who wrote it and the sequence number
+/// of its first record in that partition. A broker that already wrote a batch with the same
+/// stamp (the leader that failed over replicated it) does not write it again and answers
+/// with the first write's offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stamp {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+}
+
+/// A non-transactional, uncompressed batch, as rskafka's own producer writes it; stamped
+/// when the producer is idempotent.
+fn record_batch(records: Vec<Record>, stamp: Option<Stamp>) -> RecordBatch {
     let n = records.len() as i32;
     let first = records.first().map(|r| r.timestamp).unwrap_or_default();
     let mut max = first;
@@ -634,11 +718,11 @@ fn record_batch(records: Vec<Record>) -> RecordBatch {
         partition_leader_epoch: 0,
         last_offset_delta: n - 1,
         is_transactional: false,
-        base_sequence: -1,
+        base_sequence: stamp.map_or(-1, |s| s.base_sequence),
         compression: RecordBatchCompression::NoCompression,
         timestamp_type: RecordBatchTimestampType::CreateTime,
-        producer_id: -1,
-        producer_epoch: -1,
+        producer_id: stamp.map_or(-1, |s| s.producer_id),
+        producer_epoch: stamp.map_or(-1, |s| s.epoch),
         first_timestamp: first.timestamp_millis(),
         max_timestamp: max.timestamp_millis(),
         records: ControlBatchOrRecords::Records(records),
@@ -699,6 +783,54 @@ impl FetchRequest {
 /// The most one compressed batch may expand to (a broker's batch is at most
 /// `message.max.bytes`, 1 MiB by default; this leaves room for a generous setting).
 const MAX_BATCH_BYTES: u64 = 64 << 20;
+
+/// InitProducerId v0 and v1 (the same layout, before tagged fields): transactional id
+/// (null: an idempotent producer, no transactions), transaction timeout.
+struct InitProducerIdRequest {
+    transaction_timeout_ms: i32,
+}
+
+struct InitProducerIdResponse {
+    error: Option<ProtocolError>,
+    producer_id: i64,
+    producer_epoch: i16,
+}
+
+impl RequestBody for InitProducerIdRequest {
+    type ResponseBody = InitProducerIdResponse;
+    const API_KEY: ApiKey = ApiKey::InitProducerId;
+    const API_VERSION_RANGE: ApiVersionRange =
+        ApiVersionRange::new(ApiVersion(Int16(0)), ApiVersion(Int16(1)));
+    const FIRST_TAGGED_FIELD_IN_REQUEST_VERSION: ApiVersion = ApiVersion(Int16(2));
+    const FIRST_TAGGED_FIELD_IN_RESPONSE_VERSION: ApiVersion = ApiVersion(Int16(2));
+}
+
+impl<W: std::io::Write> WriteVersionedType<W> for InitProducerIdRequest {
+    fn write_versioned(
+        &self,
+        writer: &mut W,
+        _version: ApiVersion,
+    ) -> Result<(), WriteVersionedError> {
+        NullableString(None).write(writer)?;
+        Int32(self.transaction_timeout_ms).write(writer)?;
+        Ok(())
+    }
+}
+
+impl<R: std::io::Read> ReadVersionedType<R> for InitProducerIdResponse {
+    /// v0 and v1: throttle time, error code, producer id, producer epoch.
+    fn read_versioned(reader: &mut R, _version: ApiVersion) -> Result<Self, ReadVersionedError> {
+        let _throttle = Int32::read(reader)?;
+        let error = ProtocolError::new(Int16::read(reader)?.0);
+        let producer_id = Int64::read(reader)?.0;
+        let producer_epoch = Int16::read(reader)?.0;
+        Ok(InitProducerIdResponse {
+            error,
+            producer_id,
+            producer_epoch,
+        })
+    }
+}
 
 /// A Fetch request whose answer keeps the records as bytes.
 struct RawFetch<'a>(&'a WireFetch);
@@ -959,7 +1091,7 @@ mod tests {
     /// A batch of `n` records from `base_offset`, as bytes on the wire, its records
     /// compressed with `codec`.
     fn batch_bytes(base_offset: i64, n: usize, codec: Compression) -> Vec<u8> {
-        let mut b = record_batch(records(n));
+        let mut b = record_batch(records(n), None);
         b.base_offset = base_offset;
         encode_batch(b, codec).unwrap()
     }
@@ -1040,7 +1172,18 @@ mod tests {
         for codec in [Compression::None, Compression::Lz4] {
             let r = produce_request(
                 "t",
-                vec![(1, records(1)), (3, records(2))],
+                vec![
+                    (1, records(1), None),
+                    (
+                        3,
+                        records(2),
+                        Some(Stamp {
+                            producer_id: 9,
+                            epoch: 1,
+                            base_sequence: 4,
+                        }),
+                    ),
+                ],
                 Duration::from_millis(3750),
                 codec,
             )
@@ -1053,6 +1196,15 @@ mod tests {
             );
             let attributes = i16::from_be_bytes(take::<2>(&r.batches[1].1[21..23]));
             assert_eq!(attributes & 7, codec.code());
+            // The idempotent producer's stamp: producer id, epoch, first sequence number;
+            // the unstamped batch carries -1s.
+            let b = &r.batches[1].1;
+            assert_eq!(i64::from_be_bytes(take::<8>(&b[43..51])), 9);
+            assert_eq!(i16::from_be_bytes(take::<2>(&b[51..53])), 1);
+            assert_eq!(i32::from_be_bytes(take::<4>(&b[53..57])), 4);
+            let b = &r.batches[0].1;
+            assert_eq!(i64::from_be_bytes(take::<8>(&b[43..51])), -1);
+            assert_eq!(i32::from_be_bytes(take::<4>(&b[53..57])), -1);
             // The request as the broker reads it (v7): ends with the last batch.
             let mut out = Vec::new();
             r.write_versioned(&mut out, ApiVersion(Int16(7))).unwrap();
