@@ -6,7 +6,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/services.sh start >/dev/null
 eval "$(bash scripts/services.sh env)"
-unset REDIS_CLUSTER_NODES # (the one Redis, REDIS_URL; not both)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${CHAT_CACHE:-$HOME/.cache/chat}/target}"
 secret_file="${CHAT_CACHE:-$HOME/.cache/chat}/dev-jwt-secret"
 if [ ! -s "$secret_file" ]; then

@@ -18,7 +18,8 @@
 #   scripts/services.sh start-redis-cluster   a Redis Cluster beside them: 6 nodes on 7000-7005
 #                                      (3 masters + 1 replica each, node timeout 2 s); reuses a
 #                                      healthy one, re-creates a broken one; prints
-#                                      REDIS_CLUSTER_NODES (which `env` prints while it is up)
+#                                      CLUSTER_REDIS_NODES (which `env` prints while it is up; the
+#                                      value for chat's REDIS_CLUSTER_NODES)
 #   scripts/services.sh stop-redis-cluster    stop its nodes
 #   scripts/services.sh redis-cluster-kill-master SLOT|PORT|key:NAME   SIGKILL the master owning
 #                                      the slot (of the key); prints its port
@@ -960,7 +961,9 @@ rc_master_of() { # SLOT | PORT | key:NAME
 }
 
 rc_print_url() {
-  rc_all_ok 2>/dev/null && echo "REDIS_CLUSTER_NODES=$(rc_nodes_url)"
+  # Not under chat's own name: every chat started from an environment that evals `env`
+  # would pick it up (beside REDIS_URL, which it refuses). As CLUSTER_KAFKA_BROKERS.
+  rc_all_ok 2>/dev/null && echo "CLUSTER_REDIS_NODES=$(rc_nodes_url)"
   return 0
 }
 

@@ -62,11 +62,6 @@ bash scripts/services.sh start-redis-cluster
 # Three Kafka brokers (replication factor 3, min ISR 2) for the fault tests at N (tests/faults).
 bash scripts/services.sh start-kafka-cluster
 eval "$(bash scripts/services.sh env)"
-# The cluster reaches the tests under another name: every `chat` a test spawns inherits this
-# environment, and REDIS_CLUSTER_NODES there would make it a cluster process (or one refusing
-# it beside --redis-url). The tests on the cluster pass --redis-cluster-nodes themselves.
-export CHAT_TEST_REDIS_CLUSTER_NODES="${REDIS_CLUSTER_NODES:-}"
-unset REDIS_CLUSTER_NODES
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${CHAT_CACHE:-$HOME/.cache/chat}/target}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"

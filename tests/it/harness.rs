@@ -115,15 +115,15 @@ impl Cluster {
 }
 
 /// The Redis Cluster's seed nodes (`scripts/services.sh start-redis-cluster`; test.sh
-/// passes them as CHAT_TEST_REDIS_CLUSTER_NODES, see there), or None: the caller skips,
+/// `env` prints them as CLUSTER_REDIS_NODES, or REDIS_CLUSTER_NODES), or None: the caller skips,
 /// saying so.
 pub fn redis_cluster_nodes(test: &str) -> Option<String> {
-    let nodes = ["CHAT_TEST_REDIS_CLUSTER_NODES", "REDIS_CLUSTER_NODES"]
+    let nodes = ["CLUSTER_REDIS_NODES", "REDIS_CLUSTER_NODES"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|n| !n.trim().is_empty()));
     if nodes.is_none() {
         eprintln!(
-            "SKIPPED {test}: no Redis Cluster (REDIS_CLUSTER_NODES unset; \
+            "SKIPPED {test}: no Redis Cluster (CLUSTER_REDIS_NODES unset; \
              scripts/services.sh start-redis-cluster starts one, scripts/test.sh does)"
         );
     }

@@ -2,7 +2,7 @@
 //! start-redis-cluster: 3 masters + 3 replicas on 7000-7005): the bus's sharded pub/sub
 //! across masters, presence across slots, the message path end to end, and a master killed
 //! under load. (The Coord contract runs on the cluster in `coord::redis_cluster_coord`.)
-//! Each test skips, saying so, when there is no cluster (REDIS_CLUSTER_NODES unset); they
+//! Each test skips, saying so, when there is no cluster (CLUSTER_REDIS_NODES of `scripts/services.sh env` unset); they
 //! share the cluster, except the failover test, which holds it alone.
 
 use std::collections::{HashMap, HashSet};
