@@ -37,6 +37,8 @@ struct Shape {
     consumers: usize,
     /// Another Kafka than the single broker (the three-node cluster).
     kafka: Option<String>,
+    /// The Redis Cluster's seed nodes instead of the single Redis.
+    redis_cluster: Option<String>,
 }
 
 impl Shape {
@@ -44,6 +46,7 @@ impl Shape {
         gateways: 2,
         consumers: 2,
         kafka: None,
+        redis_cluster: None,
     };
 }
 
@@ -55,7 +58,10 @@ impl Scenario {
     }
 
     async fn start_shaped(name: &str, messages: usize, every: Duration, shape: Shape) -> Scenario {
-        let mut env = Env::new(name).await;
+        let mut env = match &shape.redis_cluster {
+            Some(nodes) => Env::on_redis_cluster(name, nodes).await,
+            None => Env::new(name).await,
+        };
         if let Some(brokers) = shape.kafka {
             env.brokers = brokers;
             // Enough partitions for three and four consumers to share.
@@ -547,6 +553,7 @@ async fn kafka_leader_killed_in_a_cluster_of_three() {
             gateways: 3,
             consumers: 3,
             kafka: Some(brokers.clone()),
+            redis_cluster: None,
         },
     )
     .await;
@@ -703,6 +710,7 @@ async fn consumer_killed_and_another_added_at_n() {
             gateways: 3,
             consumers: 3,
             kafka: Some(brokers),
+            redis_cluster: None,
         },
     )
     .await;
@@ -761,6 +769,7 @@ async fn gateway_added_and_one_removed_at_n() {
             gateways: 3,
             consumers: 3,
             kafka: Some(brokers),
+            redis_cluster: None,
         },
     )
     .await;
@@ -777,6 +786,66 @@ async fn gateway_added_and_one_removed_at_n() {
     s.finish(
         "a gateway added, another removed by SIGTERM (4 then 3 gateways, 3 consumers, 3 Kafka brokers)",
         removed,
+    )
+    .await;
+}
+
+/// A node of the Redis Cluster killed for a test; started again (it rejoins as a replica)
+/// when dropped, also on a failure.
+struct RedisNodeDown(String);
+
+impl Drop for RedisNodeDown {
+    fn drop(&mut self) {
+        redis_cluster_cmd(&["redis-cluster-restart-node", &self.0]);
+    }
+}
+
+fn redis_cluster_cmd(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("services.sh");
+    assert!(out.status.success(), "services.sh {args:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Issue 20: kill -9 the Redis master that serves a busy room's channel, at N: a Redis
+/// Cluster (3 masters, 3 replicas), three Kafka brokers, three gateways, three consumers.
+/// Its replica takes over; every gateway's subscription is lost and resynced (clients go to
+/// recovery), sends whose claims live on that master fail retryably meanwhile, and nothing
+/// is lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_master_killed_at_n() {
+    let _serial = SERIAL.lock().await;
+    let brokers = harness::service("CLUSTER_KAFKA_BROKERS");
+    let nodes = harness::service("CLUSTER_REDIS_NODES");
+    // Alone on the cluster (tests/it's cluster tests take the same lock).
+    let _alone = harness::redis_cluster_lock(true).await;
+    let s = Scenario::start_shaped(
+        "f-redis-master",
+        150,
+        Duration::from_millis(100),
+        Shape {
+            gateways: 3,
+            consumers: 3,
+            kafka: Some(brokers),
+            redis_cluster: Some(nodes),
+        },
+    )
+    .await;
+    s.at(Duration::from_secs(2)).await;
+    let channel = format!("{}:room:{}", s.env.prefix, s.rooms[0]);
+    let port = redis_cluster_cmd(&["redis-cluster-kill-master", &format!("key:{channel}")]);
+    let killed = Instant::now();
+    let down = RedisNodeDown(port.clone());
+    eprintln!("FAULT redis master: killed the master on port {port} (serving {channel})");
+    s.at(Duration::from_secs(12)).await;
+    drop(down);
+    s.finish(
+        "kill -9 the Redis master of a busy room (Redis Cluster 3+3, 3 Kafka brokers, 3 gateways, 3 consumers)",
+        killed,
     )
     .await;
 }
