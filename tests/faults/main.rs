@@ -545,6 +545,8 @@ fn leader_of(brokers: &str, topic: &str, partition: i32) -> u32 {
 async fn kafka_leader_killed_in_a_cluster_of_three() {
     let _serial = SERIAL.lock().await;
     let brokers = harness::service("CLUSTER_KAFKA_BROKERS");
+    let nodes = harness::service("CLUSTER_REDIS_NODES");
+    let _cluster = harness::redis_cluster_lock(false).await;
     let s = Scenario::start_shaped(
         "f-kafka-leader",
         150,
@@ -553,7 +555,7 @@ async fn kafka_leader_killed_in_a_cluster_of_three() {
             gateways: 3,
             consumers: 3,
             kafka: Some(brokers.clone()),
-            redis_cluster: None,
+            redis_cluster: Some(nodes),
         },
     )
     .await;
@@ -569,7 +571,7 @@ async fn kafka_leader_killed_in_a_cluster_of_three() {
     s.at(Duration::from_secs(12)).await;
     drop(down);
     s.finish(
-        "kill -9 the leader of a busy partition (3 Kafka brokers, 3 gateways, 3 consumers)",
+        "kill -9 the leader of a busy partition (3 Kafka brokers, Redis Cluster 3+3, 3 gateways, 3 consumers)",
         killed,
     )
     .await;
@@ -593,17 +595,41 @@ struct LeaseLog {
 impl LeaseWatch {
     fn start(env: &Env) -> LeaseWatch {
         let url = env.redis_url.clone();
+        let cluster = env.redis_cluster.clone();
+        // The lease keys (src/coord/redis.rs): on a cluster, under one hash tag per topic,
+        // so one MGET reads them all.
+        let topic = match &cluster {
+            Some(_) => format!("{{{}:{}}}", env.prefix, env.topic),
+            None => env.topic.clone(),
+        };
         let keys: Vec<String> = (0..env.partitions)
-            .map(|p| format!("{}:lease:{}:{p}", env.prefix, env.topic))
+            .map(|p| format!("{}:lease:{topic}:{p}", env.prefix))
             .collect();
         let stop = tokio_util::sync::CancellationToken::new();
         let until = stop.clone();
         let task = tokio::spawn(async move {
-            let client = redis::Client::open(url).expect("redis url");
-            let mut conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .expect("redis");
+            let (mut one, mut many) = match cluster {
+                Some(nodes) => (
+                    None,
+                    Some(
+                        redis::cluster::ClusterClient::new(nodes.split(',').collect::<Vec<_>>())
+                            .expect("cluster nodes")
+                            .get_async_connection()
+                            .await
+                            .expect("redis cluster"),
+                    ),
+                ),
+                None => (
+                    Some(
+                        redis::Client::open(url)
+                            .expect("redis url")
+                            .get_multiplexed_async_connection()
+                            .await
+                            .expect("redis"),
+                    ),
+                    None,
+                ),
+            };
             let mut log = LeaseLog {
                 longest_unowned: vec![Duration::ZERO; keys.len()],
                 ..LeaseLog::default()
@@ -611,11 +637,13 @@ impl LeaseWatch {
             let mut unowned_since: Vec<Option<Instant>> = vec![None; keys.len()];
             let mut last: Vec<usize> = Vec::new();
             while !until.is_cancelled() {
-                let owners: Vec<Option<String>> = redis::cmd("MGET")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or_default();
+                let mget = redis::cmd("MGET").arg(&keys).clone();
+                let owners: Vec<Option<String>> = match (&mut one, &mut many) {
+                    (Some(c), _) => mget.query_async(c).await,
+                    (_, Some(c)) => mget.query_async(c).await,
+                    (None, None) => Ok(Vec::new()),
+                }
+                .unwrap_or_default();
                 let now = Instant::now();
                 let mut per_owner: std::collections::BTreeMap<String, usize> = Default::default();
                 for (p, o) in owners.iter().enumerate() {
@@ -702,6 +730,8 @@ impl LeaseLog {
 async fn consumer_killed_and_another_added_at_n() {
     let _serial = SERIAL.lock().await;
     let brokers = harness::service("CLUSTER_KAFKA_BROKERS");
+    let nodes = harness::service("CLUSTER_REDIS_NODES");
+    let _cluster = harness::redis_cluster_lock(false).await;
     let mut s = Scenario::start_shaped(
         "f-consumers-n",
         150,
@@ -710,7 +740,7 @@ async fn consumer_killed_and_another_added_at_n() {
             gateways: 3,
             consumers: 3,
             kafka: Some(brokers),
-            redis_cluster: None,
+            redis_cluster: Some(nodes),
         },
     )
     .await;
@@ -749,7 +779,7 @@ async fn consumer_killed_and_another_added_at_n() {
         leases.longest_unowned()
     );
     s.finish(
-        "kill -9 one of three consumers, then start a fourth (3 Kafka brokers, 3 gateways)",
+        "kill -9 one of three consumers, then start a fourth (3 Kafka brokers, Redis Cluster 3+3, 3 gateways)",
         killed,
     )
     .await;
@@ -761,6 +791,8 @@ async fn consumer_killed_and_another_added_at_n() {
 async fn gateway_added_and_one_removed_at_n() {
     let _serial = SERIAL.lock().await;
     let brokers = harness::service("CLUSTER_KAFKA_BROKERS");
+    let nodes = harness::service("CLUSTER_REDIS_NODES");
+    let _cluster = harness::redis_cluster_lock(false).await;
     let mut s = Scenario::start_shaped(
         "f-gateways-n",
         120,
@@ -769,7 +801,7 @@ async fn gateway_added_and_one_removed_at_n() {
             gateways: 3,
             consumers: 3,
             kafka: Some(brokers),
-            redis_cluster: None,
+            redis_cluster: Some(nodes),
         },
     )
     .await;
@@ -784,7 +816,7 @@ async fn gateway_added_and_one_removed_at_n() {
     s.gateways.lock().unwrap().remove(0);
     s.gws.remove(0);
     s.finish(
-        "a gateway added, another removed by SIGTERM (4 then 3 gateways, 3 consumers, 3 Kafka brokers)",
+        "a gateway added, another removed by SIGTERM (4 then 3 gateways, 3 consumers, 3 Kafka brokers, Redis Cluster 3+3)",
         removed,
     )
     .await;
