@@ -459,7 +459,8 @@ impl RedisTarget {
                 .overall_response_timeout(Some(std::time::Duration::from_secs(4)))
                 .retries(8)
                 .min_retry_wait(50)
-                .max_retry_wait(500);
+                .max_retry_wait(500)
+                .tcp_settings(cluster_tcp());
         if resp3 {
             b = b.use_protocol(redis::ProtocolVersion::RESP3);
         }
@@ -474,6 +475,26 @@ impl RedisTarget {
         }
         b.build()
     }
+}
+
+/// TCP settings of the cluster's connections. Keepalive probes (and, on Linux, a user
+/// time-out) make a node that vanished without closing its socket (a host crash, a
+/// partition) an I/O error within ~10 s: the subscriber connection only receives, so
+/// without them a dead master's subscriptions would go quiet with no `Disconnection` push,
+/// and the bus would never report them lost. No Nagle delay for small commands.
+fn cluster_tcp() -> redis::io::tcp::TcpSettings {
+    use redis::io::tcp::socket2::TcpKeepalive;
+    let keepalive = TcpKeepalive::new().with_time(std::time::Duration::from_secs(5));
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    let keepalive = keepalive
+        .with_interval(std::time::Duration::from_secs(2))
+        .with_retries(2);
+    let tcp = redis::io::tcp::TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    let tcp = tcp.set_user_timeout(std::time::Duration::from_secs(10));
+    tcp
 }
 
 /// Connects once as the bus does (RESP3: `HELLO 3 AUTH user password`) and sends `PING`:

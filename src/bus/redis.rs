@@ -198,14 +198,19 @@ impl RedisBus {
                     }
                     _ => None,
                 };
-                if notice == Some(BusNotice::Lost) {
+                let lost = notice == Some(BusNotice::Lost);
+                if lost {
                     tracing::warn!(kind = ?push.kind, "bus subscription lost");
-                    losses.send_modify(|g| *g += 1);
                 }
                 if let Some(n) = notice {
                     if tx.send(n).is_err() {
                         break;
                     }
+                }
+                // After `Lost` is sent: the recovery this starts ends with `Resync`, which
+                // must not overtake it.
+                if lost {
+                    losses.send_modify(|g| *g += 1);
                 }
             }
         });
