@@ -525,7 +525,7 @@ kafka_start() {
     # shellcheck disable=SC2016 # expanded by the inner shell, from the environment
     KAFKA_LIBS="$KAFKA_LIBS" KAFKA_DIR="$KAFKA_DIR" KAFKA_PID="$KAFKA_PID" RUN="$RUN" \
       KAFKA_HEAP="$KAFKA_HEAP" \
-      setsid nohup bash -c 'echo $$ >"$KAFKA_PID"; exec java $KAFKA_HEAP -XX:+UseG1GC \
+      setsid nohup bash -c 'cd "$RUN" || exit 1; echo $$ >"$KAFKA_PID"; exec java $KAFKA_HEAP -XX:+UseG1GC \
         -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
         -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties" -Dkafka.logs.dir="$RUN" \
         -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties"' \
