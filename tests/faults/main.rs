@@ -123,6 +123,25 @@ impl Scenario {
         }
     }
 
+    /// At N: three gateways and three consumers on the three Kafka brokers and the Redis
+    /// Cluster, each client sending `messages` at one per 100 ms; with the cluster's test
+    /// lock (exclusive for a test that breaks the cluster).
+    async fn at_n(
+        name: &str,
+        messages: usize,
+        alone: bool,
+    ) -> (Scenario, harness::RedisClusterLock) {
+        let lock = harness::redis_cluster_lock(alone).await;
+        let shape = Shape {
+            gateways: 3,
+            consumers: 3,
+            kafka: Some(harness::service("CLUSTER_KAFKA_BROKERS")),
+            redis_cluster: Some(harness::service("CLUSTER_REDIS_NODES")),
+        };
+        let s = Scenario::start_shaped(name, messages, Duration::from_millis(100), shape).await;
+        (s, lock)
+    }
+
     /// `/readyz` of gateway `i`: the status and the names of the failed dependencies.
     async fn readyz(&self, i: usize) -> (u16, Vec<String>) {
         let (status, v) = Http::new(&self.gws[i])
@@ -544,25 +563,11 @@ fn leader_of(brokers: &str, topic: &str, partition: i32) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_leader_killed_in_a_cluster_of_three() {
     let _serial = SERIAL.lock().await;
-    let brokers = harness::service("CLUSTER_KAFKA_BROKERS");
-    let nodes = harness::service("CLUSTER_REDIS_NODES");
-    let _cluster = harness::redis_cluster_lock(false).await;
-    let s = Scenario::start_shaped(
-        "f-kafka-leader",
-        150,
-        Duration::from_millis(100),
-        Shape {
-            gateways: 3,
-            consumers: 3,
-            kafka: Some(brokers.clone()),
-            redis_cluster: Some(nodes),
-        },
-    )
-    .await;
+    let (s, _cluster) = Scenario::at_n("f-kafka-leader", 150, false).await;
     s.at(Duration::from_secs(2)).await;
     let room: uuid::Uuid = s.rooms[0].parse().expect("room id");
     let partition = chat::log::partition_of(room, s.env.partitions);
-    let leader = leader_of(&brokers, &s.env.topic, partition);
+    let leader = leader_of(&s.env.brokers, &s.env.topic, partition);
     cluster_node("kill", leader);
     let killed = Instant::now();
     let down = NodeDown(leader);
@@ -729,21 +734,7 @@ impl LeaseLog {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_killed_and_another_added_at_n() {
     let _serial = SERIAL.lock().await;
-    let brokers = harness::service("CLUSTER_KAFKA_BROKERS");
-    let nodes = harness::service("CLUSTER_REDIS_NODES");
-    let _cluster = harness::redis_cluster_lock(false).await;
-    let mut s = Scenario::start_shaped(
-        "f-consumers-n",
-        150,
-        Duration::from_millis(100),
-        Shape {
-            gateways: 3,
-            consumers: 3,
-            kafka: Some(brokers),
-            redis_cluster: Some(nodes),
-        },
-    )
-    .await;
+    let (mut s, _cluster) = Scenario::at_n("f-consumers-n", 150, false).await;
     let watch = LeaseWatch::start(&s.env);
     s.at(Duration::from_secs(2)).await;
     s.consumers[0].kill9().await;
@@ -790,21 +781,7 @@ async fn consumer_killed_and_another_added_at_n() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_added_and_one_removed_at_n() {
     let _serial = SERIAL.lock().await;
-    let brokers = harness::service("CLUSTER_KAFKA_BROKERS");
-    let nodes = harness::service("CLUSTER_REDIS_NODES");
-    let _cluster = harness::redis_cluster_lock(false).await;
-    let mut s = Scenario::start_shaped(
-        "f-gateways-n",
-        120,
-        Duration::from_millis(100),
-        Shape {
-            gateways: 3,
-            consumers: 3,
-            kafka: Some(brokers),
-            redis_cluster: Some(nodes),
-        },
-    )
-    .await;
+    let (mut s, _cluster) = Scenario::at_n("f-gateways-n", 120, false).await;
     s.at(Duration::from_secs(2)).await;
     let added = s.env.spawn("gateway", "gw-3").await;
     s.gateways.lock().unwrap().push(added.addr.clone());
@@ -851,22 +828,8 @@ fn redis_cluster_cmd(args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_master_killed_at_n() {
     let _serial = SERIAL.lock().await;
-    let brokers = harness::service("CLUSTER_KAFKA_BROKERS");
-    let nodes = harness::service("CLUSTER_REDIS_NODES");
     // Alone on the cluster (tests/it's cluster tests take the same lock).
-    let _alone = harness::redis_cluster_lock(true).await;
-    let s = Scenario::start_shaped(
-        "f-redis-master",
-        150,
-        Duration::from_millis(100),
-        Shape {
-            gateways: 3,
-            consumers: 3,
-            kafka: Some(brokers),
-            redis_cluster: Some(nodes),
-        },
-    )
-    .await;
+    let (s, _cluster) = Scenario::at_n("f-redis-master", 150, true).await;
     s.at(Duration::from_secs(2)).await;
     let channel = format!("{}:room:{}", s.env.prefix, s.rooms[0]);
     let port = redis_cluster_cmd(&["redis-cluster-kill-master", &format!("key:{channel}")]);
