@@ -295,7 +295,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     };
     let settings = http::server::Settings {
         listen: cfg.listen,
-        workers: cfg.http_workers.map(|n| n.get()),
+        workers: http_workers(cfg.role, cfg.http_workers),
         // Step 4 of the drain: D/8 (at least a second) for open HTTP requests.
         shutdown_timeout: cfg.drain_timeout.as_secs().div_ceil(8).max(1),
         // From step 1 on, HTTP responses close their keep-alive connections.
@@ -380,5 +380,30 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// HTTP worker threads: as given; else one per core where WebSocket sessions are served
+/// (actix-web's default), and one for a consumer, whose HTTP is `/metrics` and the health
+/// checks: a thread per core there only competes with its relays and persist workers.
+fn http_workers(role: Role, given: Option<std::num::NonZeroUsize>) -> Option<usize> {
+    match (given, role) {
+        (Some(n), _) => Some(n.get()),
+        (None, Role::Consumer) => Some(1),
+        (None, Role::Gateway | Role::All) => None,
+    }
+}
+
+#[cfg(test)]
+mod http_worker_tests {
+    use super::*;
+
+    #[test]
+    fn a_consumer_serves_http_on_one_thread_unless_told() {
+        let four = std::num::NonZeroUsize::new(4);
+        assert_eq!(http_workers(Role::Consumer, None), Some(1));
+        assert_eq!(http_workers(Role::Consumer, four), Some(4));
+        assert_eq!(http_workers(Role::Gateway, None), None);
+        assert_eq!(http_workers(Role::All, four), Some(4));
     }
 }

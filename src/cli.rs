@@ -307,7 +307,8 @@ pub struct ServeArgs {
     #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 20)]
     pub drain_timeout_secs: u64,
     /// Threads that accept and serve HTTP and WebSocket connections (default: one per
-    /// core). Each connection stays on one of them.
+    /// core; one for `--role consumer`, which serves only metrics and health checks).
+    /// Each connection stays on one of them.
     #[arg(long, env = "HTTP_WORKERS")]
     pub http_workers: Option<std::num::NonZeroUsize>,
     /// Threads of the runtime that runs the bus, the log and the consumer (default: one

@@ -121,6 +121,14 @@ pub trait SendClaims: Send + Sync + 'static {
     async fn claim(&self, key: &SendKey, fresh: MessageId) -> Result<Claim, CoordError>;
     /// Records how the send ended. Settling a key nobody claimed records it all the same.
     async fn settle(&self, key: &SendKey, outcome: &Settled) -> Result<(), CoordError>;
+    /// [`settle`](Self::settle) for each pair, in as few round trips as the
+    /// implementation can. On an error some may be recorded and others not.
+    async fn settle_many(&self, settled: &[(SendKey, Settled)]) -> Result<(), CoordError> {
+        for (key, outcome) in settled {
+            self.settle(key, outcome).await?;
+        }
+        Ok(())
+    }
 }
 
 /// One held lease of one partition. `epoch` grows with every acquisition of that

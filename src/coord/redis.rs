@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use crate::bus::{RedisConn, RedisConnSpec};
 use async_trait::async_trait;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::{
     Claim, CoordError, Lease, Leases, Positions, SendClaims, SendKey, Settled, SlowMode, Timings,
@@ -157,6 +158,44 @@ impl SendClaims for RedisCoord {
 
     async fn settle(&self, key: &SendKey, outcome: &Settled) -> Result<(), CoordError> {
         count(Redis::Settle);
+        self.settle_cmd(key, outcome)?
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn settle_many(&self, settled: &[(SendKey, Settled)]) -> Result<(), CoordError> {
+        if settled.is_empty() {
+            return Ok(());
+        }
+        if self.conn.is_cluster() {
+            // Keys in many slots: one command each, several at a time (the cluster
+            // connection pipelines them per node).
+            let each: Vec<_> = settled
+                .iter()
+                .map(|(key, outcome)| self.settle(key, outcome))
+                .collect();
+            return futures_util::stream::iter(each)
+                .buffer_unordered(SETTLE_FANOUT)
+                .try_collect::<()>()
+                .await;
+        }
+        count(Redis::Settle);
+        let mut pipe = redis::pipe();
+        for (key, outcome) in settled {
+            pipe.add_command(self.settle_cmd(key, outcome)?).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// How many settles of one batch run at once on a Redis Cluster.
+const SETTLE_FANOUT: usize = 16;
+
+impl RedisCoord {
+    fn settle_cmd(&self, key: &SendKey, outcome: &Settled) -> Result<redis::Cmd, CoordError> {
         let (value, ttl) = match outcome {
             Settled::Done(m) => {
                 let json =
@@ -165,14 +204,12 @@ impl SendClaims for RedisCoord {
             }
             Settled::Retry(id) => (format!("retry:{id}"), self.timings.retry),
         };
-        redis::cmd("SET")
-            .arg(self.send_key(key))
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.send_key(key))
             .arg(value)
             .arg("EX")
-            .arg(ttl.as_secs().max(1))
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)
+            .arg(ttl.as_secs().max(1));
+        Ok(cmd)
     }
 }
 

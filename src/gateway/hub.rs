@@ -29,6 +29,7 @@ use bytestring::ByteString;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::doorbell::Rings;
 use super::outbox::{Live, Out, OutTx, TrySendError};
 use crate::bus::{Bus, BusEvent, Channel, Revocation, UserNotice};
 use crate::model::{Position, RoomId, UserId};
@@ -57,7 +58,18 @@ const MAX_CACHED_ROOMS: usize = 1_024;
 
 impl ConnHandle {
     fn offer(&self, item: Out) -> bool {
-        match self.tx.try_send(item) {
+        let queued = self.tx.try_send(item);
+        self.queued(queued)
+    }
+
+    /// Queues a fan-out item; the writer is woken when `rings` rings.
+    fn offer_rung(&self, item: Out, rings: &mut Rings) -> bool {
+        let queued = self.tx.try_send_rung(item, rings);
+        self.queued(queued)
+    }
+
+    fn queued(&self, queued: Result<(), TrySendError>) -> bool {
+        match queued {
             Ok(()) => true,
             Err(TrySendError::Full) => {
                 metrics::counter!(names::SLOW_CLIENTS).increment(1);
@@ -492,15 +504,19 @@ impl Hub {
             _ => Shared::Frame(Arc::new(text)),
         };
         let mut delivered = 0u64;
+        // One wake per worker thread for the whole room (doorbell.rs), after the lock.
+        let mut rings = Rings::default();
         for h in entry.conns.values() {
             let item = match &shared {
                 Shared::Message(live) => Out::Message(live.clone()),
                 Shared::Frame(frame) => Out::Frame(frame.clone()),
             };
-            if h.offer(item) {
+            if h.offer_rung(item, &mut rings) {
                 delivered += 1;
             }
         }
+        drop(rooms);
+        rings.ring();
         if matches!(event, BusEvent::Message { .. }) {
             metrics::counter!(names::MESSAGES_DELIVERED).increment(delivered);
         }

@@ -4,6 +4,7 @@
 //! Invariant: the gateway never publishes a chat message to the bus; it appends to the
 //! log, and the relay (consumer role) publishes in log order.
 
+mod doorbell;
 #[cfg(feature = "autobahn")]
 pub mod echo;
 mod frames;
@@ -145,6 +146,7 @@ impl Gateway {
             p.store.clone(),
             p.limits.events.clone(),
             recovery.clone(),
+            &tasks,
         );
         let gw = Arc::new(Gateway {
             presence,

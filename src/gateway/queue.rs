@@ -14,9 +14,12 @@
 //! item back) once the receiver is gone, and its items leave the budget then.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+
+use super::doorbell::{Doorbell, Ring, Rings};
 
 /// What an item weighs against the queue's byte bound and the gateway's budget.
 pub trait Weigh {
@@ -84,6 +87,9 @@ pub fn channel_in<T: Weigh>(
         }),
         ready: Notify::new(),
         room: Notify::new(),
+        // The writer runs where the queue is made (the session's worker thread).
+        bell: Doorbell::here(),
+        marked: AtomicBool::new(false),
     });
     (Tx(shared.clone()), Rx(shared))
 }
@@ -95,6 +101,22 @@ struct Shared<T> {
     ready: Notify,
     /// Senders wait here for room (or for the writer to go).
     room: Notify,
+    /// The doorbell of the writer's thread, for [`Tx::try_send_rung`]
+    /// (doorbell.rs). None: the writer is woken directly.
+    bell: Option<Arc<Doorbell>>,
+    /// Handed to `bell` and not woken yet.
+    marked: AtomicBool,
+}
+
+impl<T: Send + 'static> Ring for Shared<T> {
+    fn mark(&self) -> bool {
+        !self.marked.swap(true, Ordering::AcqRel)
+    }
+
+    fn wake(&self) {
+        self.marked.store(false, Ordering::Release);
+        self.ready.notify_one();
+    }
 }
 
 struct State<T> {
@@ -139,10 +161,22 @@ pub enum TrySendError {
 /// The sending side of a connection's queue (the hub, the session, its send worker).
 pub struct Tx<T>(Arc<Shared<T>>);
 
-impl<T: Weigh> Tx<T> {
+impl<T: Weigh + Send + 'static> Tx<T> {
     /// Queues without waiting.
     pub fn try_send(&self, item: T) -> Result<(), TrySendError> {
         self.push(item, false, usize::MAX).map_err(|(e, _)| e)
+    }
+
+    /// [`try_send`](Self::try_send) for one of many queues filled at once (the hub's
+    /// fan-out): the writer is woken when `rings` rings, with the other writers of its
+    /// thread (doorbell.rs).
+    pub fn try_send_rung(&self, item: T, rings: &mut Rings) -> Result<(), TrySendError> {
+        self.queue(item, false, usize::MAX).map_err(|(e, _)| e)?;
+        match &self.0.bell {
+            Some(bell) => rings.add(bell, self.0.clone()),
+            None => self.0.ready.notify_one(),
+        }
+        Ok(())
     }
 
     /// Queues, waiting for room; gives the item back if the writer is gone.
@@ -190,6 +224,13 @@ impl<T: Weigh> Tx<T> {
     /// within the byte capacity and `max_bytes` (an item larger than that alone still
     /// goes into an empty queue).
     fn push(&self, item: T, waiter: bool, max_bytes: usize) -> Result<(), (TrySendError, T)> {
+        self.queue(item, waiter, max_bytes)?;
+        self.0.ready.notify_one();
+        Ok(())
+    }
+
+    /// `push` without waking the writer.
+    fn queue(&self, item: T, waiter: bool, max_bytes: usize) -> Result<(), (TrySendError, T)> {
         let mut st = self.0.lock();
         if !st.receiver {
             return Err((TrySendError::Closed, item));
@@ -208,8 +249,6 @@ impl<T: Weigh> Tx<T> {
         st.bytes += cost;
         budget.take(cost);
         st.items.push_back(item);
-        drop(st);
-        self.0.ready.notify_one();
         Ok(())
     }
 }

@@ -63,6 +63,8 @@ impl SendError {
 pub struct Sender {
     log: Arc<dyn Log>,
     claims: Arc<dyn Coord>,
+    /// Records acked sends' results, several per round trip.
+    settles: Settles,
     store: Arc<dyn Store>,
     limits: Arc<Limits>,
     /// Reads the log's tail for a message not persisted yet.
@@ -101,15 +103,19 @@ fn coord_error(e: CoordError) -> SendError {
 }
 
 impl Sender {
+    /// `tasks`: where the recording of acked sends' results runs (it flushes what is
+    /// left when `tasks` is cancelled).
     pub fn new(
         log: Arc<dyn Log>,
         claims: Arc<dyn Coord>,
         store: Arc<dyn Store>,
         limits: Limits,
         tail: Arc<Recovery>,
+        tasks: &Shutdown,
     ) -> Self {
         Sender {
             log,
+            settles: Settles::start(claims.clone(), tasks),
             claims,
             store,
             limits: Arc::new(limits),
@@ -301,6 +307,7 @@ impl Sender {
             hops::since(Hop::Claim, received);
         }
         let claims = self.claims.clone();
+        let settles = self.settles.clone();
         let tasks = tasks.clone();
         let durable = match submit(&self.log, &new).await {
             Ok(d) => d,
@@ -313,11 +320,10 @@ impl Sender {
             match durable.await {
                 Ok(msg) => {
                     // The message is durable: ack it now and record the result beside
-                    // it. A resend that comes before this record finds the claim pending
-                    // and is answered `in_flight` (retryable); the next attempt gets the
-                    // ack again.
-                    let done = Settled::Done(msg.clone());
-                    tasks.spawn(async move { settle(&*claims, &key, done).await });
+                    // it. A resend that comes before this record
+                    // finds the claim pending and is answered `in_flight` (retryable);
+                    // the next attempt gets the ack again.
+                    settles.record(key, Settled::Done(msg.clone()), &tasks);
                     Ok(msg)
                 }
                 Err(e) => {
@@ -382,6 +388,85 @@ async fn settle(claims: &dyn Coord, key: &SendKey, outcome: Settled) {
         // store's unique key still keeps one row.
         tracing::warn!(error = %e, "could not record the send result");
     }
+}
+
+/// At most this many results per round trip.
+const SETTLE_BATCH: usize = 128;
+/// Results waiting for the recorder. Each holds one message (at most
+/// [`crate::model::MAX_BODY_CHARS`] characters and its metadata): about 16 MiB at worst.
+/// When full, a result is recorded on its own, as before the batching.
+const SETTLE_QUEUE: usize = 1024;
+
+/// The recorder of acked sends' results: one task per gateway that writes what has queued
+/// while its previous write was out, in one round trip
+/// ([`crate::coord::SendClaims::settle_many`]). It never waits for more: a resend right
+/// after its ack should find the result, not `in_flight`. A result that finds the queue
+/// full or the recorder stopped (the drain's last step) is recorded by a task of its own.
+#[derive(Clone)]
+struct Settles {
+    claims: Arc<dyn Coord>,
+    queue: tokio::sync::mpsc::Sender<(SendKey, Settled)>,
+}
+
+impl Settles {
+    fn start(claims: Arc<dyn Coord>, tasks: &Shutdown) -> Settles {
+        let (queue, rx) = tokio::sync::mpsc::channel(SETTLE_QUEUE);
+        tasks.spawn(record_settles(claims.clone(), rx, tasks.token().clone()));
+        Settles { claims, queue }
+    }
+
+    fn record(&self, key: SendKey, outcome: Settled, tasks: &Shutdown) {
+        if let Err(e) = self.queue.try_send((key, outcome)) {
+            let (key, outcome) = e.into_inner();
+            let claims = self.claims.clone();
+            tasks.spawn(async move { settle(&*claims, &key, outcome).await });
+        }
+    }
+}
+
+async fn record_settles(
+    claims: Arc<dyn Coord>,
+    mut rx: tokio::sync::mpsc::Receiver<(SendKey, Settled)>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => None,
+            r = rx.recv() => r,
+        };
+        let Some(first) = first else {
+            // Stopped: what is queued is recorded, what comes later is recorded on its own.
+            rx.close();
+            while let Some(r) = rx.recv().await {
+                batch.push(r);
+                if batch.len() == SETTLE_BATCH {
+                    settle_many(&*claims, &mut batch).await;
+                }
+            }
+            settle_many(&*claims, &mut batch).await;
+            return;
+        };
+        batch.push(first);
+        while batch.len() < SETTLE_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        settle_many(&*claims, &mut batch).await;
+    }
+}
+
+async fn settle_many(claims: &dyn Coord, batch: &mut Vec<(SendKey, Settled)>) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = claims.settle_many(batch).await {
+        // As in `settle`: the pending claims expire by themselves.
+        tracing::warn!(error = %e, results = batch.len(), "could not record send results");
+    }
+    batch.clear();
 }
 
 /// How long a session waits for its queued sends when it closes.
