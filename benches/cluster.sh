@@ -13,7 +13,8 @@
 # consumer on BASE_PORT+100), SEND_RATE (per-connection send limit, default 1000 so one
 # sender can drive the fanout scenario; the server's own default is 20), NO_CONSUMER=1
 # (start only the gateways: the persist scenario can then time the consumer alone, see
-# benches/README.md), HTTP_WORKERS (default 1 per gateway), RUST_LOG (default warn),
+# benches/README.md), HTTP_WORKERS and RUNTIME_THREADS (default: the server's own), RUST_LOG
+# (default warn),
 # KAFKA=cluster (the three-broker cluster of `scripts/services.sh start-kafka-cluster`,
 # replication factor 3, instead of the single broker), REDIS=cluster (the Redis Cluster of
 # `scripts/services.sh start-redis-cluster`, 3 masters + 3 replicas, instead of one Redis).
@@ -95,13 +96,14 @@ start() {
   # Its connections share --users users (the `connections` scenario: 100 per user): lift the
   # per-user connection cap (default 32 per gateway) and the room creation limit.
   export MAX_CONNECTIONS_PER_USER=1000000 ROOM_CREATE_PER_MINUTE=1000000
-  # Two gateways share the 2 cores with everything else: one HTTP worker thread each
-  # (the server's default is one per core). Paired runs: lower p99 in every pair
-  # (benches/README.md, "Multi-partition requests"). HTTP_WORKERS=2 for the default.
-  export HTTP_WORKERS="${HTTP_WORKERS:-1}"
+  # The server's own thread counts unless HTTP_WORKERS / RUNTIME_THREADS are given: what a
+  # user gets from `chat serve --role …` (benches/README.md, "Issue 21"). Before 2026-12-07
+  # this script set one HTTP worker per gateway.
+  [ -z "${HTTP_WORKERS:-}" ] || export HTTP_WORKERS
+  [ -z "${RUNTIME_THREADS:-}" ] || export RUNTIME_THREADS
   [ -z "${REDIS_URL:-}" ] || export REDIS_URL
   export KAFKA_BROKERS
-  export -p | grep -E ' (DATABASE_URL|REDIS_URL|REDIS_CLUSTER_NODES|KAFKA_BROKERS|KAFKA_TOPIC|REDIS_PREFIX|NO_MIGRATE|JWT_SECRET|SEND_RATE_PER_SEC|SEND_RATE_BURST|REGISTER_RATE_PER_ADDRESS|REGISTER_BURST_PER_ADDRESS|HASH_QUEUE|MAX_CONNECTIONS_PER_USER|ROOM_CREATE_PER_MINUTE|RUST_LOG|HTTP_WORKERS)=' >"$DIR/env"
+  export -p | grep -E ' (DATABASE_URL|REDIS_URL|REDIS_CLUSTER_NODES|KAFKA_BROKERS|KAFKA_TOPIC|REDIS_PREFIX|NO_MIGRATE|JWT_SECRET|SEND_RATE_PER_SEC|SEND_RATE_BURST|REGISTER_RATE_PER_ADDRESS|REGISTER_BURST_PER_ADDRESS|HASH_QUEUE|MAX_CONNECTIONS_PER_USER|ROOM_CREATE_PER_MINUTE|RUST_LOG|HTTP_WORKERS|RUNTIME_THREADS)=' >"$DIR/env"
   # 20,000 connections need more than the default open-file limit.
   ulimit -Hn 1048576 2>/dev/null || true
   ulimit -n "$(ulimit -Hn)"

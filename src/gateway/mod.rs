@@ -146,7 +146,6 @@ impl Gateway {
             p.store.clone(),
             p.limits.events.clone(),
             recovery.clone(),
-            &tasks,
         );
         let gw = Arc::new(Gateway {
             presence,

@@ -482,4 +482,65 @@ mod tests {
         drop(rb);
         assert_eq!(budget.used(), 0);
     }
+
+    /// Filled from another thread as the hub does: writers waiting on a single-threaded
+    /// runtime get every item, in order, woken through their thread's doorbell.
+    #[test]
+    fn rung_sends_reach_writers_waiting_on_their_own_thread() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (txs, rxs): (Vec<_>, Vec<_>) = (0..3).map(|_| channel::<Item>(16, 1_000)).unzip();
+            assert!(txs.iter().all(|tx| tx.0.bell.is_some()));
+            let writers: Vec<_> = rxs
+                .into_iter()
+                .map(|mut rx| {
+                    tokio::spawn(async move {
+                        let mut got = Vec::new();
+                        while let Some(item) = rx.recv().await {
+                            got.push(text(item));
+                        }
+                        got
+                    })
+                })
+                .collect();
+            // The writers wait before anything is queued.
+            tokio::task::yield_now().await;
+            tokio::task::spawn_blocking(move || {
+                for round in 0..4 {
+                    let mut rings = Rings::default();
+                    for tx in &txs {
+                        tx.try_send_rung(frame(round), &mut rings).unwrap();
+                    }
+                    rings.ring();
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            })
+            .await
+            .unwrap();
+            let want: Vec<String> = (0..4).map(|i| format!("f{i}")).collect();
+            for w in writers {
+                let got = tokio::time::timeout(std::time::Duration::from_secs(5), w)
+                    .await
+                    .expect("every writer woken")
+                    .unwrap();
+                assert_eq!(got, want);
+            }
+        });
+    }
+
+    /// Outside a single-threaded runtime there is no doorbell: a rung send wakes at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn without_a_doorbell_rung_sends_wake_directly() {
+        let (tx, mut rx) = channel::<Item>(16, 1_000);
+        assert!(tx.0.bell.is_none());
+        let mut rings = Rings::default();
+        tx.try_send_rung(frame(1), &mut rings).unwrap();
+        // Not rung yet, and still delivered.
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await;
+        assert_eq!(got.expect("woken").map(text).as_deref(), Some("f1"));
+        drop(rings);
+    }
 }
