@@ -204,11 +204,12 @@ elif [ "$ab_rc" -ne 0 ]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-banner "cleanup: this run's Kafka topics"
+banner "cleanup: the test topics on the Kafka broker"
 # Each integration test makes its own topic (chat_t_…, chat_b_…) and none deletes it. Left to
 # pile up (thousands of partitions after a few hundred runs), they made the broker's start
-# take over the 120 s services.sh waits. Only after a passing run (a failed one keeps them to
-# look at), and not while another test run uses this broker.
+# take over the 120 s services.sh waits. This deletes every such topic on the broker: only
+# after a passing run (a failed one keeps them to look at). Do not run two test runs against
+# one broker at once: the first to finish would delete the other's topics.
 bash scripts/services.sh kafka-class org.apache.kafka.tools.TopicCommand \
   --bootstrap-server "${KAFKA_BROKERS%%,*}" --delete --topic 'chat_(t|b)_.*' >/dev/null 2>&1 ||
   echo "could not delete the test topics (harmless)"

@@ -151,6 +151,7 @@ pub async fn run(c: &Consumer, lease: Lease, stop: CancellationToken) {
             Err(e) => {
                 tracing::warn!(partition, error = %e, "relay: fetch failed; retrying");
                 if !backoff.sleep(&stop).await {
+                    saved.save(c, &lease, offset).await;
                     return;
                 }
                 continue;
@@ -183,6 +184,9 @@ pub async fn run(c: &Consumer, lease: Lease, stop: CancellationToken) {
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "relay: publish failed; retrying");
                     if !backoff.sleep(&stop).await {
+                        // What this batch holds is not published: `offset` is still
+                        // before it.
+                        saved.save(c, &lease, offset).await;
                         return;
                     }
                 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use crate::bus::{RedisConn, RedisConnSpec};
 use async_trait::async_trait;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 
 use super::{
     Claim, CoordError, Lease, Leases, Positions, SendClaims, SendKey, Settled, SlowMode, Timings,
@@ -175,10 +175,12 @@ impl SendClaims for RedisCoord {
                 .iter()
                 .map(|(key, outcome)| self.settle(key, outcome))
                 .collect();
-            return futures_util::stream::iter(each)
+            // Every one is attempted; the first error is returned.
+            let results: Vec<Result<(), CoordError>> = futures_util::stream::iter(each)
                 .buffer_unordered(SETTLE_FANOUT)
-                .try_collect::<()>()
+                .collect()
                 .await;
+            return results.into_iter().collect();
         }
         count(Redis::Settle);
         let mut pipe = redis::pipe();

@@ -176,6 +176,14 @@ impl Gateway {
     /// left is cut. Returns once every session task has ended, Err (how many tasks are
     /// left) if some still run at 7/8 D.
     pub async fn drain(&self, deadline: &Deadline) -> Result<(), usize> {
+        let sessions = self.drain_sessions(deadline).await;
+        // The results of the last sends are written by tasks on the HTTP workers' threads,
+        // which stop with the HTTP server, next.
+        self.sender.flush(deadline.share(7, 8)).await;
+        sessions
+    }
+
+    async fn drain_sessions(&self, deadline: &Deadline) -> Result<(), usize> {
         self.drain.cancel();
         if self.sessions.wait_until(deadline.share(1, 4)).await.is_ok() {
             return Ok(());

@@ -114,7 +114,8 @@ impl<T: Send + 'static> Ring for Shared<T> {
     }
 
     fn wake(&self) {
-        self.marked.store(false, Ordering::Release);
+        // Acquires the release of the `mark` that handed it over (after its item).
+        self.marked.swap(false, Ordering::AcqRel);
         self.ready.notify_one();
     }
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
 
 use super::recovery::Recovery;
 use crate::coord::{Claim, Coord, CoordError, SendKey, Settled};
@@ -118,6 +119,11 @@ impl Sender {
             limits: Arc::new(limits),
             tail,
         }
+    }
+
+    /// Waits (until `until`) for the results of acked sends still being recorded.
+    pub async fn flush(&self, until: tokio::time::Instant) {
+        self.settles.flush(until).await;
     }
 
     /// Checks a claimed record before it is written: an event against its target, a
@@ -401,7 +407,8 @@ const SETTLE_QUEUE: usize = 1024;
 /// task writes them next, until none are left. So a result is written at once or right
 /// after the write in flight, a resend right after its ack finds it, and no thread wakes
 /// another to hand a result over (a recorder task on another thread cost a wake-up per
-/// send: +3 % of a core per gateway at 1,000 sends/s, benches/README.md "Issue 21").
+/// send: about 3 % of a core more for two gateways at 1,000 sends/s, benches/README.md
+/// "Issue 21").
 #[derive(Clone)]
 struct Settles {
     claims: Arc<dyn Coord>,
@@ -442,22 +449,19 @@ impl Settles {
             }
             st.writing = true;
         }
-        let me = self.clone();
+        // Made before the task: a task dropped before it ever ran (its runtime shut
+        // down) still ends the write, and the next result starts one.
+        let done = Writing(self.clone(), std::cell::Cell::new(true));
         tasks.spawn(async move {
-            /// Ends the write even if its task is dropped: the next result starts one.
-            struct Done(Settles);
-            impl Drop for Done {
-                fn drop(&mut self) {
-                    self.0.lock().writing = false;
-                }
-            }
-            let done = Done(me);
             let mut batch = vec![(key, outcome)];
             loop {
                 settle_many(&*done.0.claims, &mut batch).await;
                 let mut st = done.0.lock();
                 if st.queued.is_empty() {
                     st.writing = false;
+                    // Ended here, under the lock: the guard must not end a write that
+                    // another result starts right after.
+                    done.1.set(false);
                     // What it queued beyond the batch size is gone, not its capacity.
                     st.queued.shrink_to(SETTLE_BATCH);
                     return;
@@ -467,18 +471,57 @@ impl Settles {
             }
         });
     }
+
+    /// Waits (until `until`) for the write out and what is queued behind it: the drain,
+    /// before the worker threads whose tasks write them stop.
+    pub async fn flush(&self, until: tokio::time::Instant) {
+        while tokio::time::Instant::now() < until {
+            {
+                let st = self.lock();
+                if !st.writing && st.queued.is_empty() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::warn!("drain: send results still being recorded");
+    }
 }
 
+/// A write of results is out while this lives armed (see [`Settles::record`]).
+struct Writing(Settles, std::cell::Cell<bool>);
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if self.1.get() {
+            self.0.lock().writing = false;
+        }
+    }
+}
+
+/// Writes a batch; after an error, each result once more on its own (one failure must not
+/// cost the others: a lost result leaves its claim pending, and a resend after that
+/// expires makes a second message).
 async fn settle_many(claims: &dyn Coord, batch: &mut Vec<(SendKey, Settled)>) {
     if batch.is_empty() {
         return;
     }
     if let Err(e) = claims.settle_many(batch).await {
-        // As in `settle`: the pending claims expire by themselves.
-        tracing::warn!(error = %e, results = batch.len(), "could not record send results");
+        tracing::debug!(error = %e, results = batch.len(), "send results: batch failed; one by one");
+        futures_util::stream::iter(batch.iter())
+            .for_each_concurrent(SETTLE_RETRIES, |(key, outcome)| async move {
+                if let Err(e) = claims.settle(key, outcome).await {
+                    // As in `settle`: the pending claim expires by itself.
+                    tracing::warn!(error = %e, "could not record the send result");
+                }
+            })
+            .await;
     }
     batch.clear();
 }
+
+/// Results of a failed batch written again at once.
+const SETTLE_RETRIES: usize = 16;
 
 /// How long a session waits for its queued sends when it closes.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
