@@ -193,7 +193,8 @@ pub async fn run(c: &Consumer, lease: Lease, stop: CancellationToken) {
             }
         }
         offset = next_offset;
-        if offset != saved.offset && (quiet || saved.at.elapsed() >= SAVE_EVERY) {
+        // (`save` does nothing when `offset` is saved already.)
+        if quiet || saved.at.elapsed() >= SAVE_EVERY {
             if let Fenced::Yes = saved.save(c, &lease, offset).await {
                 tracing::warn!(partition, "relay: lease moved on; stopping");
                 return;

@@ -323,9 +323,9 @@ impl Sender {
             match durable.await {
                 Ok(msg) => {
                     // The message is durable: ack it now and record the result beside
-                    // it. A resend that comes before this record
-                    // finds the claim pending and is answered `in_flight` (retryable);
-                    // the next attempt gets the ack again.
+                    // it. A resend that comes before this record finds the claim pending
+                    // and is answered `in_flight` (retryable); the next attempt gets the
+                    // ack again.
                     settles.record(key, Settled::Done(msg.clone()), &tasks);
                     Ok(msg)
                 }
