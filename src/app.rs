@@ -66,6 +66,7 @@ async fn distributed(cfg: &Config, s: &Services, tasks: &Shutdown) -> anyhow::Re
         produce_timeout: cfg.produce_timeout,
         security: s.kafka_security.clone(),
         compression: s.kafka_compression,
+        relay_linger: s.relay_linger,
     };
     // A setting that cannot work (TLS, credentials) stops the start with one line naming
     // the service, its address and why; a service that is only unreachable does not

@@ -175,6 +175,12 @@ pub struct ServeArgs {
     /// How the record batches chat produces are compressed (reading takes every codec).
     #[arg(long, value_enum, env = "KAFKA_COMPRESSION", default_value_t = KafkaCompression::None)]
     pub kafka_compression: KafkaCompression,
+    /// A consumer's relay: after a fetch that brought records, the next one goes no
+    /// sooner than this many milliseconds after it (0: at once). Fewer, fuller fetches
+    /// and bus publishes for less CPU, at up to this much more delivery latency.
+    #[arg(long, env = "RELAY_LINGER_MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=100))]
+    pub relay_linger_ms: u64,
     /// TLS to every Kafka broker (bootstrap and leaders), verified against the system
     /// trust store or --kafka-ca-file.
     #[arg(long, env = "KAFKA_TLS")]

@@ -42,6 +42,8 @@ pub struct Services {
     pub kafka_security: KafkaSecurity,
     /// How produced record batches are compressed.
     pub kafka_compression: Compression,
+    /// A relay's fetches go at most this often while records flow (zero: at once).
+    pub relay_linger: Duration,
 }
 
 impl std::fmt::Debug for Services {
@@ -634,6 +636,7 @@ fn backend(a: &ServeArgs, secrets: &Secrets) -> Result<Backend, ConfigError> {
             KafkaCompression::Lz4 => Compression::Lz4,
             KafkaCompression::Zstd => Compression::Zstd,
         },
+        relay_linger: Duration::from_millis(a.relay_linger_ms),
     })))
 }
 

@@ -176,3 +176,59 @@ async fn every_hop_is_timed_and_every_request_counted(mode: Mode) {
     let fanout = sum(&all, &hop("fanout")).await - before[6];
     assert!(fanout >= 2.0 * N as f64, "fanout +{fanout}");
 }
+
+/// `--relay-linger-ms`: messages sent one after the other (each after the last one's ack)
+/// reach the relay in a few fetches rather than one each: after an answer with records,
+/// the next fetch waits out the linger and brings what came meanwhile. Every message is
+/// still delivered, in order. (Counts only: without the linger, this run makes about one
+/// relay fetch per message.)
+#[tokio::test]
+async fn a_relay_linger_gathers_records_into_fewer_fetches() {
+    let env = Env::new("linger").await;
+    let gw = env.spawn("gateway", "gw-m").await;
+    let consumer = env
+        .spawn_with("consumer", "consumer", &["--relay-linger-ms", "100"])
+        .await;
+    let http = Http::new(&gw);
+    let alice = http.register("alice").await;
+    let bob = http.register("bob").await;
+    let room = http.create_room(&alice, "general").await;
+    http.join(&bob, &room).await;
+    let mut wa = Ws::login(&gw, &alice).await;
+    let mut wb = Ws::login(&gw, &bob).await;
+    wb.subscribe(&room, None).await;
+    // The relay is live before the count starts: a first message goes through.
+    wa.send(json!({"type": "send", "room": room, "client_msg_id": "l-first", "body": "first"}))
+        .await;
+    let first = wb.expect("message").await;
+    assert_eq!(first["message"]["body"], "first");
+
+    let fetches = kafka(r#"api="fetch",reader="relay""#);
+    let before = sum(&[&consumer], &fetches).await;
+    const N: usize = 20;
+    for i in 0..N {
+        wa.send(json!({"type": "send", "room": room, "client_msg_id": format!("l{i}"), "body": format!("linger {i}")}))
+            .await;
+        loop {
+            let v = wa.next().await;
+            match v["type"].as_str() {
+                Some("ack") => break,
+                Some("message") | Some("event") => {}
+                _ => panic!("unexpected frame {v}"),
+            }
+        }
+    }
+    let mut last = first["message"]["position"].as_i64().expect("position");
+    for i in 0..N {
+        let m = wb.expect("message").await;
+        assert_eq!(m["message"]["body"], format!("linger {i}"));
+        let p = m["message"]["position"].as_i64().expect("position");
+        assert!(p > last, "out of order: {p} after {last}");
+        last = p;
+    }
+    let made = sum(&[&consumer], &fetches).await - before;
+    assert!(
+        made <= (N / 2) as f64,
+        "{made} relay fetches for {N} messages sent one after the other"
+    );
+}

@@ -7,7 +7,10 @@
 //! leader, which keeps one Fetch request in flight for all of their partitions and
 //! hands each partition's records to its reader. The task reads ahead: it fetches a
 //! partition again as soon as the previous batch is handed over, while the reader is
-//! still busy with it, up to [`AHEAD`] batches.
+//! still busy with it, up to [`AHEAD`] batches. A relay's fetches may linger
+//! (`--relay-linger-ms`): after an answer with records, the next fetch goes out only that
+//! long after it did, so what comes meanwhile shares one answer. Off by default: each
+//! record is fetched as soon as it is written.
 //!
 //! A reader that asks for another offset than the one its partition has reached (a
 //! first read, a seek after an error or a fenced commit) re-opens its partition there;
@@ -43,23 +46,29 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
 pub(super) struct Profile {
     pub min_bytes: i32,
     pub max_wait: Duration,
+    /// After an answer with records, the next fetch goes no sooner than this after that
+    /// one went out (zero: at once): records that come meanwhile share the next answer.
+    pub linger: Duration,
     /// What its fetches count as (`chat_kafka_requests_total`).
     pub requests: Kafka,
 }
 
 impl Profile {
-    /// The fetches of a tail of this pace: a live one returns at the first record, a
-    /// batch one waits up to 200 ms for [`BATCH_BYTES`](crate::log::BATCH_BYTES).
-    pub fn of(pace: crate::log::Pace) -> Profile {
+    /// The fetches of a tail of this pace: a live one returns at the first record (and
+    /// lingers `linger` after an answer with records), a batch one waits up to 200 ms for
+    /// [`BATCH_BYTES`](crate::log::BATCH_BYTES).
+    pub fn of(pace: crate::log::Pace, linger: Duration) -> Profile {
         match pace {
             crate::log::Pace::Live => Profile {
                 min_bytes: 1,
                 max_wait: Duration::from_millis(500),
+                linger,
                 requests: Kafka::FetchRelay,
             },
             crate::log::Pace::Batch => Profile {
                 min_bytes: i32::try_from(crate::log::BATCH_BYTES).unwrap_or(i32::MAX),
                 max_wait: Duration::from_millis(200),
+                linger: Duration::ZERO,
                 requests: Kafka::FetchPersist,
             },
         }
@@ -145,7 +154,21 @@ async fn fetch_loop(
     let mut conn: Option<Conn> = None;
     let mut reachable = true;
     let mut turn = 0usize;
+    // Until when the next fetch lingers (the profile's `linger` after the last answer
+    // with records went out); a reader opening meanwhile ends the wait.
+    let mut linger_until: Option<tokio::time::Instant> = None;
     loop {
+        if let Some(t) = linger_until.take() {
+            if t > tokio::time::Instant::now() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(t) => {}
+                    cmd = rx.recv(), if reachable => match cmd {
+                        Some(cmd) => take(&mut streams, cmd),
+                        None => reachable = false,
+                    },
+                }
+            }
+        }
         while reachable {
             match rx.try_recv() {
                 Ok(cmd) => take(&mut streams, cmd),
@@ -189,6 +212,7 @@ async fn fetch_loop(
             .saturating_mul(ready.len() as i32)
             .min(FETCH_MAX_BYTES / 2);
         let request = fetch_request(&cluster.topic, &ready, min_bytes, wait);
+        let sent_at = tokio::time::Instant::now();
         // A partition opened meanwhile should not wait out this long poll: Kafka answers
         // a connection's requests in order, so drop the request with its connection and
         // ask again, with the new partition, on a new one (nothing is lost: offsets only
@@ -205,7 +229,9 @@ async fn fetch_loop(
         };
         match answer {
             Ok(response) => {
-                record_size(&response, profile);
+                if record_size(&response, profile) > 0 && !profile.linger.is_zero() {
+                    linger_until = Some(sent_at + profile.linger);
+                }
                 if hand_over(&mut streams, response) {
                     cluster.refresh_soon();
                 }
@@ -303,7 +329,7 @@ async fn send(
     }
 }
 
-fn record_size(response: &[Fetched], profile: Profile) {
+fn record_size(response: &[Fetched], profile: Profile) -> usize {
     let records: usize = response
         .iter()
         .filter_map(|p| p.result.as_ref().ok())
@@ -311,6 +337,7 @@ fn record_size(response: &[Fetched], profile: Profile) {
         .sum();
     metrics::histogram!(crate::telemetry::names::FETCH_BATCH, "wait_ms" => profile.max_wait.as_millis().to_string())
         .record(records as f64);
+    records
 }
 
 fn take(streams: &mut HashMap<i32, Stream>, cmd: Cmd) {

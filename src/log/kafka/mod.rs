@@ -119,6 +119,8 @@ pub struct KafkaSettings {
     pub security: KafkaSecurity,
     /// How produced record batches are compressed.
     pub compression: Compression,
+    /// The relay's fetches (the live tail) go at most this often while records flow.
+    pub relay_linger: Duration,
 }
 
 pub struct KafkaLog {
@@ -258,7 +260,7 @@ impl Log for KafkaLog {
     }
 
     async fn tail(&self, partition: i32, pace: Pace) -> Result<Box<dyn LogReader>, LogError> {
-        let profile = Profile::of(pace);
+        let profile = Profile::of(pace, self.settings.relay_linger);
         let tailer = {
             let mut tailers = self.tailers.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(
