@@ -415,6 +415,9 @@ pub async fn run(plan: ConnPlan, mut ws: Ws, shared: Arc<Shared>) {
                 let at_us = shared.us_since_base(at);
                 let lag = Instant::now().saturating_duration_since(at).as_micros() as u64;
                 c.max_send_lag_us.fetch_max(lag, Relaxed);
+                if at >= t.measure_from {
+                    shared.recorder.record(plan.idx, Kind::SendLag, lag);
+                }
                 let frame = match mixed.as_mut() {
                     Some(m) => {
                         let body = shared.body(plan.idx, seq, at_us);

@@ -545,6 +545,7 @@ async fn execute(spec: &Spec, args: &BenchArgs) -> Result<Report, BenchError> {
         ack: Latency::of(&totals.ack),
         deliver: Latency::of(&totals.deliver),
         max_send_lag_ms: Counters::get(&c.max_send_lag_us) as f64 / 1000.0,
+        send_lag: Latency::of(&totals.send_lag),
         bench,
         servers,
         persist,

@@ -154,6 +154,10 @@ pub struct Report {
     /// Most a send was written after its scheduled time: large means the bench or the
     /// socket could not keep up, and the latencies include it.
     pub max_send_lag_ms: f64,
+    /// How late sends were written after their scheduled time (the generator's share of
+    /// the latencies above: its timer, and waiting for a CPU). Absent in older reports.
+    #[serde(default)]
+    pub send_lag: Latency,
     pub bench: ProcReport,
     pub servers: Vec<ProcReport>,
     pub persist: Option<Persist>,
@@ -230,6 +234,9 @@ impl Report {
             );
             row(&mut o, "ack", &self.ack);
             row(&mut o, "deliver", &self.deliver);
+            if self.send_lag.count > 0 {
+                row(&mut o, "send lag", &self.send_lag);
+            }
         }
         if let Some(server) = &self.server {
             server.summary(&mut o);

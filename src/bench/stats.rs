@@ -102,6 +102,7 @@ struct Shard {
     ack_interval: Histogram<u64>,
     deliver_interval: Histogram<u64>,
     connect: Histogram<u64>,
+    send_lag: Histogram<u64>,
 }
 
 pub struct Recorder {
@@ -115,6 +116,7 @@ pub struct Totals {
     pub ack: Histogram<u64>,
     pub deliver: Histogram<u64>,
     pub connect: Histogram<u64>,
+    pub send_lag: Histogram<u64>,
     /// Per kind, (ack, deliver); empty when nothing was recorded per kind.
     pub kinds: Vec<(Histogram<u64>, Histogram<u64>)>,
 }
@@ -129,6 +131,8 @@ pub enum Kind {
     Ack,
     Deliver,
     Connect,
+    /// A send's write after its scheduled time (the generator's own lateness).
+    SendLag,
 }
 
 impl Recorder {
@@ -142,6 +146,7 @@ impl Recorder {
                         ack_interval: histogram(),
                         deliver_interval: histogram(),
                         connect: histogram(),
+                        send_lag: histogram(),
                     })
                 })
                 .collect(),
@@ -179,6 +184,7 @@ impl Recorder {
                 s.deliver_interval.saturating_record(us);
             }
             Kind::Connect => s.connect.saturating_record(us),
+            Kind::SendLag => s.send_lag.saturating_record(us),
         }
     }
 
@@ -200,6 +206,7 @@ impl Recorder {
             ack: histogram(),
             deliver: histogram(),
             connect: histogram(),
+            send_lag: histogram(),
             kinds: Vec::new(),
         };
         for s in &self.shards {
@@ -207,6 +214,7 @@ impl Recorder {
             let _ = t.ack.add(&s.ack);
             let _ = t.deliver.add(&s.deliver);
             let _ = t.connect.add(&s.connect);
+            let _ = t.send_lag.add(&s.send_lag);
         }
         for s in &self.kinds {
             let s = s.lock().unwrap_or_else(|p| p.into_inner());

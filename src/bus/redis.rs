@@ -509,37 +509,48 @@ impl Bus for RedisBus {
                 .arg(2 * ttl)
                 .ignore();
         };
-        if self.commands.is_cluster() {
+        // Every entry is attempted, whatever fails first (a shard in failover must not
+        // let the users on the others go offline); the first error is returned.
+        let pipes: Vec<redis::Pipeline> = if self.commands.is_cluster() {
             // Each user's key is in its own slot: one pipeline per connection entry.
-            let pipes: Vec<redis::Pipeline> = conns
+            conns
                 .iter()
                 .map(|(user, conn)| {
                     let mut pipe = redis::pipe();
                     refresh(&mut pipe, *user, conn);
                     pipe
                 })
-                .collect();
-            return futures_util::stream::iter(pipes)
-                .map(|pipe| {
-                    count(Redis::Presence);
-                    let mut c = self.commands.clone();
-                    async move { pipe.query_async::<()>(&mut c).await }
+                .collect()
+        } else {
+            conns
+                .chunks(1_000)
+                .map(|chunk| {
+                    let mut pipe = redis::pipe();
+                    for (user, conn) in chunk {
+                        refresh(&mut pipe, *user, conn);
+                    }
+                    pipe
                 })
-                .buffer_unordered(CLUSTER_FANOUT)
-                .try_collect::<()>()
-                .await
-                .map_err(unavailable);
-        }
-        for chunk in conns.chunks(1_000) {
-            let mut pipe = redis::pipe();
-            for (user, conn) in chunk {
-                refresh(&mut pipe, *user, conn);
-            }
-            count(Redis::Presence);
-            let mut c = self.commands.clone();
-            pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
-        }
-        Ok(())
+                .collect()
+        };
+        let fanout = if self.commands.is_cluster() {
+            CLUSTER_FANOUT
+        } else {
+            1
+        };
+        let results: Vec<redis::RedisResult<()>> = futures_util::stream::iter(pipes)
+            .map(|pipe| {
+                count(Redis::Presence);
+                let mut c = self.commands.clone();
+                async move { pipe.query_async::<()>(&mut c).await }
+            })
+            .buffer_unordered(fanout)
+            .collect()
+            .await;
+        results
+            .into_iter()
+            .collect::<redis::RedisResult<()>>()
+            .map_err(unavailable)
     }
 
     async fn online(&self, users: &[UserId]) -> Result<HashSet<UserId>, BusError> {
