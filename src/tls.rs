@@ -506,8 +506,37 @@ pub async fn probe_redis(target: &RedisTarget) -> anyhow::Result<()> {
 }
 
 /// Why Redis cannot be used, found with one connection of its own within `within`: the
-/// bus's connections retry in the background, so a command only sees a time-out.
+/// bus's connections retry in the background, so a command only sees a time-out. A
+/// cluster is usable when any of its seed nodes answers (the client learns the others
+/// from it): every seed is tried at once, and when none answers the first seed's reason
+/// is given.
 pub async fn redis_reason(target: &RedisTarget, within: std::time::Duration) -> Result<(), String> {
+    if target.cluster.len() > 1 {
+        let seeds = target.cluster.iter().map(|url| {
+            let one = RedisTarget {
+                url: url.clone(),
+                ca: target.ca.clone(),
+                cluster: Vec::new(),
+            };
+            async move { node_reason(&one, within).await }
+        });
+        let reasons = futures_util::future::join_all(seeds).await;
+        if reasons.iter().any(Result::is_ok) {
+            return Ok(());
+        }
+        let others = reasons.len() - 1;
+        return Err(reasons
+            .into_iter()
+            .find_map(Result::err)
+            .map_or_else(String::new, |first| {
+                format!("{first} (nor did the {others} other seed node(s) answer)")
+            }));
+    }
+    node_reason(target, within).await
+}
+
+/// [`redis_reason`] for one server (or one seed node).
+async fn node_reason(target: &RedisTarget, within: std::time::Duration) -> Result<(), String> {
     let attempt = async {
         let client = target.client(&crate::bus::resp3_url(&target.url))?;
         let config = redis::AsyncConnectionConfig::new()

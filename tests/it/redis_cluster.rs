@@ -851,3 +851,34 @@ async fn a_slot_moving_to_another_master_is_lost_then_resynced() {
     eprintln!("slot {slot} moved {owner} → {other} → {owner}: Lost, Resync, delivered each time");
     tasks.cancel();
 }
+
+/// A cluster whose first seed node is down is still usable: the start probe (and
+/// `/readyz`'s explanation of a time-out) try every seed and take the cluster when any
+/// answers; a gateway given such a seed list starts and is ready. When no seed answers,
+/// the first seed's reason is given and the others are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_seed_that_is_down_does_not_stop_a_start() {
+    let Some(nodes) =
+        redis_cluster_nodes("redis_cluster::a_first_seed_that_is_down_does_not_stop_a_start")
+    else {
+        return;
+    };
+    let _shared = redis_cluster_lock(false).await;
+    let seeds = format!("redis://127.0.0.1:1,{nodes}");
+    chat::tls::probe_redis(&target(&seeds))
+        .await
+        .expect("usable through its other seeds");
+    let line = chat::tls::probe_redis(&target("redis://127.0.0.1:1,redis://127.0.0.1:2"))
+        .await
+        .expect_err("no seed answers")
+        .to_string();
+    assert!(
+        line.contains("127.0.0.1:1") && line.contains("1 other seed"),
+        "{line}"
+    );
+
+    let env = Env::on_redis_cluster("rc-seed", &seeds).await;
+    let gw = env.spawn("gateway", "gw-m").await;
+    let ready = reqwest::get(gw.url("/readyz")).await.expect("GET /readyz");
+    assert_eq!(ready.status(), 200, "{:?}", ready.text().await);
+}
