@@ -42,7 +42,7 @@ pub struct Services {
     pub kafka_security: KafkaSecurity,
     /// How produced record batches are compressed.
     pub kafka_compression: Compression,
-    /// A relay's fetches go at most this often while records flow (zero: at once).
+    /// While records flow, a relay fetches at most once per this interval (zero: at once).
     pub relay_linger: Duration,
 }
 
@@ -58,6 +58,7 @@ impl std::fmt::Debug for Services {
             .field("kafka_replication_factor", &self.kafka_replication_factor)
             .field("kafka_security", &self.kafka_security)
             .field("kafka_compression", &self.kafka_compression)
+            .field("relay_linger", &self.relay_linger)
             .finish()
     }
 }

@@ -155,7 +155,8 @@ pub struct Report {
     /// socket could not keep up, and the latencies include it.
     pub max_send_lag_ms: f64,
     /// How late sends were written after their scheduled time (the generator's share of
-    /// the latencies above: its timer, and waiting for a CPU). Absent in older reports.
+    /// the latencies above: its timer, waiting for a CPU, and a connection's previous
+    /// send still being written). Absent in older reports.
     #[serde(default)]
     pub send_lag: Latency,
     pub bench: ProcReport,
@@ -494,5 +495,16 @@ mod tests {
         let text = serde_json::to_string(&r).unwrap();
         let back: Report = serde_json::from_str(&text).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn a_report_from_before_the_send_lag_still_reads() {
+        let mut r = Report::default();
+        r.send_lag.count = 3;
+        let mut v = serde_json::to_value(&r).unwrap();
+        assert!(v.as_object_mut().unwrap().remove("send_lag").is_some());
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back.send_lag, Latency::default());
+        assert!(!back.summary().contains("send lag"));
     }
 }

@@ -38,7 +38,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::conn::{ConnSpec, RedisConn};
-use super::{Bus, BusError, BusEvent, BusNotice, Channel, PRESENCE_TTL};
+use super::{Bus, BusError, BusEvent, BusNotice, Channel, PRESENCE_REFRESH, PRESENCE_TTL};
 use crate::model::UserId;
 use crate::shutdown::Shutdown;
 use crate::telemetry::hops::{redis_request as count, Redis};
@@ -233,6 +233,27 @@ impl RedisBus {
             Channel::Room(room) => format!("{}:room:{room}", self.prefix),
             Channel::User(user) => format!("{}:user:{user}", self.prefix),
         }
+    }
+
+    /// Refreshes `entries` for a TTL from now: the expiry is taken when the pipeline is
+    /// built, so one sent late in a slow refresh still holds its entries a whole TTL.
+    fn presence_pipe(&self, entries: &[(UserId, String)]) -> redis::Pipeline {
+        let ttl = PRESENCE_TTL.as_millis() as i64;
+        let expires = now_ms() + ttl;
+        let mut pipe = redis::pipe();
+        for (user, conn) in entries {
+            let key = self.presence_key(*user);
+            pipe.cmd("ZADD")
+                .arg(&key)
+                .arg(expires)
+                .arg(conn)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(2 * ttl)
+                .ignore();
+        }
+        pipe
     }
 
     fn presence_key(&self, user: UserId) -> String {
@@ -495,62 +516,41 @@ impl Bus for RedisBus {
     }
 
     async fn presence_refresh(&self, conns: &[(UserId, String)]) -> Result<(), BusError> {
-        let ttl = PRESENCE_TTL.as_millis() as i64;
-        let expires = now_ms() + ttl;
-        let refresh = |pipe: &mut redis::Pipeline, user: UserId, conn: &str| {
-            let key = self.presence_key(user);
-            pipe.cmd("ZADD")
-                .arg(&key)
-                .arg(expires)
-                .arg(conn)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(2 * ttl)
-                .ignore();
-        };
-        // Every entry is attempted, whatever fails first (a shard in failover must not
-        // let the users on the others go offline); the first error is returned.
-        let pipes: Vec<redis::Pipeline> = if self.commands.is_cluster() {
-            // Each user's key is in its own slot: one pipeline per connection entry.
-            conns
-                .iter()
-                .map(|(user, conn)| {
-                    let mut pipe = redis::pipe();
-                    refresh(&mut pipe, *user, conn);
-                    pipe
-                })
-                .collect()
-        } else {
-            conns
-                .chunks(1_000)
-                .map(|chunk| {
-                    let mut pipe = redis::pipe();
-                    for (user, conn) in chunk {
-                        refresh(&mut pipe, *user, conn);
-                    }
-                    pipe
-                })
-                .collect()
-        };
-        let fanout = if self.commands.is_cluster() {
-            CLUSTER_FANOUT
-        } else {
-            1
-        };
-        let results: Vec<redis::RedisResult<()>> = futures_util::stream::iter(pipes)
-            .map(|pipe| {
+        if !self.commands.is_cluster() {
+            // One server: an error is the server's, so the rest would fail too; the
+            // next tick tries again.
+            for chunk in conns.chunks(1_000) {
                 count(Redis::Presence);
+                let mut c = self.commands.clone();
+                self.presence_pipe(chunk)
+                    .query_async::<()>(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            return Ok(());
+        }
+        // A cluster: each user's key is in its own slot, one pipeline per entry. Every
+        // entry is attempted whatever fails first (a master in failover must not take the
+        // users on the other masters offline), within one refresh period so the next tick
+        // starts on time; the first error is returned.
+        let attempts = futures_util::stream::iter(conns.iter().cloned())
+            .map(|entry| {
+                count(Redis::Presence);
+                let pipe = self.presence_pipe(std::slice::from_ref(&entry));
                 let mut c = self.commands.clone();
                 async move { pipe.query_async::<()>(&mut c).await }
             })
-            .buffer_unordered(fanout)
-            .collect()
-            .await;
-        results
-            .into_iter()
-            .collect::<redis::RedisResult<()>>()
-            .map_err(unavailable)
+            .buffer_unordered(CLUSTER_FANOUT)
+            .collect::<Vec<redis::RedisResult<()>>>();
+        match tokio::time::timeout(PRESENCE_REFRESH, attempts).await {
+            Ok(results) => results
+                .into_iter()
+                .collect::<redis::RedisResult<()>>()
+                .map_err(unavailable),
+            Err(_) => Err(BusError::Unavailable(format!(
+                "presence refresh not done within {PRESENCE_REFRESH:?}"
+            ))),
+        }
     }
 
     async fn online(&self, users: &[UserId]) -> Result<HashSet<UserId>, BusError> {

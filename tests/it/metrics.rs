@@ -182,7 +182,7 @@ async fn every_hop_is_timed_and_every_request_counted(mode: Mode) {
 /// the next fetch waits out the linger and brings what came meanwhile. Every message is
 /// still delivered, in order. (Counts only: without the linger, this run makes about one
 /// relay fetch per message.)
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_linger_gathers_records_into_fewer_fetches() {
     let env = Env::new("linger").await;
     let gw = env.spawn("gateway", "gw-m").await;
@@ -200,6 +200,7 @@ async fn a_relay_linger_gathers_records_into_fewer_fetches() {
     // The relay is live before the count starts: a first message goes through.
     wa.send(json!({"type": "send", "room": room, "client_msg_id": "l-first", "body": "first"}))
         .await;
+    wa.expect("ack").await;
     let first = wb.expect("message").await;
     assert_eq!(first["message"]["body"], "first");
 

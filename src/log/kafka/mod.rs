@@ -119,7 +119,8 @@ pub struct KafkaSettings {
     pub security: KafkaSecurity,
     /// How produced record batches are compressed.
     pub compression: Compression,
-    /// The relay's fetches (the live tail) go at most this often while records flow.
+    /// While records flow, the relay (the live tail) fetches at most once per this
+    /// interval (zero: at once).
     pub relay_linger: Duration,
 }
 
