@@ -75,6 +75,12 @@ pub struct BenchArgs {
     /// A server process to sample (CPU% from /proc/PID/stat, RSS from /proc/PID/status).
     #[arg(long = "pid")]
     pub pids: Vec<u32>,
+    /// A server process sampled together with all its descendants, as one (PostgreSQL: the
+    /// postmaster, its backends and workers). Its CPU includes descendants that exited
+    /// meanwhile once reaped; its RSS is the sum over the processes (shared pages counted
+    /// in each).
+    #[arg(long = "pid-tree")]
+    pub pid_trees: Vec<u32>,
     /// A further `/metrics` to read before and after the measured window, beside every
     /// gateway's (a consumer's, e.g. http://127.0.0.1:8181/metrics); repeat for several.
     /// Per-hop latencies and requests per message come from their differences.

@@ -323,7 +323,7 @@ async fn execute(spec: &Spec, args: &BenchArgs) -> Result<Report, BenchError> {
     let c = &shared.counters;
     // The first samples (RSS before any connection) come after the bench's own set-up.
     let stop_sampling = CancellationToken::new();
-    let sampled = procs::start(&args.pids, stop_sampling.clone());
+    let sampled = procs::start(&args.pids, &args.pid_trees, stop_sampling.clone());
     procs::sample_now(&sampled);
 
     // Open every connection; each task then lives until `stop`. Idle runs open them in

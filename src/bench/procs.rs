@@ -31,6 +31,18 @@ pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// utime + stime + cutime + cstime (the process's own CPU time and that of its reaped
+/// children) from the text of /proc/PID/stat.
+pub fn parse_stat_ticks_with_children(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().skip(11).take(4).collect();
+    let mut sum = 0;
+    for v in f.iter() {
+        sum += v.parse::<u64>().ok()?;
+    }
+    (f.len() == 4).then_some(sum)
+}
+
 /// VmRSS in KiB from the text of /proc/PID/status.
 pub fn parse_status_rss_kib(status: &str) -> Option<u64> {
     status
@@ -56,6 +68,53 @@ pub fn sample(pid: Option<u32>) -> Option<Sample> {
         at: Instant::now(),
         ticks: parse_stat_ticks(&stat)?,
         rss_kib: parse_status_rss_kib(&status).unwrap_or(0),
+    })
+}
+
+/// A process and its descendants as one: the CPU time of each (reaped children's
+/// included, so a backend that exits keeps counting through its parent) and the sum of
+/// their RSS. None if the root is gone.
+pub fn sample_tree(root: u32) -> Option<Sample> {
+    let mut ticks = 0;
+    let mut rss_kib = 0;
+    let mut stack = vec![root];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(pid) = stack.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        let dir = format!("/proc/{pid}");
+        let Some(t) = std::fs::read_to_string(format!("{dir}/stat"))
+            .ok()
+            .and_then(|s| parse_stat_ticks_with_children(&s))
+        else {
+            if pid == root {
+                return None;
+            }
+            continue;
+        };
+        ticks += t;
+        rss_kib += std::fs::read_to_string(format!("{dir}/status"))
+            .ok()
+            .and_then(|s| parse_status_rss_kib(&s))
+            .unwrap_or(0);
+        let Ok(tasks) = std::fs::read_dir(format!("{dir}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                stack.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    Some(Sample {
+        at: Instant::now(),
+        ticks,
+        rss_kib,
     })
 }
 
@@ -110,6 +169,8 @@ pub struct ProcReport {
 /// One sampled process: its samples so far.
 pub struct Series {
     pub pid: Option<u32>,
+    /// Sampled with its descendants ([`sample_tree`]).
+    pub tree: bool,
     pub name: String,
     pub samples: Vec<Sample>,
 }
@@ -150,18 +211,27 @@ impl Series {
     }
 }
 
-/// The sampled processes: index 0 is the bench itself, then the `--pid`s in order.
+/// The sampled processes: index 0 is the bench itself, then the `--pid`s in order, then
+/// the `--pid-tree`s.
 pub type Sampled = Arc<Mutex<Vec<Series>>>;
 
-pub fn start(pids: &[u32], stop: CancellationToken) -> Sampled {
+pub fn start(pids: &[u32], trees: &[u32], stop: CancellationToken) -> Sampled {
     let mut all = vec![Series {
         pid: None,
+        tree: false,
         name: "chat bench (this process)".to_owned(),
         samples: Vec::new(),
     }];
     all.extend(pids.iter().map(|&p| Series {
         pid: Some(p),
+        tree: false,
         name: name(Some(p)),
+        samples: Vec::new(),
+    }));
+    all.extend(trees.iter().map(|&p| Series {
+        pid: Some(p),
+        tree: true,
+        name: format!("{} and its descendants", name(Some(p))),
         samples: Vec::new(),
     }));
     let sampled = Arc::new(Mutex::new(all));
@@ -184,7 +254,11 @@ pub fn start(pids: &[u32], stop: CancellationToken) -> Sampled {
 pub fn sample_now(s: &Sampled) {
     let mut all = s.lock().unwrap_or_else(|p| p.into_inner());
     for series in all.iter_mut() {
-        if let Some(x) = sample(series.pid) {
+        let x = match (series.tree, series.pid) {
+            (true, Some(root)) => sample_tree(root),
+            _ => sample(series.pid),
+        };
+        if let Some(x) = x {
             series.samples.push(x);
         }
     }
@@ -223,6 +297,31 @@ mod tests {
     fn this_process_can_be_sampled() {
         let s = sample(None).expect("/proc/self");
         assert!(s.rss_kib > 0);
+    }
+
+    #[test]
+    fn a_tree_counts_reaped_children_and_live_descendants() {
+        // utime 250, stime 50, cutime 7, cstime 3.
+        let stat = "1234 (postgres) S 1 2 3 4 5 6 7 8 9 10 250 50 7 3 20 0 4 0";
+        assert_eq!(parse_stat_ticks_with_children(stat), Some(310));
+        assert_eq!(parse_stat_ticks_with_children("9 (x) S 1 2"), None);
+        // This process with a live child: the child's RSS adds to ours.
+        let me = std::process::id();
+        let alone = sample_tree(me).expect("this process");
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let with_child = sample_tree(me).expect("this process");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(alone.rss_kib > 0);
+        assert!(
+            with_child.rss_kib > alone.rss_kib,
+            "{with_child:?} against {alone:?}"
+        );
+        assert!(with_child.ticks >= alone.ticks);
+        assert!(sample_tree(u32::MAX).is_none());
     }
 }
 
