@@ -508,29 +508,38 @@ pub async fn probe_redis(target: &RedisTarget) -> anyhow::Result<()> {
 /// Why Redis cannot be used, found with one connection of its own within `within`: the
 /// bus's connections retry in the background, so a command only sees a time-out. A
 /// cluster is usable when any of its seed nodes answers (the client learns the others
-/// from it): every seed is tried at once, and when none answers the first seed's reason
-/// is given.
+/// from it): every seed is tried at once, the first answer ends the wait (a seed that
+/// never answers does not hold up the others'), and when none answers the first seed's
+/// reason is given.
 pub async fn redis_reason(target: &RedisTarget, within: std::time::Duration) -> Result<(), String> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
     if target.cluster.len() > 1 {
-        let seeds = target.cluster.iter().map(|url| {
-            let one = RedisTarget {
-                url: url.clone(),
-                ca: target.ca.clone(),
-                cluster: Vec::new(),
-            };
-            async move { node_reason(&one, within).await }
-        });
-        let reasons = futures_util::future::join_all(seeds).await;
-        if reasons.iter().any(Result::is_ok) {
-            return Ok(());
+        let mut seeds: FuturesUnordered<_> = target
+            .cluster
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let one = RedisTarget {
+                    url: url.clone(),
+                    ca: target.ca.clone(),
+                    cluster: Vec::new(),
+                };
+                async move { (i, node_reason(&one, within).await) }
+            })
+            .collect();
+        // The reason of the earliest seed in the list that failed.
+        let mut first: Option<(usize, String)> = None;
+        while let Some((i, r)) = seeds.next().await {
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if first.as_ref().is_none_or(|(j, _)| i < *j) => first = Some((i, e)),
+                Err(_) => {}
+            }
         }
-        let others = reasons.len() - 1;
-        return Err(reasons
-            .into_iter()
-            .find_map(Result::err)
-            .map_or_else(String::new, |first| {
-                format!("{first} (nor did the {others} other seed node(s) answer)")
-            }));
+        let others = target.cluster.len() - 1;
+        return Err(first.map_or_else(String::new, |(_, first)| {
+            format!("{first} (nor did the {others} other seed node(s) answer)")
+        }));
     }
     node_reason(target, within).await
 }

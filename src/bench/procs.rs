@@ -35,12 +35,14 @@ pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
 /// children) from the text of /proc/PID/stat.
 pub fn parse_stat_ticks_with_children(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().skip(11).take(4).collect();
-    let mut sum = 0;
-    for v in f.iter() {
-        sum += v.parse::<u64>().ok()?;
-    }
-    (f.len() == 4).then_some(sum)
+    // After ')': utime, stime, cutime, cstime (fields 14–17) are indices 11–14.
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    (f.len() == 4).then(|| f.iter().sum())
 }
 
 /// VmRSS in KiB from the text of /proc/PID/status.
