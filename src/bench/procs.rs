@@ -1,6 +1,8 @@
 //! CPU and memory of server processes (`--pid`) and of the bench itself, sampled from
 //! /proc once a second: CPU% from the utime+stime delta of /proc/PID/stat, RSS from VmRSS
-//! in /proc/PID/status.
+//! in /proc/PID/status, and the time its threads spent runnable but waiting for a CPU from
+//! each /proc/PID/task/TID/schedstat (the scheduler's `run_delay`; a thread that exits
+//! during the window takes its share with it).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +19,11 @@ pub struct Sample {
     /// utime + stime, in ticks.
     pub ticks: u64,
     pub rss_kib: u64,
+    /// Summed over the threads: nanoseconds spent runnable but waiting for a CPU, and the
+    /// number of times a thread was given a CPU (0 and 0 where the kernel keeps no
+    /// schedstat).
+    pub wait_ns: u64,
+    pub runs: u64,
 }
 
 /// utime + stime from the text of /proc/PID/stat. The command name (field 2) is in
@@ -45,6 +52,25 @@ pub fn parse_stat_ticks_with_children(stat: &str) -> Option<u64> {
     (f.len() == 4).then(|| f.iter().sum())
 }
 
+/// `run_delay` (ns waiting on a run queue) and `pcount` (times run) from the text of
+/// /proc/PID/task/TID/schedstat: "on-CPU ns, run_delay ns, pcount".
+pub fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
+    let mut f = text.split_whitespace().skip(1);
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// [`parse_schedstat`] summed over the threads of the process at `dir` (/proc/PID).
+fn threads_wait(dir: &str) -> (u64, u64) {
+    let Ok(tasks) = std::fs::read_dir(format!("{dir}/task")) else {
+        return (0, 0);
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| parse_schedstat(&s))
+        .fold((0, 0), |(w, r), (dw, dr)| (w + dw, r + dr))
+}
+
 /// VmRSS in KiB from the text of /proc/PID/status.
 pub fn parse_status_rss_kib(status: &str) -> Option<u64> {
     status
@@ -66,10 +92,13 @@ pub fn sample(pid: Option<u32>) -> Option<Sample> {
     let dir = proc_dir(pid);
     let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
     let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+    let (wait_ns, runs) = threads_wait(&dir);
     Some(Sample {
         at: Instant::now(),
         ticks: parse_stat_ticks(&stat)?,
         rss_kib: parse_status_rss_kib(&status).unwrap_or(0),
+        wait_ns,
+        runs,
     })
 }
 
@@ -79,6 +108,7 @@ pub fn sample(pid: Option<u32>) -> Option<Sample> {
 pub fn sample_tree(root: u32) -> Option<Sample> {
     let mut ticks = 0;
     let mut rss_kib = 0;
+    let (mut wait_ns, mut runs) = (0, 0);
     let mut stack = vec![root];
     let mut seen = std::collections::HashSet::new();
     while let Some(pid) = stack.pop() {
@@ -100,6 +130,9 @@ pub fn sample_tree(root: u32) -> Option<Sample> {
             .ok()
             .and_then(|s| parse_status_rss_kib(&s))
             .unwrap_or(0);
+        let (w, r) = threads_wait(&dir);
+        wait_ns += w;
+        runs += r;
         let Ok(tasks) = std::fs::read_dir(format!("{dir}/task")) else {
             continue;
         };
@@ -117,6 +150,8 @@ pub fn sample_tree(root: u32) -> Option<Sample> {
         at: Instant::now(),
         ticks,
         rss_kib,
+        wait_ns,
+        runs,
     })
 }
 
@@ -166,6 +201,13 @@ pub struct ProcReport {
     /// At the end of the measured window.
     pub rss_end_kib: u64,
     pub rss_max_kib: u64,
+    /// Over the measured window, summed over its threads: milliseconds per second spent
+    /// runnable but waiting for a CPU (1000 = one thread always waiting), and the average
+    /// wait each time a thread was given a CPU. Absent from reports before they were kept.
+    #[serde(default)]
+    pub cpu_wait_ms_per_s: f64,
+    #[serde(default)]
+    pub cpu_wait_per_run_us: f64,
 }
 
 /// One sampled process: its samples so far.
@@ -195,6 +237,12 @@ impl Series {
         if let (Some(a), Some(b)) = (inside.first(), inside.last()) {
             r.cpu_avg_pct = cpu_pct(a, b);
             r.rss_end_kib = b.rss_kib;
+            let secs = b.at.saturating_duration_since(a.at).as_secs_f64();
+            let waited = b.wait_ns.saturating_sub(a.wait_ns) as f64;
+            if secs > 0.0 {
+                r.cpu_wait_ms_per_s = waited / 1e6 / secs;
+            }
+            r.cpu_wait_per_run_us = waited / 1e3 / (b.runs.saturating_sub(a.runs).max(1)) as f64;
         }
         r.cpu_max_pct = inside
             .windows(2)
@@ -286,11 +334,15 @@ mod tests {
             at: t,
             ticks: 1000,
             rss_kib: 1,
+            wait_ns: 0,
+            runs: 0,
         };
         let b = Sample {
             at: t + Duration::from_secs(2),
             ticks: 1200,
             rss_kib: 1,
+            wait_ns: 0,
+            runs: 0,
         };
         assert!((cpu_pct(&a, &b) - 100.0).abs() < 1e-9);
     }
@@ -299,6 +351,34 @@ mod tests {
     fn this_process_can_be_sampled() {
         let s = sample(None).expect("/proc/self");
         assert!(s.rss_kib > 0);
+        // The test thread has been given a CPU at least once (where schedstat is kept).
+        if std::path::Path::new("/proc/self/schedstat").exists() {
+            assert!(s.runs > 0, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn schedstat_gives_the_run_queue_wait_and_the_runs() {
+        assert_eq!(parse_schedstat("123456 7890 42\n"), Some((7890, 42)));
+        assert_eq!(parse_schedstat("123456"), None);
+        let t = Instant::now();
+        let at = |secs, wait_ns, runs| Sample {
+            at: t + Duration::from_secs(secs),
+            ticks: 0,
+            rss_kib: 1,
+            wait_ns,
+            runs,
+        };
+        let series = Series {
+            pid: Some(1),
+            tree: false,
+            name: "x".into(),
+            samples: vec![at(0, 1_000_000, 10), at(2, 401_000_000, 4_010)],
+        };
+        let r = series.report(t, t + Duration::from_secs(2));
+        // 400 ms of waiting over 2 s, over 4,000 runs.
+        assert!((r.cpu_wait_ms_per_s - 200.0).abs() < 1e-9, "{r:?}");
+        assert!((r.cpu_wait_per_run_us - 100.0).abs() < 1e-9, "{r:?}");
     }
 
     #[test]

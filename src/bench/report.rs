@@ -282,19 +282,21 @@ impl Report {
         }
         let _ = writeln!(
             o,
-            "  process                                       pid   CPU avg   CPU max  RSS start    RSS end    RSS max"
+            "  process                                       pid   CPU avg   CPU max  RSS start    RSS end    RSS max  CPU wait ms/s  per run µs"
         );
         for p in std::iter::once(&self.bench).chain(&self.servers) {
             let _ = writeln!(
                 o,
-                "  {:<42} {:>6} {:>8.1}% {:>8.1}% {:>7} MiB {:>6} MiB {:>6} MiB",
+                "  {:<42} {:>6} {:>8.1}% {:>8.1}% {:>7} MiB {:>6} MiB {:>6} MiB {:>14.0} {:>11.0}",
                 p.name.chars().take(42).collect::<String>(),
                 p.pid,
                 p.cpu_avg_pct,
                 p.cpu_max_pct,
                 p.rss_start_kib / 1024,
                 p.rss_end_kib / 1024,
-                p.rss_max_kib / 1024
+                p.rss_max_kib / 1024,
+                p.cpu_wait_ms_per_s,
+                p.cpu_wait_per_run_us
             );
         }
         if let Some(p) = &self.persist {
