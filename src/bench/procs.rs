@@ -1,9 +1,11 @@
 //! CPU and memory of server processes (`--pid`) and of the bench itself, sampled from
 //! /proc once a second: CPU% from the utime+stime delta of /proc/PID/stat, RSS from VmRSS
 //! in /proc/PID/status, and the time its threads spent runnable but waiting for a CPU from
-//! each /proc/PID/task/TID/schedstat (the scheduler's `run_delay`; a thread that exits
-//! during the window takes its share with it).
+//! each /proc/PID/task/TID/schedstat (the scheduler's `run_delay`), counted per thread
+//! between samples so that a thread exiting does not take back what it waited (only its
+//! last second's share is lost).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,9 +21,9 @@ pub struct Sample {
     /// utime + stime, in ticks.
     pub ticks: u64,
     pub rss_kib: u64,
-    /// Summed over the threads: nanoseconds spent runnable but waiting for a CPU, and the
-    /// number of times a thread was given a CPU (0 and 0 where the kernel keeps no
-    /// schedstat).
+    /// Running totals over the threads seen so far ([`Series::push`]): nanoseconds spent
+    /// runnable but waiting for a CPU, and the times a thread was given a CPU (0 and 0
+    /// where the kernel keeps no schedstat).
     pub wait_ns: u64,
     pub runs: u64,
 }
@@ -59,16 +61,25 @@ pub fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
     Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
 }
 
-/// [`parse_schedstat`] summed over the threads of the process at `dir` (/proc/PID).
-fn threads_wait(dir: &str) -> (u64, u64) {
+/// Each thread's [`parse_schedstat`], by thread id.
+pub type Threads = HashMap<u32, (u64, u64)>;
+
+/// Adds the threads of the process at `dir` (/proc/PID) to `into`.
+fn threads_wait(dir: &str, into: &mut Threads) {
     let Ok(tasks) = std::fs::read_dir(format!("{dir}/task")) else {
-        return (0, 0);
+        return;
     };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| parse_schedstat(&s))
-        .fold((0, 0), |(w, r), (dw, dr)| (w + dw, r + dr))
+    for t in tasks.flatten() {
+        let Some(tid) = t.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Some(v) = std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| parse_schedstat(&s))
+        {
+            into.insert(tid, v);
+        }
+    }
 }
 
 /// VmRSS in KiB from the text of /proc/PID/status.
@@ -88,27 +99,27 @@ fn proc_dir(pid: Option<u32>) -> String {
     }
 }
 
-pub fn sample(pid: Option<u32>) -> Option<Sample> {
+/// A sample of one process; its threads' schedstat go to `threads`.
+pub fn sample(pid: Option<u32>, threads: &mut Threads) -> Option<Sample> {
     let dir = proc_dir(pid);
     let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
     let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
-    let (wait_ns, runs) = threads_wait(&dir);
+    threads_wait(&dir, threads);
     Some(Sample {
         at: Instant::now(),
         ticks: parse_stat_ticks(&stat)?,
         rss_kib: parse_status_rss_kib(&status).unwrap_or(0),
-        wait_ns,
-        runs,
+        wait_ns: 0,
+        runs: 0,
     })
 }
 
 /// A process and its descendants as one: the CPU time of each (reaped children's
 /// included, so a backend that exits keeps counting through its parent) and the sum of
-/// their RSS. None if the root is gone.
-pub fn sample_tree(root: u32) -> Option<Sample> {
+/// their RSS; the threads of each go to `threads`. None if the root is gone.
+pub fn sample_tree(root: u32, threads: &mut Threads) -> Option<Sample> {
     let mut ticks = 0;
     let mut rss_kib = 0;
-    let (mut wait_ns, mut runs) = (0, 0);
     let mut stack = vec![root];
     let mut seen = std::collections::HashSet::new();
     while let Some(pid) = stack.pop() {
@@ -130,9 +141,7 @@ pub fn sample_tree(root: u32) -> Option<Sample> {
             .ok()
             .and_then(|s| parse_status_rss_kib(&s))
             .unwrap_or(0);
-        let (w, r) = threads_wait(&dir);
-        wait_ns += w;
-        runs += r;
+        threads_wait(&dir, threads);
         let Ok(tasks) = std::fs::read_dir(format!("{dir}/task")) else {
             continue;
         };
@@ -150,8 +159,8 @@ pub fn sample_tree(root: u32) -> Option<Sample> {
         at: Instant::now(),
         ticks,
         rss_kib,
-        wait_ns,
-        runs,
+        wait_ns: 0,
+        runs: 0,
     })
 }
 
@@ -217,9 +226,44 @@ pub struct Series {
     pub tree: bool,
     pub name: String,
     pub samples: Vec<Sample>,
+    /// The threads at the last sample, and the running totals of what they waited and ran.
+    pub threads: Threads,
+    pub wait_total: (u64, u64),
 }
 
 impl Series {
+    pub fn new(pid: Option<u32>, tree: bool, name: String) -> Series {
+        Series {
+            pid,
+            tree,
+            name,
+            samples: Vec::new(),
+            threads: Threads::new(),
+            wait_total: (0, 0),
+        }
+    }
+
+    /// Adds a sample taken with `threads`: what each thread waited and ran since the last
+    /// sample (all of it for a thread not seen before) adds to the running totals, which
+    /// the sample carries. A thread that exited is no longer in the map and takes nothing
+    /// back with it.
+    pub fn push(&mut self, mut s: Sample, threads: Threads) {
+        for (tid, &(w, r)) in &threads {
+            let (pw, pr) = self.threads.get(tid).copied().unwrap_or((0, 0));
+            // Lower than before: the id was reused by a new thread; count it from zero.
+            let (dw, dr) = if w >= pw && r >= pr {
+                (w - pw, r - pr)
+            } else {
+                (w, r)
+            };
+            self.wait_total.0 += dw;
+            self.wait_total.1 += dr;
+        }
+        self.threads = threads;
+        (s.wait_ns, s.runs) = self.wait_total;
+        self.samples.push(s);
+    }
+
     /// The report over [from, to]: samples outside the window are ignored, except the
     /// first sample overall (RSS before the run).
     pub fn report(&self, from: Instant, to: Instant) -> ProcReport {
@@ -266,23 +310,21 @@ impl Series {
 pub type Sampled = Arc<Mutex<Vec<Series>>>;
 
 pub fn start(pids: &[u32], trees: &[u32], stop: CancellationToken) -> Sampled {
-    let mut all = vec![Series {
-        pid: None,
-        tree: false,
-        name: "chat bench (this process)".to_owned(),
-        samples: Vec::new(),
-    }];
-    all.extend(pids.iter().map(|&p| Series {
-        pid: Some(p),
-        tree: false,
-        name: name(Some(p)),
-        samples: Vec::new(),
-    }));
-    all.extend(trees.iter().map(|&p| Series {
-        pid: Some(p),
-        tree: true,
-        name: format!("{} and its descendants", name(Some(p))),
-        samples: Vec::new(),
+    let mut all = vec![Series::new(
+        None,
+        false,
+        "chat bench (this process)".to_owned(),
+    )];
+    all.extend(
+        pids.iter()
+            .map(|&p| Series::new(Some(p), false, name(Some(p)))),
+    );
+    all.extend(trees.iter().map(|&p| {
+        Series::new(
+            Some(p),
+            true,
+            format!("{} and its descendants", name(Some(p))),
+        )
     }));
     let sampled = Arc::new(Mutex::new(all));
     let s = sampled.clone();
@@ -304,12 +346,13 @@ pub fn start(pids: &[u32], trees: &[u32], stop: CancellationToken) -> Sampled {
 pub fn sample_now(s: &Sampled) {
     let mut all = s.lock().unwrap_or_else(|p| p.into_inner());
     for series in all.iter_mut() {
+        let mut threads = Threads::new();
         let x = match (series.tree, series.pid) {
-            (true, Some(root)) => sample_tree(root),
-            _ => sample(series.pid),
+            (true, Some(root)) => sample_tree(root, &mut threads),
+            _ => sample(series.pid, &mut threads),
         };
         if let Some(x) = x {
-            series.samples.push(x);
+            series.push(x, threads);
         }
     }
 }
@@ -349,11 +392,12 @@ mod tests {
 
     #[test]
     fn this_process_can_be_sampled() {
-        let s = sample(None).expect("/proc/self");
+        let mut threads = Threads::new();
+        let s = sample(None, &mut threads).expect("/proc/self");
         assert!(s.rss_kib > 0);
-        // The test thread has been given a CPU at least once (where schedstat is kept).
+        // This test's thread has been given a CPU at least once (where schedstat is kept).
         if std::path::Path::new("/proc/self/schedstat").exists() {
-            assert!(s.runs > 0, "{s:?}");
+            assert!(threads.values().any(|&(_, runs)| runs > 0), "{threads:?}");
         }
     }
 
@@ -362,21 +406,28 @@ mod tests {
         assert_eq!(parse_schedstat("123456 7890 42\n"), Some((7890, 42)));
         assert_eq!(parse_schedstat("123456"), None);
         let t = Instant::now();
-        let at = |secs, wait_ns, runs| Sample {
+        let at = |secs| Sample {
             at: t + Duration::from_secs(secs),
             ticks: 0,
             rss_kib: 1,
-            wait_ns,
-            runs,
+            wait_ns: 0,
+            runs: 0,
         };
-        let series = Series {
-            pid: Some(1),
-            tree: false,
-            name: "x".into(),
-            samples: vec![at(0, 1_000_000, 10), at(2, 401_000_000, 4_010)],
-        };
+        let ms = 1_000_000;
+        let mut series = Series::new(Some(1), false, "x".into());
+        // Thread 7 had waited a lot before the window, then exits in it: what it waited
+        // in the window stays counted. Thread 9 starts in the window.
+        series.push(at(0), Threads::from([(5, (ms, 10)), (7, (900 * ms, 50))]));
+        series.push(
+            at(1),
+            Threads::from([(5, (101 * ms, 1_010)), (7, (1000 * ms, 1_050))]),
+        );
+        series.push(
+            at(2),
+            Threads::from([(5, (201 * ms, 2_010)), (9, (100 * ms, 1_000))]),
+        );
         let r = series.report(t, t + Duration::from_secs(2));
-        // 400 ms of waiting over 2 s, over 4,000 runs.
+        // 100 + 100 (thread 5) + 100 (thread 7) + 100 (thread 9) ms over 2 s, 4,000 runs.
         assert!((r.cpu_wait_ms_per_s - 200.0).abs() < 1e-9, "{r:?}");
         assert!((r.cpu_wait_per_run_us - 100.0).abs() < 1e-9, "{r:?}");
     }
@@ -389,12 +440,12 @@ mod tests {
         assert_eq!(parse_stat_ticks_with_children("9 (x) S 1 2"), None);
         // This process with a live child: the child's RSS adds to ours.
         let me = std::process::id();
-        let alone = sample_tree(me).expect("this process");
+        let alone = sample_tree(me, &mut Threads::new()).expect("this process");
         let mut child = std::process::Command::new("sleep")
             .arg("5")
             .spawn()
             .expect("sleep");
-        let with_child = sample_tree(me).expect("this process");
+        let with_child = sample_tree(me, &mut Threads::new()).expect("this process");
         let _ = child.kill();
         let _ = child.wait();
         assert!(alone.rss_kib > 0);
@@ -403,7 +454,7 @@ mod tests {
             "{with_child:?} against {alone:?}"
         );
         assert!(with_child.ticks >= alone.ticks);
-        assert!(sample_tree(u32::MAX).is_none());
+        assert!(sample_tree(u32::MAX, &mut Threads::new()).is_none());
     }
 }
 
