@@ -71,8 +71,8 @@ KAFKA_LOG="$RUN/kafka.log"         # log4j2 output
 KAFKA_OUT="$RUN/kafka.out"         # JVM stdout/stderr (crashes, GC trouble)
 REDIS_PID="$RUN/redis.pid"
 REDIS_LOG="$RUN/redis.log"
-# What the TLS profile's broker (tls_kafka_env) sets besides the defaults.
-# KAFKA_HEAP_OPTS (Kafka's own name for it) overrides the main broker's heap.
+# What the TLS profile's broker (tls_kafka_env) sets besides the defaults. The main broker's
+# heap can be set with KAFKA_HEAP_OPTS (Kafka's own name for it).
 KAFKA_HEAP="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
 KAFKA_EXTRA_LISTENER="" KAFKA_EXTRA_PROTOCOL_MAP="" KAFKA_EXTRA_PROPS=""
 KAFKA_FORMAT_EXTRA=()

@@ -243,10 +243,10 @@ impl Series {
         }
     }
 
-    /// Adds a sample taken with `threads`: what each thread waited and ran since the last
-    /// sample (all of it for a thread not seen before) adds to the running totals, which
-    /// the sample carries. A thread that exited is no longer in the map and takes nothing
-    /// back with it.
+    /// Adds a sample taken with `threads`: what each thread waited and ran since it was
+    /// last seen (all of it for a thread not seen before) adds to the running totals,
+    /// which the sample carries. A thread that exited takes nothing back with it; what it
+    /// waited after its last sample is lost.
     pub fn push(&mut self, mut s: Sample, threads: Threads) {
         for (tid, &(w, r)) in &threads {
             let (pw, pr) = self.threads.get(tid).copied().unwrap_or((0, 0));
@@ -259,7 +259,9 @@ impl Series {
             self.wait_total.0 += dw;
             self.wait_total.1 += dr;
         }
-        self.threads = threads;
+        // Merged, never replaced: a thread missing from one sample (a tree walk racing a
+        // fork, a read that failed) is not counted from its birth again when it is back.
+        self.threads.extend(threads);
         (s.wait_ns, s.runs) = self.wait_total;
         self.samples.push(s);
     }
@@ -429,6 +431,16 @@ mod tests {
         let r = series.report(t, t + Duration::from_secs(2));
         // 100 + 100 (thread 5) + 100 (thread 7) + 100 (thread 9) ms over 2 s, 4,000 runs.
         assert!((r.cpu_wait_ms_per_s - 200.0).abs() < 1e-9, "{r:?}");
+        assert!((r.cpu_wait_per_run_us - 100.0).abs() < 1e-9, "{r:?}");
+        // Thread 5 missing from one sample and back in the next: only its growth counts.
+        series.push(at(3), Threads::from([(9, (200 * ms, 2_000))]));
+        series.push(
+            at(4),
+            Threads::from([(5, (301 * ms, 3_010)), (9, (300 * ms, 3_000))]),
+        );
+        let r = series.report(t + Duration::from_secs(2), t + Duration::from_secs(4));
+        // 100 (thread 5) + 200 (thread 9) ms over 2 s, 3,000 runs.
+        assert!((r.cpu_wait_ms_per_s - 150.0).abs() < 1e-9, "{r:?}");
         assert!((r.cpu_wait_per_run_us - 100.0).abs() < 1e-9, "{r:?}");
     }
 
