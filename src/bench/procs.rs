@@ -226,9 +226,10 @@ pub struct Series {
     pub tree: bool,
     pub name: String,
     pub samples: Vec<Sample>,
-    /// The threads at the last sample, and the running totals of what they waited and ran.
-    pub threads: Threads,
-    pub wait_total: (u64, u64),
+    /// Every thread seen so far, with its values when last seen, and the running totals
+    /// of what they waited and ran ([`Series::push`]).
+    threads: Threads,
+    wait_total: (u64, u64),
 }
 
 impl Series {
